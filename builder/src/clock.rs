@@ -1,0 +1,82 @@
+//! The build's clock: `SOURCE_DATE_EPOCH`, and how file timestamps derive from it.
+
+use crate::tree::{Meta, Timestamp};
+use anyhow::{Context, Result};
+
+/// Which timestamps a filesystem writer stamps on inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtimePolicy {
+    /// Every inode gets the build epoch (the default: inputs' own times do not leak in).
+    Epoch,
+    /// Keep each node's own mtime, clamped to the build epoch (never later than it).
+    KeepClamped,
+}
+
+/// The single notion of "now" of one build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildClock {
+    pub epoch: i64,
+    pub policy: MtimePolicy,
+}
+
+impl BuildClock {
+    pub fn fixed(epoch: i64) -> Self {
+        Self {
+            epoch,
+            policy: MtimePolicy::Epoch,
+        }
+    }
+
+    /// `SOURCE_DATE_EPOCH` when set (see reproducible-builds.org), else the current time.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => {
+                let epoch = v.trim().parse::<i64>().with_context(|| {
+                    format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds")
+                })?;
+                Ok(Self::fixed(epoch))
+            }
+            Err(_) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("the system clock is before 1970")?;
+                Ok(Self::fixed(now.as_secs() as i64))
+            }
+        }
+    }
+
+    pub fn epoch(&self) -> Timestamp {
+        Timestamp::from_secs(self.epoch)
+    }
+
+    /// The timestamp to write for a node with metadata `meta`.
+    pub fn stamp(&self, meta: &Meta) -> Timestamp {
+        match self.policy {
+            MtimePolicy::Epoch => self.epoch(),
+            MtimePolicy::KeepClamped => meta.mtime.min(self.epoch()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamps_or_fixes() {
+        let mut meta = Meta::root(0o644);
+        meta.mtime = Timestamp {
+            secs: 2_000_000_000,
+            nanos: 5,
+        };
+        let fixed = BuildClock::fixed(1_700_000_000);
+        assert_eq!(fixed.stamp(&meta), Timestamp::from_secs(1_700_000_000));
+        let keep = BuildClock {
+            policy: MtimePolicy::KeepClamped,
+            ..fixed
+        };
+        assert_eq!(keep.stamp(&meta), Timestamp::from_secs(1_700_000_000));
+        meta.mtime = Timestamp { secs: 5, nanos: 7 };
+        assert_eq!(keep.stamp(&meta), Timestamp { secs: 5, nanos: 7 });
+    }
+}

@@ -1,0 +1,1 @@
+//! FAT32 writer (in progress).

@@ -1,0 +1,20 @@
+//! airlock: builds signed, bootable appliance disk images for air-gapped networks.
+//!
+//! See `docs/ARCHITECTURE.md` for the flow from spec to image. The modules, in the order data
+//! flows through them:
+//! - [`tree`]: the in-memory filesystem model, filled from tars and host directories;
+//! - [`fat`]: writes a tree as a FAT32 filesystem (the EFI system partition);
+//! - [`gpt`]: the partition table: layout, validation, writing;
+//! - [`disk`]: `airlock disk`, assembling partitions into one sparse image;
+//! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
+
+pub mod cli;
+pub mod clock;
+pub mod disk;
+pub mod fat;
+pub mod gpt;
+pub mod output_file;
+pub mod region;
+pub mod seed;
+pub mod size;
+pub mod tree;

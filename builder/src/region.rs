@@ -1,0 +1,102 @@
+//! A bounded byte range of an output image (one partition), written with positioned writes.
+//!
+//! Filesystem writers get a [`Region`] rather than the whole file, so a writer bug cannot
+//! scribble over a neighbouring partition or the GPT: every write is checked against the bounds.
+//! Bytes never written stay holes in the sparse output file and read as zeros.
+
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Region<'a> {
+    file: &'a File,
+    offset: u64,
+    len: u64,
+}
+
+impl<'a> Region<'a> {
+    /// The range `offset .. offset + len` of `file`. The file must already be at least that long
+    /// (output images are sized with `set_len` before anything is written).
+    pub fn new(file: &'a File, offset: u64, len: u64) -> Self {
+        Self { file, offset, len }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset of this region within the whole image.
+    pub fn image_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Writes `buf` at `pos` (relative to the region start).
+    pub fn write_at(&self, pos: u64, buf: &[u8]) -> Result<()> {
+        let end = pos.checked_add(buf.len() as u64);
+        match end {
+            Some(end) if end <= self.len => {}
+            _ => bail!(
+                "write of {} bytes at {pos} is outside the {}-byte region at image offset {}",
+                buf.len(),
+                self.len,
+                self.offset
+            ),
+        }
+        self.file
+            .write_all_at(buf, self.offset + pos)
+            .with_context(|| {
+                format!(
+                    "writing {} bytes at image offset {}",
+                    buf.len(),
+                    self.offset + pos
+                )
+            })
+    }
+
+    /// Reads back `buf.len()` bytes at `pos` (relative to the region start).
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        if pos
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            bail!(
+                "read of {} bytes at {pos} is outside the {}-byte region",
+                buf.len(),
+                self.len
+            );
+        }
+        self.file
+            .read_exact_at(buf, self.offset + pos)
+            .with_context(|| {
+                format!(
+                    "reading {} bytes at image offset {}",
+                    buf.len(),
+                    self.offset + pos
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_bounded() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(100).unwrap();
+        let r = Region::new(&f, 10, 20);
+        r.write_at(0, b"abc").unwrap();
+        r.write_at(17, b"xyz").unwrap();
+        assert!(r.write_at(18, b"xyz").is_err());
+        assert!(r.write_at(u64::MAX, b"x").is_err());
+        let mut buf = [0u8; 3];
+        f.read_exact_at(&mut buf, 10).unwrap();
+        assert_eq!(&buf, b"abc");
+    }
+}

@@ -1,0 +1,447 @@
+//! Filling a tree from a tar stream: plain, gzip or zstd; ustar, GNU and PAX (long names,
+//! `SCHILY.xattr.*`, large uid/gid, fractional mtimes); hard links, devices, GNU sparse files and
+//! OCI whiteouts.
+//!
+//! File contents stay in the archive: a regular file becomes a `(archive, offset)` reference.
+//! Compressed archives are first decompressed into a spool file (so the references have
+//! something to point into); GNU sparse members are expanded into a spool as well.
+
+use super::{Content, InputError, Meta, NodeKind, Problem, Timestamp, Tree, path};
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+const BLOCK: u64 = 512;
+
+/// How to read a tar input.
+#[derive(Debug, Clone)]
+pub struct TarOptions<'a> {
+    /// Honour OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) against earlier layers.
+    pub whiteouts: bool,
+    /// Where decompressed or expanded spool files go (they live as long as the tree).
+    pub spool_dir: &'a Path,
+}
+
+/// What one tar input contributed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TarStats {
+    pub entries: u64,
+    pub whiteouts: u64,
+    pub file_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+fn sniff(file: &mut File) -> io::Result<Compression> {
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        let n = file.read(&mut magic[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(match &magic[..got] {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        _ => Compression::None,
+    })
+}
+
+/// Applies the tar archive at `archive` to `tree` as a new layer.
+pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Result<TarStats> {
+    let input = archive.display().to_string();
+    let whole = |problem| InputError {
+        input: input.clone(),
+        entry: None,
+        problem,
+    };
+    let mut file = File::open(archive).with_context(|| format!("opening tar archive {input}"))?;
+    let compression = sniff(&mut file).with_context(|| format!("reading {input}"))?;
+
+    let (tar_path, archive_id) = match compression {
+        Compression::None => {
+            let id = tree.archives_mut().register(archive.to_path_buf(), None);
+            (archive.to_path_buf(), id)
+        }
+        Compression::Gzip | Compression::Zstd => {
+            let spool = tempfile::Builder::new()
+                .prefix(".airlock-spool-")
+                .tempfile_in(opts.spool_dir)
+                .with_context(|| {
+                    format!("creating a spool file in {}", opts.spool_dir.display())
+                })?;
+            let (spool_file, spool_path) = spool.into_parts();
+            let mut out = io::BufWriter::new(spool_file);
+            let reader = BufReader::new(file);
+            let copied = match compression {
+                Compression::Gzip => {
+                    io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut out)
+                }
+                _ => zstd::stream::read::Decoder::with_buffer(reader)
+                    .and_then(|mut d| io::copy(&mut d, &mut out)),
+            };
+            if let Err(e) = copied {
+                let problem = if e.kind() == io::ErrorKind::UnexpectedEof {
+                    Problem::Truncated {
+                        detail: "compressed stream ends early".into(),
+                    }
+                } else {
+                    Problem::Malformed {
+                        detail: format!("cannot decompress: {e}"),
+                    }
+                };
+                return Err(whole(problem).into());
+            }
+            out.flush()
+                .with_context(|| format!("writing spool for {input}"))?;
+            let path = spool_path.to_path_buf();
+            let id = tree.archives_mut().register(path.clone(), Some(spool_path));
+            (path, id)
+        }
+    };
+
+    tree.begin_layer();
+    let tar_file =
+        File::open(&tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
+    let archive_len = tar_file
+        .metadata()
+        .with_context(|| format!("reading {}", tar_path.display()))?
+        .len();
+    let mut sparse_spool: Option<(File, super::ArchiveId, u64)> = None;
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut stats = TarStats::default();
+    let mut last_entry = String::from("(start of archive)");
+
+    let mut ar = tar::Archive::new(tar_file);
+    let entries = ar.entries_with_seek().map_err(|e| {
+        whole(Problem::Malformed {
+            detail: e.to_string(),
+        })
+    })?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| InputError {
+            input: input.clone(),
+            entry: Some(format!("after {last_entry}")),
+            problem: io_problem(&e),
+        })?;
+        let raw_path = entry.path_bytes().into_owned();
+        last_entry = path::display(&raw_path);
+        let fail = |problem| InputError {
+            input: input.clone(),
+            entry: Some(path::display(&raw_path)),
+            problem,
+        };
+        stats.entries += 1;
+
+        let entry_type = entry.header().entry_type();
+        if entry_type.is_pax_global_extensions() {
+            continue;
+        }
+        let norm = path::normalize(&raw_path).map_err(fail)?;
+        let pax = pax_records(&mut entry).map_err(|e| fail(io_problem(&e)))?;
+        if pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
+            return Err(fail(Problem::UnsupportedType {
+                kind: "PAX sparse file (GNU.sparse.*)".into(),
+            })
+            .into());
+        }
+
+        if opts.whiteouts
+            && let Some(name) = whiteout_name(&norm)
+        {
+            let prefix = &norm[..norm.len() - name.len() - 4];
+            let dir = prefix.strip_suffix(b"/").unwrap_or(prefix);
+            if name == b".wh..opq" {
+                tree.make_opaque(dir).map_err(fail)?;
+            } else if !name.starts_with(b".wh.") {
+                tree.whiteout(dir, name).map_err(fail)?;
+            }
+            stats.whiteouts += 1;
+            continue;
+        }
+
+        if !seen.insert(norm.clone()) {
+            return Err(fail(Problem::Duplicate).into());
+        }
+
+        let header = entry.header();
+        let meta = Meta {
+            mode: header.mode().map_err(|e| fail(io_problem(&e)))? & 0o7777,
+            uid: u32::try_from(header.uid().map_err(|e| fail(io_problem(&e)))?).map_err(|_| {
+                fail(Problem::Malformed {
+                    detail: "uid does not fit in 32 bits".into(),
+                })
+            })?,
+            gid: u32::try_from(header.gid().map_err(|e| fail(io_problem(&e)))?).map_err(|_| {
+                fail(Problem::Malformed {
+                    detail: "gid does not fit in 32 bits".into(),
+                })
+            })?,
+            mtime: mtime(header, &pax).map_err(fail)?,
+            xattrs: xattrs(&pax),
+        };
+        let device = |fail: &dyn Fn(Problem) -> InputError| -> Result<(u32, u32), InputError> {
+            let major = header
+                .device_major()
+                .map_err(|e| fail(io_problem(&e)))?
+                .unwrap_or(0);
+            let minor = header
+                .device_minor()
+                .map_err(|e| fail(io_problem(&e)))?
+                .unwrap_or(0);
+            Ok((major, minor))
+        };
+
+        use tar::EntryType as T;
+        let kind = match entry_type {
+            T::Regular | T::Continuous => {
+                let size = entry.size();
+                let offset = entry.raw_file_position();
+                if offset.checked_add(size).is_none_or(|end| end > archive_len) {
+                    return Err(fail(Problem::Truncated {
+                        detail: format!("{size} bytes of data at offset {offset}, but the archive has {archive_len}"),
+                    })
+                    .into());
+                }
+                stats.file_bytes += size;
+                NodeKind::File {
+                    size,
+                    content: Content::Archive {
+                        archive: archive_id,
+                        offset,
+                    },
+                }
+            }
+            T::GNUSparse => {
+                let (spool, id, used) = match &mut sparse_spool {
+                    Some(s) => s,
+                    None => {
+                        let tmp = tempfile::Builder::new()
+                            .prefix(".airlock-sparse-")
+                            .tempfile_in(opts.spool_dir)
+                            .with_context(|| {
+                                format!("creating a spool file in {}", opts.spool_dir.display())
+                            })?;
+                        let (f, p) = tmp.into_parts();
+                        let id = tree.archives_mut().register(p.to_path_buf(), Some(p));
+                        sparse_spool.insert((f, id, 0))
+                    }
+                };
+                let offset = *used;
+                let size = io::copy(&mut entry, spool).map_err(|e| fail(io_problem(&e)))?;
+                *used += size;
+                stats.file_bytes += size;
+                NodeKind::File {
+                    size,
+                    content: Content::Archive {
+                        archive: *id,
+                        offset,
+                    },
+                }
+            }
+            T::Directory => NodeKind::Directory {
+                entries: BTreeMap::new(),
+            },
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if target.is_empty() {
+                    return Err(fail(Problem::Malformed {
+                        detail: "symlink without a target".into(),
+                    })
+                    .into());
+                }
+                NodeKind::Symlink { target }
+            }
+            T::Link => {
+                let raw_target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target = path::normalize(&raw_target).map_err(|p| {
+                    fail(Problem::Malformed {
+                        detail: format!("hard link target `{}`: {p}", path::display(&raw_target)),
+                    })
+                })?;
+                tree.link(&norm, &target).map_err(fail)?;
+                continue;
+            }
+            T::Char => {
+                let (major, minor) = device(&fail)?;
+                NodeKind::CharDevice { major, minor }
+            }
+            T::Block => {
+                let (major, minor) = device(&fail)?;
+                NodeKind::BlockDevice { major, minor }
+            }
+            T::Fifo => NodeKind::Fifo,
+            other => {
+                return Err(fail(Problem::UnsupportedType {
+                    kind: format!("{other:?}"),
+                })
+                .into());
+            }
+        };
+        tree.insert(&norm, meta, kind).map_err(fail)?;
+    }
+    ar_end_check(ar.into_inner(), archive_len).map_err(whole)?;
+    Ok(stats)
+}
+
+/// After the last entry the tar reader has either consumed an all-zero end-of-archive block or
+/// hit end of file; only the first is a complete archive.
+fn ar_end_check(mut file: File, archive_len: u64) -> Result<(), Problem> {
+    let truncated = |detail: &str| Problem::Truncated {
+        detail: detail.into(),
+    };
+    let pos = file
+        .stream_position()
+        .map_err(|e| truncated(&e.to_string()))?;
+    if pos < BLOCK || pos > archive_len {
+        return Err(truncated("no end-of-archive marker"));
+    }
+    let mut block = [0u8; BLOCK as usize];
+    file.seek(SeekFrom::Start(pos - BLOCK))
+        .and_then(|_| file.read_exact(&mut block))
+        .map_err(|e| truncated(&e.to_string()))?;
+    if block.iter().any(|&b| b != 0) {
+        return Err(truncated("no end-of-archive marker"));
+    }
+    Ok(())
+}
+
+fn io_problem(e: &io::Error) -> Problem {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Problem::Truncated {
+            detail: e.to_string(),
+        }
+    } else {
+        Problem::Malformed {
+            detail: e.to_string(),
+        }
+    }
+}
+
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<PaxRecords> {
+    let mut out = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            out.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+fn pax_value<'p>(pax: &'p PaxRecords, key: &[u8]) -> Option<&'p [u8]> {
+    pax.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// The entry's mtime: PAX `mtime` (which may carry a fraction and be negative) wins over the
+/// header's octal field.
+fn mtime(header: &tar::Header, pax: &PaxRecords) -> Result<Timestamp, Problem> {
+    let bad = |detail: String| Problem::Malformed { detail };
+    if let Some(v) = pax_value(pax, b"mtime") {
+        let s = std::str::from_utf8(v).map_err(|_| bad("PAX mtime is not text".into()))?;
+        return parse_pax_time(s).ok_or_else(|| bad(format!("PAX mtime `{s}` is not a number")));
+    }
+    let secs = header.mtime().map_err(|e| bad(e.to_string()))?;
+    Ok(Timestamp {
+        secs: i64::try_from(secs).map_err(|_| bad("mtime out of range".into()))?,
+        nanos: 0,
+    })
+}
+
+fn parse_pax_time(s: &str) -> Option<Timestamp> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let secs: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut nanos_str: String = frac.chars().take(9).collect();
+    while nanos_str.len() < 9 {
+        nanos_str.push('0');
+    }
+    let nanos: u32 = nanos_str.parse().ok()?;
+    Some(if neg && nanos > 0 {
+        Timestamp {
+            secs: -secs - 1,
+            nanos: 1_000_000_000 - nanos,
+        }
+    } else if neg {
+        Timestamp {
+            secs: -secs,
+            nanos: 0,
+        }
+    } else {
+        Timestamp { secs, nanos }
+    })
+}
+
+fn xattrs(pax: &PaxRecords) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pax.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(b"SCHILY.xattr.")
+                .map(|name| (name.to_vec(), v.clone()))
+        })
+        .collect()
+}
+
+/// For `dir/.wh.name`, returns `name` (with `.wh..wh..opq` returned as `.wh..opq`).
+fn whiteout_name(path: &[u8]) -> Option<&[u8]> {
+    let last = path.rsplit(|&b| b == b'/').next()?;
+    last.strip_prefix(b".wh.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some(Timestamp {
+                secs: 1_700_000_000,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(parse_pax_time("12"), Some(Timestamp { secs: 12, nanos: 0 }));
+        assert_eq!(
+            parse_pax_time("-1.25"),
+            Some(Timestamp {
+                secs: -2,
+                nanos: 750_000_000
+            })
+        );
+        assert_eq!(parse_pax_time("x"), None);
+    }
+
+    #[test]
+    fn whiteout_names() {
+        assert_eq!(whiteout_name(b"a/.wh.b"), Some(&b"b"[..]));
+        assert_eq!(whiteout_name(b".wh..wh..opq"), Some(&b".wh..opq"[..]));
+        assert_eq!(whiteout_name(b"a/b.wh.c"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! QEMU test harness for airlock appliance images (arrives with the boot issue).
