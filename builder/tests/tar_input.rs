@@ -1,0 +1,520 @@
+//! The tree model filled from tar archives: every entry kind, compression, layering and
+//! whiteouts, and each hostile input rejected with its specific error.
+
+use airlock::tree::tar_input::{TarOptions, apply_tar};
+use airlock::tree::{InputError, NodeKind, Problem, Tree};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A hand-rolled tar writer: the `tar` crate refuses to write the hostile entries tested here.
+#[derive(Default)]
+struct RawTar(Vec<u8>);
+
+impl RawTar {
+    fn entry(&mut self, name: &str, typeflag: u8, data: &[u8], link: &str) -> &mut Self {
+        self.entry_with(name, typeflag, data, link, 0o644, 0, 0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn entry_with(
+        &mut self,
+        name: &str,
+        typeflag: u8,
+        data: &[u8],
+        link: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> &mut Self {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        octal(&mut h[100..108], u64::from(mode));
+        octal(&mut h[108..116], u64::from(uid));
+        octal(&mut h[116..124], u64::from(gid));
+        octal(&mut h[124..136], data.len() as u64);
+        octal(&mut h[136..148], 1_600_000_000);
+        h[156] = typeflag;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        self.0.extend_from_slice(&h);
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+        self
+    }
+
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let mut len = k.len() + v.len() + 3;
+            len += len.to_string().len();
+            if (len).to_string().len() + k.len() + v.len() + 3 != len {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        self.entry("PaxHeader", b'x', &body, "")
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = self.0.clone();
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    let s = format!("{v:0width$o}\0", width = field.len() - 1);
+    field.copy_from_slice(s.as_bytes());
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn load(&self, tree: &mut Tree, archive: &Path) -> anyhow::Result<()> {
+        apply_tar(
+            tree,
+            archive,
+            &TarOptions {
+                whiteouts: true,
+                spool_dir: self.dir.path(),
+            },
+        )
+        .map(|_| ())
+    }
+
+    fn problem(&self, bytes: &[u8]) -> (Option<String>, Problem) {
+        let p = self.write("hostile.tar", bytes);
+        let err = self
+            .load(&mut Tree::new(), &p)
+            .expect_err("hostile archive was accepted");
+        let input = err
+            .downcast_ref::<InputError>()
+            .unwrap_or_else(|| panic!("not an InputError: {err:#}"));
+        assert_eq!(
+            input.input,
+            p.display().to_string(),
+            "error must name the archive"
+        );
+        (input.entry.clone(), input.problem.clone())
+    }
+}
+
+fn read_file(tree: &Tree, path: &str) -> Vec<u8> {
+    let id = tree
+        .lookup(path)
+        .unwrap_or_else(|| panic!("{path} missing"));
+    let NodeKind::File { size, content } = &tree.node(id).kind else {
+        panic!("{path} is not a file")
+    };
+    let mut buf = vec![0u8; *size as usize];
+    tree.content_reader()
+        .read_at(content, *size, 0, &mut buf)
+        .unwrap();
+    buf
+}
+
+fn gnu() -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_mode(0o644);
+    h
+}
+
+fn ustar() -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h
+}
+
+/// A tar with every kind of entry, written by the `tar` crate (GNU long names, PAX xattrs).
+fn full_archive() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o750);
+    dir.set_size(0);
+    b.append_data(&mut dir, "./etc/", &[][..]).unwrap();
+
+    let mut f = gnu();
+    f.set_mode(0o4755);
+    f.set_uid(0);
+    f.set_gid(0);
+    f.set_size(5);
+    b.append_data(&mut f, "./usr/bin/su", &b"hello"[..])
+        .unwrap();
+
+    let long = format!("./usr/share/{}/file", "x".repeat(150));
+    let mut f = gnu();
+    f.set_mode(0o644);
+    f.set_size(4);
+    b.append_data(&mut f, &long, &b"long"[..]).unwrap();
+
+    b.append_pax_extensions([
+        (
+            "SCHILY.xattr.security.capability",
+            &b"\x01\x00\x00\x02\x00\x20\x00\x00"[..],
+        ),
+        ("uid", &b"100000"[..]),
+        ("gid", &b"100001"[..]),
+        ("mtime", &b"1700000000.25"[..]),
+    ])
+    .unwrap();
+    let mut f = ustar();
+    f.set_mode(0o755);
+    f.set_size(3);
+    b.append_data(&mut f, "usr/bin/ping", &b"pin"[..]).unwrap();
+
+    let mut l = gnu();
+    l.set_entry_type(tar::EntryType::Symlink);
+    l.set_size(0);
+    b.append_link(&mut l, "./usr/bin/sh", "/usr/bin/dash")
+        .unwrap();
+
+    for i in 0..3 {
+        let mut h = gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, format!("./usr/bin/su{i}"), "./usr/bin/su")
+            .unwrap();
+    }
+
+    for (name, kind, maj, min) in [
+        ("./dev/null", tar::EntryType::Char, 1, 3),
+        ("./dev/sda", tar::EntryType::Block, 8, 0),
+    ] {
+        let mut h = gnu();
+        h.set_entry_type(kind);
+        h.set_device_major(maj).unwrap();
+        h.set_device_minor(min).unwrap();
+        h.set_mode(0o660);
+        h.set_size(0);
+        b.append_data(&mut h, name, &[][..]).unwrap();
+    }
+    let mut h = gnu();
+    h.set_entry_type(tar::EntryType::Fifo);
+    h.set_size(0);
+    b.append_data(&mut h, "./run/initctl", &[][..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn check_full_tree(tree: &Tree) {
+    let etc = tree.node(tree.lookup("etc").unwrap());
+    assert!(etc.kind.is_dir());
+    assert_eq!(etc.meta.mode, 0o750);
+    let su = tree.lookup("usr/bin/su").unwrap();
+    assert_eq!(tree.node(su).meta.mode, 0o4755);
+    assert_eq!(read_file(tree, "usr/bin/su"), b"hello");
+    for i in 0..3 {
+        assert_eq!(
+            tree.lookup(&format!("usr/bin/su{i}")),
+            Some(su),
+            "hard link su{i}"
+        );
+    }
+    assert_eq!(tree.entry_counts()[su.index()], 4);
+    assert_eq!(
+        read_file(tree, &format!("usr/share/{}/file", "x".repeat(150))),
+        b"long"
+    );
+    let ping = tree.node(tree.lookup("usr/bin/ping").unwrap());
+    assert_eq!((ping.meta.uid, ping.meta.gid), (100_000, 100_001));
+    assert_eq!(
+        (ping.meta.mtime.secs, ping.meta.mtime.nanos),
+        (1_700_000_000, 250_000_000)
+    );
+    assert_eq!(
+        ping.meta
+            .xattrs
+            .get(&b"security.capability"[..])
+            .map(Vec::as_slice),
+        Some(&b"\x01\x00\x00\x02\x00\x20\x00\x00"[..])
+    );
+    assert_eq!(
+        tree.node(tree.lookup("usr/bin/sh").unwrap()).kind,
+        NodeKind::Symlink {
+            target: b"/usr/bin/dash".to_vec()
+        }
+    );
+    assert_eq!(
+        tree.node(tree.lookup("dev/null").unwrap()).kind,
+        NodeKind::CharDevice { major: 1, minor: 3 }
+    );
+    assert_eq!(
+        tree.node(tree.lookup("dev/sda").unwrap()).kind,
+        NodeKind::BlockDevice { major: 8, minor: 0 }
+    );
+    assert_eq!(
+        tree.node(tree.lookup("run/initctl").unwrap()).kind,
+        NodeKind::Fifo
+    );
+}
+
+#[test]
+fn reads_every_entry_kind() {
+    let fx = Fixture::new();
+    let p = fx.write("full.tar", &full_archive());
+    let mut tree = Tree::new();
+    fx.load(&mut tree, &p).unwrap();
+    check_full_tree(&tree);
+}
+
+#[test]
+fn gzip_and_zstd_read_to_the_same_tree() {
+    let fx = Fixture::new();
+    let plain = full_archive();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let gz = fx.write("full.tar.gz", &gz.finish().unwrap());
+    let zst = fx.write("full.tar.zst", &zstd::encode_all(&plain[..], 3).unwrap());
+    for p in [gz, zst] {
+        let mut tree = Tree::new();
+        fx.load(&mut tree, &p).unwrap();
+        check_full_tree(&tree);
+    }
+}
+
+#[test]
+fn layers_override_and_whiteouts_hide_lower_layers() {
+    let fx = Fixture::new();
+    let lower = fx.write(
+        "lower.tar",
+        &RawTar::default()
+            .entry("etc/", b'5', b"", "")
+            .entry("etc/a", b'0', b"lower-a", "")
+            .entry("etc/b", b'0', b"lower-b", "")
+            .entry("opt/x/y", b'0', b"y", "")
+            .entry("opt/keep", b'0', b"k", "")
+            .finish(),
+    );
+    let upper = fx.write(
+        "upper.tar",
+        &RawTar::default()
+            .entry("etc/a", b'0', b"upper-a", "")
+            .entry("etc/.wh.b", b'0', b"", "")
+            .entry("opt/new", b'0', b"n", "")
+            .entry("opt/.wh..wh..opq", b'0', b"", "")
+            .finish(),
+    );
+    let mut tree = Tree::new();
+    fx.load(&mut tree, &lower).unwrap();
+    fx.load(&mut tree, &upper).unwrap();
+    assert_eq!(read_file(&tree, "etc/a"), b"upper-a");
+    assert_eq!(tree.lookup("etc/b"), None);
+    assert_eq!(tree.lookup("etc/.wh.b"), None);
+    let opt: Vec<&[u8]> = tree
+        .entries(tree.lookup("opt").unwrap())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        opt,
+        vec![&b"new"[..]],
+        "opaque whiteout keeps only the upper layer's entries"
+    );
+}
+
+#[test]
+fn dot_dot_is_rejected() {
+    let (entry, problem) = Fixture::new().problem(
+        &RawTar::default()
+            .entry("../etc/passwd", b'0', b"x", "")
+            .finish(),
+    );
+    assert_eq!(entry.as_deref(), Some("../etc/passwd"));
+    assert_eq!(problem, Problem::DotDot);
+    let (_, problem) = Fixture::new().problem(
+        &RawTar::default()
+            .entry("a/b/../../../c", b'0', b"x", "")
+            .finish(),
+    );
+    assert_eq!(problem, Problem::DotDot);
+}
+
+#[test]
+fn absolute_path_is_rejected() {
+    let (entry, problem) = Fixture::new().problem(
+        &RawTar::default()
+            .entry("/etc/shadow", b'0', b"x", "")
+            .finish(),
+    );
+    assert_eq!(entry.as_deref(), Some("/etc/shadow"));
+    assert_eq!(problem, Problem::Absolute);
+}
+
+#[test]
+fn writing_through_an_escaping_symlink_is_rejected() {
+    let bytes = RawTar::default()
+        .entry("etc", b'2', b"", "/etc")
+        .entry("etc/cron.d/evil", b'0', b"x", "")
+        .finish();
+    let (entry, problem) = Fixture::new().problem(&bytes);
+    assert_eq!(entry.as_deref(), Some("etc/cron.d/evil"));
+    assert_eq!(
+        problem,
+        Problem::ParentNotDirectory {
+            parent: "etc".into(),
+            kind: "symlink"
+        }
+    );
+}
+
+#[test]
+fn hard_link_to_missing_target_is_rejected() {
+    let (entry, problem) = Fixture::new().problem(
+        &RawTar::default()
+            .entry("bin/a", b'1', b"", "bin/missing")
+            .finish(),
+    );
+    assert_eq!(entry.as_deref(), Some("bin/a"));
+    assert_eq!(
+        problem,
+        Problem::HardLinkTargetMissing {
+            target: "bin/missing".into()
+        }
+    );
+}
+
+#[test]
+fn hard_link_target_with_dot_dot_is_rejected() {
+    let bytes = RawTar::default()
+        .entry("a", b'0', b"x", "")
+        .entry("b", b'1', b"", "../a")
+        .finish();
+    let (entry, problem) = Fixture::new().problem(&bytes);
+    assert_eq!(entry.as_deref(), Some("b"));
+    assert!(matches!(problem, Problem::Malformed { detail } if detail.contains("`..`")));
+}
+
+#[test]
+fn duplicate_entry_is_rejected() {
+    let bytes = RawTar::default()
+        .entry("./etc/hosts", b'0', b"1", "")
+        .entry("etc/hosts", b'0', b"2", "")
+        .finish();
+    let (entry, problem) = Fixture::new().problem(&bytes);
+    assert_eq!(entry.as_deref(), Some("etc/hosts"));
+    assert_eq!(problem, Problem::Duplicate);
+}
+
+#[test]
+fn truncated_inside_file_data_is_rejected() {
+    let mut bytes = RawTar::default()
+        .entry("a", b'0', b"ok", "")
+        .entry("big", b'0', &[7u8; 4096], "")
+        .finish();
+    bytes.truncate(512 * 2 + 512 + 1000);
+    let (entry, problem) = Fixture::new().problem(&bytes);
+    assert_eq!(entry.as_deref(), Some("big"));
+    assert!(matches!(problem, Problem::Truncated { .. }), "{problem:?}");
+}
+
+#[test]
+fn truncated_at_a_block_boundary_is_rejected() {
+    let full = RawTar::default()
+        .entry("a", b'0', b"ok", "")
+        .entry("b", b'0', b"ok", "")
+        .finish();
+    let (entry, problem) = Fixture::new().problem(&full[..1024]);
+    assert_eq!(entry, None);
+    assert_eq!(
+        problem,
+        Problem::Truncated {
+            detail: "no end-of-archive marker".into()
+        }
+    );
+}
+
+#[test]
+fn truncated_header_is_rejected() {
+    let full = RawTar::default()
+        .entry("a", b'0', b"ok", "")
+        .entry("b", b'0', b"ok", "")
+        .finish();
+    let (_, problem) = Fixture::new().problem(&full[..1024 + 100]);
+    assert!(
+        matches!(
+            problem,
+            Problem::Truncated { .. } | Problem::Malformed { .. }
+        ),
+        "{problem:?}"
+    );
+}
+
+#[test]
+fn truncated_gzip_is_rejected() {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&full_archive()).unwrap();
+    let bytes = gz.finish().unwrap();
+    let (entry, problem) = Fixture::new().problem(&bytes[..bytes.len() / 2]);
+    assert_eq!(entry, None);
+    assert!(matches!(problem, Problem::Truncated { .. }), "{problem:?}");
+}
+
+#[test]
+fn corrupt_header_checksum_is_rejected() {
+    let mut bytes = RawTar::default().entry("a", b'0', b"ok", "").finish();
+    bytes[0] = b'b';
+    let (_, problem) = Fixture::new().problem(&bytes);
+    assert!(matches!(problem, Problem::Malformed { detail } if detail.contains("checksum")));
+}
+
+#[test]
+fn pax_uid_above_32_bits_is_rejected() {
+    let bytes = RawTar::default()
+        .pax(&[("uid", b"5000000000")])
+        .entry("a", b'0', b"x", "")
+        .finish();
+    let (entry, problem) = Fixture::new().problem(&bytes);
+    assert_eq!(entry.as_deref(), Some("a"));
+    assert!(matches!(problem, Problem::Malformed { detail } if detail.contains("uid")));
+}
+
+#[test]
+fn root_replaced_by_a_file_is_rejected() {
+    let (_, problem) =
+        Fixture::new().problem(&RawTar::default().entry("./", b'0', b"x", "").finish());
+    assert_eq!(
+        problem,
+        Problem::RootNotDirectory {
+            kind: "regular file"
+        }
+    );
+}
+
+#[test]
+fn error_message_names_archive_entry_and_problem() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "evil.tar",
+        &RawTar::default().entry("../x", b'0', b"x", "").finish(),
+    );
+    let msg = format!("{:#}", fx.load(&mut Tree::new(), &p).unwrap_err());
+    assert_eq!(
+        msg,
+        format!("{}: entry `../x`: path has a `..` component", p.display())
+    );
+}
