@@ -1,1 +1,158 @@
-//! cli.
+//! The command line: one subcommand per verb, each a thin call into the library.
+
+use crate::clock::BuildClock;
+use crate::disk::{self, Filesystem, PartitionRequest, Role};
+use crate::seed::Seed;
+use crate::size::ByteSize;
+use crate::tree::{self, Tree};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, about = "Builds signed, bootable appliance disk images for air-gapped networks")]
+pub struct Cli {
+    /// More output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an appliance image from its spec (images/<name>/appliance.toml).
+    Build(BuildArgs),
+    /// Assemble a GPT disk image from filesystem trees (directories or tar archives).
+    Disk(DiskArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The appliance spec.
+    #[arg(default_value = "images/demo/appliance.toml")]
+    pub spec: PathBuf,
+    /// Where the image and its companions go.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Only validate the spec (and everything it refers to), build nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Apply this folder last, for test images only (the VM tests' command channel).
+    #[arg(long, value_name = "DIR")]
+    pub test_overlay: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiskArgs {
+    /// Size of the whole image (e.g. 512MiB, 2GiB).
+    #[arg(long)]
+    pub size: ByteSize,
+    /// Seed every GUID, volume id and hash seed derives from.
+    #[arg(long)]
+    pub seed: String,
+    /// Contents of the EFI system partition: a directory or a tar (plain, gzip, zstd).
+    #[arg(long, value_name = "DIR|TAR")]
+    pub esp: PathBuf,
+    /// Size of the EFI system partition (default: 256MiB, or the whole disk when it is the only
+    /// partition).
+    #[arg(long, value_name = "SIZE")]
+    pub esp_size: Option<ByteSize>,
+    /// Contents of the root partition (ext4): a directory or a tar (plain, gzip, zstd).
+    #[arg(long, value_name = "DIR|TAR")]
+    pub root: Option<PathBuf>,
+    /// Size of the root partition (default: what the other partitions leave).
+    #[arg(long, value_name = "SIZE", requires = "root")]
+    pub root_size: Option<ByteSize>,
+    /// Add an empty ext4 data partition of this size (last on the disk).
+    #[arg(long, value_name = "SIZE")]
+    pub data: Option<ByteSize>,
+    /// The image file to write (sparse). It appears only once complete.
+    pub out: PathBuf,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build(args) => run_build(args),
+        Command::Disk(args) => run_disk(args),
+    }
+}
+
+fn run_build(args: BuildArgs) -> Result<()> {
+    let plan = crate::plan::plan(&args.spec, &crate::plan::HostContext::default())?;
+    if args.check {
+        println!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version);
+        return Ok(());
+    }
+    for dir in &args.test_overlay {
+        anyhow::ensure!(dir.is_dir(), "--test-overlay {} is not a directory", dir.display());
+    }
+    let opts = crate::pipeline::BuildOptions {
+        out_dir: args.out,
+        cache_dir: crate::cache::cache_dir()?,
+        clock: BuildClock::from_env()?,
+        test_overlays: args.test_overlay,
+    };
+    let report = crate::pipeline::build(&plan, &opts)?;
+    println!(
+        "{} ({}, kernel {}, {} packages)",
+        report.image.display(),
+        ByteSize(report.size),
+        report.kernel,
+        report.packages.len()
+    );
+    Ok(())
+}
+
+const DEFAULT_ESP_SIZE: u64 = 256 * crate::size::MIB;
+
+fn spool_dir(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn load(input: &Path, spool: &Path) -> Result<Tree> {
+    let mut t = Tree::new();
+    tree::apply_path(&mut t, input, spool).with_context(|| format!("loading {}", input.display()))?;
+    Ok(t)
+}
+
+fn run_disk(args: DiskArgs) -> Result<()> {
+    let clock = BuildClock::from_env()?;
+    let spool = spool_dir(&args.out);
+    let esp = load(&args.esp, &spool)?;
+    let alone = args.root.is_none() && args.data.is_none();
+    let esp_size = match args.esp_size {
+        Some(s) => Some(s.bytes()),
+        None if alone => None,
+        None => Some(DEFAULT_ESP_SIZE),
+    };
+    let mut requests = vec![PartitionRequest {
+        role: Role::Esp,
+        size: esp_size,
+        fs: Filesystem::Fat32 { tree: esp, label: "ESP".into() },
+    }];
+    if let Some(root) = &args.root {
+        let tree = load(root, &spool)?;
+        // Without --root-size the root takes the rest; with it, the rest stays unpartitioned.
+        let size = args.root_size.map(ByteSize::bytes);
+        requests.push(PartitionRequest {
+            role: Role::Root,
+            size,
+            fs: Filesystem::Ext4 { tree, label: "root".into(), reserved_percent: 5 },
+        });
+    }
+    if let Some(data) = args.data {
+        let fs = Filesystem::Ext4 { tree: Tree::new(), label: "data".into(), reserved_percent: 0 };
+        requests.push(PartitionRequest { role: Role::Data, size: Some(data.bytes()), fs });
+    }
+    let plan = disk::plan(args.size.bytes(), Seed::new(args.seed), clock, requests)?;
+    let report = disk::write(&plan, &args.out)?;
+    println!("{} ({})", report.path.display(), ByteSize(report.size));
+    for line in &report.partitions {
+        println!("  {line}");
+    }
+    Ok(())
+}

@@ -21,19 +21,17 @@ pub struct BuildClock {
 
 impl BuildClock {
     pub fn fixed(epoch: i64) -> Self {
-        Self {
-            epoch,
-            policy: MtimePolicy::Epoch,
-        }
+        Self { epoch, policy: MtimePolicy::Epoch }
     }
 
     /// `SOURCE_DATE_EPOCH` when set (see reproducible-builds.org), else the current time.
     pub fn from_env() -> Result<Self> {
         match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(v) => {
-                let epoch = v.trim().parse::<i64>().with_context(|| {
-                    format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds")
-                })?;
+                let epoch = v
+                    .trim()
+                    .parse::<i64>()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))?;
                 Ok(Self::fixed(epoch))
             }
             Err(_) => {
@@ -65,16 +63,10 @@ mod tests {
     #[test]
     fn clamps_or_fixes() {
         let mut meta = Meta::root(0o644);
-        meta.mtime = Timestamp {
-            secs: 2_000_000_000,
-            nanos: 5,
-        };
+        meta.mtime = Timestamp { secs: 2_000_000_000, nanos: 5 };
         let fixed = BuildClock::fixed(1_700_000_000);
         assert_eq!(fixed.stamp(&meta), Timestamp::from_secs(1_700_000_000));
-        let keep = BuildClock {
-            policy: MtimePolicy::KeepClamped,
-            ..fixed
-        };
+        let keep = BuildClock { policy: MtimePolicy::KeepClamped, ..fixed };
         assert_eq!(keep.stamp(&meta), Timestamp::from_secs(1_700_000_000));
         meta.mtime = Timestamp { secs: 5, nanos: 7 };
         assert_eq!(keep.stamp(&meta), Timestamp { secs: 5, nanos: 7 });

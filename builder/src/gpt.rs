@@ -77,11 +77,7 @@ impl GptLayout {
     /// sectors or too small, partitions that are misaligned, empty, outside the usable area or
     /// overlapping, names too long, GUIDs repeated.
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            self.disk_size % SECTOR == 0,
-            "disk size {} is not a multiple of {SECTOR} bytes",
-            self.disk_size
-        );
+        ensure!(self.disk_size % SECTOR == 0, "disk size {} is not a multiple of {SECTOR} bytes", self.disk_size);
         let min = first_usable_aligned() + ALIGN + BACKUP_SECTORS * SECTOR;
         ensure!(
             self.disk_size >= min,
@@ -89,29 +85,15 @@ impl GptLayout {
             self.disk_size
         );
         ensure!(!self.partitions.is_empty(), "the partition table is empty");
-        ensure!(
-            self.partitions.len() <= 128,
-            "{} partitions, GPT holds 128",
-            self.partitions.len()
-        );
+        ensure!(self.partitions.len() <= 128, "{} partitions, GPT holds 128", self.partitions.len());
         let lo = first_usable_aligned();
         let hi = last_usable_end(self.disk_size);
         let mut guids = vec![self.disk_guid];
         for (i, p) in self.partitions.iter().enumerate() {
             let n = i + 1;
             ensure!(p.size > 0, "partition {n} ({}) is empty", p.name);
-            ensure!(
-                p.start % ALIGN == 0,
-                "partition {n} ({}) starts at {}, not on a 1 MiB boundary",
-                p.name,
-                p.start
-            );
-            ensure!(
-                p.size % SECTOR == 0,
-                "partition {n} ({}) size {} is not whole sectors",
-                p.name,
-                p.size
-            );
+            ensure!(p.start % ALIGN == 0, "partition {n} ({}) starts at {}, not on a 1 MiB boundary", p.name, p.start);
+            ensure!(p.size % SECTOR == 0, "partition {n} ({}) size {} is not whole sectors", p.name, p.size);
             ensure!(
                 p.start >= lo,
                 "partition {n} ({}) starts at {} inside the primary GPT area (< {lo})",
@@ -133,20 +115,10 @@ impl GptLayout {
             );
             for (j, q) in self.partitions.iter().enumerate().take(i) {
                 if p.start < q.end() && q.start < p.end() {
-                    bail!(
-                        "partition {n} ({}) overlaps partition {} ({})",
-                        p.name,
-                        j + 1,
-                        q.name
-                    );
+                    bail!("partition {n} ({}) overlaps partition {} ({})", p.name, j + 1, q.name);
                 }
             }
-            ensure!(
-                !guids.contains(&p.guid),
-                "partition {n} ({}) reuses GUID {}",
-                p.name,
-                p.guid
-            );
+            ensure!(!guids.contains(&p.guid), "partition {n} ({}) reuses GUID {}", p.name, p.guid);
             guids.push(p.guid);
         }
         Ok(())
@@ -156,15 +128,8 @@ impl GptLayout {
     /// already be `disk_size` bytes long.
     pub fn write(&self, file: &File) -> Result<()> {
         self.validate()?;
-        let len = file
-            .metadata()
-            .context("reading output image metadata")?
-            .len();
-        ensure!(
-            len == self.disk_size,
-            "image is {len} bytes, the layout expects {}",
-            self.disk_size
-        );
+        let len = file.metadata().context("reading output image metadata")?.len();
+        ensure!(len == self.disk_size, "image is {len} bytes, the layout expects {}", self.disk_size);
         let mut device = file;
         let last_lba = u32::try_from(self.disk_size / SECTOR - 1).unwrap_or(u32::MAX);
         gpt::mbr::ProtectiveMBR::with_lb_size(last_lba)
@@ -194,10 +159,8 @@ impl GptLayout {
                 (i as u32 + 1, entry)
             })
             .collect();
-        disk.update_partitions(parts)
-            .context("setting GPT partition entries")?;
-        disk.write()
-            .context("writing GPT headers and partition entries")?;
+        disk.update_partitions(parts).context("setting GPT partition entries")?;
+        disk.write().context("writing GPT headers and partition entries")?;
         Ok(())
     }
 
@@ -221,11 +184,7 @@ impl GptLayout {
                 size: (p.last_lba + 1 - p.first_lba) * SECTOR,
             })
             .collect();
-        Ok(Self {
-            disk_size,
-            disk_guid: *disk.guid(),
-            partitions,
-        })
+        Ok(Self { disk_size, disk_guid: *disk.guid(), partitions })
     }
 }
 
@@ -234,61 +193,28 @@ mod tests {
     use super::*;
 
     fn part(name: &str, start: u64, size: u64, n: u128) -> PartitionEntry {
-        PartitionEntry {
-            name: name.into(),
-            type_guid: types::ESP,
-            guid: Uuid::from_u128(n),
-            start,
-            size,
-        }
+        PartitionEntry { name: name.into(), type_guid: types::ESP, guid: Uuid::from_u128(n), start, size }
     }
 
     fn layout(parts: Vec<PartitionEntry>) -> GptLayout {
-        GptLayout {
-            disk_size: 64 * ALIGN,
-            disk_guid: Uuid::from_u128(99),
-            partitions: parts,
-        }
+        GptLayout { disk_size: 64 * ALIGN, disk_guid: Uuid::from_u128(99), partitions: parts }
     }
 
     #[test]
     fn accepts_a_good_layout() {
-        layout(vec![
-            part("esp", ALIGN, 16 * ALIGN, 1),
-            part("root", 17 * ALIGN, 46 * ALIGN, 2),
-        ])
-        .validate()
-        .unwrap();
+        layout(vec![part("esp", ALIGN, 16 * ALIGN, 1), part("root", 17 * ALIGN, 46 * ALIGN, 2)]).validate().unwrap();
     }
 
     #[test]
     fn rejects_bad_layouts() {
         let cases = [
-            (
-                vec![
-                    part("a", ALIGN, 8 * ALIGN, 1),
-                    part("b", 8 * ALIGN, 8 * ALIGN, 2),
-                ],
-                "overlaps partition 1",
-            ),
-            (
-                vec![part("a", ALIGN + SECTOR, ALIGN, 1)],
-                "not on a 1 MiB boundary",
-            ),
+            (vec![part("a", ALIGN, 8 * ALIGN, 1), part("b", 8 * ALIGN, 8 * ALIGN, 2)], "overlaps partition 1"),
+            (vec![part("a", ALIGN + SECTOR, ALIGN, 1)], "not on a 1 MiB boundary"),
             (vec![part("a", 0, ALIGN, 1)], "inside the primary GPT area"),
-            (
-                vec![part("a", ALIGN, 63 * ALIGN, 1)],
-                "past the last usable byte",
-            ),
+            (vec![part("a", ALIGN, 63 * ALIGN, 1)], "past the last usable byte"),
             (vec![part("a", ALIGN, 0, 1)], "is empty"),
-            (
-                vec![part("a", ALIGN, ALIGN, 1), part("b", 2 * ALIGN, ALIGN, 1)],
-                "reuses GUID",
-            ),
-            (
-                vec![part(&"x".repeat(37), ALIGN, ALIGN, 1)],
-                "longer than 36",
-            ),
+            (vec![part("a", ALIGN, ALIGN, 1), part("b", 2 * ALIGN, ALIGN, 1)], "reuses GUID"),
+            (vec![part(&"x".repeat(37), ALIGN, ALIGN, 1)], "longer than 36"),
         ];
         for (parts, want) in cases {
             let err = layout(parts).validate().unwrap_err().to_string();
@@ -299,10 +225,7 @@ mod tests {
     #[test]
     fn writes_and_reads_back() {
         let f = tempfile::tempfile().unwrap();
-        let l = layout(vec![
-            part("esp", ALIGN, 16 * ALIGN, 1),
-            part("root", 17 * ALIGN, 46 * ALIGN, 2),
-        ]);
+        let l = layout(vec![part("esp", ALIGN, 16 * ALIGN, 1), part("root", 17 * ALIGN, 46 * ALIGN, 2)]);
         f.set_len(l.disk_size).unwrap();
         l.write(&f).unwrap();
         assert_eq!(GptLayout::read(&f).unwrap(), l);

@@ -8,13 +8,25 @@
 //! - [`disk`]: `airlock disk`, assembling partitions into one sparse image;
 //! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
 
+pub mod apt_sources;
+pub mod base_os;
+pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod command;
+pub mod configure;
 pub mod disk;
+pub mod embedded;
+pub mod esp;
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod output_file;
+pub mod pipeline;
+pub mod plan;
 pub mod region;
 pub mod seed;
 pub mod size;
+pub mod spec;
 pub mod tree;
+pub mod units;

@@ -20,9 +20,7 @@ pub struct PartialFile {
 impl PartialFile {
     /// Creates (truncating any stale leftover) the partial file for `dest`.
     pub fn create(dest: &Path) -> Result<Self> {
-        let name = dest
-            .file_name()
-            .with_context(|| format!("output path {} has no file name", dest.display()))?;
+        let name = dest.file_name().with_context(|| format!("output path {} has no file name", dest.display()))?;
         let dir = parent_dir(dest);
         if !dir.is_dir() {
             bail!("output directory {} does not exist", dir.display());
@@ -38,11 +36,7 @@ impl PartialFile {
             .truncate(true)
             .open(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
-        Ok(Self {
-            file: Some(file),
-            partial,
-            dest: dest.to_path_buf(),
-        })
+        Ok(Self { file: Some(file), partial, dest: dest.to_path_buf() })
     }
 
     pub fn file(&self) -> &File {
@@ -57,20 +51,12 @@ impl PartialFile {
     /// Makes the file durable and gives it its final name.
     pub fn commit(mut self) -> Result<PathBuf> {
         let file = self.file.take().expect("PartialFile committed twice");
-        file.sync_all()
-            .with_context(|| format!("syncing {}", self.partial.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", self.partial.display()))?;
         drop(file);
-        fs::rename(&self.partial, &self.dest).with_context(|| {
-            format!(
-                "renaming {} to {}",
-                self.partial.display(),
-                self.dest.display()
-            )
-        })?;
+        fs::rename(&self.partial, &self.dest)
+            .with_context(|| format!("renaming {} to {}", self.partial.display(), self.dest.display()))?;
         let dir = parent_dir(&self.dest);
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", dir.display()))?;
+        File::open(&dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))?;
         Ok(std::mem::take(&mut self.dest))
     }
 }
@@ -123,9 +109,6 @@ mod tests {
     #[test]
     fn missing_directory_is_a_clear_error() {
         let err = PartialFile::create(Path::new("/nonexistent-dir-airlock/out.raw")).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("output directory /nonexistent-dir-airlock does not exist")
-        );
+        assert!(err.to_string().contains("output directory /nonexistent-dir-airlock does not exist"));
     }
 }

@@ -49,36 +49,17 @@ impl<'a> Region<'a> {
         }
         self.file
             .write_all_at(buf, self.offset + pos)
-            .with_context(|| {
-                format!(
-                    "writing {} bytes at image offset {}",
-                    buf.len(),
-                    self.offset + pos
-                )
-            })
+            .with_context(|| format!("writing {} bytes at image offset {}", buf.len(), self.offset + pos))
     }
 
     /// Reads back `buf.len()` bytes at `pos` (relative to the region start).
     pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
-        if pos
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > self.len)
-        {
-            bail!(
-                "read of {} bytes at {pos} is outside the {}-byte region",
-                buf.len(),
-                self.len
-            );
+        if pos.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
+            bail!("read of {} bytes at {pos} is outside the {}-byte region", buf.len(), self.len);
         }
         self.file
             .read_exact_at(buf, self.offset + pos)
-            .with_context(|| {
-                format!(
-                    "reading {} bytes at image offset {}",
-                    buf.len(),
-                    self.offset + pos
-                )
-            })
+            .with_context(|| format!("reading {} bytes at image offset {}", buf.len(), self.offset + pos))
     }
 }
 

@@ -28,14 +28,9 @@ impl FromStr for ByteSize {
     type Err = SizeError;
 
     fn from_str(input: &str) -> Result<Self, SizeError> {
-        let err = |why| SizeError {
-            input: input.to_string(),
-            why,
-        };
+        let err = |why| SizeError { input: input.to_string(), why };
         let s = input.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
         if number.is_empty() {
             return Err(err("no number"));
@@ -59,13 +54,9 @@ impl FromStr for ByteSize {
             }
             let scale = 10u64.pow(frac.len() as u32);
             let frac: u64 = frac.parse().map_err(|_| err("bad fraction"))?;
-            let whole_bytes = whole
-                .checked_mul(multiplier)
-                .ok_or_else(|| err("too large"))?;
+            let whole_bytes = whole.checked_mul(multiplier).ok_or_else(|| err("too large"))?;
             let frac_bytes = (u128::from(frac) * u128::from(multiplier) / u128::from(scale)) as u64;
-            whole_bytes
-                .checked_add(frac_bytes)
-                .ok_or_else(|| err("too large"))?
+            whole_bytes.checked_add(frac_bytes).ok_or_else(|| err("too large"))?
         } else {
             let n: u64 = number.parse().map_err(|_| err("bad number"))?;
             n.checked_mul(multiplier).ok_or_else(|| err("too large"))?
@@ -88,6 +79,22 @@ impl fmt::Display for ByteSize {
             }
         }
         write!(f, "{b}B")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ByteSize {
+    /// Accepts a string with a unit (`"512MiB"`) or a plain integer of bytes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The tree model filled from tar archives: every entry kind, compression, layering and
 //! whiteouts, and each hostile input rejected with its specific error.
+#![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 use airlock::tree::tar_input::{TarOptions, apply_tar};
 use airlock::tree::{InputError, NodeKind, Problem, Tree};
@@ -80,9 +81,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self { dir: tempfile::tempdir().unwrap() }
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -92,45 +91,23 @@ impl Fixture {
     }
 
     fn load(&self, tree: &mut Tree, archive: &Path) -> anyhow::Result<()> {
-        apply_tar(
-            tree,
-            archive,
-            &TarOptions {
-                whiteouts: true,
-                spool_dir: self.dir.path(),
-            },
-        )
-        .map(|_| ())
+        apply_tar(tree, archive, &TarOptions { whiteouts: true, spool_dir: self.dir.path() }).map(|_| ())
     }
 
     fn problem(&self, bytes: &[u8]) -> (Option<String>, Problem) {
         let p = self.write("hostile.tar", bytes);
-        let err = self
-            .load(&mut Tree::new(), &p)
-            .expect_err("hostile archive was accepted");
-        let input = err
-            .downcast_ref::<InputError>()
-            .unwrap_or_else(|| panic!("not an InputError: {err:#}"));
-        assert_eq!(
-            input.input,
-            p.display().to_string(),
-            "error must name the archive"
-        );
+        let err = self.load(&mut Tree::new(), &p).expect_err("hostile archive was accepted");
+        let input = err.downcast_ref::<InputError>().unwrap_or_else(|| panic!("not an InputError: {err:#}"));
+        assert_eq!(input.input, p.display().to_string(), "error must name the archive");
         (input.entry.clone(), input.problem.clone())
     }
 }
 
 fn read_file(tree: &Tree, path: &str) -> Vec<u8> {
-    let id = tree
-        .lookup(path)
-        .unwrap_or_else(|| panic!("{path} missing"));
-    let NodeKind::File { size, content } = &tree.node(id).kind else {
-        panic!("{path} is not a file")
-    };
+    let id = tree.lookup(path).unwrap_or_else(|| panic!("{path} missing"));
+    let NodeKind::File { size, content } = &tree.node(id).kind else { panic!("{path} is not a file") };
     let mut buf = vec![0u8; *size as usize];
-    tree.content_reader()
-        .read_at(content, *size, 0, &mut buf)
-        .unwrap();
+    tree.content_reader().read_at(content, *size, 0, &mut buf).unwrap();
     buf
 }
 
@@ -165,8 +142,7 @@ fn full_archive() -> Vec<u8> {
     f.set_uid(0);
     f.set_gid(0);
     f.set_size(5);
-    b.append_data(&mut f, "./usr/bin/su", &b"hello"[..])
-        .unwrap();
+    b.append_data(&mut f, "./usr/bin/su", &b"hello"[..]).unwrap();
 
     let long = format!("./usr/share/{}/file", "x".repeat(150));
     let mut f = gnu();
@@ -175,10 +151,7 @@ fn full_archive() -> Vec<u8> {
     b.append_data(&mut f, &long, &b"long"[..]).unwrap();
 
     b.append_pax_extensions([
-        (
-            "SCHILY.xattr.security.capability",
-            &b"\x01\x00\x00\x02\x00\x20\x00\x00"[..],
-        ),
+        ("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02\x00\x20\x00\x00"[..]),
         ("uid", &b"100000"[..]),
         ("gid", &b"100001"[..]),
         ("mtime", &b"1700000000.25"[..]),
@@ -192,21 +165,18 @@ fn full_archive() -> Vec<u8> {
     let mut l = gnu();
     l.set_entry_type(tar::EntryType::Symlink);
     l.set_size(0);
-    b.append_link(&mut l, "./usr/bin/sh", "/usr/bin/dash")
-        .unwrap();
+    b.append_link(&mut l, "./usr/bin/sh", "/usr/bin/dash").unwrap();
 
     for i in 0..3 {
         let mut h = gnu();
         h.set_entry_type(tar::EntryType::Link);
         h.set_size(0);
-        b.append_link(&mut h, format!("./usr/bin/su{i}"), "./usr/bin/su")
-            .unwrap();
+        b.append_link(&mut h, format!("./usr/bin/su{i}"), "./usr/bin/su").unwrap();
     }
 
-    for (name, kind, maj, min) in [
-        ("./dev/null", tar::EntryType::Char, 1, 3),
-        ("./dev/sda", tar::EntryType::Block, 8, 0),
-    ] {
+    for (name, kind, maj, min) in
+        [("./dev/null", tar::EntryType::Char, 1, 3), ("./dev/sda", tar::EntryType::Block, 8, 0)]
+    {
         let mut h = gnu();
         h.set_entry_type(kind);
         h.set_device_major(maj).unwrap();
@@ -230,48 +200,24 @@ fn check_full_tree(tree: &Tree) {
     assert_eq!(tree.node(su).meta.mode, 0o4755);
     assert_eq!(read_file(tree, "usr/bin/su"), b"hello");
     for i in 0..3 {
-        assert_eq!(
-            tree.lookup(&format!("usr/bin/su{i}")),
-            Some(su),
-            "hard link su{i}"
-        );
+        assert_eq!(tree.lookup(&format!("usr/bin/su{i}")), Some(su), "hard link su{i}");
     }
     assert_eq!(tree.entry_counts()[su.index()], 4);
-    assert_eq!(
-        read_file(tree, &format!("usr/share/{}/file", "x".repeat(150))),
-        b"long"
-    );
+    assert_eq!(read_file(tree, &format!("usr/share/{}/file", "x".repeat(150))), b"long");
     let ping = tree.node(tree.lookup("usr/bin/ping").unwrap());
     assert_eq!((ping.meta.uid, ping.meta.gid), (100_000, 100_001));
+    assert_eq!((ping.meta.mtime.secs, ping.meta.mtime.nanos), (1_700_000_000, 250_000_000));
     assert_eq!(
-        (ping.meta.mtime.secs, ping.meta.mtime.nanos),
-        (1_700_000_000, 250_000_000)
-    );
-    assert_eq!(
-        ping.meta
-            .xattrs
-            .get(&b"security.capability"[..])
-            .map(Vec::as_slice),
+        ping.meta.xattrs.get(&b"security.capability"[..]).map(Vec::as_slice),
         Some(&b"\x01\x00\x00\x02\x00\x20\x00\x00"[..])
     );
     assert_eq!(
         tree.node(tree.lookup("usr/bin/sh").unwrap()).kind,
-        NodeKind::Symlink {
-            target: b"/usr/bin/dash".to_vec()
-        }
+        NodeKind::Symlink { target: b"/usr/bin/dash".to_vec() }
     );
-    assert_eq!(
-        tree.node(tree.lookup("dev/null").unwrap()).kind,
-        NodeKind::CharDevice { major: 1, minor: 3 }
-    );
-    assert_eq!(
-        tree.node(tree.lookup("dev/sda").unwrap()).kind,
-        NodeKind::BlockDevice { major: 8, minor: 0 }
-    );
-    assert_eq!(
-        tree.node(tree.lookup("run/initctl").unwrap()).kind,
-        NodeKind::Fifo
-    );
+    assert_eq!(tree.node(tree.lookup("dev/null").unwrap()).kind, NodeKind::CharDevice { major: 1, minor: 3 });
+    assert_eq!(tree.node(tree.lookup("dev/sda").unwrap()).kind, NodeKind::BlockDevice { major: 8, minor: 0 });
+    assert_eq!(tree.node(tree.lookup("run/initctl").unwrap()).kind, NodeKind::Fifo);
 }
 
 #[test]
@@ -326,84 +272,44 @@ fn layers_override_and_whiteouts_hide_lower_layers() {
     assert_eq!(read_file(&tree, "etc/a"), b"upper-a");
     assert_eq!(tree.lookup("etc/b"), None);
     assert_eq!(tree.lookup("etc/.wh.b"), None);
-    let opt: Vec<&[u8]> = tree
-        .entries(tree.lookup("opt").unwrap())
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(
-        opt,
-        vec![&b"new"[..]],
-        "opaque whiteout keeps only the upper layer's entries"
-    );
+    let opt: Vec<&[u8]> = tree.entries(tree.lookup("opt").unwrap()).map(|(n, _)| n).collect();
+    assert_eq!(opt, vec![&b"new"[..]], "opaque whiteout keeps only the upper layer's entries");
 }
 
 #[test]
 fn dot_dot_is_rejected() {
-    let (entry, problem) = Fixture::new().problem(
-        &RawTar::default()
-            .entry("../etc/passwd", b'0', b"x", "")
-            .finish(),
-    );
+    let (entry, problem) = Fixture::new().problem(&RawTar::default().entry("../etc/passwd", b'0', b"x", "").finish());
     assert_eq!(entry.as_deref(), Some("../etc/passwd"));
     assert_eq!(problem, Problem::DotDot);
-    let (_, problem) = Fixture::new().problem(
-        &RawTar::default()
-            .entry("a/b/../../../c", b'0', b"x", "")
-            .finish(),
-    );
+    let (_, problem) = Fixture::new().problem(&RawTar::default().entry("a/b/../../../c", b'0', b"x", "").finish());
     assert_eq!(problem, Problem::DotDot);
 }
 
 #[test]
 fn absolute_path_is_rejected() {
-    let (entry, problem) = Fixture::new().problem(
-        &RawTar::default()
-            .entry("/etc/shadow", b'0', b"x", "")
-            .finish(),
-    );
+    let (entry, problem) = Fixture::new().problem(&RawTar::default().entry("/etc/shadow", b'0', b"x", "").finish());
     assert_eq!(entry.as_deref(), Some("/etc/shadow"));
     assert_eq!(problem, Problem::Absolute);
 }
 
 #[test]
 fn writing_through_an_escaping_symlink_is_rejected() {
-    let bytes = RawTar::default()
-        .entry("etc", b'2', b"", "/etc")
-        .entry("etc/cron.d/evil", b'0', b"x", "")
-        .finish();
+    let bytes = RawTar::default().entry("etc", b'2', b"", "/etc").entry("etc/cron.d/evil", b'0', b"x", "").finish();
     let (entry, problem) = Fixture::new().problem(&bytes);
     assert_eq!(entry.as_deref(), Some("etc/cron.d/evil"));
-    assert_eq!(
-        problem,
-        Problem::ParentNotDirectory {
-            parent: "etc".into(),
-            kind: "symlink"
-        }
-    );
+    assert_eq!(problem, Problem::ParentNotDirectory { parent: "etc".into(), kind: "symlink" });
 }
 
 #[test]
 fn hard_link_to_missing_target_is_rejected() {
-    let (entry, problem) = Fixture::new().problem(
-        &RawTar::default()
-            .entry("bin/a", b'1', b"", "bin/missing")
-            .finish(),
-    );
+    let (entry, problem) = Fixture::new().problem(&RawTar::default().entry("bin/a", b'1', b"", "bin/missing").finish());
     assert_eq!(entry.as_deref(), Some("bin/a"));
-    assert_eq!(
-        problem,
-        Problem::HardLinkTargetMissing {
-            target: "bin/missing".into()
-        }
-    );
+    assert_eq!(problem, Problem::HardLinkTargetMissing { target: "bin/missing".into() });
 }
 
 #[test]
 fn hard_link_target_with_dot_dot_is_rejected() {
-    let bytes = RawTar::default()
-        .entry("a", b'0', b"x", "")
-        .entry("b", b'1', b"", "../a")
-        .finish();
+    let bytes = RawTar::default().entry("a", b'0', b"x", "").entry("b", b'1', b"", "../a").finish();
     let (entry, problem) = Fixture::new().problem(&bytes);
     assert_eq!(entry.as_deref(), Some("b"));
     assert!(matches!(problem, Problem::Malformed { detail } if detail.contains("`..`")));
@@ -411,10 +317,7 @@ fn hard_link_target_with_dot_dot_is_rejected() {
 
 #[test]
 fn duplicate_entry_is_rejected() {
-    let bytes = RawTar::default()
-        .entry("./etc/hosts", b'0', b"1", "")
-        .entry("etc/hosts", b'0', b"2", "")
-        .finish();
+    let bytes = RawTar::default().entry("./etc/hosts", b'0', b"1", "").entry("etc/hosts", b'0', b"2", "").finish();
     let (entry, problem) = Fixture::new().problem(&bytes);
     assert_eq!(entry.as_deref(), Some("etc/hosts"));
     assert_eq!(problem, Problem::Duplicate);
@@ -422,10 +325,7 @@ fn duplicate_entry_is_rejected() {
 
 #[test]
 fn truncated_inside_file_data_is_rejected() {
-    let mut bytes = RawTar::default()
-        .entry("a", b'0', b"ok", "")
-        .entry("big", b'0', &[7u8; 4096], "")
-        .finish();
+    let mut bytes = RawTar::default().entry("a", b'0', b"ok", "").entry("big", b'0', &[7u8; 4096], "").finish();
     bytes.truncate(512 * 2 + 512 + 1000);
     let (entry, problem) = Fixture::new().problem(&bytes);
     assert_eq!(entry.as_deref(), Some("big"));
@@ -434,34 +334,17 @@ fn truncated_inside_file_data_is_rejected() {
 
 #[test]
 fn truncated_at_a_block_boundary_is_rejected() {
-    let full = RawTar::default()
-        .entry("a", b'0', b"ok", "")
-        .entry("b", b'0', b"ok", "")
-        .finish();
+    let full = RawTar::default().entry("a", b'0', b"ok", "").entry("b", b'0', b"ok", "").finish();
     let (entry, problem) = Fixture::new().problem(&full[..1024]);
     assert_eq!(entry, None);
-    assert_eq!(
-        problem,
-        Problem::Truncated {
-            detail: "no end-of-archive marker".into()
-        }
-    );
+    assert_eq!(problem, Problem::Truncated { detail: "no end-of-archive marker".into() });
 }
 
 #[test]
 fn truncated_header_is_rejected() {
-    let full = RawTar::default()
-        .entry("a", b'0', b"ok", "")
-        .entry("b", b'0', b"ok", "")
-        .finish();
+    let full = RawTar::default().entry("a", b'0', b"ok", "").entry("b", b'0', b"ok", "").finish();
     let (_, problem) = Fixture::new().problem(&full[..1024 + 100]);
-    assert!(
-        matches!(
-            problem,
-            Problem::Truncated { .. } | Problem::Malformed { .. }
-        ),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, Problem::Truncated { .. } | Problem::Malformed { .. }), "{problem:?}");
 }
 
 #[test]
@@ -484,10 +367,7 @@ fn corrupt_header_checksum_is_rejected() {
 
 #[test]
 fn pax_uid_above_32_bits_is_rejected() {
-    let bytes = RawTar::default()
-        .pax(&[("uid", b"5000000000")])
-        .entry("a", b'0', b"x", "")
-        .finish();
+    let bytes = RawTar::default().pax(&[("uid", b"5000000000")]).entry("a", b'0', b"x", "").finish();
     let (entry, problem) = Fixture::new().problem(&bytes);
     assert_eq!(entry.as_deref(), Some("a"));
     assert!(matches!(problem, Problem::Malformed { detail } if detail.contains("uid")));
@@ -495,26 +375,14 @@ fn pax_uid_above_32_bits_is_rejected() {
 
 #[test]
 fn root_replaced_by_a_file_is_rejected() {
-    let (_, problem) =
-        Fixture::new().problem(&RawTar::default().entry("./", b'0', b"x", "").finish());
-    assert_eq!(
-        problem,
-        Problem::RootNotDirectory {
-            kind: "regular file"
-        }
-    );
+    let (_, problem) = Fixture::new().problem(&RawTar::default().entry("./", b'0', b"x", "").finish());
+    assert_eq!(problem, Problem::RootNotDirectory { kind: "regular file" });
 }
 
 #[test]
 fn error_message_names_archive_entry_and_problem() {
     let fx = Fixture::new();
-    let p = fx.write(
-        "evil.tar",
-        &RawTar::default().entry("../x", b'0', b"x", "").finish(),
-    );
+    let p = fx.write("evil.tar", &RawTar::default().entry("../x", b'0', b"x", "").finish());
     let msg = format!("{:#}", fx.load(&mut Tree::new(), &p).unwrap_err());
-    assert_eq!(
-        msg,
-        format!("{}: entry `../x`: path has a `..` component", p.display())
-    );
+    assert_eq!(msg, format!("{}: entry `../x`: path has a `..` component", p.display()));
 }

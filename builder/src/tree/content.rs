@@ -7,9 +7,35 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Index of an archive (an uncompressed tar or a spool file) registered with a tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ArchiveId(pub(crate) u32);
+/// An uncompressed tar archive or a spool file that file contents point into. Held by `Arc`
+/// from every file node that uses it, so contents can move between trees (the ESP takes the
+/// kernel from the root filesystem's tar) and a temporary spool lives exactly as long as a node
+/// needs it.
+#[derive(Debug)]
+pub struct Archive {
+    path: PathBuf,
+    /// Deletes a temporary spool when the last node using it is gone.
+    _spool: Option<tempfile::TempPath>,
+}
+
+impl Archive {
+    pub(crate) fn new(path: PathBuf, spool: Option<tempfile::TempPath>) -> Arc<Self> {
+        Arc::new(Self { path, _spool: spool })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Archives are the same when they are the same object (two opens of one file are not merged).
+impl PartialEq for Archive {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Archive {}
 
 /// The source of a regular file's bytes. The size lives next to it in
 /// [`NodeKind::File`](super::NodeKind::File).
@@ -17,152 +43,83 @@ pub struct ArchiveId(pub(crate) u32);
 pub enum Content {
     /// A file on the build host, read when the image is written.
     Host(Arc<Path>),
-    /// `size` bytes at `offset` of a registered archive (an uncompressed tar, or the spool that
-    /// holds decompressed or sparse-expanded data).
-    Archive { archive: ArchiveId, offset: u64 },
-    /// Small generated files (loader entries, unit symlinks' neighbours, configuration).
+    /// Bytes at `offset` of an archive (an uncompressed tar, or the spool that holds
+    /// decompressed or sparse-expanded data).
+    Archive { archive: Arc<Archive>, offset: u64 },
+    /// Small generated files (loader entries, configuration, embedded files).
     Bytes(Arc<[u8]>),
 }
 
-#[derive(Debug)]
-struct ArchiveFile {
-    path: PathBuf,
-    /// Keeps a temporary spool alive (and deletes it) with the tree.
-    _spool: Option<tempfile::TempPath>,
-}
-
-/// The archives a tree's contents refer to.
+/// Reads file contents for writers, keeping the most recently used archive open (writers read
+/// one archive's files in a row).
 #[derive(Debug, Default)]
-pub struct Archives {
-    files: Vec<ArchiveFile>,
+pub struct ContentReader {
+    open: Option<(Arc<Archive>, File)>,
 }
 
-impl Archives {
-    pub(crate) fn register(
-        &mut self,
-        path: PathBuf,
-        spool: Option<tempfile::TempPath>,
-    ) -> ArchiveId {
-        let id = ArchiveId(u32::try_from(self.files.len()).expect("more than 2^32 archives"));
-        self.files.push(ArchiveFile {
-            path,
-            _spool: spool,
-        });
-        id
-    }
-
-    fn path(&self, id: ArchiveId) -> &Path {
-        &self.files[id.0 as usize].path
-    }
-}
-
-/// Reads file contents for writers, keeping recently used files open.
-#[derive(Debug)]
-pub struct ContentReader<'a> {
-    archives: &'a Archives,
-    open_archives: Vec<Option<File>>,
-}
-
-impl<'a> ContentReader<'a> {
-    pub(crate) fn new(archives: &'a Archives) -> Self {
-        Self {
-            archives,
-            open_archives: Vec::new(),
-        }
+impl ContentReader {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Fills `buf` with the bytes at `pos` of a file of `size` bytes whose bytes are `content`.
     /// `pos + buf.len()` must not exceed `size`.
-    pub fn read_at(
-        &mut self,
-        content: &Content,
-        size: u64,
-        pos: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
-        if pos
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > size)
-        {
-            bail!(
-                "read of {} bytes at {pos} past the end of a {size}-byte file",
-                buf.len()
-            );
+    pub fn read_at(&mut self, content: &Content, size: u64, pos: u64, buf: &mut [u8]) -> Result<()> {
+        if pos.checked_add(buf.len() as u64).is_none_or(|end| end > size) {
+            bail!("read of {} bytes at {pos} past the end of a {size}-byte file", buf.len());
         }
         match content {
             Content::Bytes(bytes) => {
                 let start = pos as usize;
-                let src = bytes
-                    .get(start..start + buf.len())
-                    .context("generated file shorter than its size")?;
+                let src = bytes.get(start..start + buf.len()).context("generated file shorter than its size")?;
                 buf.copy_from_slice(src);
             }
             Content::Host(path) => {
                 // Host files are opened per call: a build reads each one once, sequentially.
-                let file =
-                    File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                let len = file
-                    .metadata()
-                    .with_context(|| format!("reading metadata of {}", path.display()))?
-                    .len();
+                let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                let len = file.metadata().with_context(|| format!("reading metadata of {}", path.display()))?.len();
                 if len != size {
-                    bail!(
-                        "{} changed while the image was built: {size} bytes became {len}",
-                        path.display()
-                    );
+                    bail!("{} changed while the image was built: {size} bytes became {len}", path.display());
                 }
-                file.read_exact_at(buf, pos)
-                    .with_context(|| format!("reading {}", path.display()))?;
+                file.read_exact_at(buf, pos).with_context(|| format!("reading {}", path.display()))?;
             }
             Content::Archive { archive, offset } => {
-                let idx = archive.0 as usize;
-                if self.open_archives.len() <= idx {
-                    self.open_archives.resize_with(idx + 1, || None);
-                }
-                if self.open_archives[idx].is_none() {
-                    let path = self.archives.path(*archive);
+                let reuse = matches!(&self.open, Some((a, _)) if Arc::ptr_eq(a, archive));
+                if !reuse {
                     let file =
-                        File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                    self.open_archives[idx] = Some(file);
+                        File::open(archive.path()).with_context(|| format!("opening {}", archive.path().display()))?;
+                    self.open = Some((archive.clone(), file));
                 }
-                let file = self.open_archives[idx].as_ref().expect("opened above");
-                file.read_exact_at(buf, offset + pos).with_context(|| {
-                    format!("reading {}", self.archives.path(*archive).display())
-                })?;
+                let (_, file) = self.open.as_ref().expect("opened above");
+                file.read_exact_at(buf, offset + pos)
+                    .with_context(|| format!("reading {}", archive.path().display()))?;
             }
         }
         Ok(())
     }
 
     /// A sequential reader over one file's bytes.
-    pub fn open<'r>(&'r mut self, content: &'r Content, size: u64) -> ContentStream<'r, 'a> {
-        ContentStream {
-            reader: self,
-            content,
-            size,
-            pos: 0,
-        }
+    pub fn open<'r>(&'r mut self, content: &'r Content, size: u64) -> ContentStream<'r> {
+        ContentStream { reader: self, content, size, pos: 0 }
     }
 }
 
 /// A [`Read`] over one file's bytes (see [`ContentReader::open`]).
 #[derive(Debug)]
-pub struct ContentStream<'r, 'a> {
-    reader: &'r mut ContentReader<'a>,
+pub struct ContentStream<'r> {
+    reader: &'r mut ContentReader,
     content: &'r Content,
     size: u64,
     pos: u64,
 }
 
-impl Read for ContentStream<'_, '_> {
+impl Read for ContentStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (self.size - self.pos).min(buf.len() as u64) as usize;
         if n == 0 {
             return Ok(0);
         }
-        self.reader
-            .read_at(self.content, self.size, self.pos, &mut buf[..n])
-            .map_err(std::io::Error::other)?;
+        self.reader.read_at(self.content, self.size, self.pos, &mut buf[..n]).map_err(std::io::Error::other)?;
         self.pos += n as u64;
         Ok(n)
     }

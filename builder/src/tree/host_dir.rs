@@ -16,20 +16,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// How host metadata maps into the tree.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct HostDirOptions {
     pub uid: u32,
     pub gid: u32,
 }
 
-impl Default for HostDirOptions {
-    fn default() -> Self {
-        Self { uid: 0, gid: 0 }
-    }
-}
-
 /// Applies the directory `dir` (its contents, at the tree root) to `tree` as a new layer.
 pub fn apply_dir(tree: &mut Tree, dir: &Path, opts: HostDirOptions) -> Result<u64> {
+    apply_dir_at(tree, dir, b"", opts)
+}
+
+/// Applies the directory `dir` with its contents placed under `at` (e.g. unit folders under
+/// `usr/lib/systemd/system`).
+pub fn apply_dir_at(tree: &mut Tree, dir: &Path, at: &[u8], opts: HostDirOptions) -> Result<u64> {
     let input = dir.display().to_string();
     let meta = fs::symlink_metadata(dir).with_context(|| format!("reading directory {input}"))?;
     if !meta.is_dir() {
@@ -54,51 +54,35 @@ pub fn apply_dir(tree: &mut Tree, dir: &Path, opts: HostDirOptions) -> Result<u6
             }
             child.extend_from_slice(name.as_bytes());
             let host_path = host.join(&name);
-            let fail = |problem| InputError {
-                input: input.clone(),
-                entry: Some(path::display(&child)),
-                problem,
-            };
-            let md = fs::symlink_metadata(&host_path)
-                .with_context(|| format!("reading {}", host_path.display()))?;
+            let mut at_path = at.to_vec();
+            if !at_path.is_empty() {
+                at_path.push(b'/');
+            }
+            at_path.extend_from_slice(&child);
+            let fail = |problem| InputError { input: input.clone(), entry: Some(path::display(&child)), problem };
+            let md = fs::symlink_metadata(&host_path).with_context(|| format!("reading {}", host_path.display()))?;
             let ft = md.file_type();
             count += 1;
             if !ft.is_dir() && md.nlink() > 1 {
                 if let Some(first) = inodes.get(&(md.dev(), md.ino())) {
-                    tree.link(&child, first).map_err(fail)?;
+                    tree.link(&at_path, first).map_err(fail)?;
                     continue;
                 }
-                inodes.insert((md.dev(), md.ino()), child.clone());
+                inodes.insert((md.dev(), md.ino()), at_path.clone());
             }
             let executable = md.mode() & 0o111 != 0;
-            let mode = if ft.is_dir() || (ft.is_file() && executable) {
-                0o755
-            } else {
-                0o644
-            };
-            let meta = Meta {
-                mode,
-                uid: opts.uid,
-                gid: opts.gid,
-                mtime: Timestamp::default(),
-                xattrs: BTreeMap::new(),
-            };
+            let mode = if ft.is_dir() || (ft.is_file() && executable) { 0o755 } else { 0o644 };
+            let meta =
+                Meta { mode, uid: opts.uid, gid: opts.gid, mtime: Timestamp::default(), xattrs: BTreeMap::new() };
             let kind = if ft.is_dir() {
                 stack.push(child.clone());
-                NodeKind::Directory {
-                    entries: BTreeMap::new(),
-                }
+                NodeKind::Directory { entries: BTreeMap::new() }
             } else if ft.is_file() {
-                NodeKind::File {
-                    size: md.len(),
-                    content: Content::Host(Arc::from(host_path.as_path())),
-                }
+                NodeKind::File { size: md.len(), content: Content::Host(Arc::from(host_path.as_path())) }
             } else if ft.is_symlink() {
-                let target = fs::read_link(&host_path)
-                    .with_context(|| format!("reading link {}", host_path.display()))?;
-                NodeKind::Symlink {
-                    target: target.as_os_str().as_bytes().to_vec(),
-                }
+                let target =
+                    fs::read_link(&host_path).with_context(|| format!("reading link {}", host_path.display()))?;
+                NodeKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
             } else if ft.is_fifo() {
                 NodeKind::Fifo
             } else if ft.is_char_device() || ft.is_block_device() {
@@ -110,20 +94,10 @@ pub fn apply_dir(tree: &mut Tree, dir: &Path, opts: HostDirOptions) -> Result<u6
                     NodeKind::BlockDevice { major, minor }
                 }
             } else {
-                return Err(fail(Problem::UnsupportedType {
-                    kind: "socket".into(),
-                })
-                .into());
+                return Err(fail(Problem::UnsupportedType { kind: "socket".into() }).into());
             };
-            let meta = if matches!(kind, NodeKind::Symlink { .. }) {
-                Meta {
-                    mode: 0o777,
-                    ..meta
-                }
-            } else {
-                meta
-            };
-            tree.insert(&child, meta, kind).map_err(fail)?;
+            let meta = if matches!(kind, NodeKind::Symlink { .. }) { Meta { mode: 0o777, ..meta } } else { meta };
+            tree.insert(&at_path, meta, kind).map_err(fail)?;
         }
     }
     Ok(count)
@@ -158,19 +132,10 @@ mod tests {
         assert_eq!(t.lookup("etc/b"), Some(a));
         assert_eq!(t.node(a).meta.mode, 0o644);
         assert_eq!(t.node(t.lookup("run.sh").unwrap()).meta.mode, 0o755);
-        assert_eq!(
-            t.node(t.lookup("etc/sub/l").unwrap()).kind,
-            NodeKind::Symlink {
-                target: b"../etc/a".to_vec()
-            }
-        );
+        assert_eq!(t.node(t.lookup("etc/sub/l").unwrap()).kind, NodeKind::Symlink { target: b"../etc/a".to_vec() });
         let mut buf = [0u8; 5];
-        let NodeKind::File { size, content } = &t.node(a).kind else {
-            panic!("not a file")
-        };
-        t.content_reader()
-            .read_at(content, *size, 0, &mut buf)
-            .unwrap();
+        let NodeKind::File { size, content } = &t.node(a).kind else { panic!("not a file") };
+        t.content_reader().read_at(content, *size, 0, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
     }
 
@@ -178,10 +143,7 @@ mod tests {
     fn device_number_decoding_matches_glibc() {
         // makedev(8, 1) and makedev(259, 70000) as glibc encodes them.
         assert_eq!((libc_major(0x801), libc_minor(0x801)), (8, 1));
-        let dev: u64 = ((259u64 & 0xfff) << 8)
-            | (70000u64 & 0xff)
-            | ((70000u64 & !0xff) << 12)
-            | ((259u64 & !0xfff) << 32);
+        let dev: u64 = ((259u64 & 0xfff) << 8) | (70000u64 & 0xff) | ((70000u64 & !0xff) << 12);
         assert_eq!((libc_major(dev), libc_minor(dev)), (259, 70000));
     }
 }

@@ -16,7 +16,7 @@ pub mod host_dir;
 pub mod path;
 pub mod tar_input;
 
-pub use content::{ArchiveId, Content, ContentReader};
+pub use content::{Archive, Content, ContentReader};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,13 +63,7 @@ pub struct Meta {
 impl Meta {
     /// Root-owned with the given permission bits, at the epoch.
     pub fn root(mode: u32) -> Self {
-        Self {
-            mode: mode & 0o7777,
-            uid: 0,
-            gid: 0,
-            mtime: Timestamp::default(),
-            xattrs: BTreeMap::new(),
-        }
+        Self { mode: mode & 0o7777, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: BTreeMap::new() }
     }
 }
 
@@ -182,7 +176,6 @@ impl std::error::Error for InputError {}
 #[derive(Debug)]
 pub struct Tree {
     nodes: Vec<Node>,
-    archives: content::Archives,
     layer: u32,
 }
 
@@ -200,12 +193,9 @@ impl Tree {
         Self {
             nodes: vec![Node {
                 meta: Meta::root(0o755),
-                kind: NodeKind::Directory {
-                    entries: BTreeMap::new(),
-                },
+                kind: NodeKind::Directory { entries: BTreeMap::new() },
                 layer: 0,
             }],
-            archives: content::Archives::default(),
             layer: 0,
         }
     }
@@ -228,8 +218,7 @@ impl Tree {
             NodeKind::Directory { entries } => Some(entries),
             _ => None,
         };
-        map.into_iter()
-            .flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), *v)))
+        map.into_iter().flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), *v)))
     }
 
     /// Starts a new layer: what it adds overrides what earlier layers added.
@@ -238,13 +227,9 @@ impl Tree {
         self.layer
     }
 
-    pub(crate) fn archives_mut(&mut self) -> &mut content::Archives {
-        &mut self.archives
-    }
-
     /// A reader for the file contents of this tree.
-    pub fn content_reader(&self) -> ContentReader<'_> {
-        ContentReader::new(&self.archives)
+    pub fn content_reader(&self) -> ContentReader {
+        ContentReader::new()
     }
 
     /// Looks up a path (components separated by `/`, no symlinks followed).
@@ -254,10 +239,7 @@ impl Tree {
 
     pub fn lookup_bytes(&self, path: &[u8]) -> Option<NodeId> {
         let mut cur = ROOT;
-        for comp in path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty() && *c != b".")
-        {
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
             match &self.node(cur).kind {
                 NodeKind::Directory { entries } => cur = *entries.get(comp)?,
                 _ => return None,
@@ -275,8 +257,7 @@ impl Tree {
         // the smallest name first. Iterative, so a hostile input nested a million deep cannot
         // overflow the stack.
         let frame = |prefix: &[u8], dir: NodeId| -> (Vec<u8>, Vec<(Vec<u8>, NodeId)>) {
-            let mut kids: Vec<(Vec<u8>, NodeId)> =
-                self.entries(dir).map(|(n, id)| (n.to_vec(), id)).collect();
+            let mut kids: Vec<(Vec<u8>, NodeId)> = self.entries(dir).map(|(n, id)| (n.to_vec(), id)).collect();
             kids.reverse();
             (prefix.to_vec(), kids)
         };
@@ -319,11 +300,7 @@ impl Tree {
 
     fn push(&mut self, meta: Meta, kind: NodeKind) -> NodeId {
         let id = NodeId(u32::try_from(self.nodes.len()).expect("more than 2^32 nodes"));
-        self.nodes.push(Node {
-            meta,
-            kind,
-            layer: self.layer,
-        });
+        self.nodes.push(Node { meta, kind, layer: self.layer });
         id
     }
 
@@ -331,10 +308,7 @@ impl Tree {
     /// `components.last()`, refusing to pass through anything that is not a directory.
     fn parent_dir(&mut self, components: &[&[u8]]) -> Result<NodeId, Problem> {
         let mut cur = ROOT;
-        for (i, comp) in components[..components.len().saturating_sub(1)]
-            .iter()
-            .enumerate()
-        {
+        for (i, comp) in components[..components.len().saturating_sub(1)].iter().enumerate() {
             let next = match &self.node(cur).kind {
                 NodeKind::Directory { entries } => entries.get(*comp).copied(),
                 _ => unreachable!("cur is always a directory"),
@@ -348,12 +322,7 @@ impl Tree {
                     });
                 }
                 None => {
-                    let id = self.push(
-                        Meta::root(0o755),
-                        NodeKind::Directory {
-                            entries: BTreeMap::new(),
-                        },
-                    );
+                    let id = self.push(Meta::root(0o755), NodeKind::Directory { entries: BTreeMap::new() });
                     self.dir_entries_mut(cur).insert(comp.to_vec(), id);
                     id
                 }
@@ -376,9 +345,7 @@ impl Tree {
         let components = path::components(path);
         if components.is_empty() {
             if !kind.is_dir() {
-                return Err(Problem::RootNotDirectory {
-                    kind: kind.describe(),
-                });
+                return Err(Problem::RootNotDirectory { kind: kind.describe() });
             }
             let layer = self.layer;
             let root = self.node_mut(ROOT);
@@ -409,15 +376,11 @@ impl Tree {
 
     /// Adds `path` as another name of the existing non-directory at `target`.
     pub fn link(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId, Problem> {
-        let target_id =
-            self.lookup_bytes(target)
-                .ok_or_else(|| Problem::HardLinkTargetMissing {
-                    target: path::display(target),
-                })?;
+        let target_id = self
+            .lookup_bytes(target)
+            .ok_or_else(|| Problem::HardLinkTargetMissing { target: path::display(target) })?;
         if self.node(target_id).kind.is_dir() {
-            return Err(Problem::HardLinkToDirectory {
-                target: path::display(target),
-            });
+            return Err(Problem::HardLinkToDirectory { target: path::display(target) });
         }
         let components = path::components(path);
         if components.is_empty() {
@@ -435,26 +398,19 @@ impl Tree {
         if components.is_empty() {
             return Ok(None);
         }
-        let Some(parent) = self.lookup_bytes(&components[..components.len() - 1].join(&b'/'))
-        else {
+        let Some(parent) = self.lookup_bytes(&components[..components.len() - 1].join(&b'/')) else {
             return Ok(None);
         };
         if !self.node(parent).kind.is_dir() {
             return Ok(None);
         }
-        Ok(self
-            .dir_entries_mut(parent)
-            .remove(components[components.len() - 1]))
+        Ok(self.dir_entries_mut(parent).remove(components[components.len() - 1]))
     }
 
     /// OCI whiteout `.wh.<name>`: removes `name` from `dir` if a lower layer put it there.
     pub(crate) fn whiteout(&mut self, dir: &[u8], name: &[u8]) -> Result<(), Problem> {
         let dir_components = path::components(dir);
-        let parent = if dir_components.is_empty() {
-            ROOT
-        } else {
-            self.parent_dir_for_children(dir)?
-        };
+        let parent = if dir_components.is_empty() { ROOT } else { self.parent_dir_for_children(dir)? };
         let existing = match &self.node(parent).kind {
             NodeKind::Directory { entries } => entries.get(name).copied(),
             _ => None,
@@ -479,8 +435,7 @@ impl Tree {
         let layer = self.layer;
         let mut stack = vec![dir];
         while let Some(dir) = stack.pop() {
-            let children: Vec<(Name, NodeId)> =
-                self.entries(dir).map(|(k, v)| (k.to_vec(), v)).collect();
+            let children: Vec<(Name, NodeId)> = self.entries(dir).map(|(k, v)| (k.to_vec(), v)).collect();
             for (name, id) in children {
                 if self.node(id).layer < layer {
                     self.dir_entries_mut(dir).remove(&name);
@@ -499,6 +454,19 @@ impl Tree {
     }
 }
 
+/// Applies a host directory or a tar archive (plain, gzip, zstd) at `input` as a new layer.
+/// Tar spool files go to `spool_dir`.
+pub fn apply_path(tree: &mut Tree, input: &std::path::Path, spool_dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let md = std::fs::metadata(input).with_context(|| format!("reading input {}", input.display()))?;
+    if md.is_dir() {
+        host_dir::apply_dir(tree, input, host_dir::HostDirOptions::default())?;
+    } else {
+        tar_input::apply_tar(tree, input, &tar_input::TarOptions { whiteouts: true, spool_dir })?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{}", self.0)
@@ -513,10 +481,7 @@ mod tests {
         tree.insert(
             path.as_bytes(),
             Meta::root(0o644),
-            NodeKind::File {
-                size: bytes.len() as u64,
-                content: Content::Bytes(bytes.to_vec().into()),
-            },
+            NodeKind::File { size: bytes.len() as u64, content: Content::Bytes(bytes.to_vec().into()) },
         )
         .unwrap()
     }
@@ -533,24 +498,9 @@ mod tests {
     #[test]
     fn writing_through_a_symlink_is_refused() {
         let mut t = Tree::new();
-        t.insert(
-            b"etc",
-            Meta::root(0o777),
-            NodeKind::Symlink {
-                target: b"/tmp".to_vec(),
-            },
-        )
-        .unwrap();
-        let err = t
-            .insert(b"etc/passwd", Meta::root(0o644), NodeKind::Fifo)
-            .unwrap_err();
-        assert_eq!(
-            err,
-            Problem::ParentNotDirectory {
-                parent: "etc".into(),
-                kind: "symlink"
-            }
-        );
+        t.insert(b"etc", Meta::root(0o777), NodeKind::Symlink { target: b"/tmp".to_vec() }).unwrap();
+        let err = t.insert(b"etc/passwd", Meta::root(0o644), NodeKind::Fifo).unwrap_err();
+        assert_eq!(err, Problem::ParentNotDirectory { parent: "etc".into(), kind: "symlink" });
     }
 
     #[test]
@@ -561,18 +511,8 @@ mod tests {
         t.link(b"c", b"bin/a").unwrap();
         assert_eq!(t.lookup("c"), Some(id));
         assert_eq!(t.entry_counts()[id.index()], 3);
-        assert_eq!(
-            t.link(b"d", b"nope").unwrap_err(),
-            Problem::HardLinkTargetMissing {
-                target: "nope".into()
-            }
-        );
-        assert_eq!(
-            t.link(b"d", b"bin").unwrap_err(),
-            Problem::HardLinkToDirectory {
-                target: "bin".into()
-            }
-        );
+        assert_eq!(t.link(b"d", b"nope").unwrap_err(), Problem::HardLinkTargetMissing { target: "nope".into() });
+        assert_eq!(t.link(b"d", b"bin").unwrap_err(), Problem::HardLinkToDirectory { target: "bin".into() });
     }
 
     #[test]
@@ -586,10 +526,7 @@ mod tests {
         file(&mut t, "d/new", b"2");
         t.make_opaque(b"d").unwrap();
         t.whiteout(b"", b"x").unwrap();
-        let names: Vec<_> = t
-            .entries(t.lookup("d").unwrap())
-            .map(|(n, _)| n.to_vec())
-            .collect();
+        let names: Vec<_> = t.entries(t.lookup("d").unwrap()).map(|(n, _)| n.to_vec()).collect();
         assert_eq!(names, vec![b"new".to_vec()]);
         assert_eq!(t.lookup("x"), None);
     }
@@ -598,14 +535,7 @@ mod tests {
     fn directory_redeclared_keeps_children_file_replaces_subtree() {
         let mut t = Tree::new();
         file(&mut t, "d/f", b"1");
-        t.insert(
-            b"d",
-            Meta::root(0o700),
-            NodeKind::Directory {
-                entries: BTreeMap::new(),
-            },
-        )
-        .unwrap();
+        t.insert(b"d", Meta::root(0o700), NodeKind::Directory { entries: BTreeMap::new() }).unwrap();
         assert!(t.lookup("d/f").is_some());
         assert_eq!(t.node(t.lookup("d").unwrap()).meta.mode, 0o700);
         file(&mut t, "d", b"now a file");
@@ -618,11 +548,7 @@ mod tests {
         for p in ["b/z", "a", "b/a/x", "a.txt", "b-c"] {
             file(&mut t, p, b"");
         }
-        let paths: Vec<String> = t
-            .walk()
-            .into_iter()
-            .map(|(p, _)| String::from_utf8(p).unwrap())
-            .collect();
+        let paths: Vec<String> = t.walk().into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
         assert_eq!(paths, ["a", "a.txt", "b", "b/a", "b/a/x", "b/z", "b-c"]);
     }
 }

@@ -30,9 +30,7 @@ pub fn normalize(raw: &[u8]) -> Result<Vec<u8>, Problem> {
 
 /// Components of a normalized path (empty for the root).
 pub fn components(path: &[u8]) -> Vec<&[u8]> {
-    path.split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect()
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect()
 }
 
 /// A path for messages: lossy UTF-8.

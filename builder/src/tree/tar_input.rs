@@ -60,74 +60,49 @@ fn sniff(file: &mut File) -> io::Result<Compression> {
 /// Applies the tar archive at `archive` to `tree` as a new layer.
 pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Result<TarStats> {
     let input = archive.display().to_string();
-    let whole = |problem| InputError {
-        input: input.clone(),
-        entry: None,
-        problem,
-    };
+    let whole = |problem| InputError { input: input.clone(), entry: None, problem };
     let mut file = File::open(archive).with_context(|| format!("opening tar archive {input}"))?;
     let compression = sniff(&mut file).with_context(|| format!("reading {input}"))?;
 
-    let (tar_path, archive_id) = match compression {
-        Compression::None => {
-            let id = tree.archives_mut().register(archive.to_path_buf(), None);
-            (archive.to_path_buf(), id)
-        }
+    let (tar_path, archive_ref) = match compression {
+        Compression::None => (archive.to_path_buf(), super::Archive::new(archive.to_path_buf(), None)),
         Compression::Gzip | Compression::Zstd => {
             let spool = tempfile::Builder::new()
                 .prefix(".airlock-spool-")
                 .tempfile_in(opts.spool_dir)
-                .with_context(|| {
-                    format!("creating a spool file in {}", opts.spool_dir.display())
-                })?;
+                .with_context(|| format!("creating a spool file in {}", opts.spool_dir.display()))?;
             let (spool_file, spool_path) = spool.into_parts();
             let mut out = io::BufWriter::new(spool_file);
             let reader = BufReader::new(file);
             let copied = match compression {
-                Compression::Gzip => {
-                    io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut out)
-                }
-                _ => zstd::stream::read::Decoder::with_buffer(reader)
-                    .and_then(|mut d| io::copy(&mut d, &mut out)),
+                Compression::Gzip => io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut out),
+                _ => zstd::stream::read::Decoder::with_buffer(reader).and_then(|mut d| io::copy(&mut d, &mut out)),
             };
             if let Err(e) = copied {
                 let problem = if e.kind() == io::ErrorKind::UnexpectedEof {
-                    Problem::Truncated {
-                        detail: "compressed stream ends early".into(),
-                    }
+                    Problem::Truncated { detail: "compressed stream ends early".into() }
                 } else {
-                    Problem::Malformed {
-                        detail: format!("cannot decompress: {e}"),
-                    }
+                    Problem::Malformed { detail: format!("cannot decompress: {e}") }
                 };
                 return Err(whole(problem).into());
             }
-            out.flush()
-                .with_context(|| format!("writing spool for {input}"))?;
+            out.flush().with_context(|| format!("writing spool for {input}"))?;
             let path = spool_path.to_path_buf();
-            let id = tree.archives_mut().register(path.clone(), Some(spool_path));
-            (path, id)
+            let archive = super::Archive::new(path.clone(), Some(spool_path));
+            (path, archive)
         }
     };
 
     tree.begin_layer();
-    let tar_file =
-        File::open(&tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
-    let archive_len = tar_file
-        .metadata()
-        .with_context(|| format!("reading {}", tar_path.display()))?
-        .len();
-    let mut sparse_spool: Option<(File, super::ArchiveId, u64)> = None;
+    let tar_file = File::open(&tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
+    let archive_len = tar_file.metadata().with_context(|| format!("reading {}", tar_path.display()))?.len();
+    let mut sparse_spool: Option<(File, std::sync::Arc<super::Archive>, u64)> = None;
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut stats = TarStats::default();
     let mut last_entry = String::from("(start of archive)");
 
     let mut ar = tar::Archive::new(tar_file);
-    let entries = ar.entries_with_seek().map_err(|e| {
-        whole(Problem::Malformed {
-            detail: e.to_string(),
-        })
-    })?;
+    let entries = ar.entries_with_seek().map_err(|e| whole(Problem::Malformed { detail: e.to_string() }))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| InputError {
             input: input.clone(),
@@ -136,11 +111,7 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
         })?;
         let raw_path = entry.path_bytes().into_owned();
         last_entry = path::display(&raw_path);
-        let fail = |problem| InputError {
-            input: input.clone(),
-            entry: Some(path::display(&raw_path)),
-            problem,
-        };
+        let fail = |problem| InputError { input: input.clone(), entry: Some(path::display(&raw_path)), problem };
         stats.entries += 1;
 
         let entry_type = entry.header().entry_type();
@@ -150,10 +121,7 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
         let norm = path::normalize(&raw_path).map_err(fail)?;
         let pax = pax_records(&mut entry).map_err(|e| fail(io_problem(&e)))?;
         if pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
-            return Err(fail(Problem::UnsupportedType {
-                kind: "PAX sparse file (GNU.sparse.*)".into(),
-            })
-            .into());
+            return Err(fail(Problem::UnsupportedType { kind: "PAX sparse file (GNU.sparse.*)".into() }).into());
         }
 
         if opts.whiteouts
@@ -177,28 +145,16 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
         let header = entry.header();
         let meta = Meta {
             mode: header.mode().map_err(|e| fail(io_problem(&e)))? & 0o7777,
-            uid: u32::try_from(header.uid().map_err(|e| fail(io_problem(&e)))?).map_err(|_| {
-                fail(Problem::Malformed {
-                    detail: "uid does not fit in 32 bits".into(),
-                })
-            })?,
-            gid: u32::try_from(header.gid().map_err(|e| fail(io_problem(&e)))?).map_err(|_| {
-                fail(Problem::Malformed {
-                    detail: "gid does not fit in 32 bits".into(),
-                })
-            })?,
+            uid: u32::try_from(header.uid().map_err(|e| fail(io_problem(&e)))?)
+                .map_err(|_| fail(Problem::Malformed { detail: "uid does not fit in 32 bits".into() }))?,
+            gid: u32::try_from(header.gid().map_err(|e| fail(io_problem(&e)))?)
+                .map_err(|_| fail(Problem::Malformed { detail: "gid does not fit in 32 bits".into() }))?,
             mtime: mtime(header, &pax).map_err(fail)?,
             xattrs: xattrs(&pax),
         };
         let device = |fail: &dyn Fn(Problem) -> InputError| -> Result<(u32, u32), InputError> {
-            let major = header
-                .device_major()
-                .map_err(|e| fail(io_problem(&e)))?
-                .unwrap_or(0);
-            let minor = header
-                .device_minor()
-                .map_err(|e| fail(io_problem(&e)))?
-                .unwrap_or(0);
+            let major = header.device_major().map_err(|e| fail(io_problem(&e)))?.unwrap_or(0);
+            let minor = header.device_minor().map_err(|e| fail(io_problem(&e)))?.unwrap_or(0);
             Ok((major, minor))
         };
 
@@ -214,13 +170,7 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
                     .into());
                 }
                 stats.file_bytes += size;
-                NodeKind::File {
-                    size,
-                    content: Content::Archive {
-                        archive: archive_id,
-                        offset,
-                    },
-                }
+                NodeKind::File { size, content: Content::Archive { archive: archive_ref.clone(), offset } }
             }
             T::GNUSparse => {
                 let (spool, id, used) = match &mut sparse_spool {
@@ -229,47 +179,28 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
                         let tmp = tempfile::Builder::new()
                             .prefix(".airlock-sparse-")
                             .tempfile_in(opts.spool_dir)
-                            .with_context(|| {
-                                format!("creating a spool file in {}", opts.spool_dir.display())
-                            })?;
+                            .with_context(|| format!("creating a spool file in {}", opts.spool_dir.display()))?;
                         let (f, p) = tmp.into_parts();
-                        let id = tree.archives_mut().register(p.to_path_buf(), Some(p));
-                        sparse_spool.insert((f, id, 0))
+                        let archive = super::Archive::new(p.to_path_buf(), Some(p));
+                        sparse_spool.insert((f, archive, 0))
                     }
                 };
                 let offset = *used;
                 let size = io::copy(&mut entry, spool).map_err(|e| fail(io_problem(&e)))?;
                 *used += size;
                 stats.file_bytes += size;
-                NodeKind::File {
-                    size,
-                    content: Content::Archive {
-                        archive: *id,
-                        offset,
-                    },
-                }
+                NodeKind::File { size, content: Content::Archive { archive: id.clone(), offset } }
             }
-            T::Directory => NodeKind::Directory {
-                entries: BTreeMap::new(),
-            },
+            T::Directory => NodeKind::Directory { entries: BTreeMap::new() },
             T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 if target.is_empty() {
-                    return Err(fail(Problem::Malformed {
-                        detail: "symlink without a target".into(),
-                    })
-                    .into());
+                    return Err(fail(Problem::Malformed { detail: "symlink without a target".into() }).into());
                 }
                 NodeKind::Symlink { target }
             }
             T::Link => {
-                let raw_target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let raw_target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 let target = path::normalize(&raw_target).map_err(|p| {
                     fail(Problem::Malformed {
                         detail: format!("hard link target `{}`: {p}", path::display(&raw_target)),
@@ -288,10 +219,7 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
             }
             T::Fifo => NodeKind::Fifo,
             other => {
-                return Err(fail(Problem::UnsupportedType {
-                    kind: format!("{other:?}"),
-                })
-                .into());
+                return Err(fail(Problem::UnsupportedType { kind: format!("{other:?}") }).into());
             }
         };
         tree.insert(&norm, meta, kind).map_err(fail)?;
@@ -303,12 +231,8 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
 /// After the last entry the tar reader has either consumed an all-zero end-of-archive block or
 /// hit end of file; only the first is a complete archive.
 fn ar_end_check(mut file: File, archive_len: u64) -> Result<(), Problem> {
-    let truncated = |detail: &str| Problem::Truncated {
-        detail: detail.into(),
-    };
-    let pos = file
-        .stream_position()
-        .map_err(|e| truncated(&e.to_string()))?;
+    let truncated = |detail: &str| Problem::Truncated { detail: detail.into() };
+    let pos = file.stream_position().map_err(|e| truncated(&e.to_string()))?;
     if pos < BLOCK || pos > archive_len {
         return Err(truncated("no end-of-archive marker"));
     }
@@ -324,13 +248,9 @@ fn ar_end_check(mut file: File, archive_len: u64) -> Result<(), Problem> {
 
 fn io_problem(e: &io::Error) -> Problem {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        Problem::Truncated {
-            detail: e.to_string(),
-        }
+        Problem::Truncated { detail: e.to_string() }
     } else {
-        Problem::Malformed {
-            detail: e.to_string(),
-        }
+        Problem::Malformed { detail: e.to_string() }
     }
 }
 
@@ -348,10 +268,7 @@ fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<PaxRecords>
 }
 
 fn pax_value<'p>(pax: &'p PaxRecords, key: &[u8]) -> Option<&'p [u8]> {
-    pax.iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_slice())
+    pax.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
 }
 
 /// The entry's mtime: PAX `mtime` (which may carry a fraction and be negative) wins over the
@@ -363,10 +280,7 @@ fn mtime(header: &tar::Header, pax: &PaxRecords) -> Result<Timestamp, Problem> {
         return parse_pax_time(s).ok_or_else(|| bad(format!("PAX mtime `{s}` is not a number")));
     }
     let secs = header.mtime().map_err(|e| bad(e.to_string()))?;
-    Ok(Timestamp {
-        secs: i64::try_from(secs).map_err(|_| bad("mtime out of range".into()))?,
-        nanos: 0,
-    })
+    Ok(Timestamp { secs: i64::try_from(secs).map_err(|_| bad("mtime out of range".into()))?, nanos: 0 })
 }
 
 fn parse_pax_time(s: &str) -> Option<Timestamp> {
@@ -385,27 +299,16 @@ fn parse_pax_time(s: &str) -> Option<Timestamp> {
     }
     let nanos: u32 = nanos_str.parse().ok()?;
     Some(if neg && nanos > 0 {
-        Timestamp {
-            secs: -secs - 1,
-            nanos: 1_000_000_000 - nanos,
-        }
+        Timestamp { secs: -secs - 1, nanos: 1_000_000_000 - nanos }
     } else if neg {
-        Timestamp {
-            secs: -secs,
-            nanos: 0,
-        }
+        Timestamp { secs: -secs, nanos: 0 }
     } else {
         Timestamp { secs, nanos }
     })
 }
 
 fn xattrs(pax: &PaxRecords) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    pax.iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(b"SCHILY.xattr.")
-                .map(|name| (name.to_vec(), v.clone()))
-        })
-        .collect()
+    pax.iter().filter_map(|(k, v)| k.strip_prefix(b"SCHILY.xattr.").map(|name| (name.to_vec(), v.clone()))).collect()
 }
 
 /// For `dir/.wh.name`, returns `name` (with `.wh..wh..opq` returned as `.wh..opq`).
@@ -420,21 +323,9 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        assert_eq!(
-            parse_pax_time("1700000000.5"),
-            Some(Timestamp {
-                secs: 1_700_000_000,
-                nanos: 500_000_000
-            })
-        );
+        assert_eq!(parse_pax_time("1700000000.5"), Some(Timestamp { secs: 1_700_000_000, nanos: 500_000_000 }));
         assert_eq!(parse_pax_time("12"), Some(Timestamp { secs: 12, nanos: 0 }));
-        assert_eq!(
-            parse_pax_time("-1.25"),
-            Some(Timestamp {
-                secs: -2,
-                nanos: 750_000_000
-            })
-        );
+        assert_eq!(parse_pax_time("-1.25"), Some(Timestamp { secs: -2, nanos: 750_000_000 }));
         assert_eq!(parse_pax_time("x"), None);
     }
 

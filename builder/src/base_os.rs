@@ -1,0 +1,181 @@
+//! The appliance's base OS: a Debian root filesystem as a tarball made by `mmdebstrap`, cached
+//! by the hash of everything that determines it.
+//!
+//! A warm build finds the tarball under `<cache>/base/<key>.tar` and touches no network. The
+//! tarball is built under a `.partial` name and renamed only once it is complete, so a killed
+//! build never leaves a cache entry that looks valid.
+
+use crate::command::Cmd;
+use crate::tree::{NodeKind, Tree};
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Packages every appliance has: a kernel, systemd as init with its network and boot pieces,
+/// and the tools first boot uses to grow the data partition.
+pub const BASE_PACKAGES: &[&str] = &[
+    "linux-image-amd64",
+    "systemd",
+    "systemd-sysv",
+    "systemd-boot-efi",
+    "systemd-resolved",
+    "systemd-repart",
+    "udev",
+    "dbus",
+    "e2fsprogs",
+    "kmod",
+    "iproute2",
+];
+
+/// Everything that determines the base tarball's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseOs {
+    pub suite: String,
+    pub mirror: String,
+    pub architecture: String,
+    /// Sorted and deduplicated.
+    pub packages: Vec<String>,
+    /// A user-chosen token that forces a fresh tarball when changed (e.g. a date); the archive
+    /// itself moves on, so this is how a build pins or refreshes its package set.
+    pub refresh: String,
+}
+
+/// Bump when the way the tarball is made changes (options, hooks), to invalidate old entries.
+const RECIPE_VERSION: &str = "airlock-base-v1";
+
+impl BaseOs {
+    pub fn new(suite: &str, mirror: &str, extra: &[String], refresh: &str) -> Self {
+        let mut packages: Vec<String> =
+            BASE_PACKAGES.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect();
+        packages.sort();
+        packages.dedup();
+        Self {
+            suite: suite.into(),
+            mirror: mirror.into(),
+            architecture: "amd64".into(),
+            packages,
+            refresh: refresh.into(),
+        }
+    }
+
+    /// The cache key: SHA-256 over a canonical rendering of every input.
+    pub fn key(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [RECIPE_VERSION, &self.suite, &self.mirror, &self.architecture, &self.refresh] {
+            h.update(part.as_bytes());
+            h.update(b"\n");
+        }
+        for p in &self.packages {
+            h.update(p.as_bytes());
+            h.update(b",");
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// The cached tarball, made with mmdebstrap if it is not there yet.
+    pub fn ensure_tarball(&self, cache_root: &Path, source_date_epoch: i64) -> Result<PathBuf> {
+        let dir = crate::cache::cache_subdir(cache_root, "base")?;
+        let key = self.key();
+        let tar = dir.join(format!("{key}.tar"));
+        if tar.is_file() {
+            log::info!("base OS: cached {} ({} packages requested)", tar.display(), self.packages.len());
+            return Ok(tar);
+        }
+        let partial = dir.join(format!(".{key}.tar.partial"));
+        let _ = std::fs::remove_file(&partial);
+        let log_path = dir.join(format!("{key}.log"));
+        log::info!("base OS: running mmdebstrap for {} (log: {})", self.suite, log_path.display());
+        let result = Cmd::new("mmdebstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--architectures={}", self.architecture))
+            .arg(format!("--include={}", self.packages.join(",")))
+            .arg("--format=tar")
+            .arg(&self.suite)
+            .arg(&partial)
+            .arg(&self.mirror)
+            .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
+            .run_logged(&log_path);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context(format!("building the {} base OS", self.suite)));
+        }
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", partial.display()))?;
+        std::fs::rename(&partial, &tar)
+            .with_context(|| format!("renaming {} to {}", partial.display(), tar.display()))?;
+        Ok(tar)
+    }
+}
+
+/// One installed Debian package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+/// The installed packages, read from `var/lib/dpkg/status` in the tree (what `dpkg-query -W`
+/// would print inside it), sorted by name.
+pub fn installed_packages(tree: &Tree) -> Result<Vec<Package>> {
+    let Some(id) = tree.lookup("var/lib/dpkg/status") else {
+        bail!("the base OS has no var/lib/dpkg/status");
+    };
+    let NodeKind::File { size, content } = &tree.node(id).kind else {
+        bail!("var/lib/dpkg/status is not a regular file");
+    };
+    let mut bytes = vec![0u8; usize::try_from(*size).context("dpkg status file too large")?];
+    tree.content_reader().read_at(content, *size, 0, &mut bytes)?;
+    let text = String::from_utf8(bytes).context("var/lib/dpkg/status is not UTF-8")?;
+    Ok(parse_dpkg_status(&text))
+}
+
+pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
+    let mut out = Vec::new();
+    for para in text.split("\n\n") {
+        let field = |name: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+        };
+        if field("Status").as_deref() != Some("install ok installed") {
+            continue;
+        }
+        if let (Some(name), Some(version)) = (field("Package"), field("Version")) {
+            out.push(Package { name, version, architecture: field("Architecture").unwrap_or_default() });
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_every_input_but_not_package_order() {
+        let a = BaseOs::new("trixie", "http://m/debian", &["nginx".into(), "curl".into()], "");
+        let b = BaseOs::new("trixie", "http://m/debian", &["curl".into(), "nginx".into(), "curl".into()], "");
+        assert_eq!(a.key(), b.key());
+        assert_ne!(a.key(), BaseOs::new("forky", "http://m/debian", &[], "").key());
+        assert_ne!(a.key(), BaseOs::new("trixie", "http://n/debian", &["nginx".into(), "curl".into()], "").key());
+        assert_ne!(
+            a.key(),
+            BaseOs::new("trixie", "http://m/debian", &["nginx".into(), "curl".into()], "2026-11").key()
+        );
+    }
+
+    #[test]
+    fn parses_dpkg_status() {
+        let text = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.3\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.37-2\nDescription: x\n more\n";
+        let p = parse_dpkg_status(text);
+        assert_eq!(
+            p,
+            vec![
+                Package { name: "bash".into(), version: "5.2.37-2".into(), architecture: "amd64".into() },
+                Package { name: "zlib1g".into(), version: "1:1.3".into(), architecture: "amd64".into() },
+            ]
+        );
+    }
+}

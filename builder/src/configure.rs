@@ -1,0 +1,170 @@
+//! Turning a Debian root filesystem into this appliance: identity files, mounts, the units that
+//! make it ready, and the clean slate first boot needs. Everything here edits the tree; nothing
+//! is extracted or run.
+
+use crate::clock::BuildClock;
+use crate::plan::BuildPlan;
+use crate::tree::{Content, Meta, NodeKind, Tree};
+use crate::units;
+use anyhow::{Result, anyhow};
+use std::collections::BTreeMap;
+
+/// Where the data partition is mounted.
+pub const DATA_MOUNT: &str = "/var/lib/airlock";
+
+/// Units that only cost first-boot time on an appliance (scrubbing, package-manager timers,
+/// interactive first-boot prompts).
+pub const TIME_SINKS: &[&str] = &[
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "man-db.timer",
+    "podman-auto-update.timer",
+    "podman-restart.service",
+    "systemd-firstboot.service",
+];
+
+/// Units airlock always enables.
+pub const ALWAYS_ENABLED: &[&str] = &["systemd-networkd.service", "systemd-resolved.service", "airlock-banner.service"];
+
+/// Partition identities the root filesystem refers to.
+#[derive(Debug, Clone)]
+pub struct PartitionIds {
+    pub esp: uuid::Uuid,
+    pub root: uuid::Uuid,
+    pub data: uuid::Uuid,
+}
+
+fn put(tree: &mut Tree, path: &str, mode: u32, content: impl Into<Vec<u8>>) -> Result<()> {
+    let bytes: Vec<u8> = content.into();
+    tree.insert(
+        path.as_bytes(),
+        Meta::root(mode),
+        NodeKind::File { size: bytes.len() as u64, content: Content::Bytes(bytes.into()) },
+    )
+    .map_err(|p| anyhow!("writing {path}: {p}"))?;
+    Ok(())
+}
+
+fn put_symlink(tree: &mut Tree, path: &str, target: &str) -> Result<()> {
+    tree.insert(path.as_bytes(), Meta::root(0o777), NodeKind::Symlink { target: target.as_bytes().to_vec() })
+        .map_err(|p| anyhow!("writing {path}: {p}"))?;
+    Ok(())
+}
+
+fn put_dir(tree: &mut Tree, path: &str, mode: u32) -> Result<()> {
+    tree.insert(path.as_bytes(), Meta::root(mode), NodeKind::Directory { entries: BTreeMap::new() })
+        .map_err(|p| anyhow!("creating {path}: {p}"))?;
+    Ok(())
+}
+
+/// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
+pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -> Result<()> {
+    root.begin_layer();
+    put(root, "etc/hostname", 0o644, format!("{}\n", plan.hostname))?;
+    let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
+    put(
+        root,
+        "etc/hosts",
+        0o644,
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{} {short}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
+            plan.hostname
+        ),
+    )?;
+    put(
+        root,
+        "etc/fstab",
+        0o644,
+        format!(
+            "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
+             PARTUUID={root} / ext4 defaults 0 1\n\
+             PARTUUID={data} {DATA_MOUNT} ext4 defaults,x-systemd.growfs 0 2\n\
+             PARTUUID={esp} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n",
+            root = ids.root,
+            data = ids.data,
+            esp = ids.esp,
+        ),
+    )?;
+    put_dir(root, DATA_MOUNT.trim_start_matches('/'), 0o755)?;
+    put_dir(root, "efi", 0o700)?;
+    put_symlink(root, "etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
+
+    put(
+        root,
+        "usr/lib/airlock/appliance.env",
+        0o644,
+        format!("APPLIANCE_NAME={}\nAPPLIANCE_VERSION={}\n", shell_quote(&plan.name), shell_quote(&plan.version)),
+    )?;
+    let services: String = plan.services.iter().map(|s| format!("{} {} {}\n", s.name, s.unit, s.url)).collect();
+    put(root, "usr/lib/airlock/services", 0o644, services)?;
+    let mut ready = String::from("# Written by airlock from the spec's services.\n[Unit]\n");
+    for s in &plan.services {
+        ready.push_str(&format!("Requires={0}\nAfter={0}\n", s.unit));
+    }
+    put(root, "usr/lib/systemd/system/airlock-ready.target.d/services.conf", 0o644, ready)?;
+
+    for unit in ALWAYS_ENABLED.iter().copied().chain(plan.enable.iter().map(String::as_str)) {
+        units::enable(root, unit)?;
+    }
+    for unit in TIME_SINKS.iter().copied().chain(plan.mask.iter().map(String::as_str)) {
+        units::mask(root, unit)?;
+    }
+    Ok(())
+}
+
+/// Leaves nothing that must be unique to an instance: an empty machine-id (so systemd treats the
+/// first boot as such), no SSH host keys, no random seed. Stamps `/etc/.updated` and
+/// `/var/.updated` so the "needs update" units (ldconfig, catalog, sysusers) stay quiet.
+pub fn prepare_first_boot(root: &mut Tree, clock: &BuildClock) -> Result<()> {
+    root.begin_layer();
+    put(root, "etc/machine-id", 0o444, Vec::new())?;
+    for path in ["var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret"] {
+        root.remove(path.as_bytes()).map_err(|p| anyhow!("removing {path}: {p}"))?;
+    }
+    if let Some(ssh) = root.lookup("etc/ssh") {
+        let keys: Vec<Vec<u8>> =
+            root.entries(ssh).filter(|(n, _)| n.starts_with(b"ssh_host_")).map(|(n, _)| n.to_vec()).collect();
+        for k in keys {
+            let mut p = b"etc/ssh/".to_vec();
+            p.extend_from_slice(&k);
+            root.remove(&p).map_err(|e| anyhow!("removing SSH host key: {e}"))?;
+        }
+    }
+    let stamp = format!("# airlock\nTIMESTAMP_NSEC={}\n", i128::from(clock.epoch) * 1_000_000_000);
+    put(root, "etc/.updated", 0o644, stamp.clone())?;
+    put(root, "var/.updated", 0o644, stamp)?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_boot_slate_is_clean() {
+        let mut t = Tree::new();
+        put(&mut t, "etc/machine-id", 0o444, "0123456789abcdef\n").unwrap();
+        put(&mut t, "etc/ssh/ssh_host_ed25519_key", 0o600, "secret").unwrap();
+        put(&mut t, "etc/ssh/sshd_config", 0o644, "x").unwrap();
+        put(&mut t, "var/lib/systemd/random-seed", 0o600, "seed").unwrap();
+        prepare_first_boot(&mut t, &BuildClock::fixed(1_700_000_000)).unwrap();
+        let id = t.lookup("etc/machine-id").unwrap();
+        assert!(matches!(&t.node(id).kind, NodeKind::File { size: 0, .. }));
+        assert!(t.lookup("etc/ssh/ssh_host_ed25519_key").is_none());
+        assert!(t.lookup("etc/ssh/sshd_config").is_some());
+        assert!(t.lookup("var/lib/systemd/random-seed").is_none());
+        assert!(t.lookup("etc/.updated").is_some());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

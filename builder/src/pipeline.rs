@@ -1,0 +1,174 @@
+//! `airlock build`: from a validated plan to a disk image. [`build`] is the table of contents;
+//! each stage is a function named for what it does.
+
+use crate::base_os::{self, Package};
+use crate::clock::BuildClock;
+use crate::configure::{self, PartitionIds};
+use crate::disk::{self, Filesystem, PartitionRequest, Role};
+use crate::embedded;
+use crate::esp::{self, Kernel, LoaderEntry};
+use crate::output_file::PartialFile;
+use crate::plan::BuildPlan;
+use crate::tree::{self, Tree};
+use crate::units::SYSTEM_UNIT_DIR;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How this build runs (as opposed to what it builds, which is the plan).
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub clock: BuildClock,
+    /// Extra overlays applied last, for test images only (e.g. the VM tests' command channel).
+    pub test_overlays: Vec<PathBuf>,
+}
+
+/// What a build produced and how long each stage took.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub image: PathBuf,
+    pub size: u64,
+    pub kernel: String,
+    pub packages: Vec<Package>,
+    pub stages: Vec<(&'static str, Duration)>,
+}
+
+/// Runs a stage with a spinner and records its duration.
+struct Stages {
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Stages {
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(name);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        bar.finish_and_clear();
+        match &result {
+            Ok(_) => log::info!("{name}: done in {:.1}s", took.as_secs_f64()),
+            Err(_) => log::error!("{name}: failed after {:.1}s", took.as_secs_f64()),
+        }
+        self.done.push((name, took));
+        result.with_context(|| format!("stage `{name}`"))
+    }
+}
+
+/// Builds the appliance image `<out_dir>/<name>.raw`.
+pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
+    let mut stages = Stages { done: Vec::new() };
+    let ids = partition_ids(plan);
+    let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
+    let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
+    let packages = base_os::installed_packages(&root)?;
+    stages.run("apply overlays", || apply_overlays(&mut root, plan, opts))?;
+    stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
+    stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
+    let kernel = esp::find_kernel(&root)?;
+    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan, &ids))?;
+    let image = opts.out_dir.join(format!("{}.raw", plan.name));
+    let size = stages.run("assemble disk", || assemble_disk(plan, opts, esp, root, &image))?;
+    stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
+    Ok(BuildReport { image, size, kernel: kernel.version, packages, stages: stages.done })
+}
+
+fn partition_ids(plan: &BuildPlan) -> PartitionIds {
+    PartitionIds {
+        esp: Role::Esp.partition_guid(&plan.seed),
+        root: Role::Root.partition_guid(&plan.seed),
+        data: Role::Data.partition_guid(&plan.seed),
+    }
+}
+
+fn install_base_os(plan: &BuildPlan, opts: &BuildOptions) -> Result<PathBuf> {
+    plan.base.ensure_tarball(&opts.cache_dir, opts.clock.epoch)
+}
+
+fn load_root_tree(base_tar: &Path, opts: &BuildOptions) -> Result<Tree> {
+    let mut root = Tree::new();
+    tree::apply_path(&mut root, base_tar, &opts.out_dir)?;
+    Ok(root)
+}
+
+/// airlock's own overlay and units, then the image's overlays and unit folders, then test-only
+/// overlays: later layers win.
+fn apply_overlays(root: &mut Tree, plan: &BuildPlan, opts: &BuildOptions) -> Result<()> {
+    embedded::apply(root, embedded::OVERLAY, "")?;
+    embedded::apply(root, embedded::SYSTEMD, SYSTEM_UNIT_DIR)?;
+    for dir in &plan.overlays {
+        tree::apply_path(root, dir, &opts.out_dir)?;
+    }
+    for dir in &plan.unit_dirs {
+        tree::host_dir::apply_dir_at(root, dir, SYSTEM_UNIT_DIR.as_bytes(), Default::default())?;
+    }
+    for dir in &opts.test_overlays {
+        log::warn!("applying test-only overlay {}: this image is for tests", dir.display());
+        tree::apply_path(root, dir, &opts.out_dir)?;
+    }
+    Ok(())
+}
+
+fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) -> Result<Tree> {
+    let mut options = vec![
+        format!("root=PARTUUID={}", ids.root),
+        "rw".to_string(),
+        "console=tty0".to_string(),
+        "console=ttyS0,115200".to_string(),
+        "systemd.firstboot=off".to_string(),
+    ];
+    options.extend(plan.kernel_cmdline.iter().cloned());
+    let entry =
+        LoaderEntry { title: format!("{} {}", plan.name, plan.version), version: plan.version.clone(), options };
+    esp::make_esp(root, kernel, &entry)
+}
+
+fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, image: &Path) -> Result<u64> {
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let requests = vec![
+        PartitionRequest {
+            role: Role::Esp,
+            size: Some(plan.disk.esp),
+            fs: Filesystem::Fat32 { tree: esp, label: "ESP".into() },
+        },
+        PartitionRequest {
+            role: Role::Root,
+            size: plan.disk.root,
+            fs: Filesystem::Ext4 { tree: root, label: "root".into(), reserved_percent: 5 },
+        },
+        PartitionRequest {
+            role: Role::Data,
+            size: Some(plan.disk.data),
+            fs: Filesystem::Ext4 { tree: Tree::new(), label: "data".into(), reserved_percent: 0 },
+        },
+    ];
+    let disk_plan = disk::plan(plan.disk.size, plan.seed.clone(), opts.clock, requests)?;
+    let report = disk::write(&disk_plan, image)?;
+    for line in &report.partitions {
+        log::info!("{line}");
+    }
+    Ok(report.size)
+}
+
+/// `<out>/<name>.packages`: the installed Debian packages, one `name version architecture` per
+/// line (the SBOM's source).
+fn record_packages(out_dir: &Path, plan: &BuildPlan, packages: &[Package]) -> Result<()> {
+    let path = out_dir.join(format!("{}.packages", plan.name));
+    let partial = PartialFile::create(&path)?;
+    let mut w = std::io::BufWriter::new(partial.file());
+    for p in packages {
+        writeln!(w, "{} {} {}", p.name, p.version, p.architecture)?;
+    }
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    drop(w);
+    partial.commit()?;
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Validation: a raw [`Spec`] becomes a [`BuildPlan`] once, with every error naming its key.
+//! Everything after this point trusts the plan.
+
+use crate::base_os::BaseOs;
+use crate::seed::Seed;
+use crate::size::{ByteSize, MIB};
+use crate::spec::Spec;
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A spec value that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: `{}`: {}", self.file, self.key, self.message)
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// Sizes of the disk and its partitions, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSizes {
+    pub size: u64,
+    pub esp: u64,
+    /// `None`: what the others leave.
+    pub root: Option<u64>,
+    pub data: u64,
+}
+
+/// A service the appliance offers: readiness waits for its unit; the banner shows its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub unit: String,
+    pub url: String,
+}
+
+/// Everything a build needs, validated.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub spec_path: PathBuf,
+    pub spec_sha256: String,
+    pub base: BaseOs,
+    pub hostname: String,
+    pub kernel_cmdline: Vec<String>,
+    pub disk: DiskSizes,
+    pub overlays: Vec<PathBuf>,
+    pub unit_dirs: Vec<PathBuf>,
+    pub enable: Vec<String>,
+    pub mask: Vec<String>,
+    pub services: Vec<Service>,
+    pub seed: Seed,
+}
+
+/// Facts of the build host the plan may default to.
+#[derive(Debug, Clone)]
+pub struct HostContext {
+    /// Normally `/etc/apt`: where the default Debian mirror comes from.
+    pub etc_apt: PathBuf,
+}
+
+impl Default for HostContext {
+    fn default() -> Self {
+        Self { etc_apt: PathBuf::from("/etc/apt") }
+    }
+}
+
+/// Smallest data partition the ext4 writer and first boot's growth are happy with.
+const MIN_DATA: u64 = 32 * MIB;
+/// Smallest root partition worth building.
+const MIN_ROOT: u64 = 256 * MIB;
+/// GPT and alignment overhead: 1 MiB in front, up to 1 MiB at the back.
+const GPT_OVERHEAD: u64 = 2 * MIB;
+const UNIT_SUFFIXES: &[&str] = &[".service", ".target", ".socket", ".timer", ".mount", ".path", ".automount", ".slice"];
+
+/// Reads, parses and validates `spec_path`.
+pub fn plan(spec_path: &Path, host: &HostContext) -> Result<BuildPlan> {
+    let text = std::fs::read(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    let origin = spec_path.display().to_string();
+    let spec = Spec::parse(std::str::from_utf8(&text).with_context(|| format!("{origin} is not UTF-8"))?, &origin)?;
+    let spec_dir = spec_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut plan = validate(spec, spec_dir, &origin, host)?;
+    plan.spec_path = spec_path.to_path_buf();
+    plan.spec_sha256 = hex::encode(Sha256::digest(&text));
+    Ok(plan)
+}
+
+fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Validates a parsed spec; relative paths resolve against `spec_dir`.
+pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -> Result<BuildPlan, PlanError> {
+    let err = |key: &str, message: String| PlanError { file: origin.to_string(), key: key.to_string(), message };
+
+    if !is_name(&spec.name, 63) {
+        return Err(err("name", format!("`{}` must be 1-63 lower-case letters, digits or `-`", spec.name)));
+    }
+    if spec.version.is_empty() || !spec.version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)) {
+        return Err(err("version", format!("`{}` must be letters, digits and . _ + - ~", spec.version)));
+    }
+    let os = &spec.os;
+    if os.suite.is_empty() || !os.suite.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+        return Err(err("os.suite", format!("`{}` is not a Debian suite name", os.suite)));
+    }
+    let mirror = match &os.mirror {
+        Some(m) if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/") => {
+            m.trim_end_matches('/').to_string()
+        }
+        Some(m) => return Err(err("os.mirror", format!("`{m}` is not an http(s):// or file:/ URL"))),
+        None => {
+            crate::apt_sources::host_debian_mirror(&host.etc_apt).map_err(|e| err("os.mirror", format!("{e:#}")))?
+        }
+    };
+    for p in &os.packages {
+        let ok = p.len() >= 2
+            && p.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        if !ok {
+            return Err(err("os.packages", format!("`{p}` is not a Debian package name")));
+        }
+    }
+    for a in &os.kernel_cmdline {
+        if a.is_empty() || a.contains(char::is_whitespace) {
+            return Err(err("os.kernel_cmdline", format!("`{a}` must be one argument without spaces")));
+        }
+        if a.starts_with("root=") || a.starts_with("console=") {
+            return Err(err("os.kernel_cmdline", format!("`{a}`: airlock sets root= and console= itself")));
+        }
+    }
+    if !os.hostname.split('.').all(|label| is_name(label, 63)) || os.hostname.len() > 253 {
+        return Err(err("os.hostname", format!("`{}` is not a valid host name", os.hostname)));
+    }
+
+    let d = &spec.disk;
+    let esp_min = crate::fat::min_fat32_size();
+    if d.esp_size.bytes() < esp_min {
+        return Err(err("disk.esp_size", format!("{} is below FAT32's minimum of {}", d.esp_size, ByteSize(esp_min))));
+    }
+    if d.data_size.bytes() < MIN_DATA {
+        return Err(err("disk.data_size", format!("{} is below the minimum of {}", d.data_size, ByteSize(MIN_DATA))));
+    }
+    if let Some(r) = d.root_size
+        && r.bytes() < MIN_ROOT
+    {
+        return Err(err("disk.root_size", format!("{r} is below the minimum of {}", ByteSize(MIN_ROOT))));
+    }
+    let root_need = d.root_size.map_or(MIN_ROOT, ByteSize::bytes);
+    let need = d.esp_size.bytes() + root_need + d.data_size.bytes() + GPT_OVERHEAD;
+    if d.size.bytes() < need {
+        return Err(err(
+            "disk.size",
+            format!(
+                "{} cannot hold esp {} + root {} + data {} + GPT; it must be at least {}",
+                d.size,
+                d.esp_size,
+                ByteSize(root_need),
+                d.data_size,
+                ByteSize(need)
+            ),
+        ));
+    }
+
+    let dir_list = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, PlanError> {
+        list.iter()
+            .map(|p| {
+                let full = spec_dir.join(p);
+                if full.is_dir() { Ok(full) } else { Err(err(key, format!("{} is not a directory", full.display()))) }
+            })
+            .collect()
+    };
+    let overlays = dir_list("overlays", &spec.overlays)?;
+    let unit_dirs = dir_list("units.dirs", &spec.units.dirs)?;
+    for (key, list) in [("units.enable", &spec.units.enable), ("units.mask", &spec.units.mask)] {
+        for u in list {
+            if !UNIT_SUFFIXES.iter().any(|s| u.ends_with(s)) || u.contains('/') {
+                return Err(err(key, format!("`{u}` is not a systemd unit name")));
+            }
+        }
+    }
+    let mut services = Vec::new();
+    for (i, s) in spec.services.iter().enumerate() {
+        let key = |k: &str| format!("services[{i}].{k}");
+        if !is_name(&s.name, 32) {
+            return Err(err(&key("name"), format!("`{}` must be lower-case letters, digits or `-`", s.name)));
+        }
+        if services.iter().any(|x: &Service| x.name == s.name) {
+            return Err(err(&key("name"), format!("`{}` is listed twice", s.name)));
+        }
+        if !UNIT_SUFFIXES.iter().any(|x| s.unit.ends_with(x)) {
+            return Err(err(&key("unit"), format!("`{}` is not a systemd unit name", s.unit)));
+        }
+        if !s.url.contains("://") {
+            return Err(err(&key("url"), format!("`{}` is not a URL", s.url)));
+        }
+        services.push(Service { name: s.name.clone(), unit: s.unit.clone(), url: s.url.clone() });
+    }
+
+    Ok(BuildPlan {
+        seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
+        base: BaseOs::new(&os.suite, &mirror, &os.packages, &os.refresh),
+        name: spec.name,
+        version: spec.version,
+        description: spec.description,
+        spec_path: PathBuf::new(),
+        spec_sha256: String::new(),
+        hostname: spec.os.hostname,
+        kernel_cmdline: spec.os.kernel_cmdline,
+        disk: DiskSizes {
+            size: d.size.bytes(),
+            esp: d.esp_size.bytes(),
+            root: d.root_size.map(ByteSize::bytes),
+            data: d.data_size.bytes(),
+        },
+        overlays,
+        unit_dirs,
+        enable: spec.units.enable,
+        mask: spec.units.mask,
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "demo"
+version = "1.0.0"
+[os]
+suite = "trixie"
+mirror = "http://mirror.example/debian/"
+hostname = "demo.local"
+packages = ["nginx-light"]
+[disk]
+size = "2GiB"
+data_size = "256MiB"
+[[services]]
+name = "web"
+unit = "nginx.service"
+url = "http://{address}/"
+"#;
+
+    fn check(text: &str) -> Result<BuildPlan, PlanError> {
+        let spec = Spec::parse(text, "a.toml").unwrap();
+        validate(spec, Path::new("."), "a.toml", &HostContext { etc_apt: PathBuf::from("/nonexistent") })
+    }
+
+    #[test]
+    fn good_spec_validates() {
+        let p = check(GOOD).unwrap();
+        assert_eq!(p.base.mirror, "http://mirror.example/debian");
+        assert!(p.base.packages.contains(&"nginx-light".to_string()));
+        assert!(p.base.packages.contains(&"systemd".to_string()));
+        assert_eq!(p.seed, Seed::new("demo-1.0.0"));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases = [
+            ("name = \"demo\"", "name = \"Demo!\"", "name"),
+            ("suite = \"trixie\"", "suite = \"Trixie 13\"", "os.suite"),
+            ("mirror = \"http://mirror.example/debian/\"", "mirror = \"ftp://x\"", "os.mirror"),
+            ("mirror = \"http://mirror.example/debian/\"\n", "", "os.mirror"),
+            ("packages = [\"nginx-light\"]", "packages = [\"nginx light\"]", "os.packages"),
+            ("hostname = \"demo.local\"", "hostname = \"-bad\"", "os.hostname"),
+            ("size = \"2GiB\"", "size = \"300MiB\"", "disk.size"),
+            ("data_size = \"256MiB\"", "data_size = \"1MiB\"", "disk.data_size"),
+            ("data_size = \"256MiB\"", "data_size = \"256MiB\"\nesp_size = \"8MiB\"", "disk.esp_size"),
+            ("unit = \"nginx.service\"", "unit = \"nginx\"", "services[0].unit"),
+            ("url = \"http://{address}/\"", "url = \"nowhere\"", "services[0].url"),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "replacement of `{from}` did not apply");
+            let e = check(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let with_root = GOOD.replace("[disk]", "[disk]\nroot_size = \"10MiB\"");
+        assert_eq!(check(&with_root).unwrap_err().key, "disk.root_size");
+        let cmdline = GOOD.replace("packages = [", "kernel_cmdline = [\"root=/dev/sda\"]\npackages = [");
+        assert_eq!(check(&cmdline).unwrap_err().key, "os.kernel_cmdline");
+        let overlay = GOOD.replace("[os]", "overlays = [\"no-such-dir\"]\n[os]");
+        assert_eq!(check(&overlay).unwrap_err().key, "overlays");
+    }
+}

@@ -1,0 +1,139 @@
+//! `appliance.toml`: the one declarative input, as written by the user.
+//!
+//! These types mirror the file exactly (`deny_unknown_fields` everywhere, so a typo is an error
+//! that names the key, never a silently ignored setting). [`crate::plan`] validates a [`Spec`]
+//! once into a [`crate::plan::BuildPlan`]; nothing downstream reads the raw spec.
+
+use crate::size::ByteSize;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Appliance name: lower-case letters, digits and `-`; names the output files.
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    pub os: OsSpec,
+    pub disk: DiskSpec,
+    /// Folders (relative to the spec) copied into the root filesystem at their target paths,
+    /// after airlock's own `overlay/`.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
+    #[serde(default)]
+    pub units: UnitsSpec,
+    /// What the console banner lists once the appliance is ready, and what readiness waits for.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsSpec {
+    /// Debian suite (codename), e.g. `trixie`.
+    pub suite: String,
+    /// Debian archive to install from; default: the one the build host's apt uses.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// Packages on top of airlock's base set.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Extra kernel command-line arguments (root, console and first-boot ones are airlock's).
+    #[serde(default)]
+    pub kernel_cmdline: Vec<String>,
+    pub hostname: String,
+    /// Change to rebuild the cached base OS from the archive as it is now (e.g. a date).
+    #[serde(default)]
+    pub refresh: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// The whole image.
+    pub size: ByteSize,
+    #[serde(default = "default_esp_size")]
+    pub esp_size: ByteSize,
+    /// The root filesystem; default: what the ESP and data partition leave.
+    #[serde(default)]
+    pub root_size: Option<ByteSize>,
+    /// The data partition as built; it grows to fill the disk on first boot.
+    pub data_size: ByteSize,
+}
+
+fn default_esp_size() -> ByteSize {
+    ByteSize(256 * crate::size::MIB)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitsSpec {
+    /// Folders (relative to the spec) of unit files installed to `/usr/lib/systemd/system`,
+    /// after airlock's own `systemd/`.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Units to enable (by their `[Install]` sections), in addition to airlock's own.
+    #[serde(default)]
+    pub enable: Vec<String>,
+    /// Units to mask.
+    #[serde(default)]
+    pub mask: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Banner label (`<name>: <url>`).
+    pub name: String,
+    /// The systemd unit that provides it; readiness waits for it.
+    pub unit: String,
+    /// URL shown in the banner; `{address}` becomes the appliance's IPv4 address at boot.
+    pub url: String,
+}
+
+impl Spec {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "demo"
+version = "1.0.0"
+[os]
+suite = "trixie"
+hostname = "demo"
+[disk]
+size = "2GiB"
+data_size = "256MiB"
+"#;
+
+    #[test]
+    fn minimal_spec_parses_with_defaults() {
+        let s = Spec::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(s.disk.esp_size, ByteSize(256 << 20));
+        assert!(s.overlays.is_empty() && s.services.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let text = MINIMAL.replace("hostname = \"demo\"", "hostname = \"demo\"\nhostnme = \"x\"");
+        let err = Spec::parse(&text, "images/x/appliance.toml").unwrap_err().to_string();
+        assert!(err.starts_with("images/x/appliance.toml:"), "{err}");
+        assert!(err.contains("unknown field `hostnme`"), "{err}");
+    }
+
+    #[test]
+    fn bad_sizes_name_the_value() {
+        let text = MINIMAL.replace("\"2GiB\"", "\"2 parsecs\"");
+        let err = Spec::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("invalid size `2 parsecs`"), "{err}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Shared helpers for image tests: running the judges (tools nobody here wrote) and the airlock
+//! binary, and reading parts of images.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs a host tool; a missing tool fails the test loudly (an image test never passes by not
+/// judging).
+pub fn tool(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}); install it (see .ci/run)"))
+}
+
+/// Runs a host tool and requires success; returns stdout.
+pub fn tool_ok(program: &str, args: &[&str]) -> String {
+    let out = tool(program, args);
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed with {}:\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the `airlock` binary under test with a fixed `SOURCE_DATE_EPOCH`.
+pub fn airlock(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running the airlock binary")
+}
+
+pub fn airlock_ok(args: &[&str]) -> String {
+    let out = airlock(args);
+    assert!(
+        out.status.success(),
+        "airlock {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn airlock_err(args: &[&str]) -> String {
+    let out = airlock(args);
+    assert!(!out.status.success(), "airlock {} unexpectedly succeeded", args.join(" "));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).expect("open for hashing");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("hashing");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Copies `len` bytes at `offset` of `image` into a new file (a partition to hand to fsck).
+pub fn extract(image: &Path, offset: u64, len: u64, dest: &Path) -> PathBuf {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut src = std::fs::File::open(image).expect("open image");
+    src.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut dst = std::fs::File::create(dest).expect("create partition file");
+    std::io::copy(&mut src.take(len), &mut dst).expect("copy partition");
+    dest.to_path_buf()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for large test files.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
