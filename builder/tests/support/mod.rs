@@ -95,3 +95,41 @@ pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// The repository root (tests run with the package directory as cwd).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("builder/ is inside the repository").to_path_buf()
+}
+
+/// Runs `debugfs -R <request>` on an ext4 image file and returns stdout.
+pub fn debugfs(fs_image: &Path, request: &str) -> String {
+    let out = tool("debugfs", &["-R", request, fs_image.to_str().expect("UTF-8 path")]);
+    assert!(out.status.success(), "debugfs -R '{request}' failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `e2fsck -fn` must find nothing to fix.
+pub fn assert_e2fsck_clean(fs_image: &Path) {
+    let out = tool("e2fsck", &["-fn", fs_image.to_str().expect("UTF-8 path")]);
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {} reports problems:\n{}{}",
+        fs_image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether an error from building the base OS means the Debian archive cannot be reached (the
+/// one case where image tests skip, saying so).
+pub fn is_network_failure(stderr: &str) -> bool {
+    [
+        "Temporary failure resolving",
+        "Could not resolve",
+        "Failed to fetch",
+        "Network is unreachable",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|s| stderr.contains(s))
+}
