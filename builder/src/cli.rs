@@ -25,6 +25,19 @@ pub enum Command {
     Build(BuildArgs),
     /// Assemble a GPT disk image from filesystem trees (directories or tar archives).
     Disk(DiskArgs),
+    /// Create an Ed25519 signing key pair in minisign's formats (PREFIX.key, PREFIX.pub).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Writes PREFIX.key (secret) and PREFIX.pub (public); refuses to overwrite either.
+    #[arg(long, value_name = "PREFIX")]
+    pub out: PathBuf,
+    /// Leave the secret key unencrypted (otherwise the passphrase comes from
+    /// $AIRLOCK_KEY_PASSPHRASE or a prompt).
+    #[arg(long)]
+    pub no_passphrase: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +88,37 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
         Command::Disk(args) => run_disk(args),
+        Command::Keygen(args) => run_keygen(args),
     }
+}
+
+/// The environment variable a key's passphrase may come from (for unattended builds).
+pub const PASSPHRASE_ENV: &str = "AIRLOCK_KEY_PASSPHRASE";
+
+/// A passphrase from the environment, or asked on the terminal (`confirm`: twice).
+pub fn passphrase(confirm: bool) -> Result<String> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(p);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("no passphrase: set {PASSPHRASE_ENV} (or use --no-passphrase when creating a key)");
+    }
+    let first = rpassword::prompt_password("key passphrase: ").context("reading the passphrase")?;
+    if confirm {
+        let again = rpassword::prompt_password("again: ").context("reading the passphrase")?;
+        anyhow::ensure!(first == again, "the two passphrases differ");
+    }
+    Ok(first)
+}
+
+fn run_keygen(args: KeygenArgs) -> Result<()> {
+    let pass = if args.no_passphrase { None } else { Some(passphrase(true)?) };
+    let kp = crate::signing::generate()?;
+    crate::signing::write_key_pair(&kp, &args.out, pass.as_deref())?;
+    println!("secret key: {}.key{}", args.out.display(), if pass.is_some() { " (encrypted)" } else { "" });
+    println!("public key: {}.pub", args.out.display());
+    println!("{}", crate::signing::public_key_line(&kp));
+    Ok(())
 }
 
 fn run_build(args: BuildArgs) -> Result<()> {

@@ -81,7 +81,7 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
         format!(
             "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
              PARTUUID={root} / ext4 defaults 0 1\n\
-             PARTUUID={data} {DATA_MOUNT} ext4 defaults,x-systemd.growfs 0 2\n\
+             PARTUUID={data} {DATA_MOUNT} ext4 defaults,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
              PARTUUID={esp} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n",
             root = ids.root,
             data = ids.data,

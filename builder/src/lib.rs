@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod region;
 pub mod seed;
+pub mod signing;
 pub mod size;
 pub mod spec;
 pub mod tree;

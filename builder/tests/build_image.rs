@@ -120,7 +120,10 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let ready = debugfs(&root, "cat /usr/lib/systemd/system/airlock-ready.target.d/services.conf");
     assert!(ready.contains("Requires=nginx.service"), "{ready}");
     let fstab = debugfs(&root, "cat /etc/fstab");
-    assert!(fstab.contains("/var/lib/airlock ext4 defaults,x-systemd.growfs"), "{fstab}");
+    assert!(
+        fstab.contains("/var/lib/airlock ext4 defaults,x-systemd.growfs,x-systemd.after=systemd-repart.service"),
+        "{fstab}"
+    );
     let search = debugfs(&root, "ls -p /usr/lib/systemd/system");
     assert!(!search.contains("airlock-test"), "a production image carries no test command channel");
 

@@ -1,0 +1,63 @@
+//! The demo appliance boots under UEFI to `airlock: ready`, with nothing failed, its root on
+//! the partition airlock wrote, its data partition grown to the enlarged disk, its web service
+//! answering through a port forward; it reboots to ready again; after shutdown both ext4
+//! filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is slow).
+
+mod common;
+
+use common::*;
+use qemu_tests::{BOOT_TIMEOUT, Vm, VmConfig};
+use std::time::Duration;
+
+const GIB: u64 = 1 << 30;
+
+#[test]
+fn demo_appliance_boots_ready_grows_and_survives_reboot() {
+    qemu_tests::init_logging();
+    let built = build_test_image("demo").expect("building the demo test image");
+    let mut vm =
+        Vm::boot(VmConfig { forwards: vec![80], disk_size: Some(8 * GIB), ..VmConfig::new("demo", &built.image) })
+            .expect("starting qemu");
+    eprintln!("accelerator: {:?}", vm.accel());
+
+    vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("the banner says ready");
+    let console = vm.console_since_boot();
+    let banner: Vec<&str> = console.lines().skip_while(|l| l.trim() != "airlock: ready").take(3).collect();
+    assert_eq!(banner.get(1).map(|l| l.trim()), Some("appliance: demo 0.1.0"), "banner: {banner:?}");
+    assert!(banner.get(2).is_some_and(|l| l.trim().starts_with("web: http://10.0.2.15/")), "banner: {banner:?}");
+
+    let failed = vm.succeed("systemctl --failed --no-legend --plain").unwrap();
+    assert_eq!(failed.trim(), "", "no unit failed");
+    assert_eq!(vm.succeed("systemctl is-active airlock-ready.target").unwrap().trim(), "active");
+
+    // The root filesystem is the partition airlock wrote (by its seeded PARTUUID).
+    let root_partuuid = built.plan.seed.uuid("partition:root-x86-64").to_string();
+    assert_eq!(vm.succeed("findmnt -no PARTUUID /").unwrap().trim(), root_partuuid);
+    assert_eq!(vm.succeed("findmnt -no FSTYPE /").unwrap().trim(), "ext4");
+
+    // The data partition grew into the 8 GiB disk, and its filesystem with it.
+    let part_size: u64 = vm.succeed("lsblk -bdno SIZE /dev/disk/by-partlabel/data").unwrap().trim().parse().unwrap();
+    assert!(part_size > 7 * GIB, "data partition is {part_size} bytes after growing");
+    let fs_size: u64 = vm.succeed("findmnt -bno SIZE /var/lib/airlock").unwrap().trim().parse().unwrap();
+    assert!(fs_size > 7 * GIB, "data filesystem is {fs_size} bytes after growing");
+
+    // First boot generated this instance's identity.
+    let machine_id = vm.succeed("cat /etc/machine-id").unwrap();
+    assert_eq!(machine_id.trim().len(), 32, "machine-id: {machine_id}");
+
+    // The web service answers through the port forward (and the guest has no other network).
+    vm.wait_for_open_port(80, Duration::from_secs(120)).unwrap();
+    let (status, body) = http_get(vm.host_port(80), "/").unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("airlock demo appliance"), "{body}");
+
+    // A reboot comes back ready, keeping the instance's identity.
+    vm.reboot(BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("ready again after reboot");
+    assert_eq!(vm.succeed("cat /etc/machine-id").unwrap(), machine_id);
+    assert_eq!(vm.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "");
+
+    // After a clean shutdown the filesystems a real kernel used are clean.
+    vm.shutdown(Duration::from_secs(180)).unwrap();
+    e2fsck_partitions(vm.overlay_path(), built.dir.path());
+}
