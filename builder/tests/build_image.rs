@@ -1,6 +1,7 @@
 //! `airlock build` of the demo appliance, judged from outside: the partition table by sgdisk,
 //! the ESP by fsck.vfat and mtools, the root and data filesystems by e2fsck and debugfs.
 //! One build is shared by the checks; a second build proves reproducibility.
+#![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 mod support;
 

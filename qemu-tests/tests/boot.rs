@@ -2,6 +2,7 @@
 //! the partition airlock wrote, its data partition grown to the enlarged disk, its web service
 //! answering through a port forward; it reboots to ready again; after shutdown both ext4
 //! filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is slow).
+#![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 mod common;
 

@@ -67,7 +67,6 @@ pub(super) fn keystream(passphrase: &[u8], salt: &[u8], opslimit: u64, memlimit:
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
 

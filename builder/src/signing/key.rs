@@ -421,7 +421,6 @@ fn write_new_file(dest: &Path, contents: &[u8], mode: u32) -> Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
 

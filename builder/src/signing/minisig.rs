@@ -230,7 +230,6 @@ impl SignatureFile {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
     use crate::signing::key::generate;

@@ -177,7 +177,6 @@ fn sha256_of(mut reader: impl Read) -> std::io::Result<[u8; 32]> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
     use std::fs;

@@ -92,9 +92,35 @@ pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Resu
             (path, archive)
         }
     };
+    apply_archive(tree, &input, &tar_path, archive_ref, opts)
+}
 
+/// Applies an already uncompressed tar held in a temporary spool (e.g. a container layer
+/// decompressed while its diff_id was checked); the tree's nodes keep the spool alive.
+pub fn apply_spooled_tar(
+    tree: &mut Tree,
+    input: &str,
+    spool: tempfile::TempPath,
+    opts: &TarOptions<'_>,
+) -> Result<TarStats> {
+    let path = spool.to_path_buf();
+    let archive = super::Archive::new(path.clone(), Some(spool));
+    apply_archive(tree, input, &path, archive, opts)
+}
+
+/// Applies the uncompressed tar at `tar_path` (whose file contents `archive_ref` stands for)
+/// as a new layer; `input` names it in errors.
+fn apply_archive(
+    tree: &mut Tree,
+    input: &str,
+    tar_path: &Path,
+    archive_ref: std::sync::Arc<super::Archive>,
+    opts: &TarOptions<'_>,
+) -> Result<TarStats> {
+    let input = input.to_string();
+    let whole = |problem| InputError { input: input.clone(), entry: None, problem };
     tree.begin_layer();
-    let tar_file = File::open(&tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
+    let tar_file = File::open(tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
     let archive_len = tar_file.metadata().with_context(|| format!("reading {}", tar_path.display()))?.len();
     let mut sparse_spool: Option<(File, std::sync::Arc<super::Archive>, u64)> = None;
     let mut seen: HashSet<Vec<u8>> = HashSet::new();

@@ -1,0 +1,183 @@
+//! The normalized image: one platform's manifest, its config and its layers, all in the blob
+//! store, whichever kind of source it was read from. Also the checks every source shares.
+
+use super::digest::Digest;
+use super::error::ImageError;
+use super::limits::Limits;
+use super::media_type::{self, Compression, ManifestKind};
+use anyhow::{Context, Result};
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+use std::fmt;
+
+/// An operating system and CPU architecture, as in an index's `platform` and a config's
+/// `os`/`architecture`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
+impl Platform {
+    /// The appliance's platform.
+    pub fn linux_amd64() -> Self {
+        Self { os: "linux".into(), architecture: "amd64".into() }
+    }
+
+    fn matches(&self, os: &str, architecture: &str) -> bool {
+        self.os == os && self.architecture == architecture
+    }
+
+    /// Whether an index entry's platform is this one.
+    pub fn matches_oci(&self, p: &oci_spec::image::Platform) -> bool {
+        self.matches(&p.os().to_string(), &p.architecture().to_string())
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)
+    }
+}
+
+/// One layer of an image, as stored in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// Digest of the blob as stored (compressed, if it is).
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`. For an uncompressed
+    /// layer it equals `digest`; for a compressed one it is checked when the layer is applied.
+    pub diff_id: Digest,
+}
+
+/// One platform's image, every blob of it verified and in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Where it came from, in skopeo's transport syntax (`oci-archive:/srv/api.tar:1`), for
+    /// messages.
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub manifest_media_type: String,
+    /// The manifest exactly as its digest was computed over: what the registry serves.
+    pub manifest_bytes: Vec<u8>,
+    pub config_digest: Digest,
+    pub config_size: u64,
+    pub layers: Vec<Layer>,
+    pub platform: Platform,
+}
+
+impl Image {
+    /// The uncompressed layer digests, in order (equal for the same image from any source).
+    pub fn diff_ids(&self) -> Vec<Digest> {
+        self.layers.iter().map(|l| l.diff_id.clone()).collect()
+    }
+}
+
+/// A manifest's references, checked but not yet fetched.
+#[derive(Debug)]
+pub(crate) struct ManifestRefs {
+    pub config_digest: Digest,
+    pub config_size: u64,
+    pub layers: Vec<LayerRef>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LayerRef {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+}
+
+/// Parses an image manifest and checks what it refers to: media types airlock handles, sha256
+/// digests, sizes within the limits.
+pub(crate) fn parse_manifest(bytes: &[u8], descriptor_media_type: &str, limits: &Limits) -> Result<ManifestRefs> {
+    let manifest: ImageManifest = serde_json::from_slice(bytes).context("parsing the image manifest")?;
+    if manifest.schema_version() != 2 {
+        return Err(ImageError::Invalid(format!(
+            "manifest has schemaVersion {}, expected 2",
+            manifest.schema_version()
+        ))
+        .into());
+    }
+    if let Some(own) = manifest.media_type()
+        && own.to_string() != descriptor_media_type
+    {
+        return Err(ImageError::Invalid(format!(
+            "manifest says its media type is `{own}` but its descriptor says `{descriptor_media_type}`"
+        ))
+        .into());
+    }
+    let config = manifest.config();
+    let config_digest = descriptor_digest(config, "config")?;
+    let config_type = config.media_type().to_string();
+    if !media_type::is_config(&config_type) {
+        return Err(ImageError::UnknownMediaType {
+            what: "config".into(),
+            digest: config_digest.to_string(),
+            media_type: config_type,
+        }
+        .into());
+    }
+    limits.check_json("config", &config_digest, config.size())?;
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for (i, layer) in manifest.layers().iter().enumerate() {
+        let what = format!("layer {}", i + 1);
+        let digest = descriptor_digest(layer, &what)?;
+        let media_type = layer.media_type().to_string();
+        let compression = Compression::of_layer(&media_type).ok_or_else(|| ImageError::UnknownMediaType {
+            what: what.clone(),
+            digest: digest.to_string(),
+            media_type: media_type.clone(),
+        })?;
+        limits.check_blob(&what, &digest, layer.size())?;
+        layers.push(LayerRef { digest, size: layer.size(), media_type, compression });
+    }
+    Ok(ManifestRefs { config_digest, config_size: config.size(), layers })
+}
+
+/// The kind of manifest a descriptor points to, or the error naming its unknown media type.
+pub(crate) fn manifest_kind(descriptor: &oci_spec::image::Descriptor, what: &str) -> Result<ManifestKind> {
+    let media_type = descriptor.media_type().to_string();
+    ManifestKind::of(&media_type).ok_or_else(|| {
+        ImageError::UnknownMediaType { what: what.to_string(), digest: descriptor.digest().to_string(), media_type }
+            .into()
+    })
+}
+
+/// A descriptor's digest, refused unless it is sha256.
+pub(crate) fn descriptor_digest(descriptor: &oci_spec::image::Descriptor, what: &str) -> Result<Digest> {
+    Digest::from_oci(descriptor.digest()).with_context(|| format!("digest of {what}"))
+}
+
+/// Parses a config, checks it is for `platform` and has one diff_id per layer, and returns the
+/// diff_ids.
+pub(crate) fn check_config(bytes: &[u8], platform: &Platform, layer_count: usize) -> Result<Vec<Digest>> {
+    let config: ImageConfiguration = serde_json::from_slice(bytes).context("parsing the image config")?;
+    let os = config.os().to_string();
+    let architecture = config.architecture().to_string();
+    if !platform.matches(&os, &architecture) {
+        return Err(
+            ImageError::WrongPlatform { wanted: platform.to_string(), actual: format!("{os}/{architecture}") }.into()
+        );
+    }
+    let rootfs = config.rootfs();
+    if rootfs.typ() != "layers" {
+        return Err(ImageError::Invalid(format!("config has rootfs type `{}`, expected `layers`", rootfs.typ())).into());
+    }
+    if rootfs.diff_ids().len() != layer_count {
+        return Err(ImageError::Invalid(format!(
+            "config lists {} diff_ids for {layer_count} layers",
+            rootfs.diff_ids().len()
+        ))
+        .into());
+    }
+    rootfs
+        .diff_ids()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Digest::parse(d).with_context(|| format!("diff_id of layer {}", i + 1)))
+        .collect()
+}
