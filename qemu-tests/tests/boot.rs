@@ -36,11 +36,20 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert_eq!(vm.succeed("findmnt -no PARTUUID /").unwrap().trim(), root_partuuid);
     assert_eq!(vm.succeed("findmnt -no FSTYPE /").unwrap().trim(), "ext4");
 
-    // The data partition grew into the 8 GiB disk, and its filesystem with it.
-    let part_size: u64 = vm.succeed("lsblk -bdno SIZE /dev/disk/by-partlabel/data").unwrap().trim().parse().unwrap();
-    assert!(part_size > 7 * GIB, "data partition is {part_size} bytes after growing");
-    let fs_size: u64 = vm.succeed("findmnt -bno SIZE /var/lib/airlock").unwrap().trim().parse().unwrap();
-    assert!(fs_size > 7 * GIB, "data filesystem is {fs_size} bytes after growing");
+    // The data partition grew to the end of the 8 GiB disk (from 256 MiB), and its filesystem
+    // with it.
+    let dev = vm.succeed("basename $(readlink -f /dev/disk/by-partlabel/data)").unwrap();
+    let mut sysfs = |f: &str| -> u64 {
+        vm.succeed(&format!("cat /sys/class/block/{}/{f}", dev.trim())).unwrap().trim().parse().unwrap()
+    };
+    let (start, sectors) = (sysfs("start") * 512, sysfs("size") * 512);
+    assert!(start + sectors > 8 * GIB - (2 << 20), "data partition ends at {} of an 8 GiB disk", start + sectors);
+    assert!(sectors > 5 * GIB, "data partition is {sectors} bytes after growing");
+    let fs_size: u64 = vm.succeed("df -B1 --output=size /var/lib/airlock | tail -1").unwrap().trim().parse().unwrap();
+    assert!(fs_size > sectors / 100 * 90, "data filesystem is {fs_size} bytes on a {sectors}-byte partition");
+
+    // The kernel writes to both filesystems airlock wrote; e2fsck judges them after shutdown.
+    vm.succeed("head -c 50000000 /dev/urandom > /root/written-by-the-guest && mkdir -p /var/lib/airlock/probe && cp /root/written-by-the-guest /var/lib/airlock/probe/ && sync").unwrap();
 
     // First boot generated this instance's identity.
     let machine_id = vm.succeed("cat /etc/machine-id").unwrap();

@@ -35,7 +35,10 @@ fn synthetic_tar(path: &Path) -> Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
-fn bench_tree(name: &str, tar_path: &Path, image_size: &str, work: &Path) -> Result<()> {
+fn bench_tree(name: &str, tar_path: &Path, image_mib: u64, work: &Path) -> Result<()> {
+    let image_size = format!("{image_mib}MiB");
+    let image_size = image_size.as_str();
+    let mke2fs_size = format!("{image_mib}M");
     let airlock = airlock_binary()?;
     let esp = work.join("esp");
     std::fs::create_dir_all(&esp)?;
@@ -68,7 +71,7 @@ fn bench_tree(name: &str, tar_path: &Path, image_size: &str, work: &Path) -> Res
         &[],
     )?;
     let img = work.join(format!("{name}-mke2fs.img"));
-    let mkfs = run("mke2fs", &["-q", "-F", "-t", "ext4", "-d", path_str(&dir)?, path_str(&img)?, image_size], &[])?;
+    let mkfs = run("mke2fs", &["-q", "-F", "-t", "ext4", "-d", path_str(&dir)?, path_str(&img)?, &mke2fs_size], &[])?;
     std::fs::remove_file(&img)?;
     std::process::Command::new("rm").args(["-rf", path_str(&dir)?]).status()?;
 
@@ -93,12 +96,12 @@ fn main() -> Result<()> {
     let synth = work.path().join("synthetic.tar");
     let (files, bytes) = synthetic_tar(&synth)?;
     println!("synthetic tree: {files} files, {}", mib(bytes));
-    bench_tree("synthetic", &synth, "1536MiB", work.path())?;
+    bench_tree("synthetic", &synth, 1536, work.path())?;
 
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("bench/ is in the repository")?;
     let plan = airlock::plan::plan(&repo.join("images/demo/appliance.toml"), &Default::default())?;
     let base = plan.base.ensure_tarball(&airlock::cache::cache_dir()?, 1_700_000_000)?;
     println!("mmdebstrap tree: {} ({})", base.display(), mib(std::fs::metadata(&base)?.len()));
-    bench_tree("mmdebstrap", &base, "2GiB", work.path())?;
+    bench_tree("mmdebstrap", &base, 2048, work.path())?;
     Ok(())
 }

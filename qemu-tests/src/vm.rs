@@ -1,0 +1,620 @@
+//! One virtual machine booted from an airlock image: its files, its qemu, and the
+//! NixOS-test-driver-style verbs that tests call on it.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::accel::{Accel, probe_accel};
+use crate::backdoor::{self, CommandChannel, Guest};
+use crate::firmware::Firmware;
+use crate::overlay::create_overlay;
+use crate::ports::{self, Probe, free_local_ports};
+use crate::qemu_cmdline::{PortForward, QemuCmdline};
+use crate::qemu_process::QemuProcess;
+use crate::qmp::{self, Qmp, Resets};
+use crate::serial;
+use crate::systemd_unit::{self, UnitState, Verdict};
+
+/// Enough for a Debian trixie appliance to reach multi-user.target under TCG (about 40 s
+/// measured) with room for a slow, shared CI machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Default for [`VmConfig::command_timeout`]. A request sent while the guest is still
+/// booting waits for the boot, so this is larger than [`BOOT_TIMEOUT`].
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Lines of the serial log printed when a test fails.
+const FAILURE_LOG_LINES: usize = 80;
+
+/// Set to keep a failed VM's directory (overlay, VARS, serial and qemu logs) for inspection.
+const KEEP_DIR_ENV: &str = "AIRLOCK_KEEP_VM_DIR";
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The raw disk image; never modified (the VM writes to a qcow2 overlay).
+    pub image: PathBuf,
+    /// Enlarges the overlay to this many bytes, e.g. `8 << 30`; `None` keeps the image size.
+    pub disk_size: Option<u64>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Guest TCP ports reachable from the host at 127.0.0.1:[`Vm::host_port`].
+    pub forwards: Vec<u16>,
+    /// Names the VM in logs and its temporary directory.
+    pub name: String,
+    /// How long `succeed`, `fail` and `execute` wait, including for the guest to come up.
+    pub command_timeout: Duration,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            image: PathBuf::new(),
+            disk_size: None,
+            memory_mib: 2048,
+            cpus: 2,
+            forwards: Vec::new(),
+            name: "vm".into(),
+            command_timeout: COMMAND_TIMEOUT,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Defaults (2 GiB, 2 CPUs, no forwards) for `image`.
+    pub fn new(name: &str, image: impl Into<PathBuf>) -> Self {
+        VmConfig { image: image.into(), name: name.into(), ..VmConfig::default() }
+    }
+}
+
+/// Files of one VM, all inside its temporary directory.
+#[derive(Debug)]
+struct VmFiles {
+    overlay: PathBuf,
+    vars: PathBuf,
+    serial_log: PathBuf,
+    qemu_log: PathBuf,
+    backdoor_socket: PathBuf,
+    qmp_socket: PathBuf,
+    events_socket: PathBuf,
+}
+
+impl VmFiles {
+    fn in_dir(dir: &Path) -> Self {
+        VmFiles {
+            overlay: dir.join("overlay.qcow2"),
+            vars: dir.join("OVMF_VARS.fd"),
+            serial_log: dir.join("serial.log"),
+            qemu_log: dir.join("qemu.log"),
+            backdoor_socket: dir.join("backdoor.sock"),
+            qmp_socket: dir.join("qmp.sock"),
+            events_socket: dir.join("qmp-events.sock"),
+        }
+    }
+}
+
+/// A VM booted from an image. Dropping it kills qemu; if the test is failing, the end of
+/// the serial log is printed.
+#[derive(Debug)]
+pub struct Vm {
+    cfg: VmConfig,
+    accel: Accel,
+    firmware: Firmware,
+    /// `None` only while `Drop` decides whether to keep it.
+    dir: Option<TempDir>,
+    files: VmFiles,
+    forwards: Vec<PortForward>,
+    qemu: Option<QemuProcess>,
+    starts: u32,
+    /// Serial log offset where the current qemu process started.
+    start_offset: u64,
+    /// Guest resets inside the current qemu process.
+    resets: Arc<Resets>,
+    channel: CommandChannel,
+    /// Set when any harness call failed, so `Drop` shows the log even without a panic.
+    failed: bool,
+}
+
+impl Vm {
+    /// Prepares the VM's overlay and firmware variables and starts qemu; returns without
+    /// waiting for the guest.
+    pub fn boot(cfg: VmConfig) -> Result<Vm> {
+        let name = cfg.name.clone();
+        Self::prepare(cfg).with_context(|| format!("booting vm {name}"))
+    }
+
+    fn prepare(cfg: VmConfig) -> Result<Vm> {
+        if cfg.memory_mib == 0 || cfg.cpus == 0 {
+            bail!("memory_mib and cpus must be positive");
+        }
+        let accel = probe_accel();
+        let firmware = Firmware::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("airlock-vm-{}-", short_name(&cfg.name)))
+            .tempdir()
+            .context("creating the VM's temporary directory")?;
+        let files = VmFiles::in_dir(dir.path());
+        std::fs::copy(&firmware.vars_template, &files.vars)
+            .with_context(|| format!("copying the firmware variables {}", firmware.vars_template.display()))?;
+        create_overlay(&cfg.image, &files.overlay, cfg.disk_size)?;
+        let forwards = free_local_ports(cfg.forwards.len())?
+            .into_iter()
+            .zip(&cfg.forwards)
+            .map(|(host, &guest)| PortForward { host, guest })
+            .collect();
+        let channel = CommandChannel::new(&files.backdoor_socket);
+        let mut vm = Vm {
+            cfg,
+            accel,
+            firmware,
+            dir: Some(dir),
+            files,
+            forwards,
+            qemu: None,
+            starts: 0,
+            start_offset: 0,
+            resets: Arc::new(Resets::new(0)),
+            channel,
+            failed: false,
+        };
+        vm.start_qemu()?;
+        Ok(vm)
+    }
+
+    /// Starts qemu again on the same overlay and firmware variables, after
+    /// [`shutdown`](Vm::shutdown) or [`crash`](Vm::crash).
+    pub fn boot_again(&mut self) -> Result<()> {
+        let result = self.start_again();
+        self.note(result)
+    }
+
+    fn start_again(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("vm {} is still running: shut it down or crash it first", self.cfg.name);
+        }
+        self.start_qemu()
+    }
+
+    fn start_qemu(&mut self) -> Result<()> {
+        self.starts += 1;
+        let banner =
+            format!("\n----- qemu-tests: start {} of vm {} ({}) -----\n", self.starts, self.cfg.name, self.accel);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.files.serial_log)
+            .and_then(|mut f| f.write_all(banner.as_bytes()))
+            .with_context(|| format!("writing to {}", self.files.serial_log.display()))?;
+        self.start_offset = serial::len(&self.files.serial_log)?;
+        for socket in [&self.files.backdoor_socket, &self.files.qmp_socket, &self.files.events_socket] {
+            match std::fs::remove_file(socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing {}", socket.display()));
+                }
+            }
+        }
+        let cmdline = QemuCmdline {
+            name: self.cfg.name.clone(),
+            accel: self.accel,
+            memory_mib: self.cfg.memory_mib,
+            cpus: self.cfg.cpus,
+            firmware_code: self.firmware.code.clone(),
+            firmware_vars: self.files.vars.clone(),
+            disk: Some(self.files.overlay.clone()),
+            network: Some(self.forwards.clone()),
+            serial_log: self.files.serial_log.clone(),
+            backdoor_socket: Some(self.files.backdoor_socket.clone()),
+            qmp_sockets: vec![self.files.qmp_socket.clone(), self.files.events_socket.clone()],
+        };
+        self.channel.reset();
+        self.qemu = Some(QemuProcess::spawn(&cmdline, &self.files.qemu_log)?);
+        // A fresh record per qemu process, so a late event from the previous one is moot.
+        self.resets = Arc::new(Resets::new(self.start_offset));
+        if let Err(e) =
+            qmp::watch_resets(self.files.events_socket.clone(), self.files.serial_log.clone(), Arc::clone(&self.resets))
+        {
+            log::warn!("guest reboots will not restart console matching: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Waits until `needle` appears on the serial console after the last (re)boot: after the
+    /// current qemu started, or after the guest's last reset inside it (a reboot, or
+    /// [`reset`](Vm::reset)). ANSI escape sequences and carriage returns are removed before
+    /// matching, so systemd's coloured status lines match as plain text.
+    pub fn wait_for_console(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let start = self.console_start();
+        let result = self.wait_for_console_after(start, needle, timeout).map(drop);
+        self.note(result)
+    }
+
+    /// Waits until `needle` appears on the serial console after byte `offset` of
+    /// [`serial_log`](Vm::serial_log) (see [`console_len`](Vm::console_len)); returns the
+    /// offset just past it, to wait for a later occurrence.
+    pub fn wait_for_console_after(&mut self, offset: u64, needle: &str, timeout: Duration) -> Result<u64> {
+        log::info!("{}: waiting for {needle:?} on the console", self.cfg.name);
+        let qemu = &mut self.qemu;
+        let result = serial::wait_for_text(&self.files.serial_log, offset, needle, timeout, &mut || alive(qemu))
+            .with_context(|| format!("waiting for {needle:?} on the console of vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    /// Current length of the serial log, for [`wait_for_console_after`](Vm::wait_for_console_after).
+    pub fn console_len(&self) -> u64 {
+        serial::len(&self.files.serial_log).unwrap_or(0)
+    }
+
+    /// Runs `cmd` as root in the guest (`bash -c`); fails, quoting its output, unless it
+    /// exits 0. Returns stdout and stderr, interleaved.
+    pub fn succeed(&mut self, cmd: &str) -> Result<String> {
+        let result = self.execute(cmd).and_then(|(code, out)| backdoor::expect_success(cmd, code, out));
+        self.note(result)
+    }
+
+    /// Runs `cmd` as root in the guest; fails if it exits 0.
+    pub fn fail(&mut self, cmd: &str) -> Result<String> {
+        let result = self.execute(cmd).and_then(|(code, out)| backdoor::expect_failure(cmd, code, out));
+        self.note(result)
+    }
+
+    /// Runs `cmd` as root in the guest; returns its exit code and output (lossy UTF-8).
+    pub fn execute(&mut self, cmd: &str) -> Result<(i32, String)> {
+        let (code, out) = self.execute_raw(cmd)?;
+        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    /// Like [`execute`](Vm::execute), with the output as bytes.
+    pub fn execute_raw(&mut self, cmd: &str) -> Result<(i32, Vec<u8>)> {
+        let deadline = Instant::now() + self.cfg.command_timeout;
+        let result = self.run_until(cmd, log::Level::Info, deadline);
+        self.note(result)
+    }
+
+    fn run_until(&mut self, cmd: &str, level: log::Level, deadline: Instant) -> Result<(i32, Vec<u8>)> {
+        let mut guest = Liveness { qemu: &mut self.qemu, resets: &self.resets };
+        self.channel.execute(cmd, level, deadline, &mut guest).with_context(|| format!("vm {}", self.cfg.name))
+    }
+
+    /// Waits until `systemctl is-active` would say `active`; fails at once, with the unit's
+    /// status, if the unit failed or is inactive with no jobs left that could start it.
+    pub fn wait_for_unit(&mut self, unit: &str, timeout: Duration) -> Result<()> {
+        log::info!("{}: waiting for unit {unit}", self.cfg.name);
+        let result = self
+            .wait_for_unit_inner(unit, timeout)
+            .with_context(|| format!("waiting for unit {unit} in vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    fn wait_for_unit_inner(&mut self, unit: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let query = systemd_unit::state_command(unit);
+        let mut last: Option<UnitState> = None;
+        loop {
+            let out = match self.run_until(&query, log::Level::Debug, deadline) {
+                Ok((_, out)) => out,
+                Err(e) => match last {
+                    Some(state) if Instant::now() >= deadline && self.is_running() => {
+                        bail!("still not active after {} s: {state}", timeout.as_secs())
+                    }
+                    _ => return Err(e),
+                },
+            };
+            let state = UnitState::parse(&String::from_utf8_lossy(&out));
+            match state.verdict() {
+                Verdict::Active => return Ok(()),
+                Verdict::Failed => bail!("the unit failed:\n{}", self.unit_status(unit)),
+                Verdict::Hopeless(reason) => {
+                    bail!("{reason} ({state}):\n{}", self.unit_status(unit))
+                }
+                Verdict::Waiting => {}
+            }
+            if Instant::now() >= deadline {
+                bail!("still not active after {} s: {state}", timeout.as_secs());
+            }
+            last = Some(state);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn unit_status(&mut self, unit: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        match self.run_until(&systemd_unit::status_command(unit), log::Level::Info, deadline) {
+            Ok((_, out)) => String::from_utf8_lossy(&out).into_owned(),
+            Err(e) => format!("(its status could not be read: {e:#})"),
+        }
+    }
+
+    /// Waits until a guest service on `guest_port` is reachable from the host through its
+    /// forward: something listens on the port in the guest (per /proc/net/tcp{,6}), and a
+    /// connection to 127.0.0.1:[`host_port`](Vm::host_port) is answered, or at least kept
+    /// open, after an HTTP `HEAD` request.
+    pub fn wait_for_open_port(&mut self, guest_port: u16, timeout: Duration) -> Result<()> {
+        log::info!("{}: waiting for guest port {guest_port}", self.cfg.name);
+        let result = self
+            .wait_for_open_port_inner(guest_port, timeout)
+            .with_context(|| format!("waiting for guest port {guest_port} of vm {} to open", self.cfg.name));
+        self.note(result)
+    }
+
+    fn wait_for_open_port_inner(&mut self, guest_port: u16, timeout: Duration) -> Result<()> {
+        let host_port = self.forward(guest_port)?;
+        let deadline = Instant::now() + timeout;
+        let mut checked = false;
+        loop {
+            let table = match self.run_until(ports::GUEST_TCP_TABLE, log::Level::Debug, deadline) {
+                Ok((_, table)) => table,
+                Err(_) if checked && Instant::now() >= deadline && self.is_running() => {
+                    bail!("nothing listened on it in the guest within {} s", timeout.as_secs())
+                }
+                Err(e) => return Err(e),
+            };
+            if ports::listens_on(&String::from_utf8_lossy(&table), guest_port) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("nothing listened on it in the guest within {} s", timeout.as_secs());
+            }
+            checked = true;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        loop {
+            alive(&mut self.qemu)?;
+            match ports::probe_forward(host_port, Duration::from_secs(2)) {
+                Probe::Answered | Probe::Silent => return Ok(()),
+                Probe::Closed(reason) if Instant::now() >= deadline => bail!(
+                    "the guest listens, but 127.0.0.1:{host_port} does not reach it ({reason}); \
+                     does the service listen only on the guest's loopback?"
+                ),
+                Probe::Closed(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// The host port (on 127.0.0.1) forwarded to `guest_port`.
+    ///
+    /// # Panics
+    /// If `guest_port` is not in [`VmConfig::forwards`]: that is a bug in the test.
+    pub fn host_port(&self, guest_port: u16) -> u16 {
+        self.forward(guest_port).unwrap_or_else(|e| panic!("vm {}: {e}", self.cfg.name))
+    }
+
+    fn forward(&self, guest_port: u16) -> Result<u16> {
+        self.forwards
+            .iter()
+            .find(|f| f.guest == guest_port)
+            .map(|f| f.host)
+            .with_context(|| format!("guest port {guest_port} is not forwarded: add it to VmConfig::forwards"))
+    }
+
+    /// Powers the guest off cleanly and waits for qemu to exit: `systemctl poweroff` through
+    /// the command channel if it has answered before, otherwise an ACPI power-button press.
+    /// If qemu is still running after `timeout`, it is killed and this fails.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
+        log::info!("{}: shutting down", self.cfg.name);
+        let result = self.shutdown_inner(timeout).with_context(|| format!("shutting down vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    fn shutdown_inner(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        if !self.is_running() {
+            return Ok(());
+        }
+        let mut asked = false;
+        if self.channel.is_ready() {
+            let soon = deadline.min(Instant::now() + Duration::from_secs(30));
+            match self.run_until("systemctl poweroff --no-block", log::Level::Info, soon) {
+                Ok((0, _)) => asked = true,
+                Ok((code, out)) => {
+                    log::warn!("systemctl poweroff exited with {code}: {}", String::from_utf8_lossy(&out).trim())
+                }
+                Err(e) => log::warn!("asking for poweroff through the channel: {e:#}"),
+            }
+        }
+        if !asked {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            Qmp::connect(&self.files.qmp_socket, remaining.min(Duration::from_secs(30)))?
+                .execute("system_powerdown")?;
+        }
+        let qemu = self.qemu.as_mut().context("qemu is not running")?;
+        let status = qemu.wait_exit(deadline.saturating_duration_since(Instant::now()))?;
+        self.channel.reset();
+        match status {
+            Some(status) => {
+                log::info!("{}: qemu exited with {status}", self.cfg.name);
+                Ok(())
+            }
+            None => {
+                qemu.kill()?;
+                bail!("the guest did not power off within {} s; qemu was killed", timeout.as_secs())
+            }
+        }
+    }
+
+    /// Cuts the power: kills qemu at once. The overlay keeps what the guest had written, as
+    /// after a power loss.
+    pub fn crash(&mut self) -> Result<()> {
+        log::info!("{}: crashing (killing qemu)", self.cfg.name);
+        self.channel.reset();
+        let result = match self.qemu.as_mut() {
+            Some(qemu) => qemu.kill().with_context(|| format!("crashing vm {}", self.cfg.name)),
+            None => Ok(()),
+        };
+        self.note(result)
+    }
+
+    /// Reboots the guest cleanly (`systemctl reboot` through the command channel) and
+    /// returns once qemu saw the reset, so later commands and console waits go to the new
+    /// boot.
+    pub fn reboot(&mut self, timeout: Duration) -> Result<()> {
+        log::info!("{}: rebooting", self.cfg.name);
+        let result = self.reboot_inner(timeout).with_context(|| format!("rebooting vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    fn reboot_inner(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let seen = self.resets.count();
+        let (code, out) = self.run_until("systemctl reboot --no-block", log::Level::Info, deadline)?;
+        backdoor::expect_success("systemctl reboot", code, String::from_utf8_lossy(&out).into())?;
+        self.wait_for_reset(seen, deadline)
+    }
+
+    fn wait_for_reset(&mut self, seen: u64, deadline: Instant) -> Result<()> {
+        while self.resets.count() == seen {
+            alive(&mut self.qemu)?;
+            if Instant::now() >= deadline {
+                bail!("qemu reported no reset of the guest in time");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Presses the reset button (QMP `system_reset`): the guest restarts at once, without
+    /// shutting down, inside the same qemu. Returns once the reset was seen, so that console
+    /// waits afterwards only look at the new boot.
+    pub fn reset(&mut self) -> Result<()> {
+        log::info!("{}: resetting", self.cfg.name);
+        let result = self.reset_inner().with_context(|| format!("resetting vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    fn reset_inner(&mut self) -> Result<()> {
+        alive(&mut self.qemu)?;
+        let seen = self.resets.count();
+        Qmp::connect(&self.files.qmp_socket, Duration::from_secs(30))?.execute("system_reset")?;
+        self.wait_for_reset(seen, Instant::now() + Duration::from_secs(30))
+    }
+
+    /// Whether qemu is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.qemu.as_mut().is_some_and(|q| matches!(q.poll_exit(), Ok(None)))
+    }
+
+    /// The whole serial log: every boot of this VM, each after a `----- qemu-tests: start N`
+    /// line.
+    pub fn serial_log(&self) -> String {
+        match serial::read_from(&self.files.serial_log, 0) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read the serial log: {e:#})"),
+        }
+    }
+
+    /// The serial log since the last (re)boot, as [`wait_for_console`](Vm::wait_for_console)
+    /// sees it.
+    pub fn console_since_boot(&self) -> String {
+        match serial::read_from(&self.files.serial_log, self.console_start()) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read the serial log: {e:#})"),
+        }
+    }
+
+    /// The qcow2 overlay that holds everything the guest wrote (backed by the image).
+    pub fn overlay_path(&self) -> &Path {
+        &self.files.overlay
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn console_start(&self) -> u64 {
+        self.start_offset.max(self.resets.console_offset())
+    }
+
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn print_failure_report(&self) {
+        let log = serial::readable(&self.serial_log());
+        eprintln!(
+            "===== vm {}: last {FAILURE_LOG_LINES} lines of {} =====\n{}",
+            self.cfg.name,
+            self.files.serial_log.display(),
+            crate::command::tail_lines(&log, FAILURE_LOG_LINES)
+        );
+        if let Some(qemu) = &self.qemu {
+            let tail = qemu.log_tail();
+            if !tail.trim().is_empty() {
+                eprintln!("===== vm {}: qemu's stderr =====\n{tail}", self.cfg.name);
+            }
+        }
+        eprintln!("===== vm {}: end =====", self.cfg.name);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(Err(e)) = self.qemu.as_mut().map(QemuProcess::kill) {
+            eprintln!("vm {}: {e:#}", self.cfg.name);
+        }
+        if std::thread::panicking() || self.failed {
+            self.print_failure_report();
+            if let Some(dir) = self.dir.take().filter(|_| std::env::var_os(KEEP_DIR_ENV).is_some()) {
+                eprintln!("vm {}: kept {}", self.cfg.name, dir.keep().display());
+            }
+        }
+    }
+}
+
+/// The VM as the command channel sees it.
+struct Liveness<'a> {
+    qemu: &'a mut Option<QemuProcess>,
+    resets: &'a Resets,
+}
+
+impl Guest for Liveness<'_> {
+    fn check_alive(&mut self) -> Result<()> {
+        alive(self.qemu)
+    }
+
+    fn resets(&self) -> u64 {
+        self.resets.count()
+    }
+}
+
+/// Fails unless qemu is running.
+fn alive(qemu: &mut Option<QemuProcess>) -> Result<()> {
+    match qemu {
+        Some(qemu) => qemu.check_alive(),
+        None => bail!("qemu is not running"),
+    }
+}
+
+/// A VM name fit for a file name prefix: unix socket paths must stay under 108 bytes.
+fn short_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(20).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let cfg = VmConfig::new("web", "out/web.raw");
+        assert_eq!((cfg.memory_mib, cfg.cpus), (2048, 2));
+        assert_eq!(cfg.image, PathBuf::from("out/web.raw"));
+        assert!(cfg.forwards.is_empty() && cfg.disk_size.is_none());
+    }
+
+    #[test]
+    fn short_names_are_file_name_safe() {
+        assert_eq!(short_name("web/1 test"), "web-1-test");
+        assert_eq!(short_name(&"x".repeat(50)).len(), 20);
+    }
+}
