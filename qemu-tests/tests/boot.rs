@@ -61,6 +61,17 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("airlock demo appliance"), "{body}");
 
+    // A service that goes down turns the verdict into `airlock: failed`, naming it.
+    let offset = vm.console_len();
+    let (code, _) = vm.execute("systemctl stop nginx.service && systemctl restart airlock-banner.service").unwrap();
+    assert_ne!(code, 0, "the banner unit fails when a service is down");
+    vm.wait_for_console_after(offset, "airlock: failed", Duration::from_secs(60)).unwrap();
+    let banner = vm.succeed("cat /run/airlock/banner").unwrap();
+    assert!(banner.starts_with("airlock: failed\n"), "{banner}");
+    assert!(banner.contains("failed: nginx.service (inactive)"), "{banner}");
+    vm.succeed("systemctl start airlock-ready.target && systemctl restart airlock-banner.service").unwrap();
+    assert!(vm.succeed("cat /run/airlock/banner").unwrap().starts_with("airlock: ready\n"));
+
     // A reboot comes back ready, keeping the instance's identity.
     vm.reboot(BOOT_TIMEOUT).unwrap();
     vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("ready again after reboot");
