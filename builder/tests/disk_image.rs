@@ -244,3 +244,70 @@ fn a_stale_partial_file_from_a_killed_run_is_replaced() {
     airlock_ok(&["disk", "--size", "64MiB", "--seed", "s", "--esp", src.to_str().unwrap(), img.to_str().unwrap()]);
     assert_dir_has_only(&outdir, &["x.raw"]);
 }
+
+#[test]
+fn root_and_data_partitions_are_ext4_and_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let esp = tmp.path().join("esp");
+    fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), b"MZ").unwrap();
+    // A root tree as a tar with root-owned, setuid and device entries (nothing a user could
+    // create on the host without privileges).
+    let root_tar = tmp.path().join("root.tar.gz");
+    {
+        let enc = flate2::write::GzEncoder::new(fs::File::create(&root_tar).unwrap(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(enc);
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o4755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(4);
+        b.append_data(&mut h, "usr/bin/su", &b"\x7fELF"[..]).unwrap();
+        let mut d = tar::Header::new_gnu();
+        d.set_entry_type(tar::EntryType::Char);
+        d.set_device_major(1).unwrap();
+        d.set_device_minor(3).unwrap();
+        d.set_mode(0o666);
+        d.set_uid(0);
+        d.set_gid(0);
+        d.set_mtime(0);
+        d.set_size(0);
+        b.append_data(&mut d, "dev/null", &[][..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let img = tmp.path().join("disk.raw");
+    let args = [
+        "disk",
+        "--size",
+        "256MiB",
+        "--esp-size",
+        "64MiB",
+        "--seed",
+        "r",
+        "--esp",
+        esp.to_str().unwrap(),
+        "--root",
+        root_tar.to_str().unwrap(),
+        "--data",
+        "64MiB",
+        img.to_str().unwrap(),
+    ];
+    airlock_ok(&args);
+    let v = tool_ok("sgdisk", &["-v", img.to_str().unwrap()]);
+    assert!(v.contains("No problems found"), "{v}");
+    let layout = GptLayout::read(&fs::File::open(&img).unwrap()).unwrap();
+    let types: Vec<_> = layout.partitions.iter().map(|p| p.type_guid).collect();
+    assert_eq!(types, [types::ESP, types::LINUX_ROOT_X86_64, types::LINUX_VARIABLE_DATA]);
+    assert_eq!(layout.partitions[2].size, 64 << 20);
+    let root = extract(&img, layout.partitions[1].start, layout.partitions[1].size, &tmp.path().join("root.img"));
+    let data = extract(&img, layout.partitions[2].start, layout.partitions[2].size, &tmp.path().join("data.img"));
+    assert_e2fsck_clean(&root);
+    assert_e2fsck_clean(&data);
+    let su = debugfs(&root, "stat /usr/bin/su");
+    assert!(su.contains("Mode:  04755") && su.contains("User:     0"), "{su}");
+    let null = debugfs(&root, "stat /dev/null");
+    assert!(null.contains("Type: character special") && null.contains("Device major/minor number: 01:03"), "{null}");
+    let lost = debugfs(&data, "ls -l /");
+    assert!(lost.contains("lost+found"), "{lost}");
+}

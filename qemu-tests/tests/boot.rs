@@ -63,14 +63,18 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
 
     // A service that cannot start turns the verdict into `airlock: failed`, naming it.
     let offset = vm.console_len();
-    vm.succeed("echo 'this is not nginx syntax;' > /etc/nginx/conf.d/broken.conf && systemctl stop nginx.service").unwrap();
+    vm.succeed("echo 'this is not nginx syntax;' > /etc/nginx/conf.d/broken.conf && systemctl stop nginx.service")
+        .unwrap();
     let (code, _) = vm.execute("systemctl restart airlock-banner.service").unwrap();
     assert_ne!(code, 0, "the banner unit fails when a service is down");
     vm.wait_for_console_after(offset, "airlock: failed", Duration::from_secs(60)).unwrap();
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
     assert!(banner.starts_with("airlock: failed\n"), "{banner}");
     assert!(banner.contains("failed: nginx.service (failed)"), "{banner}");
-    vm.succeed("rm /etc/nginx/conf.d/broken.conf && systemctl reset-failed && systemctl restart airlock-banner.service").unwrap();
+    vm.succeed(
+        "rm /etc/nginx/conf.d/broken.conf && systemctl reset-failed && systemctl restart airlock-banner.service",
+    )
+    .unwrap();
     assert!(vm.succeed("cat /run/airlock/banner").unwrap().starts_with("airlock: ready\n"));
 
     // A reboot comes back ready, keeping the instance's identity.
