@@ -6,6 +6,9 @@
 //! - [`fat`]: writes a tree as a FAT32 filesystem (the EFI system partition);
 //! - [`gpt`]: the partition table: layout, validation, writing;
 //! - [`disk`]: `airlock disk`, assembling partitions into one sparse image;
+//! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
+//!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
+//! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
 //! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
 
 pub mod apt_sources;
