@@ -61,7 +61,10 @@ impl fmt::Display for VerifyReport {
         writeln!(f, "signature: good, key {} ({})", self.key_id, self.trusted_comment.replace('\t', " "))?;
         writeln!(f, "checksums: {} files match SHA256SUMS: {}", self.files.len(), self.files.join(", "))?;
         match &self.image {
-            Some((name, n)) => writeln!(f, "image: {name}: partition table and {n} partitions match {MANIFEST_FILE}")?,
+            Some((name, n)) => {
+                let noun = if *n == 1 { "partition" } else { "partitions" };
+                writeln!(f, "image: {name}: partition table and {n} {noun} match {MANIFEST_FILE}")?
+            }
             None => writeln!(f, "image: no .raw or .raw.zst to look inside (checksums only)")?,
         }
         writeln!(f, "OK")

@@ -520,3 +520,59 @@ fn flash_writes_a_loop_device_and_refuses_a_mounted_one() {
     let err = airlock_err(&["flash", s(&r.out), &lo.dev, "--pubkey", s(&r.public), "--yes"]);
     assert!(err.contains(&format!("is mounted: {} ", lo.dev)) && err.contains(s(&mnt)), "{err}");
 }
+
+/// `airlock` with a passphrase in the environment (and no terminal).
+fn airlock_with_passphrase(args: &[&str], passphrase: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("RUST_LOG", "warn")
+        .env("AIRLOCK_KEY_PASSPHRASE", passphrase)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_encrypted_key_signs_with_the_passphrase_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    inputs(dir.path(), "enc");
+    let prefix = dir.path().join("enc");
+    let made = airlock_with_passphrase(&["keygen", "--out", s(&prefix)], "open sesame");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let esp = dir.path().join("esp");
+    let args = |key: &str| {
+        vec![
+            "disk".to_string(),
+            "--size".into(),
+            "64MiB".into(),
+            "--seed".into(),
+            "enc".into(),
+            "--esp".into(),
+            s(&esp).into(),
+            "--format".into(),
+            "raw.zst".into(),
+            "--sign-key".into(),
+            key.into(),
+            s(&out.join("enc.raw")).into(),
+        ]
+    };
+    let key = format!("{}.key", prefix.display());
+    let wrong = airlock_with_passphrase(&args(&key).iter().map(String::as_str).collect::<Vec<_>>(), "wrong");
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(!out.join("enc.raw").exists(), "nothing is built with a key that cannot be unlocked");
+
+    let ok = airlock_with_passphrase(&args(&key).iter().map(String::as_str).collect::<Vec<_>>(), "open sesame");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!out.join("enc.raw").exists(), "raw was not asked for, only raw.zst");
+    tool_ok("minisign", &["-V", "-p", &format!("{}.pub", prefix.display()), "-m", s(&out.join("SHA256SUMS"))]);
+    let verified = airlock_ok(&["verify", s(&out), "--pubkey", &format!("{}.pub", prefix.display())]);
+    assert!(verified.contains("image: enc.raw.zst: partition table and 1 partition match"), "{verified}");
+}
