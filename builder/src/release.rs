@@ -51,6 +51,10 @@ impl Released {
 
 /// Stage: every requested format, derived from the raw image.
 pub fn derive_outputs(raw: &Path, opts: &ReleaseOptions<'_>) -> Result<Vec<(String, PathBuf)>> {
+    // An earlier build's signature and sums go first: a build that fails from here on must not
+    // leave a directory that looks signed.
+    outputs::remove_if_present(&opts.out_dir.join(SIGNATURE_FILE))?;
+    outputs::remove_if_present(&opts.out_dir.join(SUMS_FILE))?;
     outputs::remove_stale(opts.out_dir, &opts.appliance.name, opts.formats)?;
     let derive = DeriveOptions {
         name: &opts.appliance.name,
