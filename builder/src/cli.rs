@@ -2,6 +2,7 @@
 
 use crate::clock::BuildClock;
 use crate::disk::{self, Filesystem, PartitionRequest, Role};
+use crate::outputs::Format;
 use crate::seed::Seed;
 use crate::size::ByteSize;
 use crate::tree::{self, Tree};
@@ -27,6 +28,50 @@ pub enum Command {
     Disk(DiskArgs),
     /// Create an Ed25519 signing key pair in minisign's formats (PREFIX.key, PREFIX.pub).
     Keygen(KeygenArgs),
+    /// Check a release: its signature, every checksum, and inside the image the partition
+    /// table and each partition against the manifest.
+    Verify(VerifyArgs),
+    /// Write an image to a USB stick or disk (or a file), after verifying its signature;
+    /// reads it back and compares.
+    Flash(FlashArgs),
+    /// Say where two raw images differ: partition table, partitions, and files inside ext4.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// An output directory (everything in SHA256SUMS is checked) or one image in it (that
+    /// image and the manifest are checked).
+    pub path: PathBuf,
+    /// The public key: a minisign .pub file or its one-line base64 form.
+    #[arg(long, value_name = "PREFIX.pub|KEY")]
+    pub pubkey: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// The image (.raw or .raw.zst) or an output directory holding one.
+    pub image: PathBuf,
+    /// The target: a whole-disk block device (e.g. /dev/sdb) or an existing file.
+    pub device: PathBuf,
+    /// The public key the release must be signed with (needed unless --no-verify).
+    #[arg(long, value_name = "PREFIX.pub|KEY", required_unless_present = "no_verify")]
+    pub pubkey: Option<String>,
+    /// Write without checking the signature and checksums first.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// At most this many differing paths are listed per partition.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +99,12 @@ pub struct BuildArgs {
     /// Apply this folder last, for test images only (the VM tests' command channel).
     #[arg(long, value_name = "DIR")]
     pub test_overlay: Vec<PathBuf>,
+    /// Output formats, instead of the spec's `[outputs] formats`: raw, raw.zst, qcow2, vmdk, ova.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub format: Vec<String>,
+    /// Sign SHA256SUMS with this minisign secret key (instead of the spec's `[signing] key`).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +131,16 @@ pub struct DiskArgs {
     /// Add an empty ext4 data partition of this size (last on the disk).
     #[arg(long, value_name = "SIZE")]
     pub data: Option<ByteSize>,
+    /// Also write these formats (raw, raw.zst, qcow2, vmdk, ova), manifest.json, the SBOM and
+    /// SHA256SUMS next to OUT, as `airlock build` does.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub format: Vec<String>,
+    /// Sign SHA256SUMS with this minisign secret key (implies the companions of --format).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// The version the manifest records for the image (with --format or --sign-key).
+    #[arg(long, value_name = "VERSION", default_value = "0")]
+    pub image_version: String,
     /// The image file to write (sparse). It appears only once complete.
     pub out: PathBuf,
 }
@@ -89,7 +150,50 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => run_build(args),
         Command::Disk(args) => run_disk(args),
         Command::Keygen(args) => run_keygen(args),
+        Command::Verify(args) => run_verify(args),
+        Command::Flash(args) => run_flash(args),
+        Command::Diff(args) => run_diff(args),
     }
+}
+
+/// Unlocks a secret key (asking for its passphrase only if it is encrypted).
+fn signing_key(path: &Path) -> Result<crate::signing::KeyPair> {
+    crate::signing::read_secret_key(path, || passphrase(false))
+}
+
+fn formats(names: &[String]) -> Result<Option<Vec<Format>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    crate::outputs::parse_formats(names).map(Some).map_err(|m| anyhow::anyhow!("--format: {m}"))
+}
+
+fn run_verify(args: VerifyArgs) -> Result<()> {
+    let key = crate::signing::read_public_key(&args.pubkey)?;
+    let report = crate::verify::verify(&args.path, &key)?;
+    print!("{report}");
+    Ok(())
+}
+
+fn run_flash(args: FlashArgs) -> Result<()> {
+    let key = match (&args.pubkey, args.no_verify) {
+        (_, true) => None,
+        (Some(k), false) => Some(crate::signing::read_public_key(k)?),
+        (None, false) => anyhow::bail!("--pubkey is needed to verify the image (or --no-verify)"),
+    };
+    let opts = crate::flash::FlashOptions { pubkey: key, assume_yes: args.yes };
+    let report = crate::flash::flash(&args.image, &args.device, &opts)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn run_diff(args: DiffArgs) -> Result<()> {
+    let report = crate::diff::diff(&args.a, &args.b, args.limit)?;
+    print!("{report}");
+    if !report.identical() {
+        anyhow::bail!("{} and {} differ", args.a.display(), args.b.display());
+    }
+    Ok(())
 }
 
 /// The environment variable a key's passphrase may come from (for unattended builds).
@@ -130,11 +234,16 @@ fn run_build(args: BuildArgs) -> Result<()> {
     for dir in &args.test_overlay {
         anyhow::ensure!(dir.is_dir(), "--test-overlay {} is not a directory", dir.display());
     }
+    // The key is unlocked before anything is built: a wrong passphrase should cost seconds.
+    let key_path = args.sign_key.as_deref().or(plan.signing_key.as_deref());
+    let signing_key = key_path.map(signing_key).transpose()?;
     let opts = crate::pipeline::BuildOptions {
         out_dir: args.out,
         cache_dir: crate::cache::cache_dir()?,
         clock: BuildClock::from_env()?,
         test_overlays: args.test_overlay,
+        formats: formats(&args.format)?,
+        signing_key,
     };
     let report = crate::pipeline::build(&plan, &opts)?;
     println!(
@@ -144,7 +253,20 @@ fn run_build(args: BuildArgs) -> Result<()> {
         report.kernel,
         report.packages.len()
     );
+    print_released(&report.released);
     Ok(())
+}
+
+/// One line per released file (`<kind> <path>`), then the checksums and signature.
+fn print_released(released: &crate::release::Released) {
+    for (kind, path) in &released.files {
+        println!("  {kind:<9} {}", path.display());
+    }
+    println!("  {:<9} {}", "sums", released.sums.display());
+    match &released.signature {
+        Some(sig) => println!("  {:<9} {}", "signature", sig.display()),
+        None => println!("  (unsigned: pass --sign-key or set [signing] key to sign SHA256SUMS)"),
+    }
 }
 
 const DEFAULT_ESP_SIZE: u64 = 256 * crate::size::MIB;
@@ -191,11 +313,65 @@ fn run_disk(args: DiskArgs) -> Result<()> {
         let fs = Filesystem::Ext4 { tree: Tree::new(), label: "data".into(), reserved_percent: 0 };
         requests.push(PartitionRequest { role: Role::Data, size: Some(data.bytes()), fs });
     }
-    let plan = disk::plan(args.size.bytes(), Seed::new(args.seed), clock, requests)?;
+    let seed = Seed::new(args.seed);
+    let formats = formats(&args.format)?;
+    let key = args.sign_key.as_deref().map(signing_key).transpose()?;
+    let plan = disk::plan(args.size.bytes(), seed.clone(), clock, requests)?;
     let report = disk::write(&plan, &args.out)?;
     println!("{} ({})", report.path.display(), ByteSize(report.size));
     for line in &report.partitions {
         println!("  {line}");
     }
+    if formats.is_some() || key.is_some() {
+        let formats = formats.unwrap_or_else(|| vec![Format::Raw]);
+        let released = release_disk(&args.out, &args.image_version, &formats, &seed, clock, key.as_ref())?;
+        print_released(&released);
+    }
     Ok(())
+}
+
+/// The companions `airlock build` writes, for an image of `airlock disk`: named after OUT's
+/// stem, no packages or kernel.
+fn release_disk(
+    raw: &Path,
+    version: &str,
+    formats: &[Format],
+    seed: &Seed,
+    clock: BuildClock,
+    key: Option<&crate::signing::KeyPair>,
+) -> Result<crate::release::Released> {
+    use crate::release;
+    let name = raw
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".raw"))
+        .filter(|n| !n.is_empty())
+        .with_context(|| {
+            format!("{}: with --format or --sign-key the image must be named <name>.raw", raw.display())
+        })?;
+    let out_dir = spool_dir(raw);
+    let opts = release::ReleaseOptions {
+        out_dir: &out_dir,
+        appliance: crate::manifest::Appliance {
+            name: name.to_string(),
+            version: version.to_string(),
+            description: String::new(),
+        },
+        formats,
+        vm: crate::outputs::VmHardware { cpus: 2, memory_mib: 2048 },
+        seed,
+        clock,
+        spec_sha256: None,
+        kernel: None,
+        packages: &[],
+        package_source: String::new(),
+    };
+    let files = release::derive_outputs(raw, &opts)?;
+    let files = release::write_manifest(raw, files, &opts)?;
+    let comment = release::trusted_comment(&opts.appliance, &clock);
+    let released = release::sign_outputs(&out_dir, files, key, &comment)?;
+    if !formats.contains(&Format::Raw) {
+        crate::outputs::remove_if_present(raw)?;
+    }
+    Ok(released)
 }

@@ -47,6 +47,14 @@ impl BuildClock {
         Timestamp::from_secs(self.epoch)
     }
 
+    /// The build time as RFC 3339 UTC (`2023-11-14T22:13:20Z`), for manifests and signatures.
+    pub fn rfc3339(&self) -> String {
+        let days = self.epoch.div_euclid(86_400);
+        let secs = self.epoch.rem_euclid(86_400);
+        let (y, m, d) = crate::fat::timestamp::civil_from_days(days);
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    }
+
     /// The timestamp to write for a node with metadata `meta`.
     pub fn stamp(&self, meta: &Meta) -> Timestamp {
         match self.policy {
@@ -70,5 +78,11 @@ mod tests {
         assert_eq!(keep.stamp(&meta), Timestamp::from_secs(1_700_000_000));
         meta.mtime = Timestamp { secs: 5, nanos: 7 };
         assert_eq!(keep.stamp(&meta), Timestamp { secs: 5, nanos: 7 });
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(BuildClock::fixed(1_700_000_000).rfc3339(), "2023-11-14T22:13:20Z");
+        assert_eq!(BuildClock::fixed(0).rfc3339(), "1970-01-01T00:00:00Z");
     }
 }

@@ -6,29 +6,41 @@
 //! - [`fat`]: writes a tree as a FAT32 filesystem (the EFI system partition);
 //! - [`gpt`]: the partition table: layout, validation, writing;
 //! - [`disk`]: `airlock disk`, assembling partitions into one sparse image;
+//! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
+//!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
+//! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
 //! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
 
 pub mod apt_sources;
 pub mod base_os;
+pub mod block_device;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod configure;
+pub mod diff;
 pub mod disk;
 pub mod embedded;
 pub mod esp;
 pub mod ext4;
 pub mod fat;
+pub mod flash;
 pub mod gpt;
+pub mod inspect;
+pub mod manifest;
 pub mod oci;
 pub mod output_file;
+pub mod outputs;
 pub mod pipeline;
 pub mod plan;
 pub mod region;
+pub mod release;
+pub mod sbom;
 pub mod seed;
 pub mod signing;
 pub mod size;
 pub mod spec;
 pub mod tree;
 pub mod units;
+pub mod verify;

@@ -7,8 +7,12 @@ use crate::configure::{self, PartitionIds};
 use crate::disk::{self, Filesystem, PartitionRequest, Role};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
+use crate::manifest::Appliance;
 use crate::output_file::PartialFile;
+use crate::outputs::{self, Format};
 use crate::plan::BuildPlan;
+use crate::release::{self, ReleaseOptions, Released};
+use crate::signing::KeyPair;
 use crate::tree::{self, Tree};
 use crate::units::SYSTEM_UNIT_DIR;
 use anyhow::{Context, Result};
@@ -17,23 +21,37 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How this build runs (as opposed to what it builds, which is the plan).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BuildOptions {
     pub out_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub clock: BuildClock,
     /// Extra overlays applied last, for test images only (e.g. the VM tests' command channel).
     pub test_overlays: Vec<PathBuf>,
+    /// Output formats instead of the spec's `[outputs] formats` (`--format`).
+    pub formats: Option<Vec<Format>>,
+    /// The key that signs SHA256SUMS, already unlocked (`--sign-key` or `[signing] key`).
+    pub signing_key: Option<KeyPair>,
 }
 
 /// What a build produced and how long each stage took.
 #[derive(Debug)]
 pub struct BuildReport {
+    /// `<out>/<name>.raw`; removed at the end when `raw` is not among the formats.
     pub image: PathBuf,
     pub size: u64,
     pub kernel: String,
     pub packages: Vec<Package>,
+    /// Every file of the release (formats, packages, SBOM, manifest) and SHA256SUMS(.minisig).
+    pub released: Released,
     pub stages: Vec<(&'static str, Duration)>,
+}
+
+impl BuildReport {
+    /// The file of one output format (e.g. the qcow2 a VM test boots), if it was built.
+    pub fn output(&self, format: Format) -> Option<&Path> {
+        self.released.format(format)
+    }
 }
 
 /// Runs a stage with a spinner and records its duration.
@@ -63,7 +81,8 @@ impl Stages {
     }
 }
 
-/// Builds the appliance image `<out_dir>/<name>.raw`.
+/// Builds the appliance image `<out_dir>/<name>.raw` and releases it in the requested formats,
+/// with manifest, SBOM, SHA256SUMS and (with a key) its signature.
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut stages = Stages { done: Vec::new() };
     let ids = partition_ids(plan);
@@ -77,8 +96,47 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan, &ids))?;
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
     let size = stages.run("assemble disk", || assemble_disk(plan, opts, esp, root, &image))?;
-    stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
-    Ok(BuildReport { image, size, kernel: kernel.version, packages, stages: stages.done })
+    let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
+    let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
+    let release = release_options(plan, opts, formats, &kernel.version, &packages);
+    let mut files = stages.run("derive outputs", || release::derive_outputs(&image, &release))?;
+    files.push(("packages".to_string(), packages_file));
+    let files = stages.run("write manifest", || release::write_manifest(&image, files, &release))?;
+    let released = stages.run("sign outputs", || sign_outputs(opts, &release, files))?;
+    if !formats.contains(&Format::Raw) {
+        outputs::remove_if_present(&image)?;
+    }
+    Ok(BuildReport { image, size, kernel: kernel.version, packages, released, stages: stages.done })
+}
+
+fn release_options<'a>(
+    plan: &'a BuildPlan,
+    opts: &'a BuildOptions,
+    formats: &'a [Format],
+    kernel: &str,
+    packages: &'a [Package],
+) -> ReleaseOptions<'a> {
+    ReleaseOptions {
+        out_dir: &opts.out_dir,
+        appliance: Appliance {
+            name: plan.name.clone(),
+            version: plan.version.clone(),
+            description: plan.description.clone(),
+        },
+        formats,
+        vm: plan.vm,
+        seed: &plan.seed,
+        clock: opts.clock,
+        spec_sha256: Some(plan.spec_sha256.clone()),
+        kernel: Some(kernel.to_string()),
+        packages,
+        package_source: format!("debian:{}", plan.base.suite),
+    }
+}
+
+fn sign_outputs(opts: &BuildOptions, release: &ReleaseOptions<'_>, files: Vec<(String, PathBuf)>) -> Result<Released> {
+    let comment = release::trusted_comment(&release.appliance, &opts.clock);
+    release::sign_outputs(&opts.out_dir, files, opts.signing_key.as_ref(), &comment)
 }
 
 fn partition_ids(plan: &BuildPlan) -> PartitionIds {
@@ -160,7 +218,7 @@ fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, i
 
 /// `<out>/<name>.packages`: the installed Debian packages, one `name version architecture` per
 /// line (the SBOM's source).
-fn record_packages(out_dir: &Path, plan: &BuildPlan, packages: &[Package]) -> Result<()> {
+fn record_packages(out_dir: &Path, plan: &BuildPlan, packages: &[Package]) -> Result<PathBuf> {
     let path = out_dir.join(format!("{}.packages", plan.name));
     let partial = PartialFile::create(&path)?;
     let mut w = std::io::BufWriter::new(partial.file());
@@ -169,6 +227,5 @@ fn record_packages(out_dir: &Path, plan: &BuildPlan, packages: &[Package]) -> Re
     }
     w.flush().with_context(|| format!("writing {}", path.display()))?;
     drop(w);
-    partial.commit()?;
-    Ok(())
+    partial.commit()
 }

@@ -2,6 +2,7 @@
 //! Everything after this point trusts the plan.
 
 use crate::base_os::BaseOs;
+use crate::outputs::{Format, VmHardware};
 use crate::seed::Seed;
 use crate::size::{ByteSize, MIB};
 use crate::spec::Spec;
@@ -62,6 +63,11 @@ pub struct BuildPlan {
     pub mask: Vec<String>,
     pub services: Vec<Service>,
     pub seed: Seed,
+    /// What the build writes, in addition to the manifest, SBOM and SHA256SUMS.
+    pub formats: Vec<Format>,
+    pub vm: VmHardware,
+    /// The minisign secret key that signs SHA256SUMS.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Facts of the build host the plan may default to.
@@ -83,6 +89,9 @@ const MIN_DATA: u64 = 32 * MIB;
 const MIN_ROOT: u64 = 256 * MIB;
 /// GPT and alignment overhead: 1 MiB in front, up to 1 MiB at the back.
 const GPT_OVERHEAD: u64 = 2 * MIB;
+/// What a Debian appliance needs to boot to its services (and hypervisors accept).
+const MIN_VM_MEMORY: u64 = 256 * MIB;
+const MAX_CPUS: u32 = 256;
 const UNIT_SUFFIXES: &[&str] = &[".service", ".target", ".socket", ".timer", ".mount", ".path", ".automount", ".slice"];
 
 /// Reads, parses and validates `spec_path`.
@@ -212,7 +221,32 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         services.push(Service { name: s.name.clone(), unit: s.unit.clone(), url: s.url.clone() });
     }
 
+    let formats = crate::outputs::parse_formats(&spec.outputs.formats).map_err(|m| err("outputs.formats", m))?;
+    let vm = &spec.outputs.vm;
+    if !(1..=MAX_CPUS).contains(&vm.cpus) {
+        return Err(err("outputs.vm.cpus", format!("{} must be 1 to {MAX_CPUS}", vm.cpus)));
+    }
+    if vm.memory.bytes() < MIN_VM_MEMORY || vm.memory.bytes() % MIB != 0 {
+        return Err(err(
+            "outputs.vm.memory",
+            format!("{} must be whole MiB and at least {}", vm.memory, ByteSize(MIN_VM_MEMORY)),
+        ));
+    }
+    let signing_key = match &spec.signing.key {
+        Some(k) => {
+            let full = spec_dir.join(k);
+            if !full.is_file() {
+                return Err(err("signing.key", format!("{} is not a file", full.display())));
+            }
+            Some(full)
+        }
+        None => None,
+    };
+
     Ok(BuildPlan {
+        formats,
+        vm: VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB },
+        signing_key,
         seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
         base: BaseOs::new(&os.suite, &mirror, &os.packages, &os.refresh),
         name: spec.name,
@@ -269,6 +303,30 @@ url = "http://{address}/"
         assert!(p.base.packages.contains(&"nginx-light".to_string()));
         assert!(p.base.packages.contains(&"systemd".to_string()));
         assert_eq!(p.seed, Seed::new("demo-1.0.0"));
+        assert_eq!(p.formats, vec![Format::Raw]);
+        assert_eq!(p.vm, VmHardware { cpus: 2, memory_mib: 2048 });
+    }
+
+    #[test]
+    fn outputs_and_signing_validate_and_name_their_keys() {
+        let with = |extra: &str| check(&format!("{GOOD}\n{extra}"));
+        let p = with("[outputs]\nformats = [\"qcow2\", \"ova\"]\n[outputs.vm]\ncpus = 4\nmemory = \"4GiB\"").unwrap();
+        assert_eq!(p.formats, vec![Format::Qcow2, Format::Ova]);
+        assert_eq!(p.vm, VmHardware { cpus: 4, memory_mib: 4096 });
+        let cases = [
+            ("[outputs]\nformats = [\"iso\"]", "outputs.formats"),
+            ("[outputs]\nformats = []", "outputs.formats"),
+            ("[outputs]\nformats = [\"raw\", \"raw\"]", "outputs.formats"),
+            ("[outputs.vm]\ncpus = 0", "outputs.vm.cpus"),
+            ("[outputs.vm]\nmemory = \"100MiB\"", "outputs.vm.memory"),
+            ("[signing]\nkey = \"no-such.key\"", "signing.key"),
+        ];
+        for (extra, key) in cases {
+            let e = with(extra).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let typo = Spec::parse(&format!("{GOOD}\n[outputs]\nformat = [\"raw\"]"), "a.toml").unwrap_err();
+        assert!(typo.to_string().contains("unknown field `format`"), "{typo}");
     }
 
     #[test]

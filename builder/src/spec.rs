@@ -27,6 +27,65 @@ pub struct Spec {
     /// What the console banner lists once the appliance is ready, and what readiness waits for.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Which files the build writes besides the raw image's companions.
+    #[serde(default)]
+    pub outputs: OutputsSpec,
+    #[serde(default)]
+    pub signing: SigningSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsSpec {
+    /// Any of `raw`, `raw.zst`, `qcow2`, `vmdk`, `ova`; all derived from the one raw image.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<String>,
+    /// The virtual machine an OVA describes.
+    #[serde(default)]
+    pub vm: VmSpec,
+}
+
+impl Default for OutputsSpec {
+    fn default() -> Self {
+        Self { formats: default_formats(), vm: VmSpec::default() }
+    }
+}
+
+fn default_formats() -> Vec<String> {
+    vec!["raw".to_string()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        Self { cpus: default_cpus(), memory: default_memory() }
+    }
+}
+
+fn default_cpus() -> u32 {
+    2
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize(2 * crate::size::GIB)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSpec {
+    /// minisign secret key (relative to the spec) that signs `SHA256SUMS`; `--sign-key`
+    /// overrides it. An encrypted key's passphrase comes from `AIRLOCK_KEY_PASSPHRASE` or a
+    /// prompt.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +179,9 @@ data_size = "256MiB"
         let s = Spec::parse(MINIMAL, "t.toml").unwrap();
         assert_eq!(s.disk.esp_size, ByteSize(256 << 20));
         assert!(s.overlays.is_empty() && s.services.is_empty());
+        assert_eq!(s.outputs.formats, vec!["raw"]);
+        assert_eq!((s.outputs.vm.cpus, s.outputs.vm.memory), (2, ByteSize(2 << 30)));
+        assert!(s.signing.key.is_none());
     }
 
     #[test]

@@ -138,6 +138,42 @@ fn two_builds_are_identical() {
     let Some(a) = demo() else { return };
     let b = build_demo("b").expect("the first build succeeded, so the second can");
     assert_eq!(sha256(&a.image), sha256(&b.image), "same spec, cache and SOURCE_DATE_EPOCH give the same image");
+    assert_eq!(
+        fs::read_to_string(a.out.join("SHA256SUMS")).unwrap(),
+        fs::read_to_string(b.out.join("SHA256SUMS")).unwrap(),
+        "every output (formats, packages, manifest, SBOM) is the same"
+    );
+}
+
+#[test]
+fn release_lists_the_spec_formats_and_a_manifest_of_the_image() {
+    let Some(b) = demo() else { return };
+    let sums = fs::read_to_string(b.out.join("SHA256SUMS")).unwrap();
+    let names: Vec<&str> = sums.lines().map(|l| &l[66..]).collect();
+    assert_eq!(names, ["demo.packages", "demo.qcow2", "demo.raw", "demo.spdx.json", "manifest.json"]);
+    let cmp = tool_ok(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "qcow2", b.image.to_str().unwrap(), b.out.join("demo.qcow2").to_str().unwrap()],
+    );
+    assert!(cmp.contains("Images are identical"), "{cmp}");
+    let m: serde_json::Value = serde_json::from_str(&fs::read_to_string(b.out.join("manifest.json")).unwrap()).unwrap();
+    let spec = fs::read(repo_root().join("images/demo/appliance.toml")).unwrap();
+    assert_eq!(m["inputs"]["spec_sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spec)));
+    assert!(m["kernel"].as_str().unwrap().ends_with("-amd64"), "{}", m["kernel"]);
+    let packages = m["os_packages"].as_array().unwrap();
+    let systemd = packages.iter().find(|p| p["name"] == "systemd").expect("systemd is listed");
+    assert_eq!(systemd["source"], "debian:trixie");
+    let listed = fs::read_to_string(b.out.join("demo.packages")).unwrap();
+    assert_eq!(packages.len(), listed.lines().count(), "the manifest lists every installed package");
+    for key in ["container_images", "mirrored_packages", "cli"] {
+        assert_eq!(m[key], serde_json::json!([]), "{key}");
+    }
+    let (_, parts) = airlock::inspect::inspect(&b.image).unwrap();
+    for (p, mp) in parts.iter().zip(m["disk"]["partitions"].as_array().unwrap()) {
+        assert_eq!(mp["sha256"], p.sha256.as_str());
+    }
+    let sbom = fs::read_to_string(b.out.join("demo.spdx.json")).unwrap();
+    assert!(sbom.contains("pkg:deb/debian/systemd@"), "purls in the SBOM");
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
         cache_dir: airlock::cache::cache_dir()?,
         clock: airlock::clock::BuildClock::fixed(EPOCH),
         test_overlays: vec![qemu_tests::guest_overlay_dir()],
+        formats: None,
+        signing_key: None,
     };
     let report = airlock::pipeline::build(&plan, &opts)?;
     Ok(TestImage { dir, image: report.image, plan })
