@@ -168,7 +168,6 @@ fn judge(serial: &[u8], stderr: &str, exited: Option<ExitStatus>) -> Option<Verd
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;

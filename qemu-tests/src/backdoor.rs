@@ -343,7 +343,6 @@ fn abbreviate(command: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
     use std::collections::VecDeque;

@@ -59,7 +59,6 @@ pub fn tail_lines(text: &str, n: usize) -> &str {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
 

@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::command;
 
-/// Creates `overlay` on top of the raw `image`, optionally enlarged to `size` bytes.
+/// Creates `overlay` on top of `image` (raw, or qcow2 when its name ends in `.qcow2`: the
+/// build's VM-template output), optionally enlarged to `size` bytes.
 ///
 /// The image is referenced by its absolute path, so the overlay works from any directory
 /// and the image must stay where it is while the VM lives.
@@ -16,7 +17,7 @@ pub fn create_overlay(image: &Path, overlay: &Path, size: Option<u64>) -> Result
     let image = image.canonicalize().with_context(|| format!("finding the disk image {}", image.display()))?;
     let image_len =
         std::fs::metadata(&image).with_context(|| format!("reading the size of {}", image.display()))?.len();
-    if let Some(size) = size.filter(|&size| size < image_len) {
+    if let Some(size) = size.filter(|&size| backing_format(&image) == "raw" && size < image_len) {
         bail!("disk_size {size} is smaller than the image {} ({image_len} bytes)", image.display());
     }
     command::run(Command::new("qemu-img").args(overlay_args(&image, overlay, size)))
@@ -24,9 +25,14 @@ pub fn create_overlay(image: &Path, overlay: &Path, size: Option<u64>) -> Result
     Ok(())
 }
 
-/// `qemu-img` arguments that create `overlay` backed by the raw `image` (absolute path).
+fn backing_format(image: &Path) -> &'static str {
+    if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" }
+}
+
+/// `qemu-img` arguments that create `overlay` backed by `image` (absolute path).
 pub fn overlay_args(image: &Path, overlay: &Path, size: Option<u64>) -> Vec<OsString> {
-    let mut args: Vec<OsString> = ["create", "-f", "qcow2", "-F", "raw", "-b"].iter().map(OsString::from).collect();
+    let mut args: Vec<OsString> =
+        ["create", "-f", "qcow2", "-F", backing_format(image), "-b"].iter().map(OsString::from).collect();
     args.push(image.into());
     args.push(overlay.into());
     if let Some(size) = size {
@@ -36,9 +42,14 @@ pub fn overlay_args(image: &Path, overlay: &Path, size: Option<u64>) -> Vec<OsSt
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qcow2_images_are_backed_as_qcow2() {
+        let args = overlay_args(Path::new("/out/web.qcow2"), Path::new("/tmp/o.qcow2"), None);
+        assert_eq!(args, ["create", "-f", "qcow2", "-F", "qcow2", "-b", "/out/web.qcow2", "/tmp/o.qcow2"]);
+    }
 
     #[test]
     fn args_without_a_size_keep_the_image_size() {

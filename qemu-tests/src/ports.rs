@@ -79,7 +79,6 @@ pub fn probe_forward(port: u16, wait: Duration) -> Probe {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
 

@@ -146,7 +146,6 @@ impl Cleaner {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
     use std::io::Write;

@@ -27,7 +27,6 @@ pub fn connect(path: &Path, deadline: Instant, alive: &mut dyn FnMut() -> Result
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;

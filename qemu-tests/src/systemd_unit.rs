@@ -73,7 +73,6 @@ impl std::fmt::Display for UnitState {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 mod tests {
     use super::*;
 

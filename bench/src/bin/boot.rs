@@ -25,6 +25,9 @@ fn build(plan: &airlock::plan::BuildPlan, cache: &Path, out: &Path) -> Result<(D
         cache_dir: cache.to_path_buf(),
         clock: airlock::clock::BuildClock::fixed(EPOCH),
         test_overlays: Vec::new(),
+        // The raw image alone: derived formats are measured by the outputs' own tests.
+        formats: Some(vec![airlock::outputs::Format::Raw]),
+        signing_key: None,
     };
     let start = Instant::now();
     let report = airlock::pipeline::build(plan, &opts)?;
