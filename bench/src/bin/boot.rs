@@ -62,7 +62,9 @@ fn baseline_image(plan: &airlock::plan::BuildPlan, work: &Path) -> Result<(Durat
     std::fs::write(stage.join("loader/loader.conf"), "timeout 0\n")?;
     std::fs::write(
         stage.join("loader/entries/baseline.conf"),
-        format!("title baseline\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=PARTUUID={root_uuid} rw console=tty0 console=ttyS0,115200 systemd.firstboot=off\n"),
+        format!(
+            "title baseline\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=PARTUUID={root_uuid} rw console=tty0 console=ttyS0,115200 systemd.firstboot=off\n"
+        ),
     )?;
     for entry in ["EFI", "loader", "vmlinuz", "initrd.img"] {
         cmd("mcopy", &["-s", "-i", path_str(&esp)?, path_str(&stage.join(entry))?, "::/"])?;
@@ -71,11 +73,46 @@ fn baseline_image(plan: &airlock::plan::BuildPlan, work: &Path) -> Result<(Durat
     cmd("truncate", &["-s", "3G", path_str(&image)?])?;
     cmd(
         "sgdisk",
-        &["-n", "1:1M:+256M", "-t", "1:ef00", "-n", "2:0:+2560M", "-t", "2:4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "-u", &format!("2:{root_uuid}"), path_str(&image)?],
+        &[
+            "-n",
+            "1:1M:+256M",
+            "-t",
+            "1:ef00",
+            "-n",
+            "2:0:+2560M",
+            "-t",
+            "2:4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+            "-u",
+            &format!("2:{root_uuid}"),
+            path_str(&image)?,
+        ],
     )?;
-    cmd("dd", &[&format!("if={}", path_str(&esp)?), &format!("of={}", path_str(&image)?), "bs=1M", "seek=1", "conv=notrunc,sparse"])?;
+    cmd(
+        "dd",
+        &[
+            &format!("if={}", path_str(&esp)?),
+            &format!("of={}", path_str(&image)?),
+            "bs=1M",
+            "seek=1",
+            "conv=notrunc,sparse",
+        ],
+    )?;
     // Root at 257 MiB, 2560 MiB long = 655360 blocks of 4 KiB.
-    cmd("mke2fs", &["-q", "-F", "-t", "ext4", "-d", path_str(&root)?, "-E", &format!("offset={}", 257u64 << 20), path_str(&image)?, "655360"])?;
+    cmd(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-d",
+            path_str(&root)?,
+            "-E",
+            &format!("offset={}", 257u64 << 20),
+            path_str(&image)?,
+            "655360",
+        ],
+    )?;
     let assemble = start.elapsed();
     std::process::Command::new("rm").args(["-rf", path_str(&root)?, path_str(&stage)?]).status()?;
     Ok((mmdebstrap, assemble, image))
@@ -110,19 +147,29 @@ fn main() -> Result<()> {
     let (warm, warm_report) = build(&plan, &cache, &work.path().join("out-warm"))?;
     let (mm, assemble, baseline) = baseline_image(&plan, work.path())?;
 
-    let airlock_times = boot_until("airlock", &warm_report.image, &["Reached target multi-user.target", "airlock: ready"])?;
+    let airlock_times =
+        boot_until("airlock", &warm_report.image, &["Reached target multi-user.target", "airlock: ready"])?;
     let baseline_times = boot_until("baseline", &baseline, &["Reached target multi-user.target"])?;
 
     println!("build (images/demo, {} packages):", warm_report.packages.len());
     print_stages("airlock, cold cache", cold, &cold_report);
     print_stages("airlock, warm cache", warm, &warm_report);
-    println!("  {:<28} {:>8}   (mmdebstrap {}, assembly {})", "baseline: mmdebstrap + mkfs", secs(mm + assemble), secs(mm), secs(assemble));
+    println!(
+        "  {:<28} {:>8}   (mmdebstrap {}, assembly {})",
+        "baseline: mmdebstrap + mkfs",
+        secs(mm + assemble),
+        secs(mm),
+        secs(assemble)
+    );
     println!("  ratio cold / baseline        {:>8.2}x", cold.as_secs_f64() / (mm + assemble).as_secs_f64());
     println!("  ratio warm / baseline        {:>8.2}x", warm.as_secs_f64() / (mm + assemble).as_secs_f64());
     println!("boot (accelerator: {:?}):", qemu_tests::probe_accel());
     println!("  airlock: multi-user.target   {:>8}", secs(airlock_times[0]));
     println!("  airlock: `airlock: ready`    {:>8}", secs(airlock_times[1]));
     println!("  baseline: multi-user.target  {:>8}", secs(baseline_times[0]));
-    println!("  ratio (multi-user)           {:>8.2}x", airlock_times[0].as_secs_f64() / baseline_times[0].as_secs_f64());
+    println!(
+        "  ratio (multi-user)           {:>8.2}x",
+        airlock_times[0].as_secs_f64() / baseline_times[0].as_secs_f64()
+    );
     Ok(())
 }
