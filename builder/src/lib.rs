@@ -21,6 +21,7 @@ pub mod esp;
 pub mod ext4;
 pub mod fat;
 pub mod gpt;
+pub mod lock;
 pub mod oci;
 pub mod output_file;
 pub mod pipeline;

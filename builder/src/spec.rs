@@ -27,6 +27,9 @@ pub struct Spec {
     /// What the console banner lists once the appliance is ready, and what readiness waits for.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Container images the appliance carries, pinned in `appliance.lock` by `airlock fetch`.
+    #[serde(default)]
+    pub containers: Vec<ContainerSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +94,25 @@ pub struct ServiceSpec {
     pub unit: String,
     /// URL shown in the banner; `{address}` becomes the appliance's IPv4 address at boot.
     pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// Local name (lower-case letters, digits, `-`): names the container's unit and banner line.
+    pub name: String,
+    /// The image's reference as podman would resolve it (`docker.io/pulumi/service:1.2.3`); the
+    /// appliance's units keep it as written.
+    pub image: String,
+    /// Where `airlock fetch` gets the image: `registry` (the reference's registry), or
+    /// `oci:<dir>[:<name>]`, `oci-archive:<file>[:<name>]`, `docker-archive:<file>[:<tag>]`
+    /// relative to the spec.
+    #[serde(default = "default_container_source")]
+    pub source: String,
+}
+
+fn default_container_source() -> String {
+    "registry".to_string()
 }
 
 impl Spec {
