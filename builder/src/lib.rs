@@ -20,6 +20,7 @@ pub mod embedded;
 pub mod esp;
 pub mod ext4;
 pub mod fat;
+pub mod fetch;
 pub mod gpt;
 pub mod lock;
 pub mod oci;
