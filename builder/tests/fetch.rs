@@ -174,6 +174,7 @@ fn skopeo(args: &[&str]) -> String {
 /// failed).
 struct Registry {
     child: Child,
+    ip: String,
     port: u16,
     storage: PathBuf,
     work: PathBuf,
@@ -181,23 +182,27 @@ struct Registry {
 
 impl Registry {
     fn start(work: &Path) -> Registry {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(work, port)
+        Self::start_on(work, free_port("127.0.0.1"))
     }
 
     /// Starts on a given port (a restart keeps the references, which name the port).
     fn start_on(work: &Path, port: u16) -> Registry {
+        Self::start_with(work, "127.0.0.1", port, None)
+    }
+
+    /// Starts on `ip:port`, serving HTTPS with `tls` (certificate, key) if given.
+    fn start_with(work: &Path, ip: &str, port: u16, tls: Option<(&Path, &Path)>) -> Registry {
         require_tool("/usr/bin/docker-registry", "docker-registry");
         let storage = work.join("registry-storage");
         let config = work.join("registry.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = tls {
+            yaml.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+        }
+        fs::write(&config, yaml).unwrap();
         let log = fs::File::create(work.join("registry.log")).unwrap();
         let child = Command::new("/usr/bin/docker-registry")
             .arg("serve")
@@ -207,18 +212,22 @@ impl Registry {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut r = Registry { child, port, storage, work: work.to_path_buf() };
-        r.wait_ready();
+        let mut r = Registry { child, ip: ip.to_string(), port, storage, work: work.to_path_buf() };
+        r.wait_ready(tls.is_some());
         r
     }
 
-    fn wait_ready(&mut self) {
+    /// Ready when `/v2/` answers 200 (over TLS: when the port accepts connections).
+    fn wait_ready(&mut self, tls: bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("docker-registry exited early ({status})");
             }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Ok(mut s) = TcpStream::connect((self.ip.as_str(), self.port)) {
+                if tls {
+                    return;
+                }
                 let _ = write!(s, "GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut r = String::new();
                 let _ = s.read_to_string(&mut r);
@@ -232,7 +241,7 @@ impl Registry {
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Pushes an image of an OCI layout (`--all`: every platform of an index).
@@ -269,6 +278,10 @@ impl Drop for Registry {
             eprintln!("--- docker-registry log ({}) ---\n{log}", self.storage.display());
         }
     }
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 /// A temporary home for one test: spec folder, cache and an empty credentials environment.
@@ -319,8 +332,13 @@ impl Workspace {
 
     /// Runs the airlock binary with this workspace's cache and no credentials of the user's.
     fn airlock(&self, args: &[&str]) -> Output {
+        self.airlock_env(args, &[])
+    }
+
+    fn airlock_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_airlock"))
             .args(args)
+            .envs(env.iter().copied())
             .env("AIRLOCK_CACHE_DIR", self.cache())
             .env("HOME", self.path().join("home"))
             .env("REGISTRY_AUTH_FILE", self.path().join("no-auth.json"))
@@ -567,6 +585,76 @@ fn spec_and_lock_errors_say_what_to_fix() {
         &ws.err(&["fetch", spec_arg]),
         &["docker.io/library/mysql:8.0", "--registry-mirror docker.io=HOST"],
     );
+}
+
+/// A private CA (as an enterprise's TLS-intercepting proxy has) and a server certificate it
+/// signed for `ip`, made with openssl: (ca.crt, server.crt, server.key).
+fn private_ca(dir: &Path, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
+    require_tool("/usr/bin/openssl", "openssl");
+    fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let openssl = |args: &[&str]| run(Command::new("/usr/bin/openssl").args(args));
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", &p("ca.key"), "-out", &p("ca.crt"), "-days", "2", "-subj", "/CN=airlock test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[&["req"][..], &ec, &["-keyout", &p("server.key"), "-out", &p("server.csr"), "-subj", "/CN=registry"]]
+            .concat(),
+    );
+    fs::write(dir.join("ext"), format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")).unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("server.crt"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext"),
+    ]);
+    (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
+}
+
+#[test]
+fn https_registry_trusted_through_the_system_certificate_store() {
+    // Any loopback address but 127.0.0.1 is spoken to over HTTPS.
+    let ip = "127.0.0.2";
+    let ws = Workspace::new();
+    let (ca, cert, key) = private_ca(&ws.path().join("pki"), ip);
+    let registry = Registry::start_with(ws.path(), ip, free_port(ip), Some((&cert, &key)));
+    let f = Fixture::new("amd64", "tls");
+    single_layout(&ws.path().join("layout"), "1", &f);
+    registry.push(&ws.path().join("layout"), "1", "demo/api:1", false);
+    ws.write_spec(&[("api", &format!("{}/demo/api:1", registry.host()), "registry")]);
+    let spec = ws.spec();
+    let args = ["fetch", spec.to_str().unwrap()];
+
+    // The private CA is not in the store: refused.
+    let empty = ws.path().join("pki/empty.pem");
+    fs::write(&empty, "").unwrap();
+    let out = ws.airlock_env(&args, &[("SSL_CERT_FILE", &empty)]);
+    assert!(!out.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&out.stderr),
+        &[&format!("GET https://{}/v2/", registry.host()), "invalid peer certificate"],
+    );
+    // With it (as after update-ca-certificates; SSL_CERT_FILE stands in for /etc/ssl/certs): pulled.
+    let out = ws.airlock_env(&args, &[("SSL_CERT_FILE", &ca)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ws.read_lock().entry("api").unwrap().manifest.digest, f.manifest_digest());
 }
 
 // ---------------------------------------------------------------------------------------------
