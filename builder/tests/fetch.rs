@@ -535,6 +535,12 @@ fn fetch_pins_tags_and_indexes_and_build_refuses_damaged_caches() {
     assert_eq!(updated.entry("pinned").unwrap().manifest.digest, api_digest, "a digest reference never moves");
     ws.verify_cached().unwrap();
 
+    // docker.io references reach a registry named with --registry-mirror (here: the local one).
+    registry.push(&ws.path().join("api-layout"), "1", "library/mysql:8.0", false);
+    ws.write_spec(&[("db", "mysql:8.0", "registry")]);
+    let out = ws.ok(&["fetch", "--registry-mirror", &format!("docker.io={host}"), spec.to_str().unwrap()]);
+    assert_contains(&out, &[&format!("db: docker.io/library/mysql:8.0 {api_digest} (resolved)")]);
+
     // A container dropped from the spec leaves the lock; a changed reference is resolved anew.
     ws.write_spec(&[("api", &format!("{host}/demo/multi:1"), "registry")]);
     ws.fetch();
@@ -775,6 +781,7 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
         let reply = handler(&req);
         let reason = match reply.status {
             200 => "OK",
+            307 => "Temporary Redirect",
             401 => "Unauthorized",
             404 => "Not Found",
             _ => "Status",
@@ -956,6 +963,48 @@ fn basic_auth_registry() {
     )
     .unwrap();
     pull(&mut client(Credentials::from_files(vec![auth])), server.port, &store).unwrap();
+}
+
+#[test]
+fn blob_redirects_are_followed_without_the_registry_credentials() {
+    // Object storage: serves blobs at /bucket/<digest>, records who asks.
+    let f = Fixture::new("amd64", "redirect");
+    let blobs = f.blob_map();
+    let storage = FakeServer::start(move |req, _| {
+        match req.path.strip_prefix("/bucket/").and_then(|d| blobs.get(d.split('?').next().unwrap_or(""))) {
+            Some(b) => Reply::ok(b.clone(), "application/octet-stream"),
+            None => Reply::status(404),
+        }
+    });
+    let storage_port = storage.port;
+    let registry = FakeServer::start(move |req, _| {
+        if req.header("authorization") != Some(basic("bob", "pw").as_str()) {
+            return Reply::challenge(r#"Basic realm="Registry Realm""#);
+        }
+        if let Some(digest) = req.path.strip_prefix("/v2/demo/api/blobs/") {
+            let mut r = Reply::status(307);
+            r.headers
+                .push(("Location".into(), format!("http://127.0.0.1:{storage_port}/bucket/{digest}?X-Signature=abc")));
+            return r;
+        }
+        if req.path == "/v2/" {
+            return Reply::ok(b"{}".to_vec(), "application/json");
+        }
+        serve_image(&f, req).unwrap_or_else(|| Reply::status(404))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    let key = format!("127.0.0.1:{}", registry.port);
+    fs::write(
+        &auth,
+        json!({"auths": {key: {"auth": base64::engine::general_purpose::STANDARD.encode("bob:pw")}}}).to_string(),
+    )
+    .unwrap();
+    let store = BlobStore::new(&dir.path().join("store")).unwrap();
+    pull(&mut client(Credentials::from_files(vec![auth])), registry.port, &store).unwrap();
+    let fetched = storage.requests();
+    assert_eq!(fetched.len(), 3, "config and two layers from storage: {fetched:#?}");
+    assert!(fetched.iter().all(|r| r.header("authorization").is_none()), "{fetched:#?}");
 }
 
 #[test]
