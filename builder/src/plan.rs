@@ -50,7 +50,10 @@ pub struct Service {
 pub struct ContainerPlan {
     /// Local name: names the container's unit and banner line.
     pub name: String,
-    /// The image's reference, normalized (`docker.io/library/mysql:8.0`).
+    /// The image's reference as the spec wrote it (`mysql:8.0`): what the appliance's units
+    /// name, for podman to resolve through the appliance's registries.conf.
+    pub image: String,
+    /// The same reference, normalized (`docker.io/library/mysql:8.0`): what the lock records.
     pub reference: ImageReference,
     pub source: ContainerSource,
 }
@@ -343,7 +346,7 @@ fn validate_containers(
                 ),
             ));
         }
-        containers.push(ContainerPlan { name: c.name.clone(), reference, source });
+        containers.push(ContainerPlan { name: c.name.clone(), image: c.image.clone(), reference, source });
     }
     Ok(containers)
 }
@@ -434,6 +437,7 @@ source = "docker-archive:images/web.tar:localhost/demo/web:1"
         let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["db", "api", "web"]);
         assert_eq!(p.containers[0].reference.to_string(), "docker.io/library/mysql:8.0");
+        assert_eq!(p.containers[0].image, "mysql:8.0");
         assert_eq!(p.containers[0].source, ContainerSource::Registry);
         let ContainerSource::Local { source, written } = &p.containers[2].source else { panic!("local source") };
         assert_eq!(source.kind, SourceKind::DockerArchive);
