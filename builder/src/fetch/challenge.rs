@@ -1,5 +1,5 @@
 //! `WWW-Authenticate` challenges (RFC 7235), as registries send them with a 401:
-//! `Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"`
+//! `Bearer realm="http://127.0.0.1:5001/token",service="local-registry",scope="repository:a/b:pull"`
 //! or `Basic realm="Registry Realm"`.
 
 use std::collections::BTreeMap;
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn bearer_challenge_of_a_registry() {
         let c = parse(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:pulumi/service:pull""#,
+            r#"Bearer realm="http://127.0.0.1:5001/token",service="local-registry",scope="repository:pulumi/service:pull""#,
         )
         .unwrap();
         assert_eq!(c.len(), 1);
@@ -147,9 +147,9 @@ mod tests {
         assert_eq!(
             params(&c[0]),
             [
-                ("realm", "https://auth.example/token"),
+                ("realm", "http://127.0.0.1:5001/token"),
                 ("scope", "repository:pulumi/service:pull"),
-                ("service", "registry.example")
+                ("service", "local-registry")
             ]
         );
     }

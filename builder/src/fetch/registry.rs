@@ -580,11 +580,11 @@ mod tests {
     #[test]
     fn plain_http_only_for_loopback_and_insecure_hosts() {
         let client =
-            RegistryClient::new(RegistryOptions { insecure: vec!["reg.internal:5000".into()], ..Default::default() });
-        for host in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "reg.internal:5000"] {
+            RegistryClient::new(RegistryOptions { insecure: vec!["127.0.0.2:5000".into()], ..Default::default() });
+        for host in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "127.0.0.2:5000"] {
             assert!(client.plain_http(host), "{host}");
         }
-        for host in ["reg.internal", "reg.internal:5001", "127.0.0.2:5000", "localhost.example"] {
+        for host in ["127.0.0.2", "127.0.0.2:5001", "127.0.0.3:5000", "localhostx"] {
             assert!(!client.plain_http(host), "{host}");
         }
     }
@@ -607,6 +607,6 @@ mod tests {
     #[test]
     fn query_values_are_percent_encoded() {
         assert_eq!(percent_encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
-        assert_eq!(percent_encode("reg.example_1~-"), "reg.example_1~-");
+        assert_eq!(percent_encode("local-registry_1.x~"), "local-registry_1.x~");
     }
 }
