@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Build an appliance image from its spec (images/<name>/appliance.toml).
     Build(BuildArgs),
+    /// Resolve the spec's container images, download them into the cache and pin them in
+    /// appliance.lock next to the spec (the online side; `build` then needs no network).
+    Fetch(FetchArgs),
     /// Assemble a GPT disk image from filesystem trees (directories or tar archives).
     Disk(DiskArgs),
     /// Create an Ed25519 signing key pair in minisign's formats (PREFIX.key, PREFIX.pub).
@@ -108,6 +111,33 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// The appliance spec.
+    #[arg(default_value = "images/demo/appliance.toml")]
+    pub spec: PathBuf,
+    /// Re-resolve tags and re-read local sources instead of keeping the lock's digests.
+    #[arg(long)]
+    pub update: bool,
+    /// Reach this registry (`host` or `host:port`) over plain HTTP. localhost and 127.0.0.1
+    /// always are.
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// Contact HOST[:PORT] for images whose reference names DOMAIN (e.g. a company mirror, or
+    /// the API host of docker.io, which airlock does not build in).
+    #[arg(long, value_name = "DOMAIN=HOST", value_parser = parse_mirror)]
+    pub registry_mirror: Vec<(String, String)>,
+}
+
+fn parse_mirror(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((domain, host)) if !domain.is_empty() && !host.is_empty() && !host.contains('/') => {
+            Ok((domain.to_string(), host.to_string()))
+        }
+        _ => Err(format!("`{s}` is not DOMAIN=HOST[:PORT]")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
 pub struct DiskArgs {
     /// Size of the whole image (e.g. 512MiB, 2GiB).
     #[arg(long)]
@@ -148,6 +178,7 @@ pub struct DiskArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
+        Command::Fetch(args) => run_fetch(args),
         Command::Disk(args) => run_disk(args),
         Command::Keygen(args) => run_keygen(args),
         Command::Verify(args) => run_verify(args),
@@ -267,6 +298,36 @@ fn print_released(released: &crate::release::Released) {
         Some(sig) => println!("  {:<9} {}", "signature", sig.display()),
         None => println!("  (unsigned: pass --sign-key or set [signing] key to sign SHA256SUMS)"),
     }
+}
+
+fn run_fetch(args: FetchArgs) -> Result<()> {
+    let plan = crate::plan::plan(&args.spec, &crate::plan::HostContext::default())?;
+    let opts = crate::fetch::FetchOptions {
+        cache_dir: crate::cache::cache_dir()?,
+        update: args.update,
+        registry: crate::fetch::registry::RegistryOptions {
+            insecure: args.insecure_registry,
+            mirrors: args.registry_mirror.into_iter().collect(),
+            credentials: crate::fetch::credentials::Credentials::from_env(),
+            limits: Default::default(),
+        },
+    };
+    let report = crate::fetch::fetch(&plan, &opts)?;
+    for ((name, outcome, digest), c) in report.containers.iter().zip(&plan.containers) {
+        let what = match outcome {
+            crate::fetch::Outcome::Cached => "cached",
+            crate::fetch::Outcome::Restored => "restored",
+            crate::fetch::Outcome::Resolved => "resolved",
+        };
+        println!("{name}: {} {digest} ({what})", c.reference);
+    }
+    println!(
+        "{}: {} ({} downloaded)",
+        report.lock_path.display(),
+        if report.lock_changed { "written" } else { "unchanged" },
+        ByteSize(report.downloaded_bytes)
+    );
+    Ok(())
 }
 
 const DEFAULT_ESP_SIZE: u64 = 256 * crate::size::MIB;

@@ -8,6 +8,7 @@ use crate::disk::{self, Filesystem, PartitionRequest, Role};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
 use crate::manifest::Appliance;
+use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
 use crate::outputs::{self, Format};
 use crate::plan::BuildPlan;
@@ -86,6 +87,9 @@ impl Stages {
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut stages = Stages { done: Vec::new() };
     let ids = partition_ids(plan);
+    // First, so a build without its locked images stops before any work. The registry storage
+    // stage (to come) writes these images into the root filesystem from the store.
+    let (_store, _images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
     let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
     let packages = base_os::installed_packages(&root)?;
@@ -145,6 +149,18 @@ fn partition_ids(plan: &BuildPlan) -> PartitionIds {
         root: Role::Root.partition_guid(&plan.seed),
         data: Role::Data.partition_guid(&plan.seed),
     }
+}
+
+/// The images `appliance.lock` pins for the plan's containers, checked blob by blob in the
+/// cache; an error tells the user to run `airlock fetch`.
+fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, Vec<Image>)> {
+    let store = crate::fetch::blob_store(&opts.cache_dir)?;
+    if plan.containers.is_empty() {
+        return Ok((store, Vec::new()));
+    }
+    let lock = crate::lock::read_for_build(plan)?;
+    let images = crate::lock::verify_cached(plan, &lock, &store)?;
+    Ok((store, images))
 }
 
 fn install_base_os(plan: &BuildPlan, opts: &BuildOptions) -> Result<PathBuf> {

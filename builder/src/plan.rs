@@ -2,6 +2,7 @@
 //! Everything after this point trusts the plan.
 
 use crate::base_os::BaseOs;
+use crate::oci::{ImageReference, ImageSource, SourceKind};
 use crate::outputs::{Format, VmHardware};
 use crate::seed::Seed;
 use crate::size::{ByteSize, MIB};
@@ -45,6 +46,81 @@ pub struct Service {
     pub url: String,
 }
 
+/// A container image the appliance carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPlan {
+    /// Local name: names the container's unit and banner line.
+    pub name: String,
+    /// The image's reference as the spec wrote it (`mysql:8.0`): what the appliance's units
+    /// name, for podman to resolve through the appliance's registries.conf.
+    pub image: String,
+    /// The same reference, normalized (`docker.io/library/mysql:8.0`): what the lock records.
+    pub reference: ImageReference,
+    pub source: ContainerSource,
+}
+
+/// Where `airlock fetch` gets a container image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerSource {
+    /// The registry the reference names, over the distribution protocol.
+    Registry,
+    /// An OCI layout, OCI archive or docker-archive on the build host.
+    Local {
+        /// The path resolved against the spec's folder.
+        source: ImageSource,
+        /// As the spec wrote it (relative to the spec): what the lock file records, so it stays
+        /// valid wherever the checkout is.
+        written: String,
+    },
+}
+
+impl ContainerSource {
+    /// The spec's syntax: `registry`, `oci:<dir>[:<name>]`, `oci-archive:<file>[:<name>]`,
+    /// `docker-archive:<file>[:<tag>]`. The first `:` after the transport ends the path.
+    pub fn parse(text: &str, spec_dir: &Path) -> Result<Self, String> {
+        if text == "registry" {
+            return Ok(Self::Registry);
+        }
+        let Some((transport, rest)) = text.split_once(':') else {
+            return Err(format!(
+                "`{text}` is not `registry`, `oci:<dir>`, `oci-archive:<file>` or `docker-archive:<file>`"
+            ));
+        };
+        let kind = match transport {
+            "oci" => SourceKind::OciLayout,
+            "oci-archive" => SourceKind::OciArchive,
+            "docker-archive" => SourceKind::DockerArchive,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a source airlock reads (use registry, oci, oci-archive or docker-archive)"
+                ));
+            }
+        };
+        let (path, select) = match rest.split_once(':') {
+            Some((path, select)) => (path, Some(select)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(format!("`{text}` names no path"));
+        }
+        if select == Some("") {
+            return Err(format!("`{text}` ends in `:` but names no image after it"));
+        }
+        let source = ImageSource { kind, path: spec_dir.join(path), select: select.map(str::to_string) };
+        Ok(Self::Local { source, written: text.to_string() })
+    }
+}
+
+impl fmt::Display for ContainerSource {
+    /// As the spec wrote it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Registry => f.write_str("registry"),
+            Self::Local { written, .. } => f.write_str(written),
+        }
+    }
+}
+
 /// Everything a build needs, validated.
 #[derive(Debug, Clone)]
 pub struct BuildPlan {
@@ -62,6 +138,9 @@ pub struct BuildPlan {
     pub enable: Vec<String>,
     pub mask: Vec<String>,
     pub services: Vec<Service>,
+    pub containers: Vec<ContainerPlan>,
+    /// `<spec dir>/appliance.lock`: the containers' pinned digests.
+    pub lock_path: PathBuf,
     pub seed: Seed,
     /// What the build writes, in addition to the manifest, SBOM and SHA256SUMS.
     pub formats: Vec<Format>,
@@ -242,6 +321,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         }
         None => None,
     };
+    let containers = validate_containers(&spec.containers, spec_dir, &err)?;
 
     Ok(BuildPlan {
         formats,
@@ -267,7 +347,41 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         enable: spec.units.enable,
         mask: spec.units.mask,
         services,
+        containers,
+        lock_path: spec_dir.join(crate::lock::LOCK_FILE_NAME),
     })
+}
+
+fn validate_containers(
+    list: &[crate::spec::ContainerSpec],
+    spec_dir: &Path,
+    err: &dyn Fn(&str, String) -> PlanError,
+) -> Result<Vec<ContainerPlan>, PlanError> {
+    let mut containers: Vec<ContainerPlan> = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let key = |k: &str| format!("containers[{i}].{k}");
+        if !is_name(&c.name, 63) {
+            return Err(err(&key("name"), format!("`{}` must be 1-63 lower-case letters, digits or `-`", c.name)));
+        }
+        if containers.iter().any(|x| x.name == c.name) {
+            return Err(err(&key("name"), format!("`{}` is listed twice", c.name)));
+        }
+        let reference = ImageReference::parse(&c.image).map_err(|e| err(&key("image"), e.to_string()))?;
+        let source = ContainerSource::parse(&c.source, spec_dir).map_err(|e| err(&key("source"), e))?;
+        // One reference is one image on the appliance's registry; two sources for it would make
+        // which one it serves depend on the order of the list.
+        if let Some(other) = containers.iter().find(|x| x.reference == reference && x.source != source) {
+            return Err(err(
+                &key("image"),
+                format!(
+                    "`{reference}` is also container `{}`'s image, from source `{}`; one reference needs one source",
+                    other.name, other.source
+                ),
+            ));
+        }
+        containers.push(ContainerPlan { name: c.name.clone(), image: c.image.clone(), reference, source });
+    }
+    Ok(containers)
 }
 
 #[cfg(test)]
@@ -356,5 +470,64 @@ url = "http://{address}/"
         assert_eq!(check(&cmdline).unwrap_err().key, "os.kernel_cmdline");
         let overlay = GOOD.replace("[os]", "overlays = [\"no-such-dir\"]\n[os]");
         assert_eq!(check(&overlay).unwrap_err().key, "overlays");
+    }
+
+    const CONTAINERS: &str = r#"
+[[containers]]
+name = "db"
+image = "mysql:8.0"
+
+[[containers]]
+name = "api"
+image = "docker.io/pulumi/service:1.2.3"
+source = "registry"
+
+[[containers]]
+name = "web"
+image = "localhost/demo/web:1"
+source = "docker-archive:images/web.tar:localhost/demo/web:1"
+"#;
+
+    #[test]
+    fn containers_validate_with_normalized_references_and_sources() {
+        let p = check(&format!("{GOOD}{CONTAINERS}")).unwrap();
+        let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["db", "api", "web"]);
+        assert_eq!(p.containers[0].reference.to_string(), "docker.io/library/mysql:8.0");
+        assert_eq!(p.containers[0].image, "mysql:8.0");
+        assert_eq!(p.containers[0].source, ContainerSource::Registry);
+        let ContainerSource::Local { source, written } = &p.containers[2].source else { panic!("local source") };
+        assert_eq!(source.kind, SourceKind::DockerArchive);
+        assert_eq!(source.path, Path::new("./images/web.tar"));
+        assert_eq!(source.select.as_deref(), Some("localhost/demo/web:1"));
+        assert_eq!(written, "docker-archive:images/web.tar:localhost/demo/web:1");
+        assert_eq!(p.containers[2].source.to_string(), *written);
+        assert_eq!(p.lock_path, Path::new("./appliance.lock"));
+    }
+
+    #[test]
+    fn bad_containers_name_their_key() {
+        let all = format!("{GOOD}{CONTAINERS}");
+        let cases = [
+            ("name = \"db\"", "name = \"DB\"", "containers[0].name"),
+            ("name = \"web\"\nimage", "name = \"db\"\nimage", "containers[2].name"),
+            ("image = \"mysql:8.0\"", "image = \"MySQL:8.0\"", "containers[0].image"),
+            ("image = \"mysql:8.0\"", "image = \"mysql:\"", "containers[0].image"),
+            ("image = \"mysql:8.0\"", "image = \"mysql@sha256:123\"", "containers[0].image"),
+            ("source = \"registry\"", "source = \"docker:x\"", "containers[1].source"),
+            ("source = \"registry\"", "source = \"oci:\"", "containers[1].source"),
+            ("source = \"registry\"", "source = \"oci:dir:\"", "containers[1].source"),
+            ("source = \"registry\"", "source = \"registery\"", "containers[1].source"),
+            ("image = \"localhost/demo/web:1\"", "image = \"mysql:8.0\"", "containers[2].image"),
+        ];
+        for (from, to, key) in cases {
+            let text = all.replacen(from, to, 1);
+            assert_ne!(text, all, "replacement of `{from}` did not apply");
+            let e = check(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let typo = all.replacen("name = \"api\"", "name = \"api\"\nimage_ref = \"x\"", 1);
+        let e = Spec::parse(&typo, "a.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown field `image_ref`"), "{e}");
     }
 }

@@ -32,6 +32,9 @@ pub struct Spec {
     pub outputs: OutputsSpec,
     #[serde(default)]
     pub signing: SigningSpec,
+    /// Container images the appliance carries, pinned in `appliance.lock` by `airlock fetch`.
+    #[serde(default)]
+    pub containers: Vec<ContainerSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +153,25 @@ pub struct ServiceSpec {
     pub unit: String,
     /// URL shown in the banner; `{address}` becomes the appliance's IPv4 address at boot.
     pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// Local name (lower-case letters, digits, `-`): names the container's unit and banner line.
+    pub name: String,
+    /// The image's reference as podman would resolve it (`docker.io/pulumi/service:1.2.3`); the
+    /// appliance's units keep it as written.
+    pub image: String,
+    /// Where `airlock fetch` gets the image: `registry` (the reference's registry), or
+    /// `oci:<dir>[:<name>]`, `oci-archive:<file>[:<name>]`, `docker-archive:<file>[:<tag>]`
+    /// relative to the spec.
+    #[serde(default = "default_container_source")]
+    pub source: String,
+}
+
+fn default_container_source() -> String {
+    "registry".to_string()
 }
 
 impl Spec {

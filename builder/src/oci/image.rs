@@ -80,6 +80,7 @@ impl Image {
 pub(crate) struct ManifestRefs {
     pub config_digest: Digest,
     pub config_size: u64,
+    pub config_media_type: String,
     pub layers: Vec<LayerRef>,
 }
 
@@ -135,7 +136,7 @@ pub(crate) fn parse_manifest(bytes: &[u8], descriptor_media_type: &str, limits: 
         limits.check_blob(&what, &digest, layer.size())?;
         layers.push(LayerRef { digest, size: layer.size(), media_type, compression });
     }
-    Ok(ManifestRefs { config_digest, config_size: config.size(), layers })
+    Ok(ManifestRefs { config_digest, config_size: config.size(), config_media_type: config_type, layers })
 }
 
 /// The kind of manifest a descriptor points to, or the error naming its unknown media type.

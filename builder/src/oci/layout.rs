@@ -211,7 +211,7 @@ fn select_named<'i>(index: &'i ImageIndex, select: Option<&str>) -> Result<&'i D
 
 /// The entry of a per-platform index for the wanted platform. Entries with a CPU variant are
 /// used only when there is none without (amd64 variants such as `v3` need newer CPUs).
-fn select_platform<'i>(index: &'i ImageIndex, opts: &ReadOptions) -> Result<&'i Descriptor> {
+pub(crate) fn select_platform<'i>(index: &'i ImageIndex, opts: &ReadOptions) -> Result<&'i Descriptor> {
     let candidates: Vec<&Descriptor> = index
         .manifests()
         .iter()

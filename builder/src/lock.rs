@@ -1,0 +1,430 @@
+//! `appliance.lock`: the container images `airlock fetch` resolved, pinned by digest, next to the
+//! spec. `airlock build` uses exactly these blobs from the cache and never the network.
+//!
+//! The file is TOML written by hand in one fixed layout (containers sorted by name, one blob per
+//! line, keys in a fixed order), so that a re-fetch that changes nothing rewrites nothing and a
+//! change reads as a small diff in review:
+//!
+//! ```toml
+//! version = 1
+//!
+//! [[containers]]
+//! name = "api"
+//! image = "docker.io/pulumi/service:1.2.3"
+//! source = "registry"
+//! platform = "linux/amd64"
+//! index = { digest = "sha256:…", size = 1609, media_type = "application/vnd.oci.image.index.v1+json" }
+//! manifest = { digest = "sha256:…", size = 1234, media_type = "application/vnd.oci.image.manifest.v1+json" }
+//! config = { digest = "sha256:…", size = 1469, media_type = "application/vnd.oci.image.config.v1+json" }
+//! layers = [
+//!   { digest = "sha256:…", size = 3208, media_type = "application/vnd.oci.image.layer.v1.tar+gzip" },
+//! ]
+//! ```
+//!
+//! `index` is there only when the reference resolved to a multi-platform index; `manifest` is
+//! then the `linux/amd64` entry of it.
+
+use crate::oci::image::{self, Image, Layer};
+use crate::oci::{BlobStore, Digest, Limits, Platform};
+use crate::output_file::PartialFile;
+use crate::plan::{BuildPlan, ContainerPlan};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The lock's file name, next to the spec.
+pub const LOCK_FILE_NAME: &str = "appliance.lock";
+/// The format version this airlock writes and reads.
+const VERSION: u32 = 1;
+
+/// The whole lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    #[serde(default)]
+    pub containers: Vec<LockedContainer>,
+}
+
+/// One container's image, pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedContainer {
+    /// The spec's local name.
+    pub name: String,
+    /// The normalized reference the spec gave when this was fetched.
+    pub image: String,
+    /// The spec's source, as written.
+    pub source: String,
+    /// `os/architecture`.
+    pub platform: String,
+    /// The multi-platform index the reference resolved to, if it was one.
+    #[serde(default)]
+    pub index: Option<LockedBlob>,
+    pub manifest: LockedBlob,
+    pub config: LockedBlob,
+    pub layers: Vec<LockedBlob>,
+}
+
+/// A blob: what the cache must hold under its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedBlob {
+    #[serde(deserialize_with = "deserialize_digest")]
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+fn deserialize_digest<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+    let s = String::deserialize(d)?;
+    Digest::parse(&s).map_err(serde::de::Error::custom)
+}
+
+impl LockedContainer {
+    /// The entry for `container` as read into the blob store. `index` is the multi-platform
+    /// index the reference resolved to, if any.
+    pub fn new(container: &ContainerPlan, image: &Image, index: Option<LockedBlob>) -> Result<Self> {
+        let refs = image::parse_manifest(&image.manifest_bytes, &image.manifest_media_type, &Limits::default())
+            .with_context(|| format!("in manifest {}", image.manifest_digest))?;
+        Ok(Self {
+            name: container.name.clone(),
+            image: container.reference.to_string(),
+            source: container.source.to_string(),
+            platform: image.platform.to_string(),
+            index,
+            manifest: LockedBlob {
+                digest: image.manifest_digest.clone(),
+                size: image.manifest_bytes.len() as u64,
+                media_type: image.manifest_media_type.clone(),
+            },
+            config: LockedBlob {
+                digest: image.config_digest.clone(),
+                size: image.config_size,
+                media_type: refs.config_media_type,
+            },
+            layers: image
+                .layers
+                .iter()
+                .map(|l| LockedBlob { digest: l.digest.clone(), size: l.size, media_type: l.media_type.clone() })
+                .collect(),
+        })
+    }
+
+    /// Whether this entry was made for the spec's container as it is now (same reference,
+    /// same source).
+    pub fn matches(&self, container: &ContainerPlan) -> bool {
+        self.name == container.name
+            && self.image == container.reference.to_string()
+            && self.source == container.source.to_string()
+    }
+}
+
+impl Lock {
+    /// An empty lock.
+    pub fn new() -> Self {
+        Self { version: VERSION, containers: Vec::new() }
+    }
+
+    /// Parses a lock file's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let lock: Lock = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+        if lock.version != VERSION {
+            bail!("{origin}: lock format version {} is not the one this airlock reads ({VERSION})", lock.version);
+        }
+        let mut names: Vec<&str> = lock.containers.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            bail!("{origin}: container `{}` is locked twice", w[0]);
+        }
+        Ok(lock)
+    }
+
+    /// Reads `path`; `None` if there is no such file.
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// The entry for the container named `name`.
+    pub fn entry(&self, name: &str) -> Option<&LockedContainer> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The file's text, in its one layout (containers sorted by name).
+    pub fn render(&self) -> String {
+        let mut containers: Vec<&LockedContainer> = self.containers.iter().collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = String::new();
+        out.push_str("# Written by `airlock fetch`: the container images of the spec next to this file, pinned by\n");
+        out.push_str(
+            "# digest. `airlock build` uses exactly these blobs; `airlock fetch --update` re-resolves tags.\n",
+        );
+        // Writing into a String cannot fail.
+        let _ = writeln!(out, "version = {}", self.version);
+        for c in containers {
+            let _ = write!(
+                out,
+                "\n[[containers]]\nname = {}\nimage = {}\nsource = {}\nplatform = {}\n",
+                quote(&c.name),
+                quote(&c.image),
+                quote(&c.source),
+                quote(&c.platform)
+            );
+            if let Some(index) = &c.index {
+                let _ = writeln!(out, "index = {}", inline(index));
+            }
+            let _ = writeln!(out, "manifest = {}", inline(&c.manifest));
+            let _ = writeln!(out, "config = {}", inline(&c.config));
+            out.push_str("layers = [\n");
+            for l in &c.layers {
+                let _ = writeln!(out, "  {},", inline(l));
+            }
+            out.push_str("]\n");
+        }
+        out
+    }
+
+    /// Writes the lock to `path` atomically; leaves the file untouched when its text would not
+    /// change. Returns whether it changed.
+    pub fn write(&self, path: &Path) -> Result<bool> {
+        let text = self.render();
+        if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+            return Ok(false);
+        }
+        let partial = PartialFile::create(path)?;
+        partial.file().write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        partial.commit()?;
+        Ok(true)
+    }
+}
+
+impl Default for Lock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn inline(b: &LockedBlob) -> String {
+    format!("{{ digest = {}, size = {}, media_type = {} }}", quote(&b.digest.to_string()), b.size, quote(&b.media_type))
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Reads the lock a build needs: it must exist.
+pub fn read_for_build(plan: &BuildPlan) -> Result<Lock> {
+    match Lock::read(&plan.lock_path)? {
+        Some(lock) => Ok(lock),
+        None => bail!(
+            "{} does not exist: run `airlock fetch {}` (on a connected host) to resolve and download the spec's container images",
+            plan.lock_path.display(),
+            plan.spec_path.display()
+        ),
+    }
+}
+
+/// Checks that the cache holds every blob `lock` pins for the plan's containers, each with its
+/// digest and size, and returns the images ready for
+/// [`write_registry_storage`](crate::oci::write_registry_storage) in the spec's order. Fails
+/// naming the container, image and blob when anything is missing, corrupt or stale.
+pub fn verify_cached(plan: &BuildPlan, lock: &Lock, store: &BlobStore) -> Result<Vec<Image>> {
+    let mut images = Vec::with_capacity(plan.containers.len());
+    // Every container is checked, so one message lists all that a fetch has to repair.
+    let mut problems = Vec::new();
+    for c in &plan.containers {
+        let result = match lock.entry(&c.name) {
+            Some(entry) => verify_container(c, entry, store),
+            None => Err(anyhow::anyhow!("{} has no entry for it", plan.lock_path.display())),
+        };
+        match result {
+            Ok(image) => images.push(image),
+            Err(e) => problems.push(format!("container `{}` ({}): {e:#}", c.name, c.reference)),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the cache does not hold the container images appliance.lock pins; run `airlock fetch {}`:\n  {}",
+            plan.spec_path.display(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(images)
+}
+
+/// Checks one container's locked blobs in the cache and rebuilds its [`Image`] from them.
+pub fn verify_container(c: &ContainerPlan, entry: &LockedContainer, store: &BlobStore) -> Result<Image> {
+    if !entry.matches(c) {
+        bail!(
+            "appliance.lock pins `{}` from source `{}`, but the spec now says `{}` from `{}`",
+            entry.image,
+            entry.source,
+            c.reference,
+            c.source
+        );
+    }
+    let platform = Platform::linux_amd64();
+    if entry.platform != platform.to_string() {
+        bail!("appliance.lock pins a {} image; the appliance needs {platform}", entry.platform);
+    }
+    if let Some(pinned) = c.reference.digest() {
+        let resolved = entry.index.as_ref().unwrap_or(&entry.manifest);
+        if &resolved.digest != pinned {
+            bail!("the reference pins {pinned}, but appliance.lock has {}", resolved.digest);
+        }
+    }
+    if let Some(index) = &entry.index {
+        cached_path(store, index, "image index")?;
+    }
+    check_present(store, &entry.manifest, "manifest")?;
+    let manifest_bytes = store.read_verified(&entry.manifest.digest, entry.manifest.size, "manifest")?;
+    let limits = Limits::default();
+    let refs = image::parse_manifest(&manifest_bytes, &entry.manifest.media_type, &limits)
+        .with_context(|| format!("in manifest {}", entry.manifest.digest))?;
+
+    // The lock lists the blobs for people to read; the manifest is what the registry serves.
+    // They must agree, or a hand edit has made the lock lie.
+    let config =
+        LockedBlob { digest: refs.config_digest.clone(), size: refs.config_size, media_type: refs.config_media_type };
+    let layers: Vec<LockedBlob> = refs
+        .layers
+        .iter()
+        .map(|l| LockedBlob { digest: l.digest.clone(), size: l.size, media_type: l.media_type.clone() })
+        .collect();
+    if config != entry.config || layers != entry.layers {
+        bail!("appliance.lock's config and layers disagree with manifest {}", entry.manifest.digest);
+    }
+
+    check_present(store, &entry.config, "config")?;
+    let config_bytes = store.read_verified(&entry.config.digest, entry.config.size, "config")?;
+    let diff_ids = image::check_config(&config_bytes, &platform, refs.layers.len())
+        .with_context(|| format!("in config {}", entry.config.digest))?;
+    let mut out_layers = Vec::with_capacity(refs.layers.len());
+    for (i, (layer, diff_id)) in refs.layers.into_iter().zip(diff_ids).enumerate() {
+        let blob = &entry.layers[i];
+        cached_path(store, blob, &format!("layer {}", i + 1))?;
+        out_layers.push(Layer {
+            digest: layer.digest,
+            size: layer.size,
+            media_type: layer.media_type,
+            compression: layer.compression,
+            diff_id,
+        });
+    }
+    Ok(Image {
+        reference: c.reference.to_string(),
+        manifest_digest: entry.manifest.digest.clone(),
+        manifest_media_type: entry.manifest.media_type.clone(),
+        manifest_bytes,
+        config_digest: entry.config.digest.clone(),
+        config_size: entry.config.size,
+        layers: out_layers,
+        platform,
+    })
+}
+
+/// A missing blob gets its own message: the usual cause is a cache that was cleaned, not an
+/// attack, and the fix is a fetch.
+fn check_present(store: &BlobStore, blob: &LockedBlob, what: &str) -> Result<PathBuf> {
+    let path = store.path(&blob.digest);
+    if !path.is_file() {
+        bail!("{what} {} is not in the cache (no {})", blob.digest, path.display());
+    }
+    Ok(path)
+}
+
+/// The verified cache file of a blob (re-hashed on first use in this process).
+fn cached_path(store: &BlobStore, blob: &LockedBlob, what: &str) -> Result<PathBuf> {
+    check_present(store, blob, what)?;
+    store.verified_path(&blob.digest, blob.size, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(n: u8, size: u64, media_type: &str) -> LockedBlob {
+        LockedBlob { digest: Digest::of_bytes(&[n]), size, media_type: media_type.into() }
+    }
+
+    fn sample() -> Lock {
+        let entry = |name: &str| LockedContainer {
+            name: name.into(),
+            image: format!("docker.io/demo/{name}:1"),
+            source: "oci-archive:images/a \"b\".tar:1".into(),
+            platform: "linux/amd64".into(),
+            index: (name == "web").then(|| blob(9, 500, crate::oci::media_type::OCI_INDEX)),
+            manifest: blob(1, 100, crate::oci::media_type::OCI_MANIFEST),
+            config: blob(2, 200, crate::oci::media_type::OCI_CONFIG),
+            layers: vec![
+                blob(3, 300, crate::oci::media_type::OCI_LAYER_GZIP),
+                blob(4, 400, crate::oci::media_type::OCI_LAYER_TAR),
+            ],
+        };
+        Lock { version: VERSION, containers: vec![entry("web"), entry("api")] }
+    }
+
+    #[test]
+    fn renders_sorted_and_reads_back() {
+        let lock = sample();
+        let text = lock.render();
+        let api = text.find("name = \"api\"").unwrap();
+        let web = text.find("name = \"web\"").unwrap();
+        assert!(api < web, "{text}");
+        assert!(text.contains("source = \"oci-archive:images/a \\\"b\\\".tar:1\""), "{text}");
+        let back = Lock::parse(&text, "appliance.lock").unwrap();
+        let mut sorted = lock.clone();
+        sorted.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back, sorted);
+        assert_eq!(back.render(), text);
+    }
+
+    #[test]
+    fn write_is_atomic_and_skips_identical_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE_NAME);
+        let lock = sample();
+        assert!(lock.write(&path).unwrap());
+        assert!(!lock.write(&path).unwrap());
+        assert_eq!(Lock::read(&path).unwrap().unwrap().containers.len(), 2);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [LOCK_FILE_NAME]);
+        assert_eq!(Lock::read(&dir.path().join("none.lock")).unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_bad_locks() {
+        let text = sample().render();
+        let cases = [
+            (text.replace("version = 1", "version = 2"), "lock format version 2"),
+            (text.replacen("platform =", "platfrom =", 1), "unknown field `platfrom`"),
+            (text.replacen("sha256:", "md5:", 1), "does not use sha256"),
+            (text.replace("name = \"web\"", "name = \"api\""), "container `api` is locked twice"),
+        ];
+        for (bad, expected) in cases {
+            let e = Lock::parse(&bad, "x.lock").unwrap_err().to_string();
+            assert!(e.starts_with("x.lock: "), "{e}");
+            assert!(e.contains(expected), "expected `{expected}` in: {e}");
+        }
+    }
+}
