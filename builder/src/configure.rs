@@ -106,7 +106,8 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
     }
     put(root, "usr/lib/systemd/system/airlock-ready.target.d/services.conf", 0o644, ready)?;
 
-    for unit in ALWAYS_ENABLED.iter().copied().chain(plan.enable.iter().map(String::as_str)) {
+    let registry: &[&str] = if plan.containers.is_empty() { &[] } else { &["docker-registry.service"] };
+    for unit in ALWAYS_ENABLED.iter().chain(registry).copied().chain(plan.enable.iter().map(String::as_str)) {
         units::enable(root, unit)?;
     }
     for unit in TIME_SINKS.iter().copied().chain(plan.mask.iter().map(String::as_str)) {

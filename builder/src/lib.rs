@@ -36,6 +36,7 @@ pub mod output_file;
 pub mod outputs;
 pub mod pipeline;
 pub mod plan;
+pub mod preload;
 pub mod region;
 pub mod release;
 pub mod sbom;

@@ -12,6 +12,7 @@ use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
 use crate::outputs::{self, Format};
 use crate::plan::BuildPlan;
+use crate::preload;
 use crate::release::{self, ReleaseOptions, Released};
 use crate::signing::KeyPair;
 use crate::tree::{self, Tree};
@@ -89,11 +90,13 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let ids = partition_ids(plan);
     // First, so a build without its locked images stops before any work. The registry storage
     // stage (to come) writes these images into the root filesystem from the store.
-    let (_store, _images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
+    let (store, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
     let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
     let packages = base_os::installed_packages(&root)?;
     stages.run("apply overlays", || apply_overlays(&mut root, plan, opts))?;
+    stages
+        .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
     stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     let kernel = esp::find_kernel(&root)?;

@@ -162,6 +162,10 @@ impl Default for HostContext {
     }
 }
 
+/// Packages an appliance with container images needs: the registry that serves them and the
+/// runtime that runs them (netavark needs nftables for its firewall rules).
+const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "nftables"];
+
 /// Smallest data partition the ext4 writer and first boot's growth are happy with.
 const MIN_DATA: u64 = 32 * MIB;
 /// Smallest root partition worth building.
@@ -322,13 +326,26 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         None => None,
     };
     let containers = validate_containers(&spec.containers, spec_dir, &err)?;
+    // An appliance that carries container images serves them from its own registry (and runs
+    // them with podman): both come with the base OS, and the registry is one of its services.
+    let mut packages = os.packages.clone();
+    if !containers.is_empty() {
+        packages.extend(CONTAINER_PACKAGES.iter().map(|p| p.to_string()));
+        if !services.iter().any(|s| s.name == "registry") {
+            services.push(Service {
+                name: "registry".into(),
+                unit: "docker-registry.service".into(),
+                url: format!("http://{{address}}:{}/", crate::preload::PORT),
+            });
+        }
+    }
 
     Ok(BuildPlan {
         formats,
         vm: VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB },
         signing_key,
         seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
-        base: BaseOs::new(&os.suite, &mirror, &os.packages, &os.refresh),
+        base: BaseOs::new(&os.suite, &mirror, &packages, &os.refresh),
         name: spec.name,
         version: spec.version,
         description: spec.description,

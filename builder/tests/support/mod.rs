@@ -133,3 +133,18 @@ pub fn is_network_failure(stderr: &str) -> bool {
     .iter()
     .any(|s| stderr.contains(s))
 }
+
+/// Builds the demo stack's container images (cached by the script) and pins them with
+/// `airlock fetch --update`, which the demo's build needs first. Returns the failure's text
+/// when the Debian archive cannot be reached.
+pub fn prepare_demo_images() -> Result<(), String> {
+    let script = repo_root().join("images/demo/containers/build-images");
+    let out = Command::new(&script).env("SOURCE_DATE_EPOCH", "1700000000").output().expect("running build-images");
+    if !out.status.success() {
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        return Err(text);
+    }
+    let spec = repo_root().join("images/demo/appliance.toml");
+    airlock_ok(&["fetch", "--update", spec.to_str().expect("UTF-8 path")]);
+    Ok(())
+}

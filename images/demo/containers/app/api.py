@@ -1,0 +1,39 @@
+"""The demo stack's API: `GET /api/status` answers 200 with the database's state when the
+database answers and the migration has run, 503 otherwise."""
+import json
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import redis
+
+PASSWORD_FILE = os.environ.get("DB_PASSWORD_FILE", "/run/secrets/db-password")
+
+
+def status():
+    password = open(PASSWORD_FILE).read().strip()
+    db = redis.Redis(host=os.environ.get("DB_HOST", "db"), port=6379, password=password, socket_timeout=5)
+    db.ping()
+    runs = int(db.get("migration_runs") or 0)
+    if runs == 0:
+        raise RuntimeError("the migration has not run")
+    return {"status": "ok", "database": "ok", "schema_version": int(db.get("schema_version")), "migration_runs": runs}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path != "/api/status":
+            self.send_error(404)
+            return
+        try:
+            code, body = 200, status()
+        except Exception as e:  # the status page reports any failure instead of crashing
+            code, body = 503, {"status": "error", "error": str(e)}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
