@@ -16,9 +16,12 @@ const GIB: u64 = 1 << 30;
 fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
-    let mut vm =
-        Vm::boot(VmConfig { forwards: vec![80, 5000], disk_size: Some(8 * GIB), ..VmConfig::new("demo", &built.image) })
-            .expect("starting qemu");
+    let mut vm = Vm::boot(VmConfig {
+        forwards: vec![80, 5000],
+        disk_size: Some(8 * GIB),
+        ..VmConfig::new("demo", &built.image)
+    })
+    .expect("starting qemu");
     eprintln!("accelerator: {:?}", vm.accel());
 
     vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("the banner says ready");
