@@ -98,7 +98,9 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
         0o644,
         format!("APPLIANCE_NAME={}\nAPPLIANCE_VERSION={}\n", shell_quote(&plan.name), shell_quote(&plan.version)),
     )?;
-    let services: String = plan.services.iter().map(|s| format!("{} {} {}\n", s.name, s.unit, s.url)).collect();
+    // `-` stands for "no URL": the banner waits for the unit but lists no line for it.
+    let services: String =
+        plan.services.iter().map(|s| format!("{} {} {}\n", s.name, s.unit, s.url.as_deref().unwrap_or("-"))).collect();
     put(root, "usr/lib/airlock/services", 0o644, services)?;
     let mut ready = String::from("# Written by airlock from the spec's services.\n[Unit]\n");
     for s in &plan.services {

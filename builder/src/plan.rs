@@ -43,7 +43,8 @@ pub struct DiskSizes {
 pub struct Service {
     pub name: String,
     pub unit: String,
-    pub url: String,
+    /// `None`: waited for, not listed in the banner.
+    pub url: Option<String>,
 }
 
 /// A container image the appliance carries.
@@ -163,8 +164,9 @@ impl Default for HostContext {
 }
 
 /// Packages an appliance with container images needs: the registry that serves them and the
-/// runtime that runs them (netavark needs nftables for its firewall rules).
-const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "nftables"];
+/// runtime that runs them (netavark needs nftables for its firewall rules, and aardvark-dns to
+/// let containers find each other by name).
+const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "aardvark-dns", "nftables"];
 
 /// Smallest data partition the ext4 writer and first boot's growth are happy with.
 const MIN_DATA: u64 = 32 * MIB;
@@ -298,8 +300,10 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         if !UNIT_SUFFIXES.iter().any(|x| s.unit.ends_with(x)) {
             return Err(err(&key("unit"), format!("`{}` is not a systemd unit name", s.unit)));
         }
-        if !s.url.contains("://") {
-            return Err(err(&key("url"), format!("`{}` is not a URL", s.url)));
+        if let Some(url) = &s.url
+            && !url.contains("://")
+        {
+            return Err(err(&key("url"), format!("`{url}` is not a URL")));
         }
         services.push(Service { name: s.name.clone(), unit: s.unit.clone(), url: s.url.clone() });
     }
@@ -335,7 +339,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
             services.push(Service {
                 name: "registry".into(),
                 unit: "docker-registry.service".into(),
-                url: format!("http://{{address}}:{}/", crate::preload::PORT),
+                url: Some(format!("http://{{address}}:{}/", crate::preload::PORT)),
             });
         }
     }

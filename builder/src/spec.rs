@@ -151,8 +151,10 @@ pub struct ServiceSpec {
     pub name: String,
     /// The systemd unit that provides it; readiness waits for it.
     pub unit: String,
-    /// URL shown in the banner; `{address}` becomes the appliance's IPv4 address at boot.
-    pub url: String,
+    /// URL shown in the banner; `{address}` becomes the appliance's IPv4 address at boot. A
+    /// service without one is waited for but not listed (a database, a migration job).
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
