@@ -50,9 +50,13 @@ fn build_demo(tag: &str) -> Option<Built> {
 fn partition(b: &Built, index: usize, name: &str) -> PathBuf {
     let layout = GptLayout::read(&fs::File::open(&b.image).unwrap()).unwrap();
     let p = &layout.partitions[index];
+    // Tests run in parallel and share the build: each extracts under its own name and renames,
+    // so no test ever sees another's half-written copy.
     let dest = b.out.join(format!("part-{name}"));
     if !dest.exists() {
-        extract(&b.image, p.start, p.size, &dest);
+        let tmp = b.out.join(format!(".part-{name}.{:?}", std::thread::current().id()));
+        extract(&b.image, p.start, p.size, &tmp);
+        fs::rename(&tmp, &dest).unwrap();
     }
     dest
 }
