@@ -11,20 +11,23 @@ use qemu_tests::{BOOT_TIMEOUT, Vm, VmConfig};
 use std::time::Duration;
 
 const GIB: u64 = 1 << 30;
+/// First boot under TCG: boot, the stack's image pulls from the local registry, its start.
+const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[test]
 fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
     let mut vm = Vm::boot(VmConfig {
-        forwards: vec![80, 5000],
+        forwards: vec![80, 5000, 8080, 8081],
         disk_size: Some(8 * GIB),
         ..VmConfig::new("demo", &built.image)
     })
     .expect("starting qemu");
     eprintln!("accelerator: {:?}", vm.accel());
 
-    vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("the banner says ready");
+    // The first boot also pulls the stack's images from the appliance's own registry.
+    vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).expect("the banner says ready");
     let console = vm.console_since_boot();
     let banner: Vec<&str> = console.lines().skip_while(|l| l.trim() != "airlock: ready").take(2).collect();
     assert_eq!(banner.get(1).map(|l| l.trim()), Some("appliance: demo 0.1.0"), "banner: {banner:?}");
@@ -92,6 +95,17 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let registry_data = vm.succeed("du -sb /var/lib/docker-registry | cut -f1").unwrap();
     assert!(registry_data.trim().parse::<u64>().unwrap() > 1 << 20, "the storage was written at build time");
 
+    // The stack is up: the API answers through a port forward after the migration ran once,
+    // and the console proxies to it.
+    let (status, body) = http_get(vm.host_port(8080), "/api/status").unwrap();
+    assert!(status.contains("200"), "{status} {body}");
+    assert!(body.contains("\"migration_runs\": 1"), "{body}");
+    let (status, body) = http_get(vm.host_port(8081), "/api/status").unwrap();
+    assert!(status.contains("200") && body.contains("\"database\": \"ok\""), "console proxy: {status} {body}");
+    for line in ["api: http://10.0.2.15:8080/api/status", "console: http://10.0.2.15:8081/"] {
+        assert!(banner_text.contains(line), "banner: {banner_text}");
+    }
+
     // A service that cannot start turns the verdict into `airlock: failed`, naming it.
     let offset = vm.console_len();
     vm.succeed("echo 'this is not nginx syntax;' > /etc/nginx/conf.d/broken.conf && systemctl stop nginx.service")
@@ -113,6 +127,13 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("ready again after reboot");
     assert_eq!(vm.succeed("cat /etc/machine-id").unwrap(), machine_id);
     assert_eq!(vm.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "");
+    // The stack came back from the images already on the data partition: nothing pulled or
+    // imported again, and the migration did not run again.
+    let pulls = vm.succeed("journalctl -b 0 -o cat | grep -c 'Trying to pull' || true").unwrap();
+    assert_eq!(pulls.trim(), "0", "nothing is pulled on the second boot");
+    vm.wait_for_unit("api.service", BOOT_TIMEOUT).unwrap();
+    let (status, body) = http_get(vm.host_port(8080), "/api/status").unwrap();
+    assert!(status.contains("200") && body.contains("\"migration_runs\": 1"), "{status} {body}");
 
     // After a clean shutdown the filesystems a real kernel used are clean.
     vm.shutdown(Duration::from_secs(180)).unwrap();
