@@ -45,7 +45,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert_eq!(vm.succeed("findmnt -no PARTUUID /").unwrap().trim(), root_partuuid);
     assert_eq!(vm.succeed("findmnt -no FSTYPE /").unwrap().trim(), "ext4");
 
-    // The data partition grew to the end of the 8 GiB disk (from 256 MiB), and its filesystem
+    // The data partition grew to the end of the 8 GiB disk (from 1 GiB), and its filesystem
     // with it.
     let dev = vm.succeed("basename $(readlink -f /dev/disk/by-partlabel/data)").unwrap();
     let mut sysfs = |f: &str| -> u64 {
