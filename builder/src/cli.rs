@@ -39,6 +39,10 @@ pub enum Command {
     Flash(FlashArgs),
     /// Say where two raw images differ: partition table, partitions, and files inside ext4.
     Diff(DiffArgs),
+    /// On the appliance: provision this instance (site configuration, secrets, TLS). Run by
+    /// airlock-provision.service on every boot.
+    #[command(hide = true)]
+    Firstboot,
 }
 
 #[derive(Debug, clap::Args)]
@@ -184,6 +188,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => run_verify(args),
         Command::Flash(args) => run_flash(args),
         Command::Diff(args) => run_diff(args),
+        Command::Firstboot => crate::firstboot::provision(&crate::firstboot::Paths::system(), crate::firstboot::STEPS),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod esp;
 pub mod ext4;
 pub mod fat;
 pub mod fetch;
+pub mod firstboot;
 pub mod flash;
 pub mod gpt;
 pub mod inspect;

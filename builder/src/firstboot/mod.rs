@@ -1,0 +1,477 @@
+//! `airlock firstboot`: the appliance's provisioning, run by `airlock-provision.service` on
+//! every boot before the network and the stack start (the build copies this very binary into
+//! the image as `/usr/lib/airlock/airlock`).
+//!
+//! It reads the site configuration from the ESP ([`site`]), then runs a fixed list of steps.
+//! *Once* steps make what must be unique to the instance (secrets, SSH host keys, the TLS CA);
+//! each item is checked for first and never made again once it exists under its final name,
+//! and every file appears only complete (`.partial`, fsync, rename, fsync of the directory:
+//! [`store`]). *Every-boot* steps re-apply the site's settings (hostname, network, SSH keys,
+//! certificates), writing only what changed. A step's completion is recorded only after its
+//! effects are durable, so a power cut at any moment is followed by a boot that finishes the
+//! job and never replaces a secret a service may already use.
+
+pub mod site;
+pub mod store;
+pub mod tls;
+
+use crate::command::Cmd;
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use site::{LicenseKey, Network, Site};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Where provisioning reads and writes; `/` and the appliance's mounts in production, a
+/// temporary directory in tests.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The root filesystem (`/etc`, `/root`).
+    pub root: PathBuf,
+    /// The ESP, holding `airlock.toml`.
+    pub esp: PathBuf,
+    /// The data partition (`/var/lib/airlock`).
+    pub state: PathBuf,
+    /// Runtime files (`/run`).
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn system() -> Paths {
+        Paths {
+            root: "/".into(),
+            esp: "/efi".into(),
+            state: crate::configure::DATA_MOUNT.into(),
+            run: "/run".into(),
+        }
+    }
+    pub fn secrets(&self) -> PathBuf {
+        self.state.join("secrets")
+    }
+    pub fn tls(&self) -> PathBuf {
+        self.state.join("tls")
+    }
+    pub fn ssh(&self) -> PathBuf {
+        self.state.join("ssh")
+    }
+    fn provision(&self) -> PathBuf {
+        self.state.join("provision")
+    }
+    /// One line per secret, CA or key ever made here: `<name> sha256:<hex>`, appended and
+    /// synced right after the item became durable.
+    pub fn generated_log(&self) -> PathBuf {
+        self.provision().join("generated.log")
+    }
+    fn run_airlock(&self) -> PathBuf {
+        self.run.join("airlock")
+    }
+    /// Why the last run failed, for the banner.
+    pub fn error_file(&self) -> PathBuf {
+        self.run_airlock().join("provision-error")
+    }
+    fn etc(&self, rel: &str) -> PathBuf {
+        self.root.join("etc").join(rel)
+    }
+}
+
+/// How a secret is made: random bytes from the kernel, stored raw or as lower-case hex text.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding {
+    Raw,
+    Hex,
+}
+
+/// A per-instance secret in `<state>/secrets/<name>` (mode 0600, root).
+#[derive(Debug)]
+pub struct Secret {
+    pub name: &'static str,
+    pub bytes: usize,
+    pub encoding: Encoding,
+    pub what: &'static str,
+}
+
+/// Every secret an appliance gets. Stacks take the ones they use (bind-mounted files,
+/// `LoadCredential=`, podman secrets).
+pub const SECRETS: &[Secret] = &[
+    Secret { name: "db-password", bytes: 24, encoding: Encoding::Hex, what: "database root password" },
+    Secret { name: "db-service-password", bytes: 24, encoding: Encoding::Hex, what: "database password of the API" },
+    Secret { name: "pulumi-local-keys", bytes: 32, encoding: Encoding::Raw, what: "PULUMI_LOCAL_KEYS encryption key" },
+    Secret { name: "object-storage-access-key", bytes: 10, encoding: Encoding::Hex, what: "object storage access key" },
+    Secret { name: "object-storage-secret-key", bytes: 20, encoding: Encoding::Hex, what: "object storage secret key" },
+];
+
+/// The SSH host key types made on first boot.
+pub const SSH_HOST_KEYS: &[&str] = &["ed25519", "ecdsa"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Makes instance identity; recorded as done, never repeated.
+    Once,
+    /// Applies the site's settings; runs on every boot.
+    EveryBoot,
+}
+
+/// What every step sees.
+#[derive(Debug)]
+pub struct Instance {
+    pub paths: Paths,
+    pub site: Site,
+    /// The effective host name (the site's, or the image's).
+    pub hostname: String,
+}
+
+pub type StepFn = fn(&Instance) -> Result<()>;
+
+/// The provisioning steps, in order.
+pub const STEPS: &[(&str, When, StepFn)] = &[
+    ("secrets", When::Once, make_secrets),
+    ("ssh-host-keys", When::Once, make_ssh_host_keys),
+    ("ca", When::Once, make_ca),
+    ("server-certificate", When::EveryBoot, make_server_certificate),
+    ("install-tls", When::EveryBoot, install_tls),
+    ("hostname", When::EveryBoot, apply_hostname),
+    ("network", When::EveryBoot, apply_network),
+    ("admin-ssh-keys", When::EveryBoot, apply_admin_ssh_keys),
+    ("site-secrets", When::EveryBoot, apply_site_secrets),
+    ("site-env", When::EveryBoot, write_site_env),
+];
+
+/// The whole provisioning run: read and check the site configuration, then every step. On any
+/// error the reason is also written to `<run>/airlock/provision-error` for the banner.
+pub fn provision(paths: &Paths, steps: &[(&str, When, StepFn)]) -> Result<()> {
+    store::ensure_dir(&paths.run_airlock(), 0o755)?;
+    store::remove_durably(&paths.error_file())?;
+    let result = read_site(paths).and_then(|ctx| run_steps(&ctx, steps));
+    if let Err(e) = &result {
+        let _ = store::write_atomic(&paths.error_file(), format!("{e:#}\n").as_bytes(), 0o644);
+    }
+    result
+}
+
+/// Reads `airlock.toml` from the ESP (absent means defaults) and validates it.
+pub fn read_site(paths: &Paths) -> Result<Instance> {
+    let file = paths.esp.join("airlock.toml");
+    let site = match fs::read(&file) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: is not UTF-8 text", file.display()))?;
+            site::parse(&text, &paths.esp).with_context(|| format!("site configuration {}", file.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::info!("{} does not exist: using the defaults", file.display());
+            Site::defaults()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let hostname = match &site.hostname {
+        Some(h) => h.clone(),
+        None => fs::read_to_string(paths.etc("hostname"))
+            .ok()
+            .map(|s| s.trim().split('.').next().unwrap_or("").to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "airlock".into()),
+    };
+    Ok(Instance { paths: paths.clone(), site, hostname })
+}
+
+/// Runs the steps; a *once* step with a completion record is skipped.
+pub fn run_steps(ctx: &Instance, steps: &[(&str, When, StepFn)]) -> Result<()> {
+    let done_dir = ctx.paths.provision().join("done");
+    store::ensure_dir(&ctx.paths.state, 0o755)?;
+    store::ensure_dir(&ctx.paths.provision(), 0o700)?;
+    store::ensure_dir(&done_dir, 0o700)?;
+    for (name, when, step) in steps {
+        let marker = done_dir.join(name);
+        if *when == When::Once && marker.exists() {
+            log::debug!("{name}: done on an earlier boot");
+            continue;
+        }
+        step(ctx).with_context(|| format!("provisioning step `{name}`"))?;
+        if *when == When::Once {
+            store::write_atomic(&marker, b"", 0o600)?;
+        }
+        log::info!("{name}: done");
+    }
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn random(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| anyhow!("reading the kernel's RNG: {e}"))?;
+    Ok(buf)
+}
+
+/// Writes a newly made item and records it in the generated log (after it is durable).
+fn create_recorded(ctx: &Instance, name: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+    store::write_atomic(path, bytes, 0o600)?;
+    store::append_line(&ctx.paths.generated_log(), &format!("{name} sha256:{}", sha256_hex(bytes)))
+}
+
+fn make_secrets(ctx: &Instance) -> Result<()> {
+    let dir = ctx.paths.secrets();
+    store::ensure_dir(&dir, 0o700)?;
+    for s in SECRETS {
+        let path = dir.join(s.name);
+        if path.exists() {
+            continue;
+        }
+        let raw = random(s.bytes)?;
+        let bytes = match s.encoding {
+            Encoding::Raw => raw,
+            Encoding::Hex => hex::encode(raw).into_bytes(),
+        };
+        create_recorded(ctx, s.name, &path, &bytes)?;
+        log::info!("made the {}", s.what);
+    }
+    Ok(())
+}
+
+/// Host keys live on the data partition (sshd_config.d points there), made by ssh-keygen in a
+/// scratch directory and moved into place public key first, private key last: the private key
+/// under its final name means the pair is complete.
+fn make_ssh_host_keys(ctx: &Instance) -> Result<()> {
+    let dir = ctx.paths.ssh();
+    store::ensure_dir(&dir, 0o755)?;
+    for kind in SSH_HOST_KEYS {
+        let name = format!("ssh_host_{kind}_key");
+        let key = dir.join(&name);
+        if key.exists() {
+            continue;
+        }
+        let scratch = dir.join(format!(".{name}.partial"));
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
+        }
+        store::ensure_dir(&scratch, 0o700)?;
+        Cmd::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-C", &format!("root@{}", ctx.hostname), "-f"])
+            .arg(scratch.join(&name))
+            .run()?;
+        for file in [format!("{name}.pub"), name.clone()] {
+            let src = scratch.join(&file);
+            fs::File::open(&src).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", src.display()))?;
+            fs::rename(&src, dir.join(&file)).with_context(|| format!("moving {} into place", src.display()))?;
+            store::sync_dir(&dir)?;
+        }
+        fs::remove_dir(&scratch).ok();
+        let bytes = fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+        store::append_line(&ctx.paths.generated_log(), &format!("{name} sha256:{}", sha256_hex(&bytes)))?;
+    }
+    Ok(())
+}
+
+fn ca_path(paths: &Paths) -> PathBuf {
+    paths.tls().join("ca.pem")
+}
+
+fn server_path(paths: &Paths) -> PathBuf {
+    paths.tls().join("server.pem")
+}
+
+/// The instance's own CA, made even when the site supplies a certificate (so removing the
+/// site's certificate later falls back to a CA clients may already trust).
+fn make_ca(ctx: &Instance) -> Result<()> {
+    store::ensure_dir(&ctx.paths.tls(), 0o755)?;
+    let path = ca_path(&ctx.paths);
+    if path.exists() {
+        return Ok(());
+    }
+    let ca = tls::make_ca(&format!("airlock {} CA", ctx.hostname))?;
+    create_recorded(ctx, "ca", &path, ca.to_text().as_bytes())
+}
+
+/// The names the server certificate is for: `<hostname>`, `<hostname>.<domain>`, the service
+/// names, and a static address.
+pub fn certificate_names(ctx: &Instance) -> Vec<String> {
+    let mut names = vec![ctx.hostname.clone(), format!("{}.{}", ctx.hostname, ctx.site.domain)];
+    names.extend(ctx.site.service_names());
+    if let Network::Static { address, .. } = &ctx.site.network {
+        names.push(address.address.to_string());
+    }
+    names
+}
+
+fn read_bundle(path: &Path) -> Result<tls::Bundle> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    tls::Bundle::parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+fn make_server_certificate(ctx: &Instance) -> Result<()> {
+    let names = certificate_names(ctx);
+    let path = server_path(&ctx.paths);
+    if path.exists() && read_bundle(&path).is_ok_and(|b| tls::server_is_current(&b, &names)) {
+        return Ok(());
+    }
+    let ca = read_bundle(&ca_path(&ctx.paths))?;
+    let server = tls::issue_server(&ca, &names)?;
+    store::write_atomic(&path, server.to_text().as_bytes(), 0o600)?;
+    log::info!("issued the server certificate for {}", names.join(", "));
+    Ok(())
+}
+
+/// The files services use: `tls/server.crt`, `tls/server.key`, `tls/ca.crt` (published at
+/// `http://<appliance>/ca.crt`), from the site's certificate when it supplies one.
+fn install_tls(ctx: &Instance) -> Result<()> {
+    let (cert, key, ca) = match &ctx.site.tls {
+        Some(t) => {
+            let read = |key: &str, p: &Path| {
+                fs::read_to_string(p).with_context(|| format!("{key}: cannot read {}", p.display()))
+            };
+            let (cert, key, ca) = (read("tls.certificate", &t.certificate)?, read("tls.key", &t.key)?, read("tls.ca", &t.ca)?);
+            let names = certificate_names(ctx);
+            tls::check_site(&cert, &key, &ca, &names[2..])
+                .with_context(|| format!("site configuration {}", ctx.paths.esp.join("airlock.toml").display()))?;
+            (cert, key, ca)
+        }
+        None => {
+            let server = read_bundle(&server_path(&ctx.paths))?;
+            let ca = read_bundle(&ca_path(&ctx.paths))?;
+            (server.cert_pem, server.key_pem, ca.cert_pem)
+        }
+    };
+    let dir = ctx.paths.tls();
+    // The key first: a cut between the two leaves a pair that does not match only until this
+    // step runs again, and no service starts before it has.
+    store::write_if_changed(&dir.join("server.key"), key.as_bytes(), 0o600)?;
+    store::write_if_changed(&dir.join("server.crt"), cert.as_bytes(), 0o644)?;
+    store::write_if_changed(&dir.join("ca.crt"), ca.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+fn apply_hostname(ctx: &Instance) -> Result<()> {
+    let h = &ctx.hostname;
+    let fqdn = format!("{h}.{}", ctx.site.domain);
+    store::write_if_changed(&ctx.paths.etc("hostname"), format!("{h}\n").as_bytes(), 0o644)?;
+    let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{fqdn} {h}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n");
+    store::write_if_changed(&ctx.paths.etc("hosts"), hosts.as_bytes(), 0o644)?;
+    if ctx.paths.root == Path::new("/") {
+        rustix::system::sethostname(h.as_bytes()).with_context(|| format!("setting the host name to {h}"))?;
+    }
+    Ok(())
+}
+
+/// The site's network as a systemd-networkd file in `/run` (sorted before the image's DHCP
+/// default, so it wins), and its time servers as a timesyncd drop-in.
+pub fn network_file(site: &Site) -> Option<String> {
+    let Network::Static { address, gateway, dns } = &site.network else { return None };
+    let mut s = format!(
+        "# Written by airlock from airlock.toml on the ESP.\n[Match]\nName=en* eth*\n\n[Network]\nAddress={address}\n"
+    );
+    if let Some(g) = gateway {
+        s.push_str(&format!("Gateway={g}\n"));
+    }
+    for d in dns {
+        s.push_str(&format!("DNS={d}\n"));
+    }
+    s.push_str(&format!("Domains={}\nLinkLocalAddressing=no\n", site.domain));
+    Some(s)
+}
+
+fn apply_network(ctx: &Instance) -> Result<()> {
+    let dir = ctx.paths.run.join("systemd/network");
+    let file = dir.join("10-airlock-site.network");
+    match network_file(&ctx.site) {
+        Some(text) => {
+            store::ensure_dir(&dir, 0o755)?;
+            store::write_if_changed(&file, text.as_bytes(), 0o644)?;
+        }
+        None => store::remove_durably(&file)?,
+    }
+    let dir = ctx.paths.run.join("systemd/timesyncd.conf.d");
+    let file = dir.join("airlock.conf");
+    if ctx.site.ntp.is_empty() {
+        store::remove_durably(&file)?;
+    } else {
+        store::ensure_dir(&dir, 0o755)?;
+        let text = format!("# Written by airlock from airlock.toml.\n[Time]\nNTP={}\n", ctx.site.ntp.join(" "));
+        store::write_if_changed(&file, text.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+fn apply_admin_ssh_keys(ctx: &Instance) -> Result<()> {
+    let dir = ctx.paths.root.join("root/.ssh");
+    let file = dir.join("authorized_keys");
+    if ctx.site.admin_ssh_keys.is_empty() {
+        return store::remove_durably(&file);
+    }
+    store::ensure_dir(&dir, 0o700)?;
+    let text: String = ctx.site.admin_ssh_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+    store::write_if_changed(&file, text.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Secrets the site supplies (license key, SMTP password, SAML key pair) as files next to the
+/// generated ones; removed when the site stops setting them.
+fn apply_site_secrets(ctx: &Instance) -> Result<()> {
+    let dir = ctx.paths.secrets();
+    store::ensure_dir(&dir, 0o700)?;
+    let license = match &ctx.site.license_key {
+        Some(LicenseKey::Inline(k)) => Some(k.clone()),
+        Some(LicenseKey::File(p)) => {
+            let k = fs::read_to_string(p)
+                .with_context(|| format!("pulumi.license_key_file: cannot read {}", p.display()))?
+                .trim()
+                .to_string();
+            if k.is_empty() {
+                bail!("pulumi.license_key_file: {} is empty", p.display());
+            }
+            Some(k)
+        }
+        None => None,
+    };
+    let smtp = ctx.site.smtp.as_ref().and_then(|s| s.password.clone());
+    let (saml_cert, saml_key) = match &ctx.site.saml {
+        Some((c, k)) => (
+            Some(fs::read_to_string(c).with_context(|| format!("saml.certificate: cannot read {}", c.display()))?),
+            Some(fs::read_to_string(k).with_context(|| format!("saml.private_key: cannot read {}", k.display()))?),
+        ),
+        None => (None, None),
+    };
+    for (name, value) in [
+        ("pulumi-license-key", license),
+        ("smtp-password", smtp),
+        ("saml-certificate", saml_cert),
+        ("saml-private-key", saml_key),
+    ] {
+        let path = dir.join(name);
+        match value {
+            Some(v) => {
+                store::write_if_changed(&path, v.as_bytes(), 0o600)?;
+            }
+            None => store::remove_durably(&path)?,
+        }
+    }
+    Ok(())
+}
+
+/// `/run/airlock/site.env`: the settings services and the banner use that are not secret.
+pub fn site_env(ctx: &Instance, ca_fingerprint: &str) -> String {
+    let d = &ctx.site.domain;
+    let mut s = format!(
+        "AIRLOCK_HOSTNAME={h}\nAIRLOCK_DOMAIN={d}\nAIRLOCK_API_URL=https://api.{d}\nAIRLOCK_CONSOLE_URL=https://app.{d}\n\
+         AIRLOCK_REGISTRY_URL=https://registry.{d}\nAIRLOCK_MIRROR_URL=https://mirror.{d}\nAIRLOCK_CA_SHA256={ca_fingerprint}\n",
+        h = ctx.hostname
+    );
+    if let Some(smtp) = &ctx.site.smtp {
+        s.push_str(&format!("SMTP_SERVER={}\nSMTP_GENERIC_SENDER={}\n", smtp.server, smtp.sender));
+        if let Some(u) = &smtp.username {
+            s.push_str(&format!("SMTP_USERNAME={u}\n"));
+        }
+    }
+    s.push_str(&format!("SAML_SSO_ENABLED={}\n", ctx.site.saml.is_some()));
+    s
+}
+
+fn write_site_env(ctx: &Instance) -> Result<()> {
+    let ca = fs::read_to_string(ctx.paths.tls().join("ca.crt")).context("reading the installed CA certificate")?;
+    let env = site_env(ctx, &tls::fingerprint(&ca)?);
+    store::write_if_changed(&ctx.paths.run_airlock().join("site.env"), env.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

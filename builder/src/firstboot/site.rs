@@ -1,0 +1,547 @@
+//! The site configuration: `airlock.toml` on the ESP, which an operator edits on any laptop
+//! after flashing. Parsed with unknown keys rejected, then validated once into a [`Site`];
+//! every error names the key and says why.
+
+use anyhow::{Result, anyhow, bail};
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Component, Path, PathBuf};
+
+/// The domain an appliance serves when the site names none.
+pub const DEFAULT_DOMAIN: &str = "airlock.internal";
+
+/// The names the appliance serves under its domain.
+pub const SERVICE_NAMES: &[&str] = &["api", "app", "registry", "mirror"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteFile {
+    hostname: Option<String>,
+    domain: Option<String>,
+    #[serde(default)]
+    admin_ssh_keys: Vec<String>,
+    #[serde(default)]
+    network: NetworkFile,
+    #[serde(default)]
+    tls: TlsFile,
+    #[serde(default)]
+    pulumi: PulumiFile,
+    #[serde(default)]
+    smtp: SmtpFile,
+    #[serde(default)]
+    saml: SamlFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    mode: Option<String>,
+    address: Option<String>,
+    gateway: Option<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    ntp: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    certificate: Option<String>,
+    key: Option<String>,
+    ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PulumiFile {
+    license_key: Option<String>,
+    license_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmtpFile {
+    server: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    sender: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamlFile {
+    certificate: Option<String>,
+    private_key: Option<String>,
+}
+
+/// An IPv4 address with its prefix length (`192.168.10.20/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    Dhcp,
+    Static { address: Cidr, gateway: Option<Ipv4Addr>, dns: Vec<Ipv4Addr> },
+}
+
+/// Certificate and key the site supplies instead of the generated ones (paths on the ESP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteTls {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smtp {
+    pub server: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub sender: String,
+}
+
+/// The validated site configuration. ESP paths are resolved against the ESP's mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// `None` keeps the image's hostname.
+    pub hostname: Option<String>,
+    pub domain: String,
+    pub admin_ssh_keys: Vec<String>,
+    pub network: Network,
+    pub ntp: Vec<String>,
+    pub tls: Option<SiteTls>,
+    pub license_key: Option<LicenseKey>,
+    pub smtp: Option<Smtp>,
+    pub saml: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LicenseKey {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl Site {
+    /// What an absent or all-comments `airlock.toml` means.
+    pub fn defaults() -> Site {
+        Site {
+            hostname: None,
+            domain: DEFAULT_DOMAIN.into(),
+            admin_ssh_keys: Vec::new(),
+            network: Network::Dhcp,
+            ntp: Vec::new(),
+            tls: None,
+            license_key: None,
+            smtp: None,
+            saml: None,
+        }
+    }
+
+    /// `api.<domain>`, `app.<domain>`, `registry.<domain>`, `mirror.<domain>`.
+    pub fn service_names(&self) -> Vec<String> {
+        SERVICE_NAMES.iter().map(|n| format!("{n}.{}", self.domain)).collect()
+    }
+}
+
+/// Parses and validates `text` (the contents of `airlock.toml`); ESP paths in it are resolved
+/// under `esp`. Errors read `<key>: <why>`.
+pub fn parse(text: &str, esp: &Path) -> Result<Site> {
+    let file: SiteFile = toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+    let mut site = Site::defaults();
+    if let Some(h) = file.hostname {
+        check_label("hostname", &h)?;
+        site.hostname = Some(h);
+    }
+    if let Some(d) = file.domain {
+        check_domain("domain", &d)?;
+        site.domain = d;
+    }
+    for (i, key) in file.admin_ssh_keys.iter().enumerate() {
+        check_ssh_key(&format!("admin_ssh_keys[{i}]"), key)?;
+    }
+    site.admin_ssh_keys = file.admin_ssh_keys;
+    site.network = network(&file.network)?;
+    for (i, server) in file.network.ntp.iter().enumerate() {
+        check_host(&format!("network.ntp[{i}]"), server)?;
+    }
+    site.ntp = file.network.ntp;
+    site.tls = tls(&file.tls, esp)?;
+    site.license_key = match (file.pulumi.license_key, file.pulumi.license_key_file) {
+        (Some(_), Some(_)) => bail!("pulumi.license_key_file: set either pulumi.license_key or this, not both"),
+        (Some(k), None) => {
+            let k = k.trim().to_string();
+            if k.is_empty() || k.chars().any(|c| c.is_control()) {
+                bail!("pulumi.license_key: must be the key on one line");
+            }
+            Some(LicenseKey::Inline(k))
+        }
+        (None, Some(p)) => Some(LicenseKey::File(esp_path("pulumi.license_key_file", &p, esp)?)),
+        (None, None) => None,
+    };
+    site.smtp = smtp(file.smtp)?;
+    site.saml = match (file.saml.certificate, file.saml.private_key) {
+        (Some(c), Some(k)) => Some((esp_path("saml.certificate", &c, esp)?, esp_path("saml.private_key", &k, esp)?)),
+        (Some(_), None) => bail!("saml.private_key: required when saml.certificate is set"),
+        (None, Some(_)) => bail!("saml.certificate: required when saml.private_key is set"),
+        (None, None) => None,
+    };
+    Ok(site)
+}
+
+fn network(n: &NetworkFile) -> Result<Network> {
+    match n.mode.as_deref().unwrap_or("dhcp") {
+        "dhcp" => {
+            for (key, set) in [("address", n.address.is_some()), ("gateway", n.gateway.is_some())] {
+                if set {
+                    bail!("network.{key}: only used with network.mode = \"static\" (the mode is \"dhcp\")");
+                }
+            }
+            if !n.dns.is_empty() {
+                bail!("network.dns: only used with network.mode = \"static\" (DHCP supplies DNS servers)");
+            }
+            Ok(Network::Dhcp)
+        }
+        "static" => {
+            let Some(a) = &n.address else {
+                bail!("network.address: required with network.mode = \"static\" (e.g. \"192.168.10.20/24\")");
+            };
+            let address = parse_cidr(a).map_err(|why| anyhow!("network.address: `{a}` {why}"))?;
+            let gateway = match &n.gateway {
+                Some(g) => Some(
+                    g.parse::<Ipv4Addr>().map_err(|_| anyhow!("network.gateway: `{g}` is not an IPv4 address"))?,
+                ),
+                None => None,
+            };
+            if let Some(g) = gateway
+                && !same_subnet(address, g)
+            {
+                bail!("network.gateway: {g} is not in the network of network.address {address}");
+            }
+            let dns = n
+                .dns
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d.parse().map_err(|_| anyhow!("network.dns[{i}]: `{d}` is not an IPv4 address")))
+                .collect::<Result<Vec<Ipv4Addr>>>()?;
+            Ok(Network::Static { address, gateway, dns })
+        }
+        other => bail!("network.mode: `{other}` is neither \"dhcp\" nor \"static\""),
+    }
+}
+
+fn parse_cidr(s: &str) -> std::result::Result<Cidr, &'static str> {
+    let (a, p) = s.split_once('/').ok_or("needs a prefix length, e.g. 192.168.10.20/24")?;
+    let address: Ipv4Addr = a.parse().map_err(|_| "is not an IPv4 address with a prefix length")?;
+    let prefix: u8 = p.parse().map_err(|_| "has a prefix length that is not a number from 1 to 32")?;
+    if !(1..=32).contains(&prefix) {
+        return Err("has a prefix length that is not a number from 1 to 32");
+    }
+    if address.is_unspecified() || address.is_loopback() || address.is_multicast() || address.is_broadcast() {
+        return Err("is not an address a host can use");
+    }
+    Ok(Cidr { address, prefix })
+}
+
+fn same_subnet(c: Cidr, other: Ipv4Addr) -> bool {
+    let mask = if c.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(c.prefix)) };
+    u32::from(c.address) & mask == u32::from(other) & mask
+}
+
+fn tls(t: &TlsFile, esp: &Path) -> Result<Option<SiteTls>> {
+    match (&t.certificate, &t.key, &t.ca) {
+        (None, None, None) => Ok(None),
+        (Some(c), Some(k), Some(ca)) => Ok(Some(SiteTls {
+            certificate: esp_path("tls.certificate", c, esp)?,
+            key: esp_path("tls.key", k, esp)?,
+            ca: esp_path("tls.ca", ca, esp)?,
+        })),
+        (c, k, ca) => {
+            let missing = [("tls.certificate", c), ("tls.key", k), ("tls.ca", ca)]
+                .into_iter()
+                .find(|(_, v)| v.is_none())
+                .map(|(n, _)| n)
+                .unwrap_or("tls");
+            bail!(
+                "{missing}: required when any of tls.certificate, tls.key, tls.ca is set (a supplied \
+                 certificate needs its key, and clients need the CA that signed it)"
+            )
+        }
+    }
+}
+
+fn smtp(s: SmtpFile) -> Result<Option<Smtp>> {
+    let Some(server) = s.server else {
+        for (key, set) in
+            [("username", s.username.is_some()), ("password", s.password.is_some()), ("sender", s.sender.is_some())]
+        {
+            if set {
+                bail!("smtp.{key}: set smtp.server too, or remove this");
+            }
+        }
+        return Ok(None);
+    };
+    let (host, port) = server.rsplit_once(':').unwrap_or((server.as_str(), "25"));
+    check_host("smtp.server", host)?;
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        bail!("smtp.server: `{server}` has a port that is not a number from 1 to 65535");
+    }
+    let Some(sender) = s.sender else { bail!("smtp.sender: required when smtp.server is set") };
+    if !sender.contains('@') || sender.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("smtp.sender: `{sender}` is not an email address");
+    }
+    if s.username.is_some() != s.password.is_some() {
+        bail!("smtp.password: smtp.username and smtp.password go together");
+    }
+    Ok(Some(Smtp { server, username: s.username, password: s.password, sender }))
+}
+
+/// A DNS label: 1-63 of a-z, 0-9, `-`, not starting or ending with `-`.
+fn check_label(key: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if !ok {
+        bail!("{key}: `{s}` is not a host name (1-63 characters of a-z, 0-9 and -, not starting or ending with -)");
+    }
+    Ok(())
+}
+
+fn check_domain(key: &str, s: &str) -> Result<()> {
+    if s.len() > 200 || !s.contains('.') {
+        bail!("{key}: `{s}` is not a domain with at least two labels (e.g. pulumi.example.internal)");
+    }
+    for label in s.split('.') {
+        check_label(key, label).map_err(|_| anyhow!("{key}: `{s}` has `{label}`, which is not a DNS label"))?;
+    }
+    Ok(())
+}
+
+/// A host name or IPv4 address.
+fn check_host(key: &str, s: &str) -> Result<()> {
+    if s.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if s.split('.').all(|l| check_label(key, l).is_ok()) {
+        return Ok(());
+    }
+    bail!("{key}: `{s}` is neither an IPv4 address nor a host name")
+}
+
+fn check_ssh_key(key: &str, line: &str) -> Result<()> {
+    const TYPES: &[&str] = &[
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    use base64::Engine as _;
+    let mut parts = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        bail!("{key}: not an OpenSSH public key line (`<type> <base64> [comment]`)");
+    };
+    if line.contains('\n') {
+        bail!("{key}: one key per entry, on one line");
+    }
+    if !TYPES.contains(&kind) {
+        bail!("{key}: key type `{kind}` is not one of {}", TYPES.join(", "));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|_| anyhow!("{key}: the key data after `{kind}` is not base64"))?;
+    // The blob starts with the key type as an SSH string.
+    let ok = bytes.len() >= 4 + kind.len()
+        && u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize == kind.len()
+        && &bytes[4..4 + kind.len()] == kind.as_bytes();
+    if !ok {
+        bail!("{key}: the key data does not hold a `{kind}` key");
+    }
+    Ok(())
+}
+
+/// A file on the ESP, named relative to its root: no absolute paths, no `..`.
+fn esp_path(key: &str, rel: &str, esp: &Path) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        bail!("{key}: `{rel}` must be a path relative to the partition holding airlock.toml, without `..`");
+    }
+    Ok(esp.join(p))
+}
+
+/// The `airlock.toml` an image ships: every setting commented out at its default, with what it
+/// does. `hostname` is the image's own.
+pub fn default_file(hostname: &str) -> String {
+    format!(
+        r#"# airlock site configuration. Edit this file on any computer after writing the image
+# (this partition is FAT); the appliance reads it at every boot. Remove the `#` in front of a
+# setting to change it. A mistake stops the appliance before its services start, and the
+# console says which setting is wrong and why. Paths are relative to this partition.
+
+# The appliance's own name (a-z, 0-9, -).
+# hostname = "{hostname}"
+# It serves api.<domain>, app.<domain>, registry.<domain> and mirror.<domain>; put these
+# names in your DNS, pointing at the appliance.
+# domain = "{DEFAULT_DOMAIN}"
+
+# Public keys allowed to log in as root over SSH.
+# admin_ssh_keys = ["ssh-ed25519 AAAA... admin@example"]
+
+[network]
+# "dhcp", or "static" with address, gateway and dns.
+# mode = "dhcp"
+# address = "192.168.10.20/24"
+# gateway = "192.168.10.1"
+# dns = ["192.168.10.1"]
+# Time servers (host names or addresses); none by default.
+# ntp = ["ntp.example.internal"]
+
+[tls]
+# By default the appliance makes its own certificate authority on first boot; clients trust
+# it by downloading http://<appliance>/ca.crt (its SHA-256 is shown on the console). To use
+# your own, name a PEM certificate (with its chain) for the names above, its key, and the CA
+# certificate clients should trust:
+# certificate = "site/server.crt"
+# key = "site/server.key"
+# ca = "site/ca.crt"
+
+[pulumi]
+# license_key = "..."              # or:
+# license_key_file = "site/pulumi-license.txt"
+
+[smtp]
+# server = "smtp.example.internal:587"
+# username = "pulumi"
+# password = "..."
+# sender = "pulumi@example.internal"
+
+[saml]
+# certificate = "site/saml.crt"
+# private_key = "site/saml.key"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse(text, Path::new("/efi")).unwrap_err())
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfRn6jcbOtp3Hu3ZtVvWw8Nik8jMIFO2s7K7yrBZCPs admin@site";
+
+    #[test]
+    fn the_shipped_file_means_the_defaults() {
+        let site = parse(&default_file("airlock-demo"), Path::new("/efi")).unwrap();
+        assert_eq!(site, Site::defaults());
+        assert!(default_file("airlock-demo").contains("# hostname = \"airlock-demo\""));
+        assert_eq!(parse("", Path::new("/efi")).unwrap(), Site::defaults());
+    }
+
+    #[test]
+    fn a_full_site_is_read() {
+        let site = parse(
+            &format!(
+                r#"hostname = "pulumi1"
+domain = "pulumi.corp.internal"
+admin_ssh_keys = ["{KEY}"]
+[network]
+mode = "static"
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+dns = ["10.0.2.3"]
+ntp = ["ntp.corp.internal", "10.0.0.1"]
+[tls]
+certificate = "site/server.crt"
+key = "site/server.key"
+ca = "site/ca.crt"
+[pulumi]
+license_key_file = "site/license.txt"
+[smtp]
+server = "mail.corp.internal:587"
+sender = "pulumi@corp.internal"
+"#
+            ),
+            Path::new("/efi"),
+        )
+        .unwrap();
+        assert_eq!(site.hostname.as_deref(), Some("pulumi1"));
+        assert_eq!(site.service_names()[0], "api.pulumi.corp.internal");
+        assert_eq!(
+            site.network,
+            Network::Static {
+                address: Cidr { address: Ipv4Addr::new(10, 0, 2, 15), prefix: 24 },
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+                dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            }
+        );
+        assert_eq!(site.tls.unwrap().key, Path::new("/efi/site/server.key"));
+        assert_eq!(site.license_key, Some(LicenseKey::File("/efi/site/license.txt".into())));
+        assert_eq!(site.smtp.unwrap().sender, "pulumi@corp.internal");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_why() {
+        let cases: &[(&str, &str)] = &[
+            ("hostname = \"Bad_Name\"", "hostname: `Bad_Name` is not a host name"),
+            ("domain = \"local\"", "domain: `local` is not a domain"),
+            ("admin_ssh_keys = [\"ssh-ed25519 !!!\"]", "admin_ssh_keys[0]: the key data after `ssh-ed25519` is not base64"),
+            ("admin_ssh_keys = [\"hello\"]", "admin_ssh_keys[0]: not an OpenSSH public key line"),
+            ("[network]\nmode = \"manual\"", "network.mode: `manual` is neither"),
+            ("[network]\nmode = \"static\"", "network.address: required"),
+            ("[network]\nmode = \"static\"\naddress = \"10.0.0.300/24\"", "network.address: `10.0.0.300/24` is not an IPv4"),
+            ("[network]\nmode = \"static\"\naddress = \"10.0.0.3\"", "network.address: `10.0.0.3` needs a prefix length"),
+            (
+                "[network]\nmode = \"static\"\naddress = \"10.0.0.3/24\"\ngateway = \"10.1.0.1\"",
+                "network.gateway: 10.1.0.1 is not in the network",
+            ),
+            ("[network]\naddress = \"10.0.0.3/24\"", "network.address: only used with network.mode = \"static\""),
+            ("[network]\nntp = [\"not a host\"]", "network.ntp[0]: `not a host` is neither"),
+            ("[tls]\ncertificate = \"a.crt\"", "tls.key: required when"),
+            ("[tls]\ncertificate = \"../a\"\nkey = \"k\"\nca = \"c\"", "tls.certificate: `../a` must be a path relative"),
+            ("[tls]\ncertificate = \"/etc/x\"\nkey = \"k\"\nca = \"c\"", "tls.certificate: `/etc/x` must be a path"),
+            ("[pulumi]\nlicense_key = \"a\"\nlicense_key_file = \"b\"", "pulumi.license_key_file: set either"),
+            ("[smtp]\nserver = \"mail:99999\"\nsender = \"a@b\"", "smtp.server: `mail:99999` has a port"),
+            ("[smtp]\nserver = \"mail\"", "smtp.sender: required"),
+            ("[smtp]\npassword = \"x\"", "smtp.password: set smtp.server too"),
+            ("[saml]\ncertificate = \"c\"", "saml.private_key: required"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.contains(want), "for {text:?}: got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let got = err("hostnam = \"x\"");
+        assert!(got.contains("hostnam"), "{got}");
+        let got = err("[network]\nmode = \"dhcp\"\ngatway = \"1.2.3.4\"");
+        assert!(got.contains("gatway"), "{got}");
+        let got = err("admin_ssh_keys = \"ssh-ed25519 AAAA\"");
+        assert!(got.contains("admin_ssh_keys"), "{got}");
+    }
+
+    #[test]
+    fn valid_ssh_key_passes() {
+        check_ssh_key("k", KEY).unwrap();
+        // Right base64 but the blob says another type.
+        let rsa_blob = "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBfRn6jcbOtp3Hu3ZtVvWw8Nik8jMIFO2s7K7yrBZCPs";
+        assert!(check_ssh_key("k", rsa_blob).unwrap_err().to_string().contains("does not hold a `ssh-rsa` key"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The step engine and the provisioning steps that need no host tools, run in a temporary
+//! directory standing in for `/`, the ESP, the data partition and `/run`.
+
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn paths(dir: &Path) -> Paths {
+    let p = Paths { root: dir.join("root"), esp: dir.join("esp"), state: dir.join("state"), run: dir.join("run") };
+    for d in [&p.root, &p.esp, &p.state, &p.run] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::create_dir_all(p.root.join("etc")).unwrap();
+    fs::write(p.root.join("etc/hostname"), "airlock-demo\n").unwrap();
+    p
+}
+
+/// Every step but the SSH host keys (ssh-keygen is the guest's).
+fn steps() -> Vec<(&'static str, When, StepFn)> {
+    STEPS.iter().copied().filter(|(n, _, _)| *n != "ssh-host-keys").collect()
+}
+
+fn log_lines(p: &Paths) -> Vec<String> {
+    fs::read_to_string(p.generated_log()).unwrap().lines().map(String::from).collect()
+}
+
+#[test]
+fn first_boot_makes_everything_and_a_second_boot_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    provision(&p, &steps()).unwrap();
+    for s in SECRETS {
+        let f = p.secrets().join(s.name);
+        let md = fs::metadata(&f).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o600, "{}", s.name);
+        let expected = match s.encoding {
+            Encoding::Raw => s.bytes,
+            Encoding::Hex => 2 * s.bytes,
+        };
+        assert_eq!(md.len() as usize, expected, "{}", s.name);
+    }
+    assert_eq!(fs::metadata(p.secrets()).unwrap().permissions().mode() & 0o777, 0o700);
+    let key = fs::read_to_string(p.tls().join("server.key")).unwrap();
+    let cert = fs::read_to_string(p.tls().join("server.crt")).unwrap();
+    let ca = fs::read_to_string(p.tls().join("ca.crt")).unwrap();
+    let ctx = read_site(&p).unwrap();
+    let names = certificate_names(&ctx);
+    assert_eq!(names[..3], ["airlock-demo", "airlock-demo.airlock.internal", "api.airlock.internal"]);
+    tls::check_site(&cert, &key, &ca, &names).unwrap();
+    let env = fs::read_to_string(p.run.join("airlock/site.env")).unwrap();
+    assert!(env.contains(&format!("AIRLOCK_CA_SHA256={}\n", tls::fingerprint(&ca).unwrap())), "{env}");
+    assert!(!p.run.join("systemd/network/10-airlock-site.network").exists());
+    assert!(!p.error_file().exists());
+    let log = log_lines(&p);
+    assert_eq!(log.len(), SECRETS.len() + 1, "{log:?}");
+
+    let before: Vec<Vec<u8>> = SECRETS.iter().map(|s| fs::read(p.secrets().join(s.name)).unwrap()).collect();
+    provision(&p, &steps()).unwrap();
+    let after: Vec<Vec<u8>> = SECRETS.iter().map(|s| fs::read(p.secrets().join(s.name)).unwrap()).collect();
+    assert_eq!(before, after);
+    assert_eq!(fs::read_to_string(p.tls().join("ca.crt")).unwrap(), ca);
+    assert_eq!(fs::read_to_string(p.tls().join("server.crt")).unwrap(), cert, "a current certificate is kept");
+    assert_eq!(log_lines(&p), log);
+}
+
+#[test]
+fn an_interrupted_first_boot_is_finished_without_remaking_what_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    // As if the power went out in the middle of the secrets step: one secret complete, one
+    // half-written under its temporary name, no completion record.
+    fs::create_dir_all(p.secrets()).unwrap();
+    fs::write(p.secrets().join("db-password"), "made-before-the-cut").unwrap();
+    fs::write(p.secrets().join(".pulumi-local-keys.partial"), "half").unwrap();
+    provision(&p, &steps()).unwrap();
+    assert_eq!(fs::read_to_string(p.secrets().join("db-password")).unwrap(), "made-before-the-cut");
+    assert_eq!(fs::read(p.secrets().join("pulumi-local-keys")).unwrap().len(), 32);
+    assert!(!p.secrets().join(".pulumi-local-keys.partial").exists(), "the leftover was replaced");
+    let log = log_lines(&p);
+    assert!(!log.iter().any(|l| l.starts_with("db-password ")), "{log:?}");
+    assert_eq!(log.iter().filter(|l| l.starts_with("pulumi-local-keys ")).count(), 1);
+}
+
+#[test]
+fn a_failing_step_is_not_recorded_and_runs_again() {
+    fn fails(_: &Instance) -> Result<()> {
+        bail!("disk on fire")
+    }
+    fn marks(ctx: &Instance) -> Result<()> {
+        store::append_line(&ctx.paths.state.join("runs"), "ran")
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    let err = provision(&p, &[("marks", When::Once, marks), ("fails", When::Once, fails)]).unwrap_err();
+    assert!(format!("{err:#}").contains("provisioning step `fails`: disk on fire"), "{err:#}");
+    assert!(fs::read_to_string(p.error_file()).unwrap().contains("disk on fire"));
+    provision(&p, &[("marks", When::Once, marks)]).unwrap();
+    assert_eq!(fs::read_to_string(p.state.join("runs")).unwrap(), "ran\n", "a recorded once-step is skipped");
+    assert!(!p.error_file().exists(), "a good run clears the old error");
+}
+
+#[test]
+fn an_invalid_site_configuration_stops_before_anything_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    fs::write(p.esp.join("airlock.toml"), "[network]\nmode = \"static\"\naddress = \"10.0.2.300/24\"\n").unwrap();
+    let err = format!("{:#}", provision(&p, &steps()).unwrap_err());
+    assert!(err.contains("network.address: `10.0.2.300/24` is not an IPv4 address"), "{err}");
+    assert!(fs::read_to_string(p.error_file()).unwrap().contains("network.address"));
+    assert!(!p.secrets().exists());
+}
+
+#[test]
+fn site_settings_are_applied_and_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfRn6jcbOtp3Hu3ZtVvWw8Nik8jMIFO2s7K7yrBZCPs admin@site";
+    fs::write(
+        p.esp.join("airlock.toml"),
+        format!(
+            "hostname = \"pulumi1\"\ndomain = \"corp.internal\"\nadmin_ssh_keys = [\"{key}\"]\n[network]\nmode = \"static\"\n\
+             address = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\nntp = [\"10.0.2.2\"]\n\
+             [pulumi]\nlicense_key = \"LICENSE-123\"\n"
+        ),
+    )
+    .unwrap();
+    provision(&p, &steps()).unwrap();
+    assert_eq!(fs::read_to_string(p.root.join("etc/hostname")).unwrap(), "pulumi1\n");
+    assert!(fs::read_to_string(p.root.join("etc/hosts")).unwrap().contains("pulumi1.corp.internal pulumi1"));
+    let net = fs::read_to_string(p.run.join("systemd/network/10-airlock-site.network")).unwrap();
+    assert!(net.contains("Address=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n"), "{net}");
+    assert!(fs::read_to_string(p.run.join("systemd/timesyncd.conf.d/airlock.conf")).unwrap().contains("NTP=10.0.2.2"));
+    assert_eq!(fs::read_to_string(p.root.join("root/.ssh/authorized_keys")).unwrap(), format!("{key}\n"));
+    assert_eq!(fs::read_to_string(p.secrets().join("pulumi-license-key")).unwrap(), "LICENSE-123");
+    let ctx = read_site(&p).unwrap();
+    let cert = fs::read_to_string(p.tls().join("server.crt")).unwrap();
+    let (key_pem, ca) =
+        (fs::read_to_string(p.tls().join("server.key")).unwrap(), fs::read_to_string(p.tls().join("ca.crt")).unwrap());
+    tls::check_site(&cert, &key_pem, &ca, &certificate_names(&ctx)).unwrap();
+    assert!(certificate_names(&ctx).contains(&"10.0.2.15".to_string()));
+
+    // Back to the defaults: the settings go away, the identity stays.
+    fs::remove_file(p.esp.join("airlock.toml")).unwrap();
+    provision(&p, &steps()).unwrap();
+    assert!(!p.run.join("systemd/network/10-airlock-site.network").exists());
+    assert!(!p.root.join("root/.ssh/authorized_keys").exists());
+    assert!(!p.secrets().join("pulumi-license-key").exists());
+    assert_eq!(fs::read_to_string(p.tls().join("ca.crt")).unwrap(), ca);
+    assert_ne!(fs::read_to_string(p.tls().join("server.crt")).unwrap(), cert, "re-issued for the new names");
+}
+
+#[test]
+fn a_site_certificate_replaces_the_generated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    let site_ca = tls::make_ca("site CA").unwrap();
+    let names: Vec<String> = site::SERVICE_NAMES.iter().map(|n| format!("{n}.corp.internal")).collect();
+    let server = tls::issue_server(&site_ca, &names).unwrap();
+    fs::create_dir_all(p.esp.join("site")).unwrap();
+    fs::write(p.esp.join("site/server.crt"), &server.cert_pem).unwrap();
+    fs::write(p.esp.join("site/server.key"), &server.key_pem).unwrap();
+    fs::write(p.esp.join("site/ca.crt"), &site_ca.cert_pem).unwrap();
+    let toml = "domain = \"corp.internal\"\n[tls]\ncertificate = \"site/server.crt\"\nkey = \"site/server.key\"\nca = \"site/ca.crt\"\n";
+    fs::write(p.esp.join("airlock.toml"), toml).unwrap();
+    provision(&p, &steps()).unwrap();
+    assert_eq!(fs::read_to_string(p.tls().join("server.crt")).unwrap(), server.cert_pem);
+    assert_eq!(fs::read_to_string(p.tls().join("ca.crt")).unwrap(), site_ca.cert_pem);
+    // A certificate for other names is refused, naming the key.
+    fs::write(p.esp.join("airlock.toml"), toml.replace("corp.internal", "other.internal")).unwrap();
+    let err = format!("{:#}", provision(&p, &steps()).unwrap_err());
+    assert!(err.contains("tls.certificate: does not cover `api.other.internal`"), "{err}");
+}
