@@ -25,6 +25,8 @@ pub const BASE_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "kmod",
     "iproute2",
+    "openssh-server",
+    "systemd-timesyncd",
 ];
 
 /// Everything that determines the base tarball's content.

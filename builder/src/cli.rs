@@ -10,6 +10,28 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
+/// Parses the command line, sets up logging and runs the command: the whole `airlock` binary
+/// (the VM tests build the same one under another name, to copy into their images).
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .format_timestamp(None)
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "airlock", version, about = "Builds signed, bootable appliance disk images for air-gapped networks")]
 pub struct Cli {
@@ -280,6 +302,7 @@ fn run_build(args: BuildArgs) -> Result<()> {
         test_overlays: args.test_overlay,
         formats: formats(&args.format)?,
         signing_key,
+        provisioner: std::env::current_exe().context("finding the airlock executable to copy into the image")?,
     };
     let report = crate::pipeline::build(&plan, &opts)?;
     println!(

@@ -6,7 +6,7 @@ use crate::clock::BuildClock;
 use crate::plan::BuildPlan;
 use crate::tree::{Content, Meta, NodeKind, Tree};
 use crate::units;
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 
 /// Where the data partition is mounted.
@@ -27,7 +27,12 @@ pub const TIME_SINKS: &[&str] = &[
 ];
 
 /// Units airlock always enables.
-pub const ALWAYS_ENABLED: &[&str] = &["systemd-networkd.service", "systemd-resolved.service", "airlock-banner.service"];
+pub const ALWAYS_ENABLED: &[&str] = &[
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+    "airlock-provision.service",
+    "airlock-banner.service",
+];
 
 /// Partition identities the root filesystem refers to.
 #[derive(Debug, Clone)]
@@ -115,6 +120,27 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
     for unit in TIME_SINKS.iter().copied().chain(plan.mask.iter().map(String::as_str)) {
         units::mask(root, unit)?;
     }
+    Ok(())
+}
+
+/// Where the provisioner (this binary, run as `airlock firstboot`) lives in the image.
+pub const PROVISIONER: &str = "usr/lib/airlock/airlock";
+
+/// Copies the `airlock` executable into the image as its provisioner. The build host and the
+/// appliance are both Debian amd64 and the appliance's glibc is the same or newer, so the
+/// binary runs there as it is (it needs nothing beyond libc, libm and libgcc_s).
+pub fn install_provisioner(root: &mut Tree, exe: &std::path::Path) -> Result<()> {
+    let md = std::fs::metadata(exe).with_context(|| format!("the provisioner {}", exe.display()))?;
+    if !md.is_file() {
+        bail!("the provisioner {} is not a regular file", exe.display());
+    }
+    root.begin_layer();
+    root.insert(
+        PROVISIONER.as_bytes(),
+        Meta::root(0o755),
+        NodeKind::File { size: md.len(), content: Content::Host(exe.into()) },
+    )
+    .map_err(|p| anyhow!("writing /{PROVISIONER}: {p}"))?;
     Ok(())
 }
 

@@ -118,6 +118,12 @@ pub fn make_esp(root: &Tree, kernel: &Kernel, entry: &LoaderEntry) -> Result<Tre
     Ok(esp)
 }
 
+/// `airlock.toml`, the site configuration an operator edits after flashing (read on every
+/// boot by `airlock firstboot`), at the root of the ESP.
+pub fn add_site_config(esp: &mut Tree, text: &str) -> Result<()> {
+    add(esp, "airlock.toml", self::text(text.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

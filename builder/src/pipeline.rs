@@ -34,6 +34,9 @@ pub struct BuildOptions {
     pub formats: Option<Vec<Format>>,
     /// The key that signs SHA256SUMS, already unlocked (`--sign-key` or `[signing] key`).
     pub signing_key: Option<KeyPair>,
+    /// The `airlock` executable copied into the image as its provisioner
+    /// (`/usr/lib/airlock/airlock firstboot`): the running binary for `airlock build`.
+    pub provisioner: PathBuf,
 }
 
 /// What a build produced and how long each stage took.
@@ -97,6 +100,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("apply overlays", || apply_overlays(&mut root, plan, opts))?;
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
+    stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
     stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     let kernel = esp::find_kernel(&root)?;
@@ -205,7 +209,10 @@ fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) 
     options.extend(plan.kernel_cmdline.iter().cloned());
     let entry =
         LoaderEntry { title: format!("{} {}", plan.name, plan.version), version: plan.version.clone(), options };
-    esp::make_esp(root, kernel, &entry)
+    let mut esp = esp::make_esp(root, kernel, &entry)?;
+    let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
+    esp::add_site_config(&mut esp, &crate::firstboot::site::default_file(short))?;
+    Ok(esp)
 }
 
 fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, image: &Path) -> Result<u64> {

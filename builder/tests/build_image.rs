@@ -107,6 +107,10 @@ fn esp_boots_the_root_partition() {
     debugfs(&root, &format!("dump /usr/lib/systemd/boot/efi/systemd-bootx64.efi {}", sdboot.display()));
     assert_eq!(read("/EFI/BOOT/BOOTX64.EFI"), fs::read(&sdboot).unwrap(), "BOOTX64.EFI is the rootfs's systemd-boot");
     assert_eq!(read("/EFI/systemd/systemd-bootx64.efi"), fs::read(&sdboot).unwrap());
+    // The site configuration an operator edits, every setting commented out at its default.
+    let site = String::from_utf8(read("/airlock.toml")).unwrap();
+    assert!(site.contains("# hostname = \"airlock-demo\"\n") && site.contains("[network]\n"), "{site}");
+    assert!(site.lines().all(|l| l.is_empty() || l.starts_with('#') || l.starts_with('[')), "{site}");
 }
 
 #[test]
@@ -125,6 +129,11 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     assert!(wants.contains("airlock-banner.service") && wants.contains("nginx.service"), "{wants}");
     let masked = debugfs(&root, "stat /etc/systemd/system/e2scrub_reap.service");
     assert!(masked.contains("Fast link dest: \"/dev/null\""), "e2scrub_reap is masked: {masked}");
+    assert!(wants.contains("airlock-provision.service"), "{wants}");
+    let provisioner = debugfs(&root, "stat /usr/lib/airlock/airlock");
+    assert!(provisioner.contains("Mode:  0755") && provisioner.contains("User:     0"), "{provisioner}");
+    let sshd = debugfs(&root, "cat /etc/ssh/sshd_config.d/airlock.conf");
+    assert!(sshd.contains("HostKey /var/lib/airlock/ssh/ssh_host_ed25519_key"), "{sshd}");
     let banner = debugfs(&root, "stat /usr/lib/airlock/banner");
     assert!(banner.contains("Mode:  0755") && banner.contains("User:     0"), "{banner}");
     let ready = debugfs(&root, "cat /usr/lib/systemd/system/airlock-ready.target.d/services.conf");
