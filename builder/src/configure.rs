@@ -27,12 +27,8 @@ pub const TIME_SINKS: &[&str] = &[
 ];
 
 /// Units airlock always enables.
-pub const ALWAYS_ENABLED: &[&str] = &[
-    "systemd-networkd.service",
-    "systemd-resolved.service",
-    "airlock-provision.service",
-    "airlock-banner.service",
-];
+pub const ALWAYS_ENABLED: &[&str] =
+    &["systemd-networkd.service", "systemd-resolved.service", "airlock-provision.service", "airlock-banner.service"];
 
 /// Partition identities the root filesystem refers to.
 #[derive(Debug, Clone)]

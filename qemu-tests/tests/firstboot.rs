@@ -38,9 +38,10 @@ struct Rng(u64);
 
 impl Rng {
     fn from_env() -> Rng {
-        let seed = std::env::var("AIRLOCK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed = std::env::var("AIRLOCK_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
         eprintln!("power-cut seed: {seed} (repeat with AIRLOCK_TEST_SEED={seed})");
         Rng(seed.max(1))
     }
@@ -232,10 +233,8 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
         let (name, hash) = line.split_once(" sha256:").unwrap_or_else(|| panic!("bad log line {line:?}"));
         recorded.entry(name.to_string()).or_default().push(hash.to_string());
     }
-    let mut files: Vec<(String, String)> = airlock::firstboot::SECRETS
-        .iter()
-        .map(|s| (s.name.to_string(), format!("{SECRETS_DIR}/{}", s.name)))
-        .collect();
+    let mut files: Vec<(String, String)> =
+        airlock::firstboot::SECRETS.iter().map(|s| (s.name.to_string(), format!("{SECRETS_DIR}/{}", s.name))).collect();
     files.push(("ca".into(), "/var/lib/airlock/tls/ca.pem".into()));
     for k in ["ed25519", "ecdsa"] {
         files.push((format!("ssh_host_{k}_key"), format!("/var/lib/airlock/ssh/ssh_host_{k}_key")));
@@ -256,7 +255,9 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
         };
         assert_eq!(size, want, "{} is whole", s.name);
     }
-    let modes = a.succeed(&format!("stat -c '%a %U %n' {SECRETS_DIR} {SECRETS_DIR}/* /var/lib/airlock/tls/server.key")).unwrap();
+    let modes = a
+        .succeed(&format!("stat -c '%a %U %n' {SECRETS_DIR} {SECRETS_DIR}/* /var/lib/airlock/tls/server.key"))
+        .unwrap();
     for line in modes.lines() {
         assert!(line.starts_with("700 root ") || line.starts_with("600 root "), "tight permissions: {line}");
     }
@@ -264,7 +265,8 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let db_password = a.succeed(&format!("cat {SECRETS_DIR}/db-password")).unwrap();
     let (code, _) = a.execute(&format!("journalctl -o cat | grep -qF '{db_password}'")).unwrap();
     assert_ne!(code, 0, "the database password is not in the journal");
-    let (code, _) = a.execute(&format!("grep -rqF -D skip '{db_password}' /etc /usr/lib/systemd /run/systemd")).unwrap();
+    let (code, _) =
+        a.execute(&format!("grep -rqF -D skip '{db_password}' /etc /usr/lib/systemd /run/systemd")).unwrap();
     assert_ne!(code, 0, "the database password is in no unit or configuration file");
 
     // TLS from the host, trusting only the CA fetched over plain HTTP, whose fingerprint the
@@ -388,4 +390,3 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     std::fs::write(&probe, [vec![0u8; 100], all[3].1.clone(), vec![1u8; 100]].concat()).unwrap();
     assert_eq!(find_in_file(&probe, &all), vec![all[3].0.clone()], "the search finds what is there");
 }
-

@@ -38,12 +38,7 @@ pub struct Paths {
 
 impl Paths {
     pub fn system() -> Paths {
-        Paths {
-            root: "/".into(),
-            esp: "/efi".into(),
-            state: crate::configure::DATA_MOUNT.into(),
-            run: "/run".into(),
-        }
+        Paths { root: "/".into(), esp: "/efi".into(), state: crate::configure::DATA_MOUNT.into(), run: "/run".into() }
     }
     pub fn secrets(&self) -> PathBuf {
         self.state.join("secrets")
@@ -320,7 +315,8 @@ fn install_tls(ctx: &Instance) -> Result<()> {
             let read = |key: &str, p: &Path| {
                 fs::read_to_string(p).with_context(|| format!("{key}: cannot read {}", p.display()))
             };
-            let (cert, key, ca) = (read("tls.certificate", &t.certificate)?, read("tls.key", &t.key)?, read("tls.ca", &t.ca)?);
+            let (cert, key, ca) =
+                (read("tls.certificate", &t.certificate)?, read("tls.key", &t.key)?, read("tls.ca", &t.ca)?);
             let names = certificate_names(ctx);
             tls::check_site(&cert, &key, &ca, &names[2..])
                 .with_context(|| format!("site configuration {}", ctx.paths.esp.join("airlock.toml").display()))?;

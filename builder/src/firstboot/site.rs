@@ -217,9 +217,9 @@ fn network(n: &NetworkFile) -> Result<Network> {
             };
             let address = parse_cidr(a).map_err(|why| anyhow!("network.address: `{a}` {why}"))?;
             let gateway = match &n.gateway {
-                Some(g) => Some(
-                    g.parse::<Ipv4Addr>().map_err(|_| anyhow!("network.gateway: `{g}` is not an IPv4 address"))?,
-                ),
+                Some(g) => {
+                    Some(g.parse::<Ipv4Addr>().map_err(|_| anyhow!("network.gateway: `{g}` is not an IPv4 address"))?)
+                }
                 None => None,
             };
             if let Some(g) = gateway
@@ -500,12 +500,21 @@ sender = "pulumi@corp.internal"
         let cases: &[(&str, &str)] = &[
             ("hostname = \"Bad_Name\"", "hostname: `Bad_Name` is not a host name"),
             ("domain = \"local\"", "domain: `local` is not a domain"),
-            ("admin_ssh_keys = [\"ssh-ed25519 !!!\"]", "admin_ssh_keys[0]: the key data after `ssh-ed25519` is not base64"),
+            (
+                "admin_ssh_keys = [\"ssh-ed25519 !!!\"]",
+                "admin_ssh_keys[0]: the key data after `ssh-ed25519` is not base64",
+            ),
             ("admin_ssh_keys = [\"hello\"]", "admin_ssh_keys[0]: not an OpenSSH public key line"),
             ("[network]\nmode = \"manual\"", "network.mode: `manual` is neither"),
             ("[network]\nmode = \"static\"", "network.address: required"),
-            ("[network]\nmode = \"static\"\naddress = \"10.0.0.300/24\"", "network.address: `10.0.0.300/24` is not an IPv4"),
-            ("[network]\nmode = \"static\"\naddress = \"10.0.0.3\"", "network.address: `10.0.0.3` needs a prefix length"),
+            (
+                "[network]\nmode = \"static\"\naddress = \"10.0.0.300/24\"",
+                "network.address: `10.0.0.300/24` is not an IPv4",
+            ),
+            (
+                "[network]\nmode = \"static\"\naddress = \"10.0.0.3\"",
+                "network.address: `10.0.0.3` needs a prefix length",
+            ),
             (
                 "[network]\nmode = \"static\"\naddress = \"10.0.0.3/24\"\ngateway = \"10.1.0.1\"",
                 "network.gateway: 10.1.0.1 is not in the network",
@@ -513,7 +522,10 @@ sender = "pulumi@corp.internal"
             ("[network]\naddress = \"10.0.0.3/24\"", "network.address: only used with network.mode = \"static\""),
             ("[network]\nntp = [\"not a host\"]", "network.ntp[0]: `not a host` is neither"),
             ("[tls]\ncertificate = \"a.crt\"", "tls.key: required when"),
-            ("[tls]\ncertificate = \"../a\"\nkey = \"k\"\nca = \"c\"", "tls.certificate: `../a` must be a path relative"),
+            (
+                "[tls]\ncertificate = \"../a\"\nkey = \"k\"\nca = \"c\"",
+                "tls.certificate: `../a` must be a path relative",
+            ),
             ("[tls]\ncertificate = \"/etc/x\"\nkey = \"k\"\nca = \"c\"", "tls.certificate: `/etc/x` must be a path"),
             ("[pulumi]\nlicense_key = \"a\"\nlicense_key_file = \"b\"", "pulumi.license_key_file: set either"),
             ("[smtp]\nserver = \"mail:99999\"\nsender = \"a@b\"", "smtp.server: `mail:99999` has a port"),

@@ -171,9 +171,9 @@ pub fn check_site(chain_pem: &str, key_pem: &str, ca_pem: &str, names: &[String]
     let ca_der = ca_der.first().context("tls.ca: the file holds no PEM certificate")?;
     let (_, ca) = x509_parser::parse_x509_certificate(ca_der).map_err(|e| anyhow!("tls.ca: does not parse: {e}"))?;
     for pair in certs.windows(2) {
-        pair[0]
-            .verify_signature(Some(pair[1].public_key()))
-            .map_err(|_| anyhow!("tls.certificate: the chain is out of order (a certificate is not signed by the next)"))?;
+        pair[0].verify_signature(Some(pair[1].public_key())).map_err(|_| {
+            anyhow!("tls.certificate: the chain is out of order (a certificate is not signed by the next)")
+        })?;
     }
     let last = certs.last().context("empty chain")?;
     if last.as_raw() != ca.as_raw() {
