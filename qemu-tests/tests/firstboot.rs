@@ -4,7 +4,8 @@
 //! Two VMs boot copies of one image, one after the other (TCG is slow; every check shares
 //! these boots):
 //! - instance A (default site configuration) loses its power at seeded random moments of its
-//!   first boot, three times, then boots to ready: every secret is intact and made only once,
+//!   first boot, three times (the first while provisioning writes secrets, keys and the CA, the
+//!   others between 5 s and the ready banner), then boots to ready: every secret is intact and made only once,
 //!   the stack works, and the registry, mirror and API answer over TLS to a host client that
 //!   trusts only the CA fetched from `http://<appliance>/ca.crt`, whose SHA-256 the banner shows;
 //! - instance B gets a site `airlock.toml` (static address, hostname, domain, SSH key, a
@@ -29,6 +30,8 @@ const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Power cuts land between this many seconds after power-on and the ready banner.
 const CUT_WINDOW: (u64, u64) = (5, 100);
 const CUTS: usize = 3;
+/// The first cut lands this many milliseconds (at most) after provisioning starts.
+const PROVISION_CUT_MS: u64 = 2500;
 /// The secrets every instance gets (`airlock::firstboot::SECRETS`), as files.
 const SECRETS_DIR: &str = "/var/lib/airlock/secrets";
 
@@ -211,13 +214,22 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
         ..VmConfig::new("instance-a", &built.image)
     })
     .unwrap();
-    for cut in 1..=CUTS {
+    // The first cut lands inside provisioning itself (it takes about 1.5 s under TCG): while
+    // secrets, host keys and the CA are being written. The others anywhere from 5 s to ready.
+    let offset = a.console_len();
+    a.wait_for_console_after(offset, "Starting airlock-provision.service", FIRST_BOOT_TIMEOUT).unwrap();
+    let ms = rng.below(PROVISION_CUT_MS);
+    std::thread::sleep(Duration::from_millis(ms));
+    eprintln!("power cut 1/{CUTS}: {ms} ms after provisioning started");
+    a.crash().unwrap();
+    a.boot_again().unwrap();
+    for cut in 2..=CUTS {
         let at = CUT_WINDOW.0 + rng.below(CUT_WINDOW.1 - CUT_WINDOW.0);
         let started = Instant::now();
         let offset = a.console_len();
         let reached_ready = a.wait_for_console_after(offset, "airlock: ready", Duration::from_secs(at)).is_ok();
         std::thread::sleep(Duration::from_secs(at).saturating_sub(started.elapsed()));
-        eprintln!("power cut {cut}/{CUTS} at {at} s after power-on (ready banner seen before: {reached_ready})");
+        eprintln!("power cut {cut}/{CUTS}: {at} s after power-on (ready banner seen before: {reached_ready})");
         a.crash().unwrap();
         a.boot_again().unwrap();
     }

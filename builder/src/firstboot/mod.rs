@@ -317,8 +317,9 @@ fn install_tls(ctx: &Instance) -> Result<()> {
             };
             let (cert, key, ca) =
                 (read("tls.certificate", &t.certificate)?, read("tls.key", &t.key)?, read("tls.ca", &t.ca)?);
-            let names = certificate_names(ctx);
-            tls::check_site(&cert, &key, &ca, &names[2..])
+            // The service names must be covered; the host name and a static address need not be
+            // (clients reach the appliance by its service names).
+            tls::check_site(&cert, &key, &ca, &ctx.site.service_names())
                 .with_context(|| format!("site configuration {}", ctx.paths.esp.join("airlock.toml").display()))?;
             (cert, key, ca)
         }

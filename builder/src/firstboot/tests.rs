@@ -159,7 +159,7 @@ fn a_site_certificate_replaces_the_generated_one() {
     fs::write(p.esp.join("site/server.crt"), &server.cert_pem).unwrap();
     fs::write(p.esp.join("site/server.key"), &server.key_pem).unwrap();
     fs::write(p.esp.join("site/ca.crt"), &site_ca.cert_pem).unwrap();
-    let toml = "domain = \"corp.internal\"\n[tls]\ncertificate = \"site/server.crt\"\nkey = \"site/server.key\"\nca = \"site/ca.crt\"\n";
+    let toml = "domain = \"corp.internal\"\n[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\n[tls]\ncertificate = \"site/server.crt\"\nkey = \"site/server.key\"\nca = \"site/ca.crt\"\n";
     fs::write(p.esp.join("airlock.toml"), toml).unwrap();
     provision(&p, &steps()).unwrap();
     assert_eq!(fs::read_to_string(p.tls().join("server.crt")).unwrap(), server.cert_pem);
