@@ -142,20 +142,34 @@ fn find_in_file(file: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
 }
 
 /// `curl` from the host over TLS, trusting only `ca`, reaching `name` through the VM's port
-/// forward of 443. Returns (HTTP status, body).
-fn curl_tls(vm: &Vm, ca: &Path, name: &str, path: &str) -> (String, String) {
+/// forward of 443. Returns (HTTP status, body). A failed attempt prints what the guest's
+/// network and nginx look like, and is tried again (twice at most) before the test fails.
+fn curl_tls(vm: &mut Vm, ca: &Path, name: &str, path: &str) -> (String, String) {
     let port = vm.host_port(443);
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--cacert", ca.to_str().unwrap(), "--resolve"])
-        .arg(format!("{name}:{port}:127.0.0.1"))
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("https://{name}:{port}{path}"))
-        .output()
-        .expect("running curl (see .ci/install-deps)");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "curl https://{name}{path}: {}{stdout}", String::from_utf8_lossy(&out.stderr));
-    let (body, code) = stdout.rsplit_once('\n').unwrap();
-    (code.to_string(), body.to_string())
+    let mut failures = Vec::new();
+    for attempt in 1..=3 {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "40", "--cacert", ca.to_str().unwrap(), "--resolve"])
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("https://{name}:{port}{path}"))
+            .output()
+            .expect("running curl (see .ci/install-deps)");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            let (body, code) = stdout.rsplit_once('\n').unwrap();
+            return (code.to_string(), body.to_string());
+        }
+        let failure = format!("attempt {attempt}: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+        let (_, state) = vm
+            .execute(
+                "ss -tlnp; systemctl status --no-pager -n 20 nginx.service api.service; nft list ruleset | head -60",
+            )
+            .unwrap();
+        eprintln!("curl https://{name}{path} failed, {failure}\nguest state:\n{state}");
+        failures.push(failure);
+    }
+    panic!("curl https://{name}{path} failed: {failures:?}");
 }
 
 /// The banner as printed (a file the banner unit writes), and its `ca sha256:` value.
@@ -296,15 +310,15 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
         assert!(banner.contains(line), "banner lacks {line:?}: {banner}");
     }
     // The stack uses the secrets: the API reaches the database with the generated password.
-    let (code, body) = curl_tls(&a, &ca_a, "api.airlock.internal", "/api/status");
+    let (code, body) = curl_tls(&mut a, &ca_a, "api.airlock.internal", "/api/status");
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("\"database\": \"ok\""), "{body}");
-    let (code, body) = curl_tls(&a, &ca_a, "registry.airlock.internal", "/v2/_catalog");
+    let (code, body) = curl_tls(&mut a, &ca_a, "registry.airlock.internal", "/v2/_catalog");
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("demo.airlock.internal/app"), "{body}");
-    let (code, body) = curl_tls(&a, &ca_a, "mirror.airlock.internal", "/");
+    let (code, body) = curl_tls(&mut a, &ca_a, "mirror.airlock.internal", "/");
     assert_eq!(code, "200", "{body}");
-    let (code, _) = curl_tls(&a, &ca_a, "app.airlock.internal", "/");
+    let (code, _) = curl_tls(&mut a, &ca_a, "app.airlock.internal", "/");
     assert_eq!(code, "200");
     let id_a = read_identity(&mut a);
     let needles_a = needles(&id_a, &mut a);
@@ -357,7 +371,7 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let ca_b = fetch_ca(&b, work.path(), "ca-b.crt");
     assert_eq!(std::fs::read_to_string(&ca_b).unwrap(), site_ca.cert_pem, "the site's CA is published");
     assert_eq!(openssl_fingerprint(&ca_b), fp);
-    let (code, body) = curl_tls(&b, &ca_b, "api.corp.example.internal", "/api/status");
+    let (code, body) = curl_tls(&mut b, &ca_b, "api.corp.example.internal", "/api/status");
     assert!(code == "200" && body.contains("\"database\": \"ok\""), "{code} {body}");
     let id_b = read_identity(&mut b);
     let needles_b = needles(&id_b, &mut b);
