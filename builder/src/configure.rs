@@ -75,6 +75,11 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
             plan.hostname
         ),
     )?;
+    // The data partition is mounted data=journal: file data goes through the journal in the
+    // order it was written, so after a power cut the filesystem is as it was at some moment,
+    // data included. With the default (data=ordered and delayed allocation) a program that
+    // records "done" without fsyncing what it wrote — podman extracting a pulled layer — can
+    // come back with the record and empty files (found by the power-cut test).
     put(
         root,
         "etc/fstab",
@@ -82,7 +87,7 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
         format!(
             "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
              PARTUUID={root} / ext4 defaults 0 1\n\
-             PARTUUID={data} {DATA_MOUNT} ext4 defaults,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
+             PARTUUID={data} {DATA_MOUNT} ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
              PARTUUID={esp} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n",
             root = ids.root,
             data = ids.data,

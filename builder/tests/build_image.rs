@@ -140,7 +140,9 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     assert!(ready.contains("Requires=nginx.service"), "{ready}");
     let fstab = debugfs(&root, "cat /etc/fstab");
     assert!(
-        fstab.contains("/var/lib/airlock ext4 defaults,x-systemd.growfs,x-systemd.after=systemd-repart.service"),
+        fstab.contains(
+            "/var/lib/airlock ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service"
+        ),
         "{fstab}"
     );
     let search = debugfs(&root, "ls -p /usr/lib/systemd/system");
