@@ -38,20 +38,11 @@ fn build(plan: &airlock::plan::BuildPlan, cache: &Path, out: &Path) -> Result<(D
         // The raw image alone: derived formats are measured by the outputs' own tests.
         formats: Some(vec![airlock::outputs::Format::Raw]),
         signing_key: None,
-        provisioner: provisioner()?,
+        provisioner: airlock_binary()?,
     };
     let start = Instant::now();
     let report = airlock::pipeline::build(plan, &opts)?;
     Ok((start.elapsed(), report))
-}
-
-/// The `airlock` binary of the same build (`cargo build --release` puts it next to this one):
-/// images carry it as their provisioner.
-fn provisioner() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let airlock = exe.with_file_name("airlock");
-    anyhow::ensure!(airlock.is_file(), "{} is missing: run `cargo build --release` first", airlock.display());
-    Ok(airlock)
 }
 
 fn cmd(program: &str, args: &[&str]) -> Result<Duration> {
