@@ -47,7 +47,9 @@ pub struct FetchReport {
     pub lock_changed: bool,
     /// Per container, in the spec's order: its name, what happened, its manifest digest.
     pub containers: Vec<(String, Outcome, oci::Digest)>,
-    /// Bytes downloaded from registries.
+    /// Per mirror set: its name, what happened, how many files it pins.
+    pub mirrors: Vec<(String, crate::mirror::SetOutcome, usize)>,
+    /// Bytes downloaded from registries and mirrors' origins.
     pub downloaded_bytes: u64,
 }
 
@@ -86,15 +88,18 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
         report.push((c.name.clone(), outcome, entry.manifest.digest.clone()));
         entries.push(entry);
     }
-    let lock = Lock { containers: entries, ..Lock::new() };
-    // A spec without containers gets no lock file unless it had one (which then empties).
-    let lock_changed =
-        if lock.containers.is_empty() && !plan.lock_path.exists() { false } else { lock.write(&plan.lock_path)? };
+    let (mirrors, mirror_report, mirror_bytes) = crate::mirror::fetch(plan, &old, &store, opts.update)?;
+    let lock = Lock { containers: entries, mirrors, ..Lock::new() };
+    // A spec without containers or mirrors gets no lock file unless it had one (which then
+    // empties).
+    let nothing = lock.containers.is_empty() && lock.mirrors.is_empty();
+    let lock_changed = if nothing && !plan.lock_path.exists() { false } else { lock.write(&plan.lock_path)? };
     Ok(FetchReport {
         lock_path: plan.lock_path.clone(),
         lock_changed,
         containers: report,
-        downloaded_bytes: client.downloaded_bytes(),
+        mirrors: mirror_report,
+        downloaded_bytes: client.downloaded_bytes() + mirror_bytes,
     })
 }
 
