@@ -230,7 +230,9 @@ impl Lock {
         let mut containers: Vec<&LockedContainer> = self.containers.iter().collect();
         containers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = String::new();
-        out.push_str("# Written by `airlock fetch`: the container images and mirrored files of the spec next to this\n");
+        out.push_str(
+            "# Written by `airlock fetch`: the container images and mirrored files of the spec next to this\n",
+        );
         out.push_str(
             "# file, pinned by digest. `airlock build` uses exactly these; `airlock fetch --update` re-resolves.\n",
         );
@@ -490,7 +492,11 @@ mod tests {
                 inputs: "sha256:00".into(),
                 files: vec![file("pypi/files/b-1-py3-none-any.whl", 2), file("pypi/files/a-1-py3-none-any.whl", 1)],
             },
-            LockedMirrorSet { set: "npm".into(), inputs: "sha256:01".into(), files: vec![file("npm/a/-/a-1.0.0.tgz", 3)] },
+            LockedMirrorSet {
+                set: "npm".into(),
+                inputs: "sha256:01".into(),
+                files: vec![file("npm/a/-/a-1.0.0.tgz", 3)],
+            },
         ];
         Lock { version: VERSION, containers: vec![entry("web"), entry("api")], mirrors }
     }

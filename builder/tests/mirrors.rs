@@ -19,6 +19,8 @@ fn targz(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
         h.set_size(data.len() as u64);
         h.set_mode(*mode);
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_cksum();
         builder.append_data(&mut h, name, *data).unwrap();
     }
@@ -129,7 +131,7 @@ fn zip_bytes(files: &[(&str, &str)]) -> Vec<u8> {
             h.extend((name.len() as u16).to_le_bytes());
             h.extend(0u16.to_le_bytes());
             if central {
-                h.extend([0u8; 8]); // comment length, disk, internal attributes
+                h.extend([0u8; 6]); // comment length, disk, internal attributes
                 h.extend(0u32.to_le_bytes());
                 h.extend(offset.to_le_bytes());
             }
@@ -178,20 +180,36 @@ fn fixtures(dir: &Path) -> std::path::PathBuf {
     let go_mod_a = "module example.test/Fixture/hello\n\ngo 1.19\n\nrequire example.test/words v0.1.0\n";
     let go_mod_b = "module example.test/words\n\ngo 1.19\n";
     for (path, escaped, version, go_mod, file, source) in [
-        ("example.test/Fixture/hello", "example.test/!fixture/hello", "v1.0.0", go_mod_a, "hello.go",
-         "package hello\n\nimport \"example.test/words\"\n\n// Text says hello.\nfunc Text() string { return words.Hello }\n"),
-        ("example.test/words", "example.test/words", "v0.1.0", go_mod_b, "words.go",
-         "package words\n\n// Hello is a greeting.\nconst Hello = \"hello through a file proxy\"\n"),
+        (
+            "example.test/Fixture/hello",
+            "example.test/!fixture/hello",
+            "v1.0.0",
+            go_mod_a,
+            "hello.go",
+            "package hello\n\nimport \"example.test/words\"\n\n// Text says hello.\nfunc Text() string { return words.Hello }\n",
+        ),
+        (
+            "example.test/words",
+            "example.test/words",
+            "v0.1.0",
+            go_mod_b,
+            "words.go",
+            "package words\n\n// Hello is a greeting.\nconst Hello = \"hello through a file proxy\"\n",
+        ),
     ] {
-        let base = fx.join(format!("goproxy/{escaped}/@v/{version}"));
-        write(&base.with_extension("info"), format!("{{\"Version\":\"{version}\",\"Time\":\"2023-11-14T22:13:20Z\"}}").as_bytes());
-        write(&base.with_extension("mod"), go_mod.as_bytes());
-        let zip = zip_bytes(&[(&format!("{path}@{version}/go.mod"), go_mod), (&format!("{path}@{version}/{file}"), source)]);
-        write(&base.with_extension("zip"), &zip);
+        let at = |ext: &str| fx.join(format!("goproxy/{escaped}/@v/{version}.{ext}"));
+        write(&at("info"), format!("{{\"Version\":\"{version}\",\"Time\":\"2023-11-14T22:13:20Z\"}}").as_bytes());
+        write(&at("mod"), go_mod.as_bytes());
+        let zip =
+            zip_bytes(&[(&format!("{path}@{version}/go.mod"), go_mod), (&format!("{path}@{version}/{file}"), source)]);
+        write(&at("zip"), &zip);
     }
     write(
         &fx.join("nuget/fixture.pkg/2.0.0/fixture.pkg.2.0.0.nupkg"),
-        &zip_bytes(&[("Fixture.Pkg.nuspec", "<package><metadata><id>Fixture.Pkg</id><version>2.0.0</version></metadata></package>")]),
+        &zip_bytes(&[(
+            "Fixture.Pkg.nuspec",
+            "<package><metadata><id>Fixture.Pkg</id><version>2.0.0</version></metadata></package>",
+        )]),
     );
     let spec = dir.join("appliance.toml");
     std::fs::write(&spec, SPEC.replace("@CLI_SHA@", &sha256(&cli))).unwrap();
@@ -273,7 +291,11 @@ fn mirror_tree_serves_pip_and_go_and_installs_the_cli() {
     let fresh_store = airlock::fetch::blob_store(&cache).unwrap();
     let e = airlock::mirror::site::build(&mut Tree::new(), &plan, &lock, &fresh_store, tmp.path(), &clock).unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains("pulumi/plugins/pulumi-resource-fixture-v1.0.0-linux-amd64.tar.gz") && text.contains("airlock fetch"), "{text}");
+    assert!(
+        text.contains("pulumi/plugins/pulumi-resource-fixture-v1.0.0-linux-amd64.tar.gz")
+            && text.contains("airlock fetch"),
+        "{text}"
+    );
     // The next fetch restores it from its origin (the lock wins: same bytes or an error).
     airlock::fetch::fetch(&plan, &opts).unwrap();
     assert_eq!(sha256(&std::fs::read(&blob).unwrap()), plugin.sha256);
@@ -283,13 +305,15 @@ fn mirror_tree_serves_pip_and_go_and_installs_the_cli() {
     let e = airlock::fetch::fetch(&plan, &opts).unwrap_err();
     assert!(format!("{e:#}").contains("pulumi-resource-fixture-v1.0.0-linux-amd64.tar.gz"), "{e:#}");
 
-    // A CLI archive that does not match its pin is refused at fetch.
+    // A CLI archive that does not match its pin is refused at fetch (with an empty cache: a
+    // cache holding the pinned bytes would be used without reading the source).
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let spec2 = fixtures(&other);
     std::fs::write(other.join("fx/pulumi-v3.0.0-fixture-linux-x64.tar.gz"), b"not the pinned archive").unwrap();
     let plan2 = airlock::plan::plan(&spec2, &host).unwrap();
-    let e = airlock::fetch::fetch(&plan2, &opts).unwrap_err();
+    let opts2 = airlock::fetch::FetchOptions { cache_dir: other.join("cache"), ..opts };
+    let e = airlock::fetch::fetch(&plan2, &opts2).unwrap_err();
     let text = format!("{e:#}");
     assert!(text.contains("pulumi.archives `linux-x64`") && text.contains("wrong content"), "{text}");
 }

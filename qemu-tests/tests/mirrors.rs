@@ -66,13 +66,22 @@ fn pip_installs_pulumi(work: &Path, home: &Path, env: &[(&str, &str)], extra: &[
 fn npm_installs_pulumi(work: &Path, home: &Path, env: &[(&str, &str)]) {
     let project = work.join("project");
     std::fs::create_dir_all(&project).unwrap();
-    std::fs::write(project.join("package.json"), "{\"name\": \"mirror-test\", \"version\": \"1.0.0\", \"private\": true}\n")
-        .unwrap();
+    std::fs::write(
+        project.join("package.json"),
+        "{\"name\": \"mirror-test\", \"version\": \"1.0.0\", \"private\": true}\n",
+    )
+    .unwrap();
     let mut env = env.to_vec();
     let cache = work.join("npm-cache");
     env.extend([("npm_config_cache", cache.to_str().unwrap()), ("npm_config_update_notifier", "false")]);
     client("npm", &["install", "--no-audit", "--no-fund", "@pulumi/pulumi"], &project, home, &env);
-    let out = client("node", &["-e", "const p = require('@pulumi/pulumi'); console.log(typeof p.Config)"], &project, home, &[]);
+    let out = client(
+        "node",
+        &["-e", "const p = require('@pulumi/pulumi'); console.log(typeof p.Config)"],
+        &project,
+        home,
+        &[],
+    );
     assert_eq!(out.trim(), "function", "{out}");
     let lock = std::fs::read_to_string(project.join("package-lock.json")).unwrap();
     assert!(!lock.contains("registry.npmjs.org"), "every tarball came from the mirror");
@@ -93,7 +102,13 @@ fn go_builds_against_fixtures(work: &Path, home: &Path, env: &[(&str, &str)]) {
     let cache = work.join("gocache");
     let mut env = env.to_vec();
     env.extend([("GOPATH", gopath.to_str().unwrap()), ("GOCACHE", cache.to_str().unwrap()), ("GOFLAGS", "-mod=mod")]);
-    let dl = client("go", &["mod", "download", "-json", "example.airlock.test/Fixture/greeting@v1.0.0"], &project, home, &env);
+    let dl = client(
+        "go",
+        &["mod", "download", "-json", "example.airlock.test/Fixture/greeting@v1.0.0"],
+        &project,
+        home,
+        &env,
+    );
     assert!(dl.contains("\"Version\": \"v1.0.0\"") && !dl.contains("\"Error\""), "{dl}");
     client("go", &["get", "example.airlock.test/Fixture/greeting@v1.0.0"], &project, home, &env);
     let out = client("go", &["run", "."], &project, home, &env);
@@ -106,8 +121,8 @@ fn go_builds_against_fixtures(work: &Path, home: &Path, env: &[(&str, &str)]) {
 fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
-    let mut vm =
-        Vm::boot(VmConfig { forwards: vec![80], ..VmConfig::new("demo-mirrors", &built.image) }).expect("starting qemu");
+    let mut vm = Vm::boot(VmConfig { forwards: vec![80], ..VmConfig::new("demo-mirrors", &built.image) })
+        .expect("starting qemu");
     vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).expect("the banner says ready");
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
     assert!(banner.contains("mirror: http://10.0.2.15/"), "banner: {banner}");
@@ -133,7 +148,10 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     }
     // The listing page names what the appliance carries.
     let page = String::from_utf8(get(&format!("{base}/"))).unwrap();
-    assert!(page.contains("airlock demo appliance") && page.contains("pulumi-v3.0.0-fixture-linux-x64.tar.gz"), "{page}");
+    assert!(
+        page.contains("airlock demo appliance") && page.contains("pulumi-v3.0.0-fixture-linux-x64.tar.gz"),
+        "{page}"
+    );
     assert!(page.contains(&format!("curl -fsS {base}/setup/airlock-setup.sh | sh")), "the page names the URL used");
 
     let tmp = tempfile::tempdir().unwrap();
@@ -195,7 +213,8 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
         .unwrap()
         .to_string();
     assert_eq!(flat, format!("{base}/nuget/v3/flat/"));
-    let versions: serde_json::Value = serde_json::from_slice(&get(&format!("{flat}airlock.fixture/index.json"))).unwrap();
+    let versions: serde_json::Value =
+        serde_json::from_slice(&get(&format!("{flat}airlock.fixture/index.json"))).unwrap();
     assert_eq!(versions, serde_json::json!({ "versions": ["1.0.0"] }));
     let nupkg = get(&format!("{flat}airlock.fixture/1.0.0/airlock.fixture.1.0.0.nupkg"));
     let locked = &lock.mirror_set("nuget").unwrap().files[0];
@@ -216,10 +235,17 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     pip_installs_pulumi(&setup_dir, &home2, &[], &[]);
     npm_installs_pulumi(&setup_dir, &home2, &[("npm_config_globalconfig", empty_global.to_str().unwrap())]);
     go_builds_against_fixtures(&setup_dir, &home2, &[]);
-    let profile = client("sh", &["-c", ". \"$HOME/.pulumi/airlock-env.sh\"; echo $PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES"], tmp.path(), &home2, &[]);
+    let profile = client(
+        "sh",
+        &["-c", ". \"$HOME/.pulumi/airlock-env.sh\"; echo $PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES"],
+        tmp.path(),
+        &home2,
+        &[],
+    );
     assert_eq!(profile.trim(), format!(".*={base}/pulumi/plugins"));
     // The plugin URL the CLI would build from that override serves the locked plugin.
-    let plugin = pulumi.files.iter().find(|f| f.path.ends_with("linux-amd64.tar.gz") && f.path.contains("plugins")).unwrap();
+    let plugin =
+        pulumi.files.iter().find(|f| f.path.ends_with("linux-amd64.tar.gz") && f.path.contains("plugins")).unwrap();
     let name = plugin.path.rsplit('/').next().unwrap();
     assert_eq!(sha256(&get(&format!("{}/{name}", profile.trim().trim_start_matches(".*=")))), plugin.sha256);
 

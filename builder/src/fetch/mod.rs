@@ -88,8 +88,8 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
         report.push((c.name.clone(), outcome, entry.manifest.digest.clone()));
         entries.push(entry);
     }
-    let (mirrors, mirror_report, mirror_bytes) = crate::mirror::fetch(plan, &old, &store, opts.update)?;
-    let lock = Lock { containers: entries, mirrors, ..Lock::new() };
+    let mirrored = crate::mirror::fetch(plan, &old, &store, opts.update)?;
+    let lock = Lock { containers: entries, mirrors: mirrored.sets, ..Lock::new() };
     // A spec without containers or mirrors gets no lock file unless it had one (which then
     // empties).
     let nothing = lock.containers.is_empty() && lock.mirrors.is_empty();
@@ -98,8 +98,8 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
         lock_path: plan.lock_path.clone(),
         lock_changed,
         containers: report,
-        mirrors: mirror_report,
-        downloaded_bytes: client.downloaded_bytes() + mirror_bytes,
+        mirrors: mirrored.report,
+        downloaded_bytes: client.downloaded_bytes() + mirrored.downloaded,
     })
 }
 

@@ -72,7 +72,11 @@ impl Downloader {
             && let Some(size) = store.find(d, origin)?
         {
             if expect.size.is_some_and(|s| s != size) {
-                bail!("{origin}: the cache holds sha256:{} with {size} bytes, not the {:?} expected", d.hex(), expect.size);
+                bail!(
+                    "{origin}: the cache holds sha256:{} with {size} bytes, not the {:?} expected",
+                    d.hex(),
+                    expect.size
+                );
             }
             return Ok(Fetched { digest: d.clone(), size, path: store.path(d) });
         }
@@ -100,11 +104,8 @@ impl Downloader {
             if resp.status() != StatusCode::OK {
                 bail!("GET {origin}: the server answered {}", resp.status());
             }
-            let length = resp
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+            let length =
+                resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             (Box::new(resp.into_body().into_with_config().limit(MAX_FILE + 1).reader()), length)
         } else {
             let path = self.local_path(origin)?;

@@ -124,9 +124,11 @@ pub fn resolve(p: &GoPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec
         }
         for ext in ["info", "mod", "zip"] {
             let src = base.join(&format!("{dir}/{ver}.{ext}"));
-            let fetched = dl.fetch(src.origin(), &Expect::default(), store).with_context(|| format!("{what}: .{ext}"))?;
+            let fetched =
+                dl.fetch(src.origin(), &Expect::default(), store).with_context(|| format!("{what}: .{ext}"))?;
             if ext == "mod" {
-                let text = std::fs::read_to_string(&fetched.path).with_context(|| format!("{what}: go.mod is not UTF-8"))?;
+                let text =
+                    std::fs::read_to_string(&fetched.path).with_context(|| format!("{what}: go.mod is not UTF-8"))?;
                 for req in requirements(&text).with_context(|| what.clone())? {
                     if !done.contains(&req) {
                         todo.push(req);
@@ -208,8 +210,11 @@ mod tests {
             size: 1,
             requires_python: None,
         };
-        let files =
-            [f("go/example.test/!a/@v/v1.10.0.info"), f("go/example.test/!a/@v/v1.9.0.info"), f("go/example.test/!a/@v/v1.9.0.zip")];
+        let files = [
+            f("go/example.test/!a/@v/v1.10.0.info"),
+            f("go/example.test/!a/@v/v1.9.0.info"),
+            f("go/example.test/!a/@v/v1.9.0.zip"),
+        ];
         assert_eq!(render(&files), [("go/example.test/!a/@v/list".to_string(), "v1.9.0\nv1.10.0\n".to_string())]);
     }
 
@@ -238,7 +243,9 @@ mod tests {
         let files = resolve(&plan, &mut dl, &store).unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths.len(), 6, "{paths:?}");
-        assert!(paths.contains(&"go/example.test/!a/@v/v1.0.0.zip") && paths.contains(&"go/example.test/b/@v/v0.1.0.mod"));
+        assert!(
+            paths.contains(&"go/example.test/!a/@v/v1.0.0.zip") && paths.contains(&"go/example.test/b/@v/v0.1.0.mod")
+        );
         assert!(seen.lock().unwrap().iter().all(|p| !p.contains('A')), "paths are case-escaped");
         let zip = files.iter().find(|f| f.path.ends_with("b/@v/v0.1.0.zip")).unwrap();
         assert_eq!(zip.origin, format!("{base}/example.test/b/@v/v0.1.0.zip"));

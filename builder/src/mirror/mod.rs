@@ -82,13 +82,19 @@ pub enum SetOutcome {
 /// A set resolved afresh: its files in the store, with their lock entries.
 pub(crate) type Resolved = Vec<LockedFile>;
 
+/// What [`fetch`] did.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The lock's sets.
+    pub sets: Vec<LockedMirrorSet>,
+    /// Per set: its name, what happened, how many files it pins.
+    pub report: Vec<(String, SetOutcome, usize)>,
+    /// Bytes downloaded over HTTP.
+    pub downloaded: u64,
+}
+
 /// Fetches every set of the plan, reusing the old lock's pins where the spec is unchanged.
-pub fn fetch(
-    plan: &BuildPlan,
-    old: &Lock,
-    store: &BlobStore,
-    update: bool,
-) -> Result<(Vec<LockedMirrorSet>, Vec<(String, SetOutcome, usize)>, u64)> {
+pub fn fetch(plan: &BuildPlan, old: &Lock, store: &BlobStore, update: bool) -> Result<Fetched> {
     let m = &plan.mirrors;
     let mut dl = Downloader::new(&plan.spec_dir);
     let mut sets = Vec::new();
@@ -110,7 +116,12 @@ pub fn fetch(
                 files.sort();
                 files.dedup();
                 if let Some(w) = files.windows(2).find(|w| w[0].path == w[1].path) {
-                    bail!("mirror set `{name}`: two different files for `{}` ({} and {})", w[0].path, w[0].origin, w[1].origin);
+                    bail!(
+                        "mirror set `{name}`: two different files for `{}` ({} and {})",
+                        w[0].path,
+                        w[0].origin,
+                        w[1].origin
+                    );
                 }
                 (files, SetOutcome::Resolved)
             }
@@ -135,7 +146,8 @@ pub fn fetch(
     if let Some(p) = &m.nuget {
         add("nuget", nuget::inputs(p), &mut dl, &mut |dl| nuget::resolve(p, dl, store))?;
     }
-    Ok((sets, report, dl.downloaded_bytes()))
+    let downloaded = dl.downloaded_bytes();
+    Ok(Fetched { sets, report, downloaded })
 }
 
 /// Makes sure the store holds every file of a pinned set, downloading missing ones from their

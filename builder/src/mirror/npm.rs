@@ -75,7 +75,8 @@ pub fn parse_package_lock(json: &[u8]) -> Result<Vec<LockedPackage>> {
             bail!("package-lock.json: `{key}` is not a valid package name");
         }
         let field = |f: &str| p.get(f).and_then(Value::as_str).map(str::to_string);
-        let (Some(version), Some(resolved), Some(integrity)) = (field("version"), field("resolved"), field("integrity"))
+        let (Some(version), Some(resolved), Some(integrity)) =
+            (field("version"), field("resolved"), field("integrity"))
         else {
             bail!("package-lock.json: `{key}` lacks version, resolved or integrity");
         };
@@ -106,8 +107,11 @@ pub fn check_integrity(path: &Path, integrity: &str, what: &str) -> Result<()> {
 /// Resolves the packages with npm and downloads every tarball.
 pub fn resolve(p: &NpmPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
     let tmp = tempfile::tempdir().context("creating a temporary project for npm")?;
-    std::fs::write(tmp.path().join("package.json"), "{\"name\": \"airlock-mirror\", \"version\": \"0.0.0\", \"private\": true}\n")
-        .context("writing package.json")?;
+    std::fs::write(
+        tmp.path().join("package.json"),
+        "{\"name\": \"airlock-mirror\", \"version\": \"0.0.0\", \"private\": true}\n",
+    )
+    .context("writing package.json")?;
     Cmd::new("npm")
         .args(["install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"])
         // Keep the tarball URLs in the lock even where the host's .npmrc leaves them out.
@@ -140,7 +144,8 @@ pub fn read_package_json(tgz: &Path) -> Result<Value> {
         if let (Some(_), Some("package.json"), None) = (parts.next(), parts.next(), parts.next()) {
             let mut text = Vec::new();
             entry.by_ref().take(super::download::MAX_METADATA).read_to_end(&mut text)?;
-            return serde_json::from_slice(&text).with_context(|| format!("{}: package.json is not JSON", tgz.display()));
+            return serde_json::from_slice(&text)
+                .with_context(|| format!("{}: package.json is not JSON", tgz.display()));
         }
     }
     bail!("{} holds no package.json", tgz.display())
@@ -210,9 +215,11 @@ pub fn render(versions: &[(&LockedFile, Value, String)]) -> Result<Vec<(String, 
                     doc.insert((*field).into(), v.clone());
                 }
             }
-            if pj.get("scripts").and_then(|s| s.as_object()).is_some_and(|s| {
-                ["preinstall", "install", "postinstall"].iter().any(|k| s.contains_key(*k))
-            }) {
+            if pj
+                .get("scripts")
+                .and_then(|s| s.as_object())
+                .is_some_and(|s| ["preinstall", "install", "postinstall"].iter().any(|k| s.contains_key(*k)))
+            {
                 doc.insert("hasInstallScript".into(), json!(true));
             }
             doc.insert(

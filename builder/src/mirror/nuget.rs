@@ -28,12 +28,14 @@ pub fn inputs(p: &NugetPlan) -> String {
 
 /// The flat container's URL from a service index document.
 pub fn package_base_address(index: &[u8], origin: &str) -> Result<String> {
-    let doc: Value = serde_json::from_slice(index).with_context(|| format!("{origin}: the service index is not JSON"))?;
+    let doc: Value =
+        serde_json::from_slice(index).with_context(|| format!("{origin}: the service index is not JSON"))?;
     let version = doc.get("version").and_then(Value::as_str).unwrap_or_default();
     if !version.starts_with("3.") {
         bail!("{origin}: service index version `{version}` is not 3.x");
     }
-    let resources = doc.get("resources").and_then(Value::as_array).with_context(|| format!("{origin}: no resources"))?;
+    let resources =
+        doc.get("resources").and_then(Value::as_array).with_context(|| format!("{origin}: no resources"))?;
     for r in resources {
         if r.get("@type").and_then(Value::as_str) == Some(PACKAGE_BASE_ADDRESS) {
             let id = r.get("@id").and_then(Value::as_str).unwrap_or_default();
@@ -95,7 +97,10 @@ pub fn render(files: &[LockedFile]) -> Result<Vec<(String, String)>> {
     });
     out.push(("nuget/v3/index.json".to_string(), serde_json::to_string_pretty(&index)? + "\n"));
     for (id, list) in versions {
-        out.push((format!("nuget/v3/flat/{id}/index.json"), serde_json::to_string(&json!({ "versions": list }))? + "\n"));
+        out.push((
+            format!("nuget/v3/flat/{id}/index.json"),
+            serde_json::to_string(&json!({ "versions": list }))? + "\n",
+        ));
     }
     Ok(out)
 }
@@ -112,7 +117,8 @@ mod tests {
         assert_eq!(package_base_address(doc, "t").unwrap(), "https://n.example.test/flat");
         assert!(package_base_address(br#"{"version": "2.0.0", "resources": []}"#, "t").is_err());
         assert!(package_base_address(br#"{"version": "3.0.0", "resources": []}"#, "t").is_err());
-        let file = br#"{"version": "3.0.0", "resources": [{"@id": "file:///etc", "@type": "PackageBaseAddress/3.0.0"}]}"#;
+        let file =
+            br#"{"version": "3.0.0", "resources": [{"@id": "file:///etc", "@type": "PackageBaseAddress/3.0.0"}]}"#;
         assert!(package_base_address(file, "t").is_err());
     }
 
@@ -127,7 +133,9 @@ mod tests {
         // The index must name the server's own address, so it is served from a second server.
         let flat = format!("{base}/flat/");
         let (index, _) = crate::mirror::download::tests::serve(move |_| {
-            let doc = format!(r#"{{"version": "3.0.0", "resources": [{{"@id": "{flat}", "@type": "PackageBaseAddress/3.0.0"}}]}}"#);
+            let doc = format!(
+                r#"{{"version": "3.0.0", "resources": [{{"@id": "{flat}", "@type": "PackageBaseAddress/3.0.0"}}]}}"#
+            );
             (200, doc.into_bytes(), None)
         });
         let tmp = tempfile::tempdir().unwrap();
@@ -143,7 +151,10 @@ mod tests {
         let pages = render(&files).unwrap();
         let service: Value = serde_json::from_str(&pages[0].1).unwrap();
         assert_eq!(service["resources"][0]["@type"], PACKAGE_BASE_ADDRESS);
-        assert_eq!(pages[1], ("nuget/v3/flat/airlock.fixture/index.json".to_string(), "{\"versions\":[\"1.0.0\"]}\n".to_string()));
+        assert_eq!(
+            pages[1],
+            ("nuget/v3/flat/airlock.fixture/index.json".to_string(), "{\"versions\":[\"1.0.0\"]}\n".to_string())
+        );
 
         let bad = NugetPlan { packages: vec![("Not.Zip".into(), "1.0.0".into())], ..plan };
         assert!(format!("{:#}", resolve(&bad, &mut dl, &store).unwrap_err()).contains("not a .nupkg"));

@@ -376,7 +376,10 @@ fn validate_pulumi(
                 ["linux", "darwin", "windows"].contains(&os) && ["amd64", "arm64"].contains(&arch)
             });
             if !ok {
-                return Err(err(&key("platforms"), format!("`{platform}` is not `<linux|darwin|windows>-<amd64|arm64>`")));
+                return Err(err(
+                    &key("platforms"),
+                    format!("`{platform}` is not `<linux|darwin|windows>-<amd64|arm64>`"),
+                ));
             }
         }
         if plugins.iter().any(|x| x.kind == pl.kind && x.name == pl.name && x.version == version) {

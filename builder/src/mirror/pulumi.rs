@@ -64,7 +64,9 @@ pub fn resolve(p: &PulumiPlan, dl: &mut Downloader, store: &BlobStore) -> Result
         if let Some(sums) = &sums {
             match sums.iter().find(|(_, n)| *n == name) {
                 Some((hash, _)) if *hash == a.sha256 => {}
-                Some((hash, _)) => bail!("{name}: the spec pins sha256 {}, the release's checksums say {hash}", a.sha256),
+                Some((hash, _)) => {
+                    bail!("{name}: the spec pins sha256 {}, the release's checksums say {hash}", a.sha256)
+                }
                 None => bail!("{name}: the release's checksums file does not list it"),
             }
         }
@@ -77,7 +79,8 @@ pub fn resolve(p: &PulumiPlan, dl: &mut Downloader, store: &BlobStore) -> Result
         for platform in &pl.platforms {
             let name = pl.file_name(platform);
             let src = pl.source.join(&name);
-            let fetched = dl.fetch(src.origin(), &Expect::default(), store).with_context(|| format!("plugin {name}"))?;
+            let fetched =
+                dl.fetch(src.origin(), &Expect::default(), store).with_context(|| format!("plugin {name}"))?;
             check_gzip(&fetched.path, &name)?;
             files.push(super::locked(format!("pulumi/plugins/{name}"), src.origin(), &fetched));
         }
@@ -132,7 +135,12 @@ pub fn environment(p: &PulumiPlan) -> Vec<(&'static str, String)> {
 }
 
 /// Installs the CLI, seeds root's plugin cache and writes the system-wide environment.
-pub fn install(root: &mut Tree, p: &PulumiPlan, files: &[(LockedFile, std::path::PathBuf)], spool: &Path) -> Result<()> {
+pub fn install(
+    root: &mut Tree,
+    p: &PulumiPlan,
+    files: &[(LockedFile, std::path::PathBuf)],
+    spool: &Path,
+) -> Result<()> {
     let find = |path: &str| files.iter().find(|(f, _)| f.path == path).map(|(_, p)| p.as_path());
     let cli = p.archives.iter().find(|a| a.platform == APPLIANCE_CLI_PLATFORM).context("no linux-x64 archive")?;
     let cli_path = format!("pulumi/releases/{}", cli.file_name(&p.version));
@@ -171,7 +179,10 @@ mod tests {
     #[test]
     fn reads_checksums_files() {
         let hash = "ab".repeat(32);
-        let sums = parse_checksums(&format!("{hash}  pulumi-v3.0.0-linux-x64.tar.gz\n{hash} *pulumi-v3.0.0-windows-x64.zip\n")).unwrap();
+        let sums = parse_checksums(&format!(
+            "{hash}  pulumi-v3.0.0-linux-x64.tar.gz\n{hash} *pulumi-v3.0.0-windows-x64.zip\n"
+        ))
+        .unwrap();
         assert_eq!(sums[1], (hash.clone(), "pulumi-v3.0.0-windows-x64.zip".to_string()));
         assert!(parse_checksums("xyz  file\n").is_err());
         assert!(parse_checksums(&format!("{hash}  a b\n")).is_err());

@@ -61,7 +61,8 @@ pub struct Chosen {
 
 /// Reads pip's installation report (`--report`), refusing anything but hashed wheels.
 pub fn parse_report(json: &[u8]) -> Result<Vec<Chosen>> {
-    let report: Report = serde_json::from_slice(json).context("pip's installation report is not what pip 22.2+ writes")?;
+    let report: Report =
+        serde_json::from_slice(json).context("pip's installation report is not what pip 22.2+ writes")?;
     let mut out = Vec::new();
     for item in report.install {
         let url = item.download_info.url;
@@ -73,7 +74,12 @@ pub fn parse_report(json: &[u8]) -> Result<Vec<Chosen>> {
         let hash = item.download_info.archive_info.as_ref().and_then(|a| a.hashes.get("sha256"));
         let Some(hash) = hash else { bail!("{}: pip reported no sha256 for {url}", item.metadata.name) };
         let sha256 = Digest::from_hex(hash).with_context(|| format!("{}: sha256 of {url}", item.metadata.name))?;
-        out.push(Chosen { url: url.clone(), file_name: name.to_string(), sha256, requires_python: item.metadata.requires_python });
+        out.push(Chosen {
+            url: url.clone(),
+            file_name: name.to_string(),
+            sha256,
+            requires_python: item.metadata.requires_python,
+        });
     }
     Ok(out)
 }
@@ -153,7 +159,9 @@ pub fn render(files: &[LockedFile]) -> Result<Vec<(String, String)>> {
         projects.entry(project).or_default().push(f);
     }
     let mut pages = Vec::new();
-    let mut index = String::from("<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Simple index</title></head><body>\n");
+    let mut index = String::from(
+        "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\"><title>Simple index</title></head><body>\n",
+    );
     for (project, files) in &projects {
         index.push_str(&format!("<a href=\"{project}/\">{project}</a><br>\n"));
         let mut page = format!(

@@ -97,7 +97,12 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
     for set in sets {
         let total: u64 = set.files.iter().map(|f| f.size).sum();
         let (heading, use_it) = match set.set.as_str() {
-            "pulumi" => ("Pulumi CLI and plugins", format!("<code>PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*={PLACEHOLDER}/pulumi/plugins'</code>; CLI archives in <a href=\"pulumi/releases/\">pulumi/releases/</a>")),
+            "pulumi" => (
+                "Pulumi CLI and plugins",
+                format!(
+                    "<code>PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*={PLACEHOLDER}/pulumi/plugins'</code>; CLI archives in <a href=\"pulumi/releases/\">pulumi/releases/</a>"
+                ),
+            ),
             "pypi" => ("PyPI", format!("<code>pip install --index-url {PLACEHOLDER}/pypi/simple/ ...</code>")),
             "npm" => ("npm", format!("<code>npm config set registry {PLACEHOLDER}/npm/</code>")),
             "go" => ("Go modules", format!("<code>GOPROXY={PLACEHOLDER}/go,off GOSUMDB=off</code>")),
@@ -253,7 +258,14 @@ Write-Output "airlock-setup: configured for $Base"
 
 /// The build stage: every locked file of the plan's sets verified and placed, the indexes
 /// generated, the CLI installed, the site and nginx configured.
-pub fn build(root: &mut Tree, plan: &BuildPlan, lock: &Lock, store: &BlobStore, spool: &Path, clock: &BuildClock) -> Result<()> {
+pub fn build(
+    root: &mut Tree,
+    plan: &BuildPlan,
+    lock: &Lock,
+    store: &BlobStore,
+    spool: &Path,
+    clock: &BuildClock,
+) -> Result<()> {
     if plan.mirrors.is_empty() {
         return Ok(());
     }
@@ -267,8 +279,12 @@ pub fn build(root: &mut Tree, plan: &BuildPlan, lock: &Lock, store: &BlobStore, 
     for (set, paths) in &sets {
         for (f, p) in set.files.iter().zip(paths) {
             let at = format!("{ROOT}/{}", f.path);
-            root.insert(at.as_bytes(), meta.clone(), NodeKind::File { size: f.size, content: Content::Host(Arc::from(p.as_path())) })
-                .map_err(|e| anyhow!("placing {at}: {e}"))?;
+            root.insert(
+                at.as_bytes(),
+                meta.clone(),
+                NodeKind::File { size: f.size, content: Content::Host(Arc::from(p.as_path())) },
+            )
+            .map_err(|e| anyhow!("placing {at}: {e}"))?;
             by_set.entry(set.set.as_str()).or_default().push((f.clone(), p.clone()));
         }
     }
@@ -298,8 +314,12 @@ pub fn build(root: &mut Tree, plan: &BuildPlan, lock: &Lock, store: &BlobStore, 
     generated.push(("setup/airlock-setup.ps1".into(), setup_ps1()));
     for (path, text) in generated {
         let at = format!("{ROOT}/{path}");
-        root.insert(at.as_bytes(), meta.clone(), NodeKind::File { size: text.len() as u64, content: Content::Bytes(text.into_bytes().into()) })
-            .map_err(|e| anyhow!("writing {at}: {e}"))?;
+        root.insert(
+            at.as_bytes(),
+            meta.clone(),
+            NodeKind::File { size: text.len() as u64, content: Content::Bytes(text.into_bytes().into()) },
+        )
+        .map_err(|e| anyhow!("writing {at}: {e}"))?;
     }
     // The mirror is nginx's default site.
     root.remove(b"etc/nginx/sites-enabled/default").map_err(|e| anyhow!("removing nginx's default site: {e}"))?;
@@ -338,11 +358,17 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let read = |p: &str| std::fs::read_to_string(home.path().join(p)).unwrap();
-        assert_eq!(read(".config/pip/pip.conf"), "[global]\nindex-url = http://10.0.0.5:8080/pypi/simple/\ntrusted-host = 10.0.0.5\n");
+        assert_eq!(
+            read(".config/pip/pip.conf"),
+            "[global]\nindex-url = http://10.0.0.5:8080/pypi/simple/\ntrusted-host = 10.0.0.5\n"
+        );
         assert_eq!(read(".npmrc"), "fund=false\nregistry=http://10.0.0.5:8080/npm/\n");
         assert_eq!(read(".config/go/env"), "GOPROXY=http://10.0.0.5:8080/go,off\nGOSUMDB=off\nGOTOOLCHAIN=local\n");
         assert!(read(".nuget/NuGet/NuGet.Config").contains("value=\"http://10.0.0.5:8080/nuget/v3/index.json\""));
-        assert!(read(".pulumi/airlock-env.sh").contains("PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*=http://10.0.0.5:8080/pulumi/plugins'"));
+        assert!(
+            read(".pulumi/airlock-env.sh")
+                .contains("PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*=http://10.0.0.5:8080/pulumi/plugins'")
+        );
         // Running it twice changes nothing.
         let profile = read(".profile");
         let again = std::process::Command::new("sh")
