@@ -216,9 +216,16 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     let versions: serde_json::Value =
         serde_json::from_slice(&get(&format!("{flat}airlock.fixture/index.json"))).unwrap();
     assert_eq!(versions, serde_json::json!({ "versions": ["1.0.0"] }));
-    let nupkg = get(&format!("{flat}airlock.fixture/1.0.0/airlock.fixture.1.0.0.nupkg"));
-    let locked = &lock.mirror_set("nuget").unwrap().files[0];
-    assert_eq!(sha256(&nupkg), locked.sha256);
+    // Its dependency came along at the lowest version in range, as NuGet would pick it.
+    let core: serde_json::Value =
+        serde_json::from_slice(&get(&format!("{flat}airlock.fixture.core/index.json"))).unwrap();
+    assert_eq!(core, serde_json::json!({ "versions": ["1.0.0"] }));
+    let nuget = lock.mirror_set("nuget").unwrap();
+    assert_eq!(nuget.files.len(), 2, "{:?}", nuget.files);
+    for f in &nuget.files {
+        let rel = f.path.strip_prefix("nuget/v3/flat/").unwrap();
+        assert_eq!(sha256(&get(&format!("{flat}{rel}"))), f.sha256, "{}", f.path);
+    }
 
     // The setup script, fetched from the appliance and run in a clean HOME, configures the
     // clients, which then use nothing but that configuration.
