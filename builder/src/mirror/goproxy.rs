@@ -1,13 +1,17 @@
 //! Go modules: a client of the module proxy protocol (`go help goproxy`) and the static tree
 //! that serves it back.
 //!
-//! For every `module@version` of the spec, and then for every requirement its `go.mod` lists
-//! (transitively), airlock fetches `@v/<version>.info`, `.mod` and `.zip` from the proxy: an
-//! http(s) URL, a folder in the same layout, or the first proxy of the build host's
-//! `go env GOPROXY` when the spec says `proxy = "host"`. Every module of the requirement graph
-//! is mirrored with its zip, which is more than `go mod download` of one module needs but never
-//! less than a build of it. Paths and versions are case-escaped (`!` + lower case) as the
-//! protocol says.
+//! The proxy is an http(s) URL, a folder in the same layout, or the first proxy of the build
+//! host's `go env GOPROXY` when the spec says `proxy = "host"`. Which files the mirror needs is
+//! decided by the ecosystem's own resolver when the build host has a Go toolchain: `go mod
+//! download -json all` in a module that requires the spec's modules, in an empty module cache
+//! (with the host's Go configuration for `host`; otherwise only the proxy, and no checksum
+//! database); every `.mod` in that cache, its `.info`, and the `.zip` where Go downloaded one
+//! are then fetched from the proxy byte for byte (each `.zip` must equal the one Go verified).
+//! Without Go, airlock's own protocol client fetches `@v/<version>.info`, `.mod` and `.zip` for
+//! every module of the spec and, transitively, for every requirement its `go.mod` lists: more
+//! than Go's pruned graph needs, never less. Paths and versions are case-escaped (`!` + lower
+//! case) as the protocol says.
 //!
 //! Served: `go/<escaped module>/@v/{list,<v>.info,<v>.mod,<v>.zip}`. Clients use
 //! `GOPROXY=<mirror>/go,off GOSUMDB=off` (the checksum database is not mirrored).
@@ -95,12 +99,120 @@ fn host_proxy() -> Result<String> {
         .with_context(|| format!("the host's GOPROXY `{}` names no http(s) proxy", value.trim()))
 }
 
-/// Fetches every module of the requirement graph.
+/// Fetches the module graph: with the host's Go when there is one, else with the protocol
+/// client.
 pub fn resolve(p: &GoPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
     let base = match &p.proxy {
         GoProxy::Source(s) => s.clone(),
         GoProxy::Host => Source::Url(host_proxy()?),
     };
+    if Cmd::new("go").arg("version").output().is_ok() {
+        log::info!("mirror go: resolving with the host's go mod download");
+        resolve_with_go(p, &base, dl, store)
+    } else {
+        log::info!("mirror go: no Go toolchain on the host; following go.mod requirements with the proxy protocol");
+        resolve_protocol(p, &base, dl, store)
+    }
+}
+
+/// `go mod download -json all` in a scratch module, then every file it needed from the proxy.
+fn resolve_with_go(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+    let tmp = tempfile::tempdir().context("creating a scratch Go module")?;
+    let module = tmp.path().join("resolve");
+    std::fs::create_dir_all(&module)?;
+    let mut go_mod = String::from("module airlock.mirror/resolve\n\ngo 1.19\n\nrequire (\n");
+    for (path, version) in &p.modules {
+        go_mod.push_str(&format!("\t{path} {version}\n"));
+    }
+    go_mod.push_str(")\n");
+    std::fs::write(module.join("go.mod"), go_mod).context("writing the scratch go.mod")?;
+    let modcache = tmp.path().join("mod");
+    let mut cmd = Cmd::new("go")
+        .args(["mod", "download", "-json", "all"])
+        .current_dir(&module)
+        .env("GOPATH", tmp.path().join("gopath"))
+        .env("GOMODCACHE", &modcache)
+        .env("GOCACHE", tmp.path().join("cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local");
+    if let GoProxy::Source(source) = &p.proxy {
+        let proxy = match source {
+            Source::Url(u) => u.clone(),
+            Source::Path { full, .. } => {
+                let abs =
+                    std::fs::canonicalize(full).with_context(|| format!("mirrors.go.proxy {}", full.display()))?;
+                format!("file://{}", abs.display())
+            }
+        };
+        cmd = cmd
+            .env("GOENV", "off")
+            .env("GOPROXY", proxy)
+            .env("GOSUMDB", "off")
+            .env("GONOSUMDB", "")
+            .env("GOPRIVATE", "");
+    }
+    let result = cmd.run().context("go mod download");
+    let files = result.and_then(|()| {
+        let download = modcache.join("cache/download");
+        let mut wanted = Vec::new();
+        collect_cached(&download, &download, &mut wanted)?;
+        let mut files = Vec::new();
+        for (dir, version, has_zip) in wanted {
+            for ext in ["info", "mod", "zip"] {
+                if ext == "zip" && !has_zip {
+                    continue;
+                }
+                let rel = format!("{dir}/{version}.{ext}");
+                let src = base.join(&rel);
+                let fetched = dl.fetch(src.origin(), &Expect::default(), store).with_context(|| rel.clone())?;
+                if ext == "zip" {
+                    let cached = std::fs::read(download.join(&rel)).with_context(|| format!("reading Go's {rel}"))?;
+                    if crate::oci::Digest::of_bytes(&cached) != fetched.digest {
+                        bail!("{rel}: the proxy served other bytes than Go downloaded and verified");
+                    }
+                }
+                files.push(super::locked(format!("go/{rel}"), src.origin(), &fetched));
+            }
+        }
+        Ok(files)
+    });
+    // Go makes its module cache read-only; give it back so the scratch folder can go.
+    let _ = Cmd::new("chmod").args(["-R", "u+w"]).arg(tmp.path()).run();
+    files
+}
+
+/// The `(<escaped module>/@v, version, zip downloaded)` of every `.mod` in Go's download cache.
+fn collect_cached(top: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String, bool)>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            // The checksum database's cache is not part of the module proxy.
+            if path == top.join("sumdb") {
+                continue;
+            }
+            collect_cached(top, &path, out)?;
+        } else if let Some(version) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".mod")) {
+            let rel = path.parent().and_then(|p| p.strip_prefix(top).ok()).context("a cache file outside the cache")?;
+            let rel = rel.to_str().context("a non-UTF-8 module path")?.to_string();
+            if !rel.ends_with("/@v") {
+                continue;
+            }
+            // Escaped paths (`!` + lower case) in the cache: checked as the served path they become.
+            super::check_served_path(&format!("go/{rel}/{version}.mod"), "go")
+                .map_err(|e| anyhow::anyhow!("Go's module cache: {e}"))?;
+            let has_zip = path.with_file_name(format!("{version}.zip")).is_file();
+            out.push((rel, version.to_string(), has_zip));
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+/// airlock's own protocol client: every module of the spec and, transitively, of every
+/// `require` in the `go.mod` files it fetches, with `.info`, `.mod` and `.zip`.
+pub fn resolve_protocol(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
     let mut todo: Vec<(String, String)> = p.modules.iter().rev().cloned().collect();
     let mut done: BTreeSet<(String, String)> = BTreeSet::new();
     let mut files = Vec::new();
@@ -240,7 +352,7 @@ mod tests {
             modules: vec![("example.test/A".into(), "v1.0.0".into())],
             proxy: GoProxy::Source(Source::Url(base.clone())),
         };
-        let files = resolve(&plan, &mut dl, &store).unwrap();
+        let files = resolve_protocol(&plan, &Source::Url(base.clone()), &mut dl, &store).unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths.len(), 6, "{paths:?}");
         assert!(
@@ -252,8 +364,7 @@ mod tests {
 
         // A proxy that lies about the version is refused.
         let (liar, _) = crate::mirror::download::tests::serve(|_| (200, br#"{"Version":"v9.9.9"}"#.to_vec(), None));
-        let plan = GoPlan { proxy: GoProxy::Source(Source::Url(liar)), ..plan };
-        let e = resolve(&plan, &mut dl, &store).unwrap_err();
+        let e = resolve_protocol(&plan, &Source::Url(liar), &mut dl, &store).unwrap_err();
         assert!(format!("{e:#}").contains("v9.9.9"), "{e:#}");
     }
 }
