@@ -259,7 +259,11 @@ fn run_keygen(args: KeygenArgs) -> Result<()> {
 fn run_build(args: BuildArgs) -> Result<()> {
     let plan = crate::plan::plan(&args.spec, &crate::plan::HostContext::default())?;
     if args.check {
+        let notes = crate::pipeline::check(&plan)?;
         println!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version);
+        for note in notes {
+            println!("  note: {note}");
+        }
         return Ok(());
     }
     for dir in &args.test_overlay {

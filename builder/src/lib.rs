@@ -17,6 +17,7 @@ pub mod block_device;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod coherence;
 pub mod command;
 pub mod configure;
 pub mod diff;

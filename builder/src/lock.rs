@@ -342,6 +342,42 @@ pub fn read_for_build(plan: &BuildPlan) -> Result<Lock> {
     }
 }
 
+/// `airlock build --check`'s look at the lock: none yet is a note (fetching is the next step); an
+/// entry that is missing or was made for another reference or source is an error naming it.
+pub fn check_against_spec(plan: &BuildPlan) -> Result<Option<String>> {
+    if plan.containers.is_empty() && plan.mirrors.is_empty() {
+        return Ok(None);
+    }
+    let Some(lock) = Lock::read(&plan.lock_path)? else {
+        return Ok(Some(format!(
+            "{} does not exist yet: `airlock fetch {}` resolves and downloads the {} container images and the mirrors",
+            plan.lock_path.display(),
+            plan.spec_path.display(),
+            plan.containers.len()
+        )));
+    };
+    let mut problems = crate::mirror::lock_problems(plan, &lock);
+    for c in &plan.containers {
+        match lock.entry(&c.name) {
+            None => problems.push(format!("container `{}` ({}) is not in the lock", c.name, c.reference)),
+            Some(e) if !e.matches(c) => problems.push(format!(
+                "container `{}`: the lock has {} from `{}`, the spec asks for {} from `{}`",
+                c.name, e.image, e.source, c.reference, c.source
+            )),
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} does not match the spec (run `airlock fetch {}`):\n  - {}",
+            plan.lock_path.display(),
+            plan.spec_path.display(),
+            problems.join("\n  - ")
+        );
+    }
+    Ok(Some(format!("{}: every container and mirror set is pinned", plan.lock_path.display())))
+}
+
 /// Checks that the cache holds every blob `lock` pins for the plan's containers, each with its
 /// digest and size, and returns the images ready for
 /// [`write_registry_storage`](crate::oci::write_registry_storage) in the spec's order. Fails

@@ -3,6 +3,7 @@
 
 use crate::base_os::{self, Package};
 use crate::clock::BuildClock;
+use crate::coherence::{self, Scope};
 use crate::configure::{self, PartitionIds};
 use crate::disk::{self, Filesystem, PartitionRequest, Role};
 use crate::embedded;
@@ -95,13 +96,14 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
     let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
     let packages = base_os::installed_packages(&root)?;
-    stages.run("apply overlays", || apply_overlays(&mut root, plan, opts))?;
+    stages.run("apply overlays", || apply_overlays(&mut root, plan, &opts.test_overlays, &opts.out_dir))?;
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
     stages.run("build mirrors", || {
         crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
     })?;
     stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
+    stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     let kernel = esp::find_kernel(&root)?;
     let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan, &ids))?;
@@ -182,20 +184,40 @@ fn load_root_tree(base_tar: &Path, opts: &BuildOptions) -> Result<Tree> {
 
 /// airlock's own overlay and units, then the image's overlays and unit folders, then test-only
 /// overlays: later layers win.
-fn apply_overlays(root: &mut Tree, plan: &BuildPlan, opts: &BuildOptions) -> Result<()> {
+fn apply_overlays(root: &mut Tree, plan: &BuildPlan, test_overlays: &[PathBuf], spool: &Path) -> Result<()> {
     embedded::apply(root, embedded::OVERLAY, "")?;
     embedded::apply(root, embedded::SYSTEMD, SYSTEM_UNIT_DIR)?;
     for dir in &plan.overlays {
-        tree::apply_path(root, dir, &opts.out_dir)?;
+        tree::apply_path(root, dir, spool)?;
     }
     for dir in &plan.unit_dirs {
         tree::host_dir::apply_dir_at(root, dir, SYSTEM_UNIT_DIR.as_bytes(), Default::default())?;
     }
-    for dir in &opts.test_overlays {
+    for dir in test_overlays {
         log::warn!("applying test-only overlay {}: this image is for tests", dir.display());
-        tree::apply_path(root, dir, &opts.out_dir)?;
+        tree::apply_path(root, dir, spool)?;
     }
     Ok(())
+}
+
+/// Every unit, service and container image the appliance names must be in the image.
+fn check_coherence(plan: &BuildPlan, root: &Tree) -> Result<()> {
+    for note in coherence::check(plan, root, Scope::WholeRoot)? {
+        log::info!("{note}");
+    }
+    Ok(())
+}
+
+/// `airlock build --check`: everything that can be judged without the network or the base OS —
+/// the spec (already a plan), the overlays' units and quadlet files against it, and the lock if
+/// there is one. Returns notes on what only a build can check.
+pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
+    let spool = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut tree = Tree::new();
+    apply_overlays(&mut tree, plan, &[], spool.path())?;
+    let mut notes = coherence::check(plan, &tree, Scope::OverlaysOnly)?;
+    notes.extend(crate::lock::check_against_spec(plan)?);
+    Ok(notes)
 }
 
 fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) -> Result<Tree> {

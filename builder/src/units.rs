@@ -18,13 +18,27 @@ pub struct InstallSection {
     pub default_instance: Option<String>,
 }
 
-/// Parses the `[Install]` section (later assignments add to lists; an empty one resets).
-pub fn parse_install(text: &str) -> InstallSection {
-    let mut s = InstallSection::default();
-    let mut in_install = false;
+/// One `Key=Value` assignment of a unit (or quadlet) file, with its section and line number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub section: String,
+    pub key: String,
+    pub value: String,
+    /// 1-based line where the assignment starts.
+    pub line: usize,
+}
+
+/// Reads a systemd-style file: `[Section]` headers, `Key=Value` lines, `#`/`;` comments, lines
+/// continued by a trailing backslash. Lines outside a section or without `=` are skipped.
+pub fn parse_assignments(text: &str) -> Vec<Assignment> {
+    let mut out = Vec::new();
+    let mut section = String::new();
     let mut logical = String::new();
-    for raw in text.lines() {
-        // Continuation lines end in a backslash.
+    let mut start = 0;
+    for (i, raw) in text.lines().enumerate() {
+        if logical.is_empty() {
+            start = i + 1;
+        }
         if let Some(stripped) = raw.strip_suffix('\\') {
             logical.push_str(stripped);
             logical.push(' ');
@@ -36,36 +50,51 @@ pub fn parse_install(text: &str) -> InstallSection {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        if line.starts_with('[') {
-            in_install = line == "[Install]";
-            continue;
-        }
-        if !in_install {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
             continue;
         }
         let Some((key, value)) = line.split_once('=') else { continue };
-        let list = match key.trim() {
+        if section.is_empty() {
+            continue;
+        }
+        out.push(Assignment {
+            section: section.clone(),
+            key: key.trim().to_string(),
+            value: value.trim().to_string(),
+            line: start,
+        });
+    }
+    out
+}
+
+/// Parses the `[Install]` section (later assignments add to lists; an empty one resets).
+pub fn parse_install(text: &str) -> InstallSection {
+    let mut s = InstallSection::default();
+    for a in parse_assignments(text).into_iter().filter(|a| a.section == "Install") {
+        let list = match a.key.as_str() {
             "WantedBy" => &mut s.wanted_by,
             "RequiredBy" => &mut s.required_by,
             "UpheldBy" => &mut s.upheld_by,
             "Alias" => &mut s.alias,
             "Also" => &mut s.also,
             "DefaultInstance" => {
-                s.default_instance = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+                s.default_instance = Some(a.value).filter(|v| !v.is_empty());
                 continue;
             }
             _ => continue,
         };
-        if value.trim().is_empty() {
+        if a.value.is_empty() {
             list.clear();
         } else {
-            list.extend(value.split_whitespace().map(String::from));
+            list.extend(a.value.split_whitespace().map(String::from));
         }
     }
     s
 }
 
-fn read_text(tree: &Tree, path: &str) -> Result<Option<String>> {
+/// The text of the regular file (or the file a symlink chain names) at `path`, if any.
+pub fn read_text(tree: &Tree, path: &str) -> Result<Option<String>> {
     let Some(id) = tree.lookup(path) else { return Ok(None) };
     match &tree.node(id).kind {
         NodeKind::File { size, content } => {
@@ -89,7 +118,7 @@ fn read_text(tree: &Tree, path: &str) -> Result<Option<String>> {
 }
 
 /// Where a unit's file is: `/etc/systemd/system` wins over `/usr/lib/systemd/system`.
-fn unit_file(tree: &Tree, unit: &str) -> Result<Option<(String, String)>> {
+pub fn unit_file(tree: &Tree, unit: &str) -> Result<Option<(String, String)>> {
     for dir in [ETC_UNIT_DIR, SYSTEM_UNIT_DIR] {
         let path = format!("{dir}/{unit}");
         if let Some(text) = read_text(tree, &path)? {

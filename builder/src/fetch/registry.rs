@@ -24,8 +24,8 @@ use super::challenge::{self, Challenge};
 use super::credentials::{Credentials, Login};
 use crate::lock::LockedBlob;
 use crate::oci::error::ImageError;
-use crate::oci::image::{self, Image, Layer};
-use crate::oci::media_type::{self, Compression, ManifestKind};
+use crate::oci::image::{self, CheckedManifest, Image};
+use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{BlobStore, Digest, ImageReference, Limits, ReadOptions, reference};
 use crate::size::ByteSize;
 use anyhow::{Context, Result, anyhow, bail};
@@ -170,40 +170,21 @@ impl RegistryClient {
         store.ingest(&refs.config_digest, refs.config_size, &config_bytes[..], "config")?;
 
         let count = refs.layers.len();
-        let mut layers = Vec::with_capacity(count);
-        for (i, (layer, diff_id)) in refs.layers.into_iter().zip(diff_ids).enumerate() {
-            let what = format!("layer {}", i + 1);
-            // An uncompressed layer's digest is its diff_id; checked before anything is downloaded.
-            if layer.compression == Compression::None && layer.digest != diff_id {
-                return Err(ImageError::Invalid(format!(
-                    "{what} {} is uncompressed, but the config gives its diff_id as {diff_id}",
-                    layer.digest
-                ))
-                .into());
-            }
-            if cached(store, &layer.digest, layer.size, &what).is_none() {
+        let checked = CheckedManifest {
+            digest: manifest_digest,
+            media_type: manifest_media_type,
+            bytes: manifest_bytes,
+            refs,
+            diff_ids,
+        };
+        let image = checked.into_image(&reference.to_string(), ReadOptions::default().platform, |layer, what| {
+            if cached(store, &layer.digest, layer.size, what).is_none() {
                 log::info!("{reference}: {what}/{count} {} ({})", layer.digest, ByteSize(layer.size));
-                self.download_blob(&target, &layer.digest, layer.size, &what, store)
+                self.download_blob(&target, &layer.digest, layer.size, what, store)
                     .with_context(|| format!("downloading {what} {} of {reference}", layer.digest))?;
             }
-            layers.push(Layer {
-                digest: layer.digest,
-                size: layer.size,
-                media_type: layer.media_type,
-                compression: layer.compression,
-                diff_id,
-            });
-        }
-        let image = Image {
-            reference: reference.to_string(),
-            manifest_digest,
-            manifest_media_type,
-            manifest_bytes,
-            config_digest: refs.config_digest,
-            config_size: refs.config_size,
-            layers,
-            platform: ReadOptions::default().platform,
-        };
+            Ok(())
+        })?;
         Ok(Pulled { image, index })
     }
 

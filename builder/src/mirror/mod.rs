@@ -97,6 +97,7 @@ pub struct Fetched {
 pub fn fetch(plan: &BuildPlan, old: &Lock, store: &BlobStore, update: bool) -> Result<Fetched> {
     let m = &plan.mirrors;
     let mut dl = Downloader::new(&plan.spec_dir);
+    // `add` hashes the inputs text the same way `wanted_sets` does.
     let mut sets = Vec::new();
     let mut report = Vec::new();
     let mut add = |name: &str,
@@ -177,15 +178,10 @@ pub(crate) fn locked(path: String, origin: &str, fetched: &download::Fetched) ->
     }
 }
 
-/// The lock's sets for the plan, each checked to be there (an error says to run `airlock
-/// fetch`), and every file verified in the store. Returns the store path of each file.
-pub fn verify_cached<'a>(
-    plan: &BuildPlan,
-    lock: &'a Lock,
-    store: &BlobStore,
-) -> Result<Vec<(&'a LockedMirrorSet, Vec<std::path::PathBuf>)>> {
+/// The sets the plan needs, each with the digest of the spec settings it is resolved from.
+fn wanted_sets(plan: &BuildPlan) -> Vec<(&'static str, String)> {
     let m = &plan.mirrors;
-    let wanted: Vec<(&str, String)> = [
+    [
         m.pulumi.as_ref().map(|p| ("pulumi", pulumi::inputs(p))),
         m.pypi.as_ref().map(|p| ("pypi", format!("{p:?}"))),
         m.npm.as_ref().map(|p| ("npm", format!("{p:?}"))),
@@ -194,19 +190,37 @@ pub fn verify_cached<'a>(
     ]
     .into_iter()
     .flatten()
-    .collect();
-    let mut out = Vec::new();
+    .map(|(name, inputs)| (name, format!("sha256:{}", hex::encode(Sha256::digest(inputs.as_bytes())))))
+    .collect()
+}
+
+/// What is wrong between the lock and the plan's mirrors (missing sets, changed settings),
+/// without looking at the cache: `airlock build --check`'s view.
+pub fn lock_problems(plan: &BuildPlan, lock: &Lock) -> Vec<String> {
     let mut problems = Vec::new();
-    for (name, inputs) in wanted {
-        let inputs = format!("sha256:{}", hex::encode(Sha256::digest(inputs.as_bytes())));
-        let Some(set) = lock.mirror_set(name) else {
-            problems.push(format!("mirror set `{name}`: appliance.lock has no entry for it"));
-            continue;
-        };
-        if set.inputs != inputs {
-            problems.push(format!("mirror set `{name}`: the spec's settings changed since it was locked"));
-            continue;
+    for (name, inputs) in wanted_sets(plan) {
+        match lock.mirror_set(name) {
+            None => problems.push(format!("mirror set `{name}`: appliance.lock has no entry for it")),
+            Some(set) if set.inputs != inputs => {
+                problems.push(format!("mirror set `{name}`: the spec's settings changed since it was locked"))
+            }
+            Some(_) => {}
         }
+    }
+    problems
+}
+
+/// The lock's sets for the plan, each checked to be there (an error says to run `airlock
+/// fetch`), and every file verified in the store. Returns the store path of each file.
+pub fn verify_cached<'a>(
+    plan: &BuildPlan,
+    lock: &'a Lock,
+    store: &BlobStore,
+) -> Result<Vec<(&'a LockedMirrorSet, Vec<std::path::PathBuf>)>> {
+    let mut out = Vec::new();
+    let mut problems = lock_problems(plan, lock);
+    for (name, inputs) in wanted_sets(plan) {
+        let Some(set) = lock.mirror_set(name).filter(|s| s.inputs == inputs) else { continue };
         let mut paths = Vec::new();
         for f in &set.files {
             match f.digest().and_then(|d| store.verified_path(&d, f.size, &f.path)) {

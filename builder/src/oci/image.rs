@@ -92,6 +92,59 @@ pub(crate) struct LayerRef {
     pub compression: Compression,
 }
 
+/// A manifest whose bytes, references and config are checked and in the blob store: what every
+/// source (layout, archive, registry) has before it gets the layers.
+pub(crate) struct CheckedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    pub refs: ManifestRefs,
+    /// The config's `rootfs.diff_ids`, one per layer.
+    pub diff_ids: Vec<Digest>,
+}
+
+impl CheckedManifest {
+    /// The [`Image`], each layer got by `get_layer(layer, "layer N")` — which must leave the blob
+    /// verified in the store — after the checks that need no bytes.
+    pub(crate) fn into_image(
+        self,
+        reference: &str,
+        platform: Platform,
+        mut get_layer: impl FnMut(&LayerRef, &str) -> Result<()>,
+    ) -> Result<Image> {
+        let mut layers = Vec::with_capacity(self.refs.layers.len());
+        for (i, (layer, diff_id)) in self.refs.layers.into_iter().zip(self.diff_ids).enumerate() {
+            let what = format!("layer {}", i + 1);
+            // An uncompressed layer's digest is its diff_id; checked before any bytes move.
+            if layer.compression == Compression::None && layer.digest != diff_id {
+                return Err(ImageError::Invalid(format!(
+                    "{what} {} is uncompressed, but the config gives its diff_id as {diff_id}",
+                    layer.digest
+                ))
+                .into());
+            }
+            get_layer(&layer, &what)?;
+            layers.push(Layer {
+                digest: layer.digest,
+                size: layer.size,
+                media_type: layer.media_type,
+                compression: layer.compression,
+                diff_id,
+            });
+        }
+        Ok(Image {
+            reference: reference.to_string(),
+            manifest_digest: self.digest,
+            manifest_media_type: self.media_type,
+            manifest_bytes: self.bytes,
+            config_digest: self.refs.config_digest,
+            config_size: self.refs.config_size,
+            layers,
+            platform,
+        })
+    }
+}
+
 /// Parses an image manifest and checks what it refers to: media types airlock handles, sha256
 /// digests, sizes within the limits.
 pub(crate) fn parse_manifest(bytes: &[u8], descriptor_media_type: &str, limits: &Limits) -> Result<ManifestRefs> {

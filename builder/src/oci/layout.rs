@@ -10,8 +10,8 @@ use super::ReadOptions;
 use super::blob_store::BlobStore;
 use super::digest::{Digest, DigestingReader};
 use super::error::ImageError;
-use super::image::{self, Image, Layer};
-use super::media_type::{Compression, ManifestKind};
+use super::image::{self, CheckedManifest, Image};
+use super::media_type::ManifestKind;
 use super::tar_index::TarIndex;
 use anyhow::{Context, Result};
 use oci_spec::image::{Descriptor, ImageIndex};
@@ -146,39 +146,18 @@ fn read_layout(
         .with_context(|| format!("in config {}", refs.config_digest))?;
     store.ingest(&refs.config_digest, refs.config_size, &config_bytes[..], "config")?;
 
-    let mut layers = Vec::with_capacity(refs.layers.len());
-    for (i, (layer, diff_id)) in refs.layers.into_iter().zip(diff_ids).enumerate() {
-        let what = format!("layer {}", i + 1);
-        let name = blob_name(&layer.digest);
-        // An uncompressed layer's digest is its diff_id; checked before any bytes are copied.
-        if layer.compression == Compression::None && layer.digest != diff_id {
-            return Err(ImageError::Invalid(format!(
-                "{what} {} is uncompressed, but the config gives its diff_id as {diff_id}",
-                layer.digest
-            ))
-            .into());
-        }
-        let Some((reader, _)) = files.open(&name)? else {
-            return Err(missing(files, &what, &layer.digest).into());
+    let checked = CheckedManifest {
+        digest: manifest_digest,
+        media_type: manifest_media_type,
+        bytes: manifest_bytes,
+        refs,
+        diff_ids,
+    };
+    checked.into_image(reference, opts.platform.clone(), |layer, what| {
+        let Some((reader, _)) = files.open(&blob_name(&layer.digest))? else {
+            return Err(missing(files, what, &layer.digest).into());
         };
-        store.ingest(&layer.digest, layer.size, reader, &what)?;
-        layers.push(Layer {
-            digest: layer.digest,
-            size: layer.size,
-            media_type: layer.media_type,
-            compression: layer.compression,
-            diff_id,
-        });
-    }
-    Ok(Image {
-        reference: reference.to_string(),
-        manifest_digest,
-        manifest_media_type,
-        manifest_bytes,
-        config_digest: refs.config_digest,
-        config_size: refs.config_size,
-        layers,
-        platform: opts.platform.clone(),
+        store.ingest(&layer.digest, layer.size, reader, what).map(drop)
     })
 }
 
