@@ -53,6 +53,24 @@ pub struct FetchReport {
     pub downloaded_bytes: u64,
 }
 
+/// The HTTP client of every online step: rustls with the system's CA store, `HTTPS_PROXY`,
+/// status codes handed to the caller (a registry's 401 starts authentication; a 404 may mean
+/// "no such thing"), and timeouts for a dead connection rather than a slow one (a layer may
+/// take an hour on a slow link; a connection silent for two minutes is dead).
+pub fn http_agent() -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .user_agent(format!("airlock/{}", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .timeout_recv_response(Some(std::time::Duration::from_secs(120)))
+        .timeout_per_read(Some(std::time::Duration::from_secs(120)))
+        .max_redirects(10)
+        .build()
+        .new_agent()
+}
+
 /// The blob store under a cache directory: `<cache>/blobs/sha256/<hex>`.
 pub fn blob_store(cache_dir: &Path) -> Result<BlobStore> {
     BlobStore::new(&cache_dir.join("blobs"))

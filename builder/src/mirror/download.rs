@@ -10,7 +10,6 @@ use crate::oci::{BlobStore, Digest};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use ureq::http::StatusCode;
 
 /// Largest mirrored file accepted (a Pulumi CLI archive is ~100 MB; grpcio wheels ~10 MB).
@@ -45,18 +44,7 @@ pub struct Downloader {
 
 impl Downloader {
     pub fn new(base_dir: &Path) -> Self {
-        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .user_agent(format!("airlock/{}", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .timeout_per_read(Some(Duration::from_secs(120)))
-            .max_redirects(10)
-            .build()
-            .new_agent();
-        Self { agent, base_dir: base_dir.to_path_buf(), downloaded: 0 }
+        Self { agent: crate::fetch::http_agent(), base_dir: base_dir.to_path_buf(), downloaded: 0 }
     }
 
     /// Bytes downloaded over HTTP so far.

@@ -129,6 +129,13 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
     h
 }
 
+/// NuGet's configuration with the appliance as its only source; `BASE` is the script's variable.
+fn nuget_config(base: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <packageSources>\n    <clear />\n    <add key=\"airlock\" value=\"{base}/nuget/v3/index.json\" protocolVersion=\"3\" />\n  </packageSources>\n</configuration>\n"
+    )
+}
+
 /// The POSIX shell setup script. The base URL comes from the first argument, `$AIRLOCK_MIRROR`,
 /// or the URL nginx substitutes for the placeholder when serving the script.
 pub fn setup_sh() -> String {
@@ -175,14 +182,7 @@ echo "go: $goconfig/env"
 
 mkdir -p "$HOME/.nuget/NuGet"
 cat > "$HOME/.nuget/NuGet/NuGet.Config" <<EOF
-<?xml version="1.0" encoding="utf-8"?>
-<configuration>
-  <packageSources>
-    <clear />
-    <add key="airlock" value="$base/nuget/v3/index.json" protocolVersion="3" />
-  </packageSources>
-</configuration>
-EOF
+{nuget}EOF
 echo "nuget: $HOME/.nuget/NuGet/NuGet.Config"
 
 mkdir -p "$HOME/.pulumi"
@@ -196,7 +196,8 @@ touch "$HOME/.profile"
 grep -qxF "$line" "$HOME/.profile" || echo "$line" >> "$HOME/.profile"
 echo "pulumi: $HOME/.pulumi/airlock-env.sh (sourced from ~/.profile)"
 echo "airlock-setup: configured for $base"
-"#
+"#,
+        nuget = nuget_config("$base")
     )
 }
 
@@ -237,14 +238,7 @@ Write-Output "go: $goEnv"
 $nugetDir = Join-Path $appData 'NuGet'
 New-Item -ItemType Directory -Force -Path $nugetDir | Out-Null
 $nuget = @"
-<?xml version="1.0" encoding="utf-8"?>
-<configuration>
-  <packageSources>
-    <clear />
-    <add key="airlock" value="$Base/nuget/v3/index.json" protocolVersion="3" />
-  </packageSources>
-</configuration>
-"@
+{nuget}"@
 Set-Content -Path (Join-Path $nugetDir 'NuGet.Config') -Value $nuget
 Write-Output "nuget: $nugetDir\NuGet.Config"
 
@@ -252,7 +246,8 @@ Write-Output "nuget: $nugetDir\NuGet.Config"
 [Environment]::SetEnvironmentVariable('PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES', ".*=$Base/pulumi/plugins", 'User')
 Write-Output "pulumi: PULUMI_SKIP_UPDATE_CHECK, PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES (user environment)"
 Write-Output "airlock-setup: configured for $Base"
-"#
+"#,
+        nuget = nuget_config("$Base")
     )
 }
 
