@@ -15,6 +15,8 @@
 
 #![allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 
+mod support;
+
 use airlock::fetch::credentials::Credentials;
 use airlock::fetch::registry::{RegistryClient, RegistryOptions};
 use airlock::lock::Lock;
@@ -23,12 +25,13 @@ use base64::Engine;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::registry::{DockerRegistry, free_port, require_tool, run, skopeo};
 
 // ---------------------------------------------------------------------------------------------
 // Fixture images.
@@ -152,31 +155,10 @@ fn index_of(amd64: &Fixture, arm64: &Fixture) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Tools: skopeo, docker-registry, the airlock binary.
 
-fn require_tool(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install Debian's `{package}` package (this test never skips)"
-    );
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn skopeo(args: &[&str]) -> String {
-    require_tool("/usr/bin/skopeo", "skopeo");
-    run(Command::new("/usr/bin/skopeo").arg("--insecure-policy").args(args))
-}
-
-/// A running `docker-registry` on 127.0.0.1, killed when dropped (its log printed if the test
-/// failed).
+/// Debian's registry on a local address, with what these tests do with it: push with skopeo,
+/// read manifests back with skopeo.
 struct Registry {
-    child: Child,
-    ip: String,
-    port: u16,
-    storage: PathBuf,
+    server: DockerRegistry,
     work: PathBuf,
 }
 
@@ -192,56 +174,16 @@ impl Registry {
 
     /// Starts on `ip:port`, serving HTTPS with `tls` (certificate, key) if given.
     fn start_with(work: &Path, ip: &str, port: u16, tls: Option<(&Path, &Path)>) -> Registry {
-        require_tool("/usr/bin/docker-registry", "docker-registry");
-        let storage = work.join("registry-storage");
-        let config = work.join("registry.yml");
-        let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n",
-            storage.display()
-        );
-        if let Some((cert, key)) = tls {
-            yaml.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
-        }
-        fs::write(&config, yaml).unwrap();
-        let log = fs::File::create(work.join("registry.log")).unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut r = Registry { child, ip: ip.to_string(), port, storage, work: work.to_path_buf() };
-        r.wait_ready(tls.is_some());
-        r
-    }
-
-    /// Ready when `/v2/` answers 200 (over TLS: when the port accepts connections).
-    fn wait_ready(&mut self, tls: bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited early ({status})");
-            }
-            if let Ok(mut s) = TcpStream::connect((self.ip.as_str(), self.port)) {
-                if tls {
-                    return;
-                }
-                let _ = write!(s, "GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut r = String::new();
-                let _ = s.read_to_string(&mut r);
-                if r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200") {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "docker-registry not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let server = DockerRegistry::start(&work.join("registry-storage"), work, ip, port, tls);
+        Registry { server, work: work.to_path_buf() }
     }
 
     fn host(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
+        self.server.host()
+    }
+
+    fn port(&self) -> u16 {
+        self.server.port
     }
 
     /// Pushes an image of an OCI layout (`--all`: every platform of an index).
@@ -262,26 +204,11 @@ impl Registry {
         skopeo(&["inspect", "--tls-verify=false", "--raw", &r]).into_bytes()
     }
 
-    fn stop(mut self) -> (PathBuf, u16) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (self.work.clone(), self.port)
+    fn stop(self) -> (PathBuf, u16) {
+        let port = self.port();
+        self.server.stop();
+        (self.work, port)
     }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = fs::read_to_string(self.work.join("registry.log")).unwrap_or_default();
-            eprintln!("--- docker-registry log ({}) ---\n{log}", self.storage.display());
-        }
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 /// A temporary home for one test: spec folder, cache and an empty credentials environment.

@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, reason = "a test should stop at the first unexpected error")]
 
+mod support;
+
 use airlock::oci::media_type::{self, Compression};
 use airlock::oci::{
     BlobStore, Digest, Image, ImageError, ImageSource, Limits, Preload, ReadOptions, RepositoryName, SourceKind,
@@ -20,11 +22,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use support::registry::{DockerRegistry, free_port, skopeo};
 
 const MTIME: u64 = 1_700_000_000;
 
@@ -213,25 +213,6 @@ const PLAIN: [Compression; 3] = [Compression::None; 3];
 // ---------------------------------------------------------------------------------------------
 // External tools.
 
-/// Panics (failing the test) when a tool this test depends on is not installed.
-fn require_tool(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install Debian's `{package}` package (this test never skips)"
-    );
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn skopeo(args: &[&str]) -> String {
-    require_tool("/usr/bin/skopeo", "skopeo");
-    run(Command::new("/usr/bin/skopeo").arg("--insecure-policy").args(args))
-}
-
 /// The fixture as an OCI layout plus skopeo's OCI archive and docker-archive of it.
 struct Sources {
     _dir: tempfile::TempDir,
@@ -408,84 +389,20 @@ fn zstd_layers_apply_like_plain_ones() {
 // ---------------------------------------------------------------------------------------------
 // The real registry serves what airlock wrote.
 
-/// A running `docker-registry`, killed when dropped; its log is printed if the test failed.
-struct Registry {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
+/// Debian's registry serving a storage folder on 127.0.0.1.
+struct Registry(DockerRegistry);
 
 impl Registry {
     fn start(storage: &Path, work: &Path) -> Registry {
-        require_tool("/usr/bin/docker-registry", "docker-registry");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = work.join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let log = work.join("registry.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut registry = Registry { child, port, log };
-        registry.wait_ready();
-        registry
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited early ({status})");
-            }
-            if let Ok((status, _)) = self.try_get("/v2/")
-                && status == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "docker-registry not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn try_get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, body))
+        Registry(DockerRegistry::start(storage, work, "127.0.0.1", free_port("127.0.0.1"), None))
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        self.try_get(path).unwrap()
+        self.0.try_get(path).unwrap()
     }
 
     fn docker_ref(&self, name: &str) -> String {
-        format!("docker://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- docker-registry log ---\n{}", fs::read_to_string(&self.log).unwrap_or_default());
-        }
+        format!("docker://{}/{name}", self.0.host())
     }
 }
 

@@ -113,7 +113,7 @@ fn main() -> Result<()> {
         ));
     }
     let pulls = pulls(&mut vm)?;
-    let pulled = vm.succeed("du -sh /var/lib/airlock/containers/storage | cut -f1")?;
+    let pulled = vm.succeed("du -shx /var/lib/airlock/containers/storage | cut -f1")?;
 
     vm.reboot(BOOT_TIMEOUT)?;
     vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT)?;

@@ -2,6 +2,8 @@
 //! binary, and reading parts of images.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
