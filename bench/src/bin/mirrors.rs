@@ -94,8 +94,9 @@ fn main() -> Result<()> {
     }
     println!("fetch, empty cache:        {} ({} downloaded)", secs(cold), mib(report.downloaded_bytes));
     println!("fetch, lock + cache warm:  {} ({} downloaded)", secs(warm), mib(again.downloaded_bytes));
-    println!("build mirrors stage:       {}", secs(build));
-    println!("baseline, read bytes once: {}", secs(read_once));
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    println!("build mirrors stage:       {}", ms(build));
+    println!("baseline, read bytes once: {}", ms(read_once));
     println!(
         "  build / baseline: {:.2}x   cold fetch / baseline: {:.1}x",
         build.as_secs_f64() / read_once.as_secs_f64().max(1e-6),
