@@ -63,7 +63,7 @@ fn pip_installs_pulumi(work: &Path, home: &Path, env: &[(&str, &str)], extra: &[
 }
 
 /// npm installs `@pulumi/pulumi` into a fresh project and loads it.
-fn npm_installs_pulumi(work: &Path, home: &Path, env: &[(&str, &str)]) {
+fn npm_installs_pulumi(base: &str, work: &Path, home: &Path, env: &[(&str, &str)]) {
     let project = work.join("project");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(
@@ -83,8 +83,14 @@ fn npm_installs_pulumi(work: &Path, home: &Path, env: &[(&str, &str)]) {
         &[],
     );
     assert_eq!(out.trim(), "function", "{out}");
-    let lock = std::fs::read_to_string(project.join("package-lock.json")).unwrap();
-    assert!(!lock.contains("registry.npmjs.org"), "every tarball came from the mirror");
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.join("package-lock.json")).unwrap()).unwrap();
+    let packages = lock["packages"].as_object().unwrap();
+    let resolved: Vec<&str> = packages.values().filter_map(|p| p["resolved"].as_str()).collect();
+    assert!(resolved.len() > 10, "{resolved:?}");
+    for url in resolved {
+        assert!(url.starts_with(&format!("{base}/npm/")), "every tarball came from the mirror: {url}");
+    }
 }
 
 /// Go downloads the fixture module (and, building against it, its requirement) through the
@@ -178,6 +184,7 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     let npm_dir = tmp.path().join("npm");
     std::fs::create_dir_all(&npm_dir).unwrap();
     npm_installs_pulumi(
+        &base,
         &npm_dir,
         &home,
         &[
@@ -240,7 +247,7 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     let setup_dir = tmp.path().join("after-setup");
     std::fs::create_dir_all(&setup_dir).unwrap();
     pip_installs_pulumi(&setup_dir, &home2, &[], &[]);
-    npm_installs_pulumi(&setup_dir, &home2, &[("npm_config_globalconfig", empty_global.to_str().unwrap())]);
+    npm_installs_pulumi(&base, &setup_dir, &home2, &[("npm_config_globalconfig", empty_global.to_str().unwrap())]);
     go_builds_against_fixtures(&setup_dir, &home2, &[]);
     let profile = client(
         "sh",
