@@ -353,6 +353,9 @@ fn run_fetch(args: FetchArgs) -> Result<()> {
         };
         println!("{name}: {} {digest} ({what})", c.reference);
     }
+    for (set, outcome, files) in &report.mirrors {
+        println!("mirror {set}: {files} files ({})", format!("{outcome:?}").to_lowercase());
+    }
     println!(
         "{}: {} ({} downloaded)",
         report.lock_path.display(),

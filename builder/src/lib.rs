@@ -33,6 +33,7 @@ pub mod gpt;
 pub mod inspect;
 pub mod lock;
 pub mod manifest;
+pub mod mirror;
 pub mod oci;
 pub mod output_file;
 pub mod outputs;

@@ -23,6 +23,18 @@
 //!
 //! `index` is there only when the reference resolved to a multi-platform index; `manifest` is
 //! then the `linux/amd64` entry of it.
+//!
+//! Mirrored files (the Pulumi CLI and plugins, PyPI, npm, Go and NuGet packages) follow, one
+//! set per ecosystem, sorted by set and then by the path the appliance serves the file at:
+//!
+//! ```toml
+//! [[mirrors]]
+//! set = "pypi"
+//! inputs = "sha256:…"   # the spec's settings this set was resolved from
+//! files = [
+//!   { path = "pypi/files/dill-0.4.1-py3-none-any.whl", origin = "https://…", sha256 = "…", size = 120019, requires_python = ">=3.9" },
+//! ]
+//! ```
 
 use crate::oci::image::{self, Image, Layer};
 use crate::oci::{BlobStore, Digest, Limits, Platform};
@@ -46,6 +58,42 @@ pub struct Lock {
     pub version: u32,
     #[serde(default)]
     pub containers: Vec<LockedContainer>,
+    #[serde(default)]
+    pub mirrors: Vec<LockedMirrorSet>,
+}
+
+/// One ecosystem's mirrored files, pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedMirrorSet {
+    /// `pulumi`, `pypi`, `npm`, `go` or `nuget`.
+    pub set: String,
+    /// A digest of the spec's settings the set was resolved from: when they change, the set is
+    /// resolved again.
+    pub inputs: String,
+    pub files: Vec<LockedFile>,
+}
+
+/// A mirrored file: where the appliance serves it, where it came from, what it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedFile {
+    /// Relative to the mirror's root (`pypi/files/x.whl`): checked like an archive entry.
+    pub path: String,
+    /// The URL it was downloaded from, or a path relative to the spec.
+    pub origin: String,
+    /// SHA-256, 64 lower-case hex characters.
+    pub sha256: String,
+    pub size: u64,
+    /// PyPI only: the wheel's `Requires-Python`.
+    #[serde(default)]
+    pub requires_python: Option<String>,
+}
+
+impl LockedFile {
+    pub fn digest(&self) -> Result<Digest> {
+        Digest::from_hex(&self.sha256).map_err(|e| anyhow::anyhow!("{}: {e}", self.path))
+    }
 }
 
 /// One container's image, pinned.
@@ -125,7 +173,7 @@ impl LockedContainer {
 impl Lock {
     /// An empty lock.
     pub fn new() -> Self {
-        Self { version: VERSION, containers: Vec::new() }
+        Self { version: VERSION, containers: Vec::new(), mirrors: Vec::new() }
     }
 
     /// Parses a lock file's text; `origin` names it in errors.
@@ -138,6 +186,27 @@ impl Lock {
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             bail!("{origin}: container `{}` is locked twice", w[0]);
+        }
+        let mut sets: Vec<&str> = Vec::new();
+        for m in &lock.mirrors {
+            if !crate::mirror::SETS.contains(&m.set.as_str()) {
+                bail!("{origin}: mirror set `{}` is not one of {}", m.set, crate::mirror::SETS.join(", "));
+            }
+            if sets.contains(&m.set.as_str()) {
+                bail!("{origin}: mirror set `{}` is locked twice", m.set);
+            }
+            sets.push(&m.set);
+            let mut paths: Vec<&str> = Vec::new();
+            for f in &m.files {
+                crate::mirror::check_served_path(&f.path, &m.set)
+                    .map_err(|e| anyhow::anyhow!("{origin}: mirror set `{}`: {e}", m.set))?;
+                f.digest().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+                paths.push(&f.path);
+            }
+            paths.sort_unstable();
+            if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+                bail!("{origin}: mirror set `{}` locks `{}` twice", m.set, w[0]);
+            }
         }
         Ok(lock)
     }
@@ -161,9 +230,11 @@ impl Lock {
         let mut containers: Vec<&LockedContainer> = self.containers.iter().collect();
         containers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = String::new();
-        out.push_str("# Written by `airlock fetch`: the container images of the spec next to this file, pinned by\n");
         out.push_str(
-            "# digest. `airlock build` uses exactly these blobs; `airlock fetch --update` re-resolves tags.\n",
+            "# Written by `airlock fetch`: the container images and mirrored files of the spec next to this\n",
+        );
+        out.push_str(
+            "# file, pinned by digest. `airlock build` uses exactly these; `airlock fetch --update` re-resolves.\n",
         );
         // Writing into a String cannot fail.
         let _ = writeln!(out, "version = {}", self.version);
@@ -187,7 +258,34 @@ impl Lock {
             }
             out.push_str("]\n");
         }
+        let mut sets: Vec<&LockedMirrorSet> = self.mirrors.iter().collect();
+        sets.sort_by(|a, b| a.set.cmp(&b.set));
+        for m in sets {
+            let _ = write!(out, "\n[[mirrors]]\nset = {}\ninputs = {}\nfiles = [\n", quote(&m.set), quote(&m.inputs));
+            let mut files: Vec<&LockedFile> = m.files.iter().collect();
+            files.sort();
+            for f in files {
+                let _ = write!(
+                    out,
+                    "  {{ path = {}, origin = {}, sha256 = {}, size = {}",
+                    quote(&f.path),
+                    quote(&f.origin),
+                    quote(&f.sha256),
+                    f.size
+                );
+                if let Some(r) = &f.requires_python {
+                    let _ = write!(out, ", requires_python = {}", quote(r));
+                }
+                out.push_str(" },\n");
+            }
+            out.push_str("]\n");
+        }
         out
+    }
+
+    /// The locked set named `set`.
+    pub fn mirror_set(&self, set: &str) -> Option<&LockedMirrorSet> {
+        self.mirrors.iter().find(|m| m.set == set)
     }
 
     /// Writes the lock to `path` atomically; leaves the file untouched when its text would not
@@ -247,18 +345,18 @@ pub fn read_for_build(plan: &BuildPlan) -> Result<Lock> {
 /// `airlock build --check`'s look at the lock: none yet is a note (fetching is the next step); an
 /// entry that is missing or was made for another reference or source is an error naming it.
 pub fn check_against_spec(plan: &BuildPlan) -> Result<Option<String>> {
-    if plan.containers.is_empty() {
+    if plan.containers.is_empty() && plan.mirrors.is_empty() {
         return Ok(None);
     }
     let Some(lock) = Lock::read(&plan.lock_path)? else {
         return Ok(Some(format!(
-            "{} does not exist yet: `airlock fetch {}` resolves and downloads the {} container images",
+            "{} does not exist yet: `airlock fetch {}` resolves and downloads the {} container images and the mirrors",
             plan.lock_path.display(),
             plan.spec_path.display(),
             plan.containers.len()
         )));
     };
-    let mut problems = Vec::new();
+    let mut problems = crate::mirror::lock_problems(plan, &lock);
     for c in &plan.containers {
         match lock.entry(&c.name) {
             None => problems.push(format!("container `{}` ({}) is not in the lock", c.name, c.reference)),
@@ -277,7 +375,7 @@ pub fn check_against_spec(plan: &BuildPlan) -> Result<Option<String>> {
             problems.join("\n  - ")
         );
     }
-    Ok(Some(format!("{}: every container is pinned", plan.lock_path.display())))
+    Ok(Some(format!("{}: every container and mirror set is pinned", plan.lock_path.display())))
 }
 
 /// Checks that the cache holds every blob `lock` pins for the plan's containers, each with its
@@ -417,7 +515,26 @@ mod tests {
                 blob(4, 400, crate::oci::media_type::OCI_LAYER_TAR),
             ],
         };
-        Lock { version: VERSION, containers: vec![entry("web"), entry("api")] }
+        let file = |path: &str, n: u8| LockedFile {
+            path: path.into(),
+            origin: format!("https://files.example.test/{path}"),
+            sha256: Digest::of_bytes(&[n]).hex().to_string(),
+            size: u64::from(n),
+            requires_python: (n == 1).then(|| ">=3.9".to_string()),
+        };
+        let mirrors = vec![
+            LockedMirrorSet {
+                set: "pypi".into(),
+                inputs: "sha256:00".into(),
+                files: vec![file("pypi/files/b-1-py3-none-any.whl", 2), file("pypi/files/a-1-py3-none-any.whl", 1)],
+            },
+            LockedMirrorSet {
+                set: "npm".into(),
+                inputs: "sha256:01".into(),
+                files: vec![file("npm/a/-/a-1.0.0.tgz", 3)],
+            },
+        ];
+        Lock { version: VERSION, containers: vec![entry("web"), entry("api")], mirrors }
     }
 
     #[test]
@@ -431,6 +548,13 @@ mod tests {
         let back = Lock::parse(&text, "appliance.lock").unwrap();
         let mut sorted = lock.clone();
         sorted.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted.mirrors.sort_by(|a, b| a.set.cmp(&b.set));
+        for m in &mut sorted.mirrors {
+            m.files.sort();
+        }
+        assert!(text.find("set = \"npm\"").unwrap() < text.find("set = \"pypi\"").unwrap(), "{text}");
+        assert!(text.find("a-1-py3").unwrap() < text.find("b-1-py3").unwrap(), "{text}");
+        assert!(text.contains("requires_python = \">=3.9\" },"), "{text}");
         assert_eq!(back, sorted);
         assert_eq!(back.render(), text);
     }
@@ -456,6 +580,11 @@ mod tests {
             (text.replacen("platform =", "platfrom =", 1), "unknown field `platfrom`"),
             (text.replacen("sha256:", "md5:", 1), "does not use sha256"),
             (text.replace("name = \"web\"", "name = \"api\""), "container `api` is locked twice"),
+            (text.replace("pypi/files/a-1", "pypi/files/../../etc/a-1"), "`..`"),
+            (text.replace("pypi/files/a-1", "npm/a-1"), "outside"),
+            (text.replace("set = \"pypi\"", "set = \"npm\""), "mirror set `npm` is locked twice"),
+            (text.replace("set = \"npm\"", "set = \"maven\""), "mirror set `maven` is not one of"),
+            (text.replace("pypi/files/b-1", "pypi/files/a-1"), "locks `pypi/files/a-1-py3-none-any.whl` twice"),
         ];
         for (bad, expected) in cases {
             let e = Lock::parse(&bad, "x.lock").unwrap_err().to_string();

@@ -8,6 +8,7 @@ use crate::configure::{self, PartitionIds};
 use crate::disk::{self, Filesystem, PartitionRequest, Role};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
+use crate::lock::Lock;
 use crate::manifest::Appliance;
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
@@ -94,13 +95,16 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let ids = partition_ids(plan);
     // First, so a build without its locked images stops before any work. The registry storage
     // stage (to come) writes these images into the root filesystem from the store.
-    let (store, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
+    let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
     let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
     let packages = base_os::installed_packages(&root)?;
     stages.run("apply overlays", || apply_overlays(&mut root, plan, &opts.test_overlays, &opts.out_dir))?;
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
+    stages.run("build mirrors", || {
+        crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
+    })?;
     stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
     stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
@@ -162,14 +166,14 @@ fn partition_ids(plan: &BuildPlan) -> PartitionIds {
 
 /// The images `appliance.lock` pins for the plan's containers, checked blob by blob in the
 /// cache; an error tells the user to run `airlock fetch`.
-fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, Vec<Image>)> {
+fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, Lock, Vec<Image>)> {
     let store = crate::fetch::blob_store(&opts.cache_dir)?;
-    if plan.containers.is_empty() {
-        return Ok((store, Vec::new()));
+    if plan.containers.is_empty() && plan.mirrors.is_empty() {
+        return Ok((store, Lock::new(), Vec::new()));
     }
     let lock = crate::lock::read_for_build(plan)?;
     let images = crate::lock::verify_cached(plan, &lock, &store)?;
-    Ok((store, images))
+    Ok((store, lock, images))
 }
 
 fn install_base_os(plan: &BuildPlan, opts: &BuildOptions) -> Result<PathBuf> {

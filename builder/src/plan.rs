@@ -140,6 +140,10 @@ pub struct BuildPlan {
     pub mask: Vec<String>,
     pub services: Vec<Service>,
     pub containers: Vec<ContainerPlan>,
+    /// The Pulumi CLI, plugins and language package mirrors the appliance carries and serves.
+    pub mirrors: crate::mirror::MirrorPlan,
+    /// The spec's folder: relative sources in the lock resolve against it.
+    pub spec_dir: PathBuf,
     /// `<spec dir>/appliance.lock`: the containers' pinned digests.
     pub lock_path: PathBuf,
     pub seed: Seed,
@@ -167,6 +171,9 @@ impl Default for HostContext {
 /// runtime that runs them (netavark needs nftables for its firewall rules, and aardvark-dns to
 /// let containers find each other by name).
 const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "aardvark-dns", "nftables"];
+
+/// Debian's nginx flavours: any of them serves the mirrors.
+const MIRROR_WEB_SERVERS: &[&str] = &["nginx", "nginx-light", "nginx-full", "nginx-extras", "nginx-core"];
 
 /// Smallest data partition the ext4 writer and first boot's growth are happy with.
 const MIN_DATA: u64 = 32 * MIB;
@@ -330,6 +337,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         None => None,
     };
     let containers = validate_containers(&spec.containers, spec_dir, &err)?;
+    let mirrors = crate::mirror::plan::validate(spec.pulumi.as_ref(), &spec.mirrors, spec_dir, &err)?;
     // An appliance that carries container images serves them from its own registry (and runs
     // them with podman): both come with the base OS, and the registry is one of its services.
     let mut packages = os.packages.clone();
@@ -344,7 +352,27 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         }
     }
 
+    // An appliance with mirrors serves them with nginx on port 80: the banner's `mirror` line.
+    let mut enable = spec.units.enable;
+    if !mirrors.is_empty() {
+        if !packages.iter().any(|p| MIRROR_WEB_SERVERS.contains(&p.as_str())) {
+            packages.push("nginx-light".to_string());
+        }
+        if !enable.iter().any(|u| u == crate::mirror::WEB_UNIT) {
+            enable.push(crate::mirror::WEB_UNIT.to_string());
+        }
+        if !services.iter().any(|s| s.name == "mirror") {
+            services.push(Service {
+                name: "mirror".into(),
+                unit: crate::mirror::WEB_UNIT.into(),
+                url: Some("http://{address}/".into()),
+            });
+        }
+    }
+
     Ok(BuildPlan {
+        mirrors,
+        spec_dir: spec_dir.to_path_buf(),
         formats,
         vm: VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB },
         signing_key,
@@ -365,7 +393,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         },
         overlays,
         unit_dirs,
-        enable: spec.units.enable,
+        enable,
         mask: spec.units.mask,
         services,
         containers,

@@ -1,5 +1,5 @@
 //! The demo appliance boots under UEFI to `airlock: ready`, with nothing failed, its root on
-//! the partition airlock wrote, its data partition grown to the enlarged disk, its web service
+//! the partition airlock wrote, its data partition grown to the enlarged disk, its mirror
 //! answering through a port forward; it reboots to ready again; after shutdown both ext4
 //! filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is slow).
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
@@ -33,7 +33,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert_eq!(banner.get(1).map(|l| l.trim()), Some("appliance: demo 0.1.0"), "banner: {banner:?}");
     // The whole banner as printed (the console interleaves it with systemd's status lines).
     let banner_text = vm.succeed("cat /run/airlock/banner").unwrap();
-    assert!(banner_text.contains("web: http://10.0.2.15/"), "banner: {banner_text}");
+    assert!(banner_text.contains("mirror: http://10.0.2.15/"), "banner: {banner_text}");
     // The demo names its registry by the site's domain (TLS through nginx; firstboot.rs).
     assert!(banner_text.contains("registry: https://registry.airlock.internal/"), "banner: {banner_text}");
 
@@ -65,7 +65,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let machine_id = vm.succeed("cat /etc/machine-id").unwrap();
     assert_eq!(machine_id.trim().len(), 32, "machine-id: {machine_id}");
 
-    // The web service answers through the port forward (and the guest has no other network).
+    // The mirror's page answers through the port forward (and the guest has no other network).
     vm.wait_for_open_port(80, Duration::from_secs(120)).unwrap();
     let (status, body) = http_get(vm.host_port(80), "/").unwrap();
     assert!(status.contains("200"), "{status}");

@@ -47,8 +47,28 @@ pub struct FetchReport {
     pub lock_changed: bool,
     /// Per container, in the spec's order: its name, what happened, its manifest digest.
     pub containers: Vec<(String, Outcome, oci::Digest)>,
-    /// Bytes downloaded from registries.
+    /// Per mirror set: its name, what happened, how many files it pins.
+    pub mirrors: Vec<(String, crate::mirror::SetOutcome, usize)>,
+    /// Bytes downloaded from registries and mirrors' origins.
     pub downloaded_bytes: u64,
+}
+
+/// The HTTP client of every online step: rustls with the system's CA store, `HTTPS_PROXY`,
+/// status codes handed to the caller (a registry's 401 starts authentication; a 404 may mean
+/// "no such thing"), and timeouts for a dead connection rather than a slow one (a layer may
+/// take an hour on a slow link; a connection silent for two minutes is dead).
+pub fn http_agent() -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .user_agent(format!("airlock/{}", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .timeout_recv_response(Some(std::time::Duration::from_secs(120)))
+        .timeout_per_read(Some(std::time::Duration::from_secs(120)))
+        .max_redirects(10)
+        .build()
+        .new_agent()
 }
 
 /// The blob store under a cache directory: `<cache>/blobs/sha256/<hex>`.
@@ -86,15 +106,18 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
         report.push((c.name.clone(), outcome, entry.manifest.digest.clone()));
         entries.push(entry);
     }
-    let lock = Lock { containers: entries, ..Lock::new() };
-    // A spec without containers gets no lock file unless it had one (which then empties).
-    let lock_changed =
-        if lock.containers.is_empty() && !plan.lock_path.exists() { false } else { lock.write(&plan.lock_path)? };
+    let mirrored = crate::mirror::fetch(plan, &old, &store, opts.update)?;
+    let lock = Lock { containers: entries, mirrors: mirrored.sets, ..Lock::new() };
+    // A spec without containers or mirrors gets no lock file unless it had one (which then
+    // empties).
+    let nothing = lock.containers.is_empty() && lock.mirrors.is_empty();
+    let lock_changed = if nothing && !plan.lock_path.exists() { false } else { lock.write(&plan.lock_path)? };
     Ok(FetchReport {
         lock_path: plan.lock_path.clone(),
         lock_changed,
         containers: report,
-        downloaded_bytes: client.downloaded_bytes(),
+        mirrors: mirrored.report,
+        downloaded_bytes: client.downloaded_bytes() + mirrored.downloaded,
     })
 }
 

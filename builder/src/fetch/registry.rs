@@ -32,7 +32,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use oci_spec::image::ImageIndex;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::time::Duration;
 use ureq::http::{Response, StatusCode};
 
 /// Every manifest media type airlock reads, for `Accept`.
@@ -99,19 +98,7 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(opts: RegistryOptions) -> Self {
-        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
-        let agent = ureq::Agent::config_builder()
-            // Status codes are protocol here (401 starts authentication), not errors.
-            .http_status_as_error(false)
-            .user_agent(format!("airlock/{}", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            // A layer may take an hour on a slow link; a connection silent for two minutes is dead.
-            .timeout_per_read(Some(Duration::from_secs(120)))
-            .max_redirects(10)
-            .build()
-            .new_agent();
+        let agent = super::http_agent();
         Self { agent, opts, pings: HashMap::new(), auth: HashMap::new(), downloaded: 0 }
     }
 

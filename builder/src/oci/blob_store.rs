@@ -110,6 +110,47 @@ impl BlobStore {
         Ok((actual, path))
     }
 
+    /// Copies at most `max` bytes from `source` into the store when only the digest is known in
+    /// advance (mirrored files whose index gives a hash but no size), or neither (`expected`
+    /// `None`: the digest is learned from the bytes). Returns the digest, the size and the path.
+    pub fn ingest_unsized(
+        &self,
+        expected: Option<&Digest>,
+        max: u64,
+        source: impl Read,
+        what: &str,
+    ) -> Result<(Digest, u64, PathBuf)> {
+        let partial = self.partial_named("download")?;
+        let (actual, len) = copy_counted(source, max, partial.as_file(), what)?;
+        if len > max {
+            anyhow::bail!("{what} is larger than the limit of {max} bytes");
+        }
+        if let Some(expected) = expected
+            && actual != *expected
+        {
+            return Err(
+                ImageError::DigestMismatch { what: what.to_string(), expected: expected.clone(), actual }.into()
+            );
+        }
+        let path = self.path(&actual);
+        if let Existing::Verified = self.check_existing(&actual, len, what)? {
+            return Ok((actual, len, path));
+        }
+        self.commit(partial, &actual, len)?;
+        Ok((actual, len, path))
+    }
+
+    /// The size of the blob with this digest when the store holds it intact (re-hashed on first
+    /// use in this process); `None` when it is missing or corrupt.
+    pub fn find(&self, digest: &Digest, what: &str) -> Result<Option<u64>> {
+        let size = match fs::metadata(self.path(digest)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path(digest).display())),
+        };
+        Ok(matches!(self.check_existing(digest, size, what)?, Existing::Verified).then_some(size))
+    }
+
     /// Stores bytes made by airlock itself (a manifest built for a `docker save` image).
     pub fn put_bytes(&self, bytes: &[u8], what: &str) -> Result<Digest> {
         let digest = Digest::of_bytes(bytes);

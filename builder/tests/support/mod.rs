@@ -136,8 +136,9 @@ pub fn is_network_failure(stderr: &str) -> bool {
     .any(|s| stderr.contains(s))
 }
 
-/// Builds the demo stack's container images (cached by the script) and pins them with
-/// `airlock fetch --update`, which the demo's build needs first. Returns the failure's text
+/// Builds the demo stack's container images (cached by the script) and its test fixtures, and
+/// pins them and the demo's mirrors with `airlock fetch --update`, which the demo's build needs
+/// first. Returns the failure's text
 /// when the Debian archive cannot be reached.
 pub fn prepare_demo_images() -> Result<(), String> {
     let script = repo_root().join("images/demo/containers/build-images");
@@ -146,6 +147,9 @@ pub fn prepare_demo_images() -> Result<(), String> {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         return Err(text);
     }
+    let fixtures = repo_root().join("images/demo/fixtures/build-fixtures");
+    let out = Command::new(&fixtures).output().expect("running build-fixtures");
+    assert!(out.status.success(), "build-fixtures: {}", String::from_utf8_lossy(&out.stderr));
     let spec = repo_root().join("images/demo/appliance.toml");
     airlock_ok(&["fetch", "--update", spec.to_str().expect("UTF-8 path")]);
     Ok(())

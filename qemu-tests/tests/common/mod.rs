@@ -22,11 +22,15 @@ pub struct TestImage {
 pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
     let spec = repo_root().join(format!("images/{name}/appliance.toml"));
     let plan = airlock::plan::plan(&spec, &airlock::plan::HostContext::default())?;
-    if !plan.containers.is_empty() {
-        // The demo's images are built from Debian packages on this machine, then pinned.
-        let script = spec.parent().expect("spec has a folder").join("containers/build-images");
-        if script.exists() {
-            host(script.to_str().expect("UTF-8 path"), &[]);
+    if !plan.containers.is_empty() || !plan.mirrors.is_empty() {
+        // The demo's images are built from Debian packages on this machine and its test
+        // fixtures (stand-ins for the Pulumi CLI and plugin, Go modules, a NuGet package) by
+        // its scripts, then pinned with the mirrors the host's pip and npm resolve.
+        let dir = spec.parent().expect("spec has a folder");
+        for script in [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")] {
+            if script.exists() {
+                host(script.to_str().expect("UTF-8 path"), &[]);
+            }
         }
         let opts = airlock::fetch::FetchOptions {
             cache_dir: airlock::cache::cache_dir()?,

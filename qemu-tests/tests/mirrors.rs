@@ -1,0 +1,267 @@
+//! The demo appliance's mirrors, used by the real clients from the host through a port forward
+//! with their own configuration isolated, so that only the appliance can answer: pip installs
+//! the real `pulumi` SDK into a fresh venv, npm installs the real `@pulumi/pulumi` into a fresh
+//! project, Go downloads and builds against the fixture modules, the NuGet feed answers as the
+//! protocol says, every locked CLI archive and plugin is served byte for byte, and the `/setup/`
+//! script configures a clean HOME that the clients then use. One boot serves all of it.
+#![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
+
+mod common;
+
+use common::*;
+use qemu_tests::{Vm, VmConfig};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// First boot under TCG, including the demo stack's image pulls.
+const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs a client with a clean environment: only `PATH`, `HOME` and what the test passes.
+fn client(program: &str, args: &[&str], dir: &Path, home: &Path, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", home)
+        .env("LANG", "C.UTF-8");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {} failed:\n{text}", args.join(" "));
+    text
+}
+
+/// GET through curl (a client nobody here wrote) with the forward's `Host`.
+fn get(url: &str) -> Vec<u8> {
+    let out = Command::new("curl").args(["-fsS", "--max-time", "120", url]).output().expect("running curl");
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// pip installs `pulumi` into a fresh venv and imports it.
+fn pip_installs_pulumi(work: &Path, home: &Path, env: &[(&str, &str)], extra: &[&str]) {
+    let venv = work.join("venv");
+    client("python3", &["-m", "venv", venv.to_str().unwrap()], work, home, &[]);
+    let pip = venv.join("bin/pip");
+    let mut args = vec!["install", "--no-cache-dir", "--disable-pip-version-check"];
+    args.extend_from_slice(extra);
+    args.push("pulumi");
+    let log = client(pip.to_str().unwrap(), &args, work, home, env);
+    assert!(log.contains("Successfully installed"), "{log}");
+    let python = venv.join("bin/python");
+    let v = client(python.to_str().unwrap(), &["-c", "import pulumi, grpc; print(pulumi.__name__)"], work, home, &[]);
+    assert_eq!(v.trim(), "pulumi");
+}
+
+/// npm installs `@pulumi/pulumi` into a fresh project and loads it.
+fn npm_installs_pulumi(base: &str, work: &Path, home: &Path, env: &[(&str, &str)]) {
+    let project = work.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("package.json"),
+        "{\"name\": \"mirror-test\", \"version\": \"1.0.0\", \"private\": true}\n",
+    )
+    .unwrap();
+    let mut env = env.to_vec();
+    let cache = work.join("npm-cache");
+    env.extend([("npm_config_cache", cache.to_str().unwrap()), ("npm_config_update_notifier", "false")]);
+    client("npm", &["install", "--no-audit", "--no-fund", "@pulumi/pulumi"], &project, home, &env);
+    let out = client(
+        "node",
+        &["-e", "const p = require('@pulumi/pulumi'); console.log(typeof p.Config)"],
+        &project,
+        home,
+        &[],
+    );
+    assert_eq!(out.trim(), "function", "{out}");
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.join("package-lock.json")).unwrap()).unwrap();
+    let packages = lock["packages"].as_object().unwrap();
+    let resolved: Vec<&str> = packages.values().filter_map(|p| p["resolved"].as_str()).collect();
+    assert!(resolved.len() > 10, "{resolved:?}");
+    for url in resolved {
+        assert!(url.starts_with(&format!("{base}/npm/")), "every tarball came from the mirror: {url}");
+    }
+}
+
+/// Go downloads the fixture module (and, building against it, its requirement) through the
+/// mirror alone.
+fn go_builds_against_fixtures(work: &Path, home: &Path, env: &[(&str, &str)]) {
+    let project = work.join("go-consumer");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("go.mod"), "module example.test/consumer\n\ngo 1.19\n").unwrap();
+    std::fs::write(
+        project.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.airlock.test/Fixture/greeting\"\n)\n\nfunc main() { fmt.Println(greeting.Text()) }\n",
+    )
+    .unwrap();
+    let gopath = work.join("gopath");
+    let cache = work.join("gocache");
+    let mut env = env.to_vec();
+    env.extend([("GOPATH", gopath.to_str().unwrap()), ("GOCACHE", cache.to_str().unwrap()), ("GOFLAGS", "-mod=mod")]);
+    let dl = client(
+        "go",
+        &["mod", "download", "-json", "example.airlock.test/Fixture/greeting@v1.0.0"],
+        &project,
+        home,
+        &env,
+    );
+    assert!(dl.contains("\"Version\": \"v1.0.0\"") && !dl.contains("\"Error\""), "{dl}");
+    client("go", &["get", "example.airlock.test/Fixture/greeting@v1.0.0"], &project, home, &env);
+    let out = client("go", &["run", "."], &project, home, &env);
+    assert!(out.contains("hello from the airlock mirror"), "{out}");
+    // The module cache is read-only by design; let the temporary folder be removed.
+    let _ = Command::new("chmod").args(["-R", "u+w", gopath.to_str().unwrap()]).status();
+}
+
+#[test]
+fn demo_mirrors_serve_real_clients_through_a_port_forward() {
+    qemu_tests::init_logging();
+    let built = build_test_image("demo").expect("building the demo test image");
+    let mut vm = Vm::boot(VmConfig { forwards: vec![80], ..VmConfig::new("demo-mirrors", &built.image) })
+        .expect("starting qemu");
+    vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).expect("the banner says ready");
+    let banner = vm.succeed("cat /run/airlock/banner").unwrap();
+    assert!(banner.contains("mirror: http://10.0.2.15/"), "banner: {banner}");
+    let base = format!("http://127.0.0.1:{}", vm.host_port(80));
+    let lock = airlock::lock::read_for_build(&built.plan).unwrap();
+
+    // The appliance's own CLI: installed from the linux-x64 archive, pointed at the mirror,
+    // its plugin cache seeded.
+    let version = vm.succeed("bash -lc 'pulumi version'").unwrap();
+    assert!(version.contains("v3.0.0-fixture"), "{version}");
+    let env = vm.succeed("bash -lc 'env | grep ^PULUMI_ | sort'").unwrap();
+    assert!(env.contains("PULUMI_SKIP_UPDATE_CHECK=true"), "{env}");
+    assert!(env.contains("PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES=.*=http://127.0.0.1/pulumi/plugins"), "{env}");
+    assert!(env.contains("PULUMI_BACKEND_URL=http://127.0.0.1:8080"), "{env}");
+    vm.succeed("test -x /usr/local/bin/pulumi-language-python && test -x /root/.pulumi/plugins/resource-airlockfixture-v0.1.0/pulumi-resource-airlockfixture && test ! -e /root/.pulumi/plugins/resource-airlockfixture-v0.1.0.partial").unwrap();
+
+    // Every locked CLI archive, checksums file and plugin is served byte for byte.
+    let pulumi = lock.mirror_set("pulumi").expect("the lock pins the pulumi set");
+    assert_eq!(pulumi.files.len(), 8, "5 archives, checksums, 2 plugins");
+    for f in &pulumi.files {
+        let bytes = get(&format!("{base}/{}", f.path));
+        assert_eq!((bytes.len() as u64, sha256(&bytes)), (f.size, f.sha256.clone()), "{}", f.path);
+    }
+    // The listing page names what the appliance carries.
+    let page = String::from_utf8(get(&format!("{base}/"))).unwrap();
+    assert!(
+        page.contains("airlock demo appliance") && page.contains("pulumi-v3.0.0-fixture-linux-x64.tar.gz"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("curl -fsS {base}/setup/airlock-setup.sh | sh")), "the page names the URL used");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join(".npmrc"), "").unwrap();
+    let empty_global = tmp.path().join("global-npmrc");
+    std::fs::write(&empty_global, "").unwrap();
+
+    // pip, with its configuration switched off, from the mirror only.
+    let index = format!("{base}/pypi/simple/");
+    let pip_dir = tmp.path().join("pip");
+    std::fs::create_dir_all(&pip_dir).unwrap();
+    pip_installs_pulumi(&pip_dir, &home, &[("PIP_CONFIG_FILE", "/dev/null")], &["--index-url", &index]);
+    let simple = String::from_utf8(get(&format!("{index}grpcio/"))).unwrap();
+    assert!(simple.contains("#sha256=") && simple.contains("data-requires-python="), "{simple}");
+
+    // npm, with an empty user and global configuration and the registry on the command line.
+    let registry = format!("{base}/npm/");
+    let packument: serde_json::Value = serde_json::from_slice(&get(&format!("{base}/npm/@pulumi%2fpulumi"))).unwrap();
+    let latest = packument["dist-tags"]["latest"].as_str().unwrap().to_string();
+    let tarball = packument["versions"][&latest]["dist"]["tarball"].as_str().unwrap();
+    assert!(tarball.starts_with(&format!("{base}/npm/@pulumi/pulumi/-/")), "{tarball}");
+    let npm_dir = tmp.path().join("npm");
+    std::fs::create_dir_all(&npm_dir).unwrap();
+    npm_installs_pulumi(
+        &base,
+        &npm_dir,
+        &home,
+        &[
+            ("npm_config_userconfig", home.join(".npmrc").to_str().unwrap()),
+            ("npm_config_globalconfig", empty_global.to_str().unwrap()),
+            ("npm_config_registry", &registry),
+        ],
+    );
+
+    // Go, through the mirror and nothing else.
+    let goproxy = format!("{base}/go,off");
+    let go_dir = tmp.path().join("go");
+    std::fs::create_dir_all(&go_dir).unwrap();
+    go_builds_against_fixtures(
+        &go_dir,
+        &home,
+        &[("GOPROXY", &goproxy), ("GOSUMDB", "off"), ("GOTOOLCHAIN", "local"), ("GOENV", "off")],
+    );
+    let list = String::from_utf8(get(&format!("{base}/go/example.airlock.test/!fixture/greeting/@v/list"))).unwrap();
+    assert_eq!(list, "v1.0.0\n");
+
+    // NuGet: the service index names the flat container at the URL the client used, which lists
+    // the package's versions and serves the locked bytes.
+    let service: serde_json::Value = serde_json::from_slice(&get(&format!("{base}/nuget/v3/index.json"))).unwrap();
+    assert_eq!(service["version"], "3.0.0");
+    let flat = service["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["@type"] == "PackageBaseAddress/3.0.0")
+        .expect("a PackageBaseAddress/3.0.0 resource")["@id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(flat, format!("{base}/nuget/v3/flat/"));
+    let versions: serde_json::Value =
+        serde_json::from_slice(&get(&format!("{flat}airlock.fixture/index.json"))).unwrap();
+    assert_eq!(versions, serde_json::json!({ "versions": ["1.0.0"] }));
+    // Its dependency came along at the lowest version in range, as NuGet would pick it.
+    let core: serde_json::Value =
+        serde_json::from_slice(&get(&format!("{flat}airlock.fixture.core/index.json"))).unwrap();
+    assert_eq!(core, serde_json::json!({ "versions": ["1.0.0"] }));
+    let nuget = lock.mirror_set("nuget").unwrap();
+    assert_eq!(nuget.files.len(), 2, "{:?}", nuget.files);
+    for f in &nuget.files {
+        let rel = f.path.strip_prefix("nuget/v3/flat/").unwrap();
+        assert_eq!(sha256(&get(&format!("{flat}{rel}"))), f.sha256, "{}", f.path);
+    }
+
+    // The setup script, fetched from the appliance and run in a clean HOME, configures the
+    // clients, which then use nothing but that configuration.
+    let home2 = tmp.path().join("home2");
+    std::fs::create_dir_all(&home2).unwrap();
+    let script = get(&format!("{base}/setup/airlock-setup.sh"));
+    let script_path = tmp.path().join("airlock-setup.sh");
+    std::fs::write(&script_path, &script).unwrap();
+    let out = client("sh", &[script_path.to_str().unwrap()], tmp.path(), &home2, &[]);
+    assert!(out.contains(&format!("configured for {base}")), "{out}");
+    assert!(String::from_utf8_lossy(&get(&format!("{base}/setup/airlock-setup.ps1"))).contains(&format!("'{base}'")));
+    let setup_dir = tmp.path().join("after-setup");
+    std::fs::create_dir_all(&setup_dir).unwrap();
+    pip_installs_pulumi(&setup_dir, &home2, &[], &[]);
+    npm_installs_pulumi(&base, &setup_dir, &home2, &[("npm_config_globalconfig", empty_global.to_str().unwrap())]);
+    go_builds_against_fixtures(&setup_dir, &home2, &[]);
+    let profile = client(
+        "sh",
+        &["-c", ". \"$HOME/.pulumi/airlock-env.sh\"; echo $PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES"],
+        tmp.path(),
+        &home2,
+        &[],
+    );
+    assert_eq!(profile.trim(), format!(".*={base}/pulumi/plugins"));
+    // The plugin URL the CLI would build from that override serves the locked plugin.
+    let plugin =
+        pulumi.files.iter().find(|f| f.path.ends_with("linux-amd64.tar.gz") && f.path.contains("plugins")).unwrap();
+    let name = plugin.path.rsplit('/').next().unwrap();
+    assert_eq!(sha256(&get(&format!("{}/{name}", profile.trim().trim_start_matches(".*=")))), plugin.sha256);
+
+    vm.shutdown(Duration::from_secs(180)).unwrap();
+}
