@@ -9,7 +9,8 @@
 //! boot includes the firmware.
 //!
 //! Usage: `cargo run --release -p airlock-bench --bin stack` (as root; the demo's container
-//! images must be buildable: `images/demo/containers/build-images` runs first).
+//! images and fixtures must be buildable: `images/demo/containers/build-images` and
+//! `images/demo/fixtures/build-fixtures` run first).
 
 use airlock_bench::*;
 use anyhow::{Context, Result, bail};
@@ -78,6 +79,7 @@ fn main() -> Result<()> {
     let spec = repo.join("images/demo/appliance.toml");
     let plan = airlock::plan::plan(&spec, &Default::default())?;
     run(path_str(&repo.join("images/demo/containers/build-images"))?, &[], &[])?;
+    run(path_str(&repo.join("images/demo/fixtures/build-fixtures"))?, &[], &[])?;
     let cache = airlock::cache::cache_dir()?;
     airlock::fetch::fetch(
         &plan,
