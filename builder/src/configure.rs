@@ -30,6 +30,31 @@ pub const TIME_SINKS: &[&str] = &[
 pub const ALWAYS_ENABLED: &[&str] =
     &["systemd-networkd.service", "systemd-resolved.service", "airlock-provision.service", "airlock-banner.service"];
 
+/// The persistent journal's folder on the data partition, bind-mounted on `/var/log/journal`:
+/// the audit trail grows with the data partition (journald caps it:
+/// `overlay/etc/systemd/journald.conf.d/airlock.conf`) and never fills the root filesystem.
+pub const JOURNAL_DIR: &str = "journal";
+
+/// The data partition as built: empty but for the journal's folder (`2755 root:systemd-journal`,
+/// as systemd's tmpfiles.d makes `/var/log/journal`), which must exist when it is mounted.
+pub fn data_tree(root: &Tree, clock: &BuildClock) -> Result<Tree> {
+    let group = units::read_text(root, "etc/group")?.context("the root filesystem has no /etc/group")?;
+    let gid = group
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3 && f[0] == "systemd-journal").then(|| f[2].parse::<u32>().ok()).flatten()
+        })
+        .context("no group systemd-journal in the root filesystem's /etc/group")?;
+    let mut tree = Tree::new();
+    let mut meta = Meta::root(0o2755);
+    meta.gid = gid;
+    meta.mtime = clock.epoch();
+    tree.insert(JOURNAL_DIR.as_bytes(), meta, NodeKind::Directory { entries: BTreeMap::new() })
+        .map_err(|p| anyhow!("creating {JOURNAL_DIR} on the data partition: {p}"))?;
+    Ok(tree)
+}
+
 /// Partition identities the root filesystem refers to.
 #[derive(Debug, Clone)]
 pub struct PartitionIds {
@@ -88,13 +113,15 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
             "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
              PARTUUID={root} / ext4 defaults 0 1\n\
              PARTUUID={data} {DATA_MOUNT} ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
-             PARTUUID={esp} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n",
+             PARTUUID={esp} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n\
+             {DATA_MOUNT}/{JOURNAL_DIR} /var/log/journal none bind,x-systemd.requires-mounts-for={DATA_MOUNT} 0 0\n",
             root = ids.root,
             data = ids.data,
             esp = ids.esp,
         ),
     )?;
     put_dir(root, DATA_MOUNT.trim_start_matches('/'), 0o755)?;
+    put_dir(root, "var/log/journal", 0o2755)?;
     put_dir(root, "efi", 0o700)?;
     put_symlink(root, "etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
 

@@ -29,6 +29,7 @@ pub mod fat;
 pub mod fetch;
 pub mod firstboot;
 pub mod flash;
+pub mod front_door;
 pub mod gpt;
 pub mod inspect;
 pub mod lock;

@@ -105,6 +105,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("build mirrors", || {
         crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
     })?;
+    stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
     stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
     stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
@@ -243,6 +244,7 @@ fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) 
 
 fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, image: &Path) -> Result<u64> {
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let data = configure::data_tree(&root, &opts.clock)?;
     let requests = vec![
         PartitionRequest {
             role: Role::Esp,
@@ -257,7 +259,7 @@ fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, i
         PartitionRequest {
             role: Role::Data,
             size: Some(plan.disk.data),
-            fs: Filesystem::Ext4 { tree: Tree::new(), label: "data".into(), reserved_percent: 0 },
+            fs: Filesystem::Ext4 { tree: data, label: "data".into(), reserved_percent: 0 },
         },
     ];
     let disk_plan = disk::plan(plan.disk.size, plan.seed.clone(), opts.clock, requests)?;

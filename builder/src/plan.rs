@@ -172,8 +172,8 @@ impl Default for HostContext {
 /// let containers find each other by name).
 const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "aardvark-dns", "nftables"];
 
-/// Debian's nginx flavours: any of them serves the mirrors.
-const MIRROR_WEB_SERVERS: &[&str] = &["nginx", "nginx-light", "nginx-full", "nginx-extras", "nginx-core"];
+/// Debian's nginx flavours: any of them is the front door.
+const WEB_SERVERS: &[&str] = &["nginx", "nginx-light", "nginx-full", "nginx-extras", "nginx-core"];
 
 /// Smallest data partition the ext4 writer and first boot's growth are happy with.
 const MIN_DATA: u64 = 32 * MIB;
@@ -347,27 +347,29 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
             services.push(Service {
                 name: "registry".into(),
                 unit: "docker-registry.service".into(),
-                url: Some(format!("http://{{address}}:{}/", crate::preload::PORT)),
+                url: Some("https://registry.{domain}/".into()),
             });
         }
     }
 
-    // An appliance with mirrors serves them with nginx on port 80: the banner's `mirror` line.
+    // nginx is the front door of an appliance with a registry or mirrors: the CA over plain
+    // HTTP (`/ca.crt`), TLS with the instance's certificate for `registry.<domain>`, and the
+    // mirrors on 80 and 443 (`front_door.rs`).
     let mut enable = spec.units.enable;
-    if !mirrors.is_empty() {
-        if !packages.iter().any(|p| MIRROR_WEB_SERVERS.contains(&p.as_str())) {
+    if !containers.is_empty() || !mirrors.is_empty() {
+        if !packages.iter().any(|p| WEB_SERVERS.contains(&p.as_str())) {
             packages.push("nginx-light".to_string());
         }
         if !enable.iter().any(|u| u == crate::mirror::WEB_UNIT) {
             enable.push(crate::mirror::WEB_UNIT.to_string());
         }
-        if !services.iter().any(|s| s.name == "mirror") {
-            services.push(Service {
-                name: "mirror".into(),
-                unit: crate::mirror::WEB_UNIT.into(),
-                url: Some("http://{address}/".into()),
-            });
-        }
+    }
+    if !mirrors.is_empty() && !services.iter().any(|s| s.name == "mirror") {
+        services.push(Service {
+            name: "mirror".into(),
+            unit: crate::mirror::WEB_UNIT.into(),
+            url: Some("http://{address}/".into()),
+        });
     }
 
     Ok(BuildPlan {

@@ -20,8 +20,10 @@ pub const PORT: u16 = 5000;
 const REGISTRY_USER: &str = "docker-registry";
 
 /// The registry's configuration: the preloaded storage, served read-only (the appliance is the
-/// enclave's copy of what was built and signed; pushes would make it something else) and
-/// without authentication until first boot provisions credentials and TLS.
+/// enclave's copy of what was built and signed; pushes would make it something else), over TLS
+/// with the instance's certificate, to the instance's registry user only. Certificate, key and
+/// htpasswd are made on first boot and handed over as systemd credentials
+/// (`systemd/docker-registry.service.d/airlock.conf`).
 const REGISTRY_CONFIG: &str = "# Written by airlock: serves the images preloaded at build time.
 version: 0.1
 log:
@@ -35,8 +37,15 @@ storage:
       enabled: true
     uploadpurging:
       enabled: false
+auth:
+  htpasswd:
+    realm: airlock
+    path: /run/credentials/docker-registry.service/htpasswd
 http:
   addr: :5000
+  tls:
+    certificate: /run/credentials/docker-registry.service/server.crt
+    key: /run/credentials/docker-registry.service/server.key
   headers:
     X-Content-Type-Options: [nosniff]
 health:
@@ -97,7 +106,10 @@ fn put(tree: &mut Tree, path: &str, text: String) -> Result<()> {
 }
 
 /// The `registries.conf` drop-in that sends every preloaded domain to the local registry, so
-/// units keep the images' original references and nothing reaches for the internet.
+/// units keep the images' original references and nothing reaches for the internet. podman
+/// reaches it over loopback, with TLS whose certificate it does not verify (`insecure`: the
+/// certificate names the appliance's public names, and may be the site's own), and with the
+/// instance's credentials (`/run/containers/0/auth.json`, written on every boot).
 pub fn registries_conf(domains: &BTreeSet<String>) -> String {
     let mut s =
         String::from("# Written by airlock: images of these registries come from the appliance's own registry.\n");

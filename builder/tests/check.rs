@@ -87,10 +87,11 @@ fn the_pulumi_stack_is_wired_as_pulumi_documents_it() {
     assert!(secrets.contains(&"pulumi-local-keys".to_string()), "{secrets:?}");
     assert!(secrets.iter().any(|s| s.contains("target=PULUMI_LICENSE_KEY")), "{secrets:?}");
     assert!(!env.iter().any(|e| e.starts_with("PULUMI_LICENSE_KEY=")), "{env:?}");
-    assert_eq!(values(&api, "Container", "PublishPort"), ["8080:8080"]);
+    // Loopback only: TLS at api.<domain> (nginx) is the way in.
+    assert_eq!(values(&api, "Container", "PublishPort"), ["127.0.0.1:8080:8080"]);
     let console_env = values(&console, "Container", "Environment");
     assert!(console_env.contains(&"PULUMI_API_INTERNAL_ENDPOINT=http://api:8080".to_string()), "{console_env:?}");
-    assert_eq!(values(&console, "Container", "PublishPort"), ["3000:3000"]);
+    assert_eq!(values(&console, "Container", "PublishPort"), ["127.0.0.1:3000:3000"]);
 }
 
 #[test]
@@ -131,4 +132,129 @@ fn a_broken_copy_fails_naming_file_line_and_key() {
     let (ok, text) = check(&spec);
     assert!(!ok, "{text}");
     assert!(text.contains("unknown field `data_sise`"), "{text}");
+}
+
+/// Runs the Pulumi image's `pulumi-secrets` with stand-ins for podman and systemctl that log
+/// their arguments (and each secret's content), against a provisioned state in `dir`.
+fn run_pulumi_secrets(dir: &Path) -> (bool, String, String) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("calls.log");
+    for tool in ["podman", "systemctl"] {
+        let stub = format!(
+            "#!/bin/sh\necho \"{tool} $*\" >> '{log}'\nif [ \"$1 $2\" = 'secret create' ]; then printf '  = %s\\n' \"$(cat \"$5\")\" >> '{log}'; fi\n",
+            log = log.display()
+        );
+        let path = bin.join(tool);
+        std::fs::write(&path, stub).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let _ = std::fs::remove_file(&log);
+    let script = repo().join("images/pulumi-selfhosted/overlay/usr/lib/airlock/pulumi-secrets");
+    let out = Command::new("sh")
+        .arg(&script)
+        .env("AIRLOCK_STATE", dir.join("state"))
+        .env("AIRLOCK_RUN", dir.join("run"))
+        .env("AIRLOCK_ETC", dir.join("root/etc"))
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+        .output()
+        .unwrap();
+    // Lossy: the log holds every secret's bytes, and PULUMI_LOCAL_KEYS is binary.
+    let calls = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), calls)
+}
+
+/// The Pulumi image's hand-over script turns what provisioning made from a site's
+/// `airlock.toml` (domain, SMTP, SAML, license key) into the stack's podman secrets and
+/// environment files, names the optional secrets in the API's quadlet drop-in (reloading
+/// systemd only when that changes), and refuses to start the stack without a license key.
+#[test]
+fn pulumi_secrets_hands_the_site_to_the_stack() {
+    use airlock::firstboot::{Paths, STEPS, provision};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let paths = Paths { root: d.join("root"), esp: d.join("esp"), state: d.join("state"), run: d.join("run") };
+    for p in [&paths.esp, &paths.state, &paths.run, &paths.root.join("etc")] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(paths.root.join("etc/hostname"), "pulumi\n").unwrap();
+    std::fs::write(paths.root.join("etc/machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(paths.esp.join("saml.crt"), "-----BEGIN CERTIFICATE-----\nSAMLCERT\n-----END CERTIFICATE-----\n")
+        .unwrap();
+    std::fs::write(paths.esp.join("saml.key"), "-----BEGIN PRIVATE KEY-----\nSAMLKEY\n-----END PRIVATE KEY-----\n")
+        .unwrap();
+    let site = |smtp: bool| {
+        let mut s = String::from("domain = \"corp.internal\"\n[pulumi]\nlicense_key = \"LICENSE-1\"\n");
+        if smtp {
+            s.push_str("[smtp]\nserver = \"mail.corp.internal:587\"\nusername = \"pulumi bot\"\npassword = \"p4ss'word\"\nsender = \"pulumi@corp.internal\"\n[saml]\ncertificate = \"saml.crt\"\nprivate_key = \"saml.key\"\n");
+        }
+        s
+    };
+    let steps: Vec<_> = STEPS.iter().copied().filter(|(n, _, _)| *n != "ssh-host-keys" && *n != "machine-id").collect();
+    std::fs::write(paths.esp.join("airlock.toml"), site(true)).unwrap();
+    provision(&paths, &steps).unwrap();
+
+    let (ok, stderr, calls) = run_pulumi_secrets(d);
+    assert!(ok, "{stderr}");
+    let read = |p: &str| std::fs::read_to_string(d.join(p)).unwrap();
+    let domains = read("run/airlock/pulumi/domains.env");
+    assert!(domains.contains("PULUMI_API_DOMAIN=api.corp.internal\n"), "{domains}");
+    assert!(domains.contains("PULUMI_CONSOLE_DOMAIN=app.corp.internal\n"), "{domains}");
+    assert!(domains.contains("PULUMI_API=https://api.corp.internal\n"), "{domains}");
+    assert_eq!(read("run/airlock/pulumi/console.env"), "SAML_SSO_ENABLED=true\n");
+    let smtp = read("run/airlock/pulumi/smtp.env");
+    assert_eq!(
+        smtp,
+        "SMTP_SERVER=mail.corp.internal:587\nSMTP_USERNAME=pulumi bot\nSMTP_GENERIC_SENDER=pulumi@corp.internal\n"
+    );
+    for (secret, content) in [
+        ("pulumi-mysql-root-password", None),
+        ("pulumi-local-keys", None),
+        ("pulumi-license-key", Some("LICENSE-1")),
+        ("pulumi-smtp-password", Some("p4ss'word")),
+        ("pulumi-saml-certificate", Some("SAMLCERT")),
+        ("pulumi-saml-private-key", Some("SAMLKEY")),
+    ] {
+        assert!(calls.contains(&format!("podman secret create --replace {secret} ")), "{secret}: {calls}");
+        if let Some(c) = content {
+            assert!(calls.contains(c), "{secret} holds {c}: {calls}");
+        }
+    }
+    let dropin = read("root/etc/containers/systemd/api.container.d/50-site.conf");
+    for line in [
+        "Secret=pulumi-smtp-password,type=env,target=SMTP_PASSWORD",
+        "Secret=pulumi-saml-certificate,type=env,target=SAML_CERTIFICATE_PUBLIC_KEY",
+        "Secret=pulumi-saml-private-key,type=env,target=SAML_CERTIFICATE_PRIVATE_KEY",
+    ] {
+        assert!(dropin.lines().any(|l| l == line), "{line}: {dropin}");
+    }
+    assert_eq!(calls.matches("systemctl daemon-reload").count(), 1, "{calls}");
+    // No secret value is in an environment file or the drop-in.
+    for text in [&domains, &smtp, &dropin] {
+        assert!(!text.contains("p4ss") && !text.contains("SAMLKEY") && !text.contains("LICENSE-1"), "{text}");
+    }
+
+    // The next boot with the same site: the same files, no reload.
+    let (ok, stderr, calls) = run_pulumi_secrets(d);
+    assert!(ok, "{stderr}");
+    assert_eq!(calls.matches("systemctl daemon-reload").count(), 0, "{calls}");
+
+    // The site drops SMTP and SAML: their secrets go, the drop-in names none, systemd reloads.
+    std::fs::write(paths.esp.join("airlock.toml"), site(false)).unwrap();
+    provision(&paths, &steps).unwrap();
+    let (ok, stderr, calls) = run_pulumi_secrets(d);
+    assert!(ok, "{stderr}");
+    assert!(calls.contains("podman secret rm pulumi-smtp-password"), "{calls}");
+    assert!(calls.contains("podman secret rm pulumi-saml-private-key"), "{calls}");
+    assert_eq!(calls.matches("systemctl daemon-reload").count(), 1, "{calls}");
+    assert!(!read("root/etc/containers/systemd/api.container.d/50-site.conf").contains("Secret="));
+    assert_eq!(read("run/airlock/pulumi/console.env"), "SAML_SSO_ENABLED=false\n");
+    assert!(!read("run/airlock/pulumi/smtp.env").contains("SMTP_SERVER"));
+
+    // Without a license key the stack does not start, and the error names the setting.
+    std::fs::write(paths.esp.join("airlock.toml"), "domain = \"corp.internal\"\n").unwrap();
+    provision(&paths, &steps).unwrap();
+    let (ok, stderr, _) = run_pulumi_secrets(d);
+    assert!(!ok);
+    assert!(stderr.contains("license_key"), "{stderr}");
 }

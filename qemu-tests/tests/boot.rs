@@ -72,10 +72,22 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert!(body.contains("airlock demo appliance"), "{body}");
 
     // The appliance's registry serves every preloaded image under its locked digest, to a
-    // client nobody here wrote, from the moment it is up (nothing was imported at boot).
+    // client nobody here wrote, from the moment it is up (nothing was imported at boot), over
+    // TLS and only to the instance's registry user (firstboot.rs checks the certificate).
     let registry = format!("127.0.0.1:{}", vm.host_port(5000));
-    let (status, catalog) = http_get(vm.host_port(5000), "/v2/_catalog").unwrap();
-    assert!(status.contains("200"), "{status}");
+    let password = vm.succeed("cat /var/lib/airlock/secrets/registry-password").unwrap().trim().to_string();
+    let creds = format!("{}:{password}", airlock::firstboot::REGISTRY_USER);
+    let catalog_url = format!("https://{registry}/v2/_catalog");
+    let anonymous = host("curl", &["-sk", "-o", "/dev/null", "-w", "%{http_code}", &catalog_url]);
+    assert_eq!(anonymous, "401", "the registry refuses a client without credentials");
+    let wrong = host("curl", &["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-u", "airlock:wrong", &catalog_url]);
+    assert_eq!(wrong, "401", "the registry refuses a wrong password");
+    let plain = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{registry}/v2/")])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "the registry does not answer plain HTTP");
+    let catalog = host("curl", &["-sfk", "-u", &creds, &catalog_url]);
     let lock = airlock::lock::read_for_build(&built.plan).unwrap();
     for c in &lock.containers {
         let reference = airlock::oci::ImageReference::parse(&c.image).unwrap();
@@ -86,6 +98,8 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
             &[
                 "inspect",
                 "--tls-verify=false",
+                "--creds",
+                &creds,
                 "--format",
                 "{{.Digest}}",
                 &format!("docker://{registry}/{repo}:{}", reference.tag().unwrap()),
@@ -101,6 +115,8 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let (status, body) = http_get(vm.host_port(8080), "/api/status").unwrap();
     assert!(status.contains("200"), "{status} {body}");
     assert!(body.contains("\"migration_runs\": 1"), "{body}");
+    // The API reads the database as its own user, with the service password.
+    assert!(body.contains("\"database_user\": \"api\""), "{body}");
     let (status, body) = http_get(vm.host_port(8081), "/api/status").unwrap();
     assert!(status.contains("200") && body.contains("\"database\": \"ok\""), "console proxy: {status} {body}");
     for line in ["api: https://api.airlock.internal/api/status", "console: https://app.airlock.internal/"] {
@@ -123,10 +139,25 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     .unwrap();
     assert!(vm.succeed("cat /run/airlock/banner").unwrap().starts_with("airlock: ready\n"));
 
+    // The journal is persistent, on the data partition, within its cap.
+    let journal_source = vm.succeed("findmnt -no SOURCE /var/log/journal").unwrap();
+    assert!(journal_source.trim().ends_with("[/journal]"), "{journal_source}");
+    let journal_files = vm.succeed(&format!("ls /var/lib/airlock/journal/{}", machine_id.trim())).unwrap();
+    assert!(journal_files.contains("system.journal"), "{journal_files}");
+    let max_use = vm.succeed("systemd-analyze cat-config systemd/journald.conf | grep '^SystemMaxUse='").unwrap();
+    assert_eq!(max_use.trim(), "SystemMaxUse=1G");
+    let boots_before = vm.succeed("journalctl --list-boots --no-pager | wc -l").unwrap();
+
     // A reboot comes back ready, keeping the instance's identity.
     vm.reboot(BOOT_TIMEOUT).unwrap();
     vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("ready again after reboot");
     assert_eq!(vm.succeed("cat /etc/machine-id").unwrap(), machine_id);
+    // The journal kept the first boot (the audit trail survives reboots).
+    let boots_after = vm.succeed("journalctl --list-boots --no-pager | wc -l").unwrap();
+    assert!(
+        boots_after.trim().parse::<u32>().unwrap() > boots_before.trim().parse::<u32>().unwrap(),
+        "{boots_before} boots before, {boots_after} after"
+    );
     assert_eq!(vm.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "");
     // The stack came back from the images already on the data partition: nothing pulled or
     // imported again, and the migration did not run again.

@@ -145,10 +145,16 @@ fn find_in_file(file: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
 /// forward of 443. Returns (HTTP status, body). A failed attempt prints what the guest's
 /// network and nginx look like, and is tried again (twice at most) before the test fails.
 fn curl_tls(vm: &mut Vm, ca: &Path, name: &str, path: &str) -> (String, String) {
+    curl_tls_as(vm, ca, name, path, None)
+}
+
+/// [`curl_tls`] with basic-auth credentials (`user:password`).
+fn curl_tls_as(vm: &mut Vm, ca: &Path, name: &str, path: &str, creds: Option<&str>) -> (String, String) {
     let port = vm.host_port(443);
     let mut failures = Vec::new();
     for attempt in 1..=3 {
         let out = std::process::Command::new("curl")
+            .args(creds.map(|c| ["-u", c]).iter().flatten())
             .args(["-sS", "--max-time", "40", "--cacert", ca.to_str().unwrap(), "--resolve"])
             .arg(format!("{name}:{port}:127.0.0.1"))
             .args(["-w", "\n%{http_code}"])
@@ -262,9 +268,16 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let mut files: Vec<(String, String)> =
         airlock::firstboot::SECRETS.iter().map(|s| (s.name.to_string(), format!("{SECRETS_DIR}/{}", s.name))).collect();
     files.push(("ca".into(), "/var/lib/airlock/tls/ca.pem".into()));
+    files.push(("registry-htpasswd".into(), format!("{SECRETS_DIR}/registry-htpasswd")));
     for k in ["ed25519", "ecdsa"] {
         files.push((format!("ssh_host_{k}_key"), format!("/var/lib/airlock/ssh/ssh_host_{k}_key")));
     }
+    // The machine-id was committed to /etc before any secret was made; every record of it (a
+    // cut between its record and the step's completion repeats the record) is the one in use.
+    let machine_id_hash = a.succeed("tr -d '\\n' < /etc/machine-id | sha256sum | cut -d' ' -f1").unwrap();
+    let machine_id_records = recorded.get("machine-id").cloned().unwrap_or_default();
+    assert!(!machine_id_records.is_empty(), "the machine-id is recorded: {log}");
+    assert!(machine_id_records.iter().all(|r| r == machine_id_hash.trim()), "{machine_id_records:?} {machine_id_hash}");
     for (name, path) in &files {
         let hash = a.succeed(&format!("sha256sum {path} | cut -d' ' -f1")).unwrap().trim().to_string();
         let records = recorded.get(name).cloned().unwrap_or_default();
@@ -313,7 +326,20 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let (code, body) = curl_tls(&mut a, &ca_a, "api.airlock.internal", "/api/status");
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("\"database\": \"ok\""), "{body}");
-    let (code, body) = curl_tls(&mut a, &ca_a, "registry.airlock.internal", "/v2/_catalog");
+    // ... as its own database user, with the service password, which may read but not write.
+    assert!(body.contains("\"database_user\": \"api\""), "{body}");
+    let (_, out) = a
+        .execute(
+            "podman exec db sh -c 'REDISCLI_AUTH=$(cat /run/secrets/db-service-password) redis-cli --user api set probe 1'",
+        )
+        .unwrap();
+    assert!(out.contains("NOPERM"), "the API's database user cannot write: {out}");
+    // The registry answers only its user, through nginx as on its own port.
+    let (code, _) = curl_tls(&mut a, &ca_a, "registry.airlock.internal", "/v2/_catalog");
+    assert_eq!(code, "401", "the registry refuses a client without credentials");
+    let registry_password = a.succeed(&format!("cat {SECRETS_DIR}/registry-password")).unwrap();
+    let creds = format!("{}:{}", airlock::firstboot::REGISTRY_USER, registry_password.trim());
+    let (code, body) = curl_tls_as(&mut a, &ca_a, "registry.airlock.internal", "/v2/_catalog", Some(&creds));
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("demo.airlock.internal/app"), "{body}");
     let (code, body) = curl_tls(&mut a, &ca_a, "mirror.airlock.internal", "/");

@@ -91,9 +91,21 @@ pub const SECRETS: &[Secret] = &[
     Secret { name: "db-password", bytes: 24, encoding: Encoding::Hex, what: "database root password" },
     Secret { name: "db-service-password", bytes: 24, encoding: Encoding::Hex, what: "database password of the API" },
     Secret { name: "pulumi-local-keys", bytes: 32, encoding: Encoding::Raw, what: "PULUMI_LOCAL_KEYS encryption key" },
-    Secret { name: "object-storage-access-key", bytes: 10, encoding: Encoding::Hex, what: "object storage access key" },
-    Secret { name: "object-storage-secret-key", bytes: 20, encoding: Encoding::Hex, what: "object storage secret key" },
+    Secret { name: "registry-password", bytes: 16, encoding: Encoding::Hex, what: "registry password" },
 ];
+
+/// The one user of the appliance's registry (`docker-registry`, on port 5000 and at
+/// `registry.<domain>`); its password is the `registry-password` secret.
+pub const REGISTRY_USER: &str = "airlock";
+/// The registry's htpasswd file (bcrypt), made from the password once.
+const REGISTRY_HTPASSWD: &str = "registry-htpasswd";
+/// bcrypt's lowest cost: the password is 128 random bits, so the hash's work factor adds no
+/// protection, while the registry checks it on every request (and TCG guests are slow).
+const REGISTRY_BCRYPT_COST: u32 = 4;
+/// Where podman (run as root, by quadlet units or an admin) finds registry credentials
+/// (containers-auth.json(5): `$XDG_RUNTIME_DIR/containers/auth.json`, `/run/containers/0` for
+/// root without one).
+const PODMAN_AUTH: &str = "containers/0/auth.json";
 
 /// The SSH host key types made on first boot.
 pub const SSH_HOST_KEYS: &[&str] = &["ed25519", "ecdsa"];
@@ -119,7 +131,9 @@ pub type StepFn = fn(&Instance) -> Result<()>;
 
 /// The provisioning steps, in order.
 pub const STEPS: &[(&str, When, StepFn)] = &[
+    ("machine-id", When::Once, commit_machine_id),
     ("secrets", When::Once, make_secrets),
+    ("registry-htpasswd", When::Once, make_registry_htpasswd),
     ("ssh-host-keys", When::Once, make_ssh_host_keys),
     ("ca", When::Once, make_ca),
     ("server-certificate", When::EveryBoot, make_server_certificate),
@@ -129,6 +143,7 @@ pub const STEPS: &[(&str, When, StepFn)] = &[
     ("admin-ssh-keys", When::EveryBoot, apply_admin_ssh_keys),
     ("site-secrets", When::EveryBoot, apply_site_secrets),
     ("site-env", When::EveryBoot, write_site_env),
+    ("registry-auth", When::EveryBoot, write_registry_auth),
 ];
 
 /// The whole provisioning run: read and check the site configuration, then every step. On any
@@ -205,6 +220,28 @@ fn create_recorded(ctx: &Instance, name: &str, path: &Path, bytes: &[u8]) -> Res
     store::append_line(&ctx.paths.generated_log(), &format!("{name} sha256:{}", sha256_hex(bytes)))
 }
 
+/// systemd makes the machine-id on first boot (from the kernel's RNG, the image's is empty) and
+/// keeps it on a tmpfs until `systemd-machine-id-commit.service` writes it to `/etc`. A power
+/// cut before that would give the next boot another identity; this step commits it and syncs
+/// it before any secret is made, then records it like every other generated item.
+fn commit_machine_id(ctx: &Instance) -> Result<()> {
+    if ctx.paths.root == Path::new("/") {
+        Cmd::new("systemd-machine-id-setup").arg("--commit").run()?;
+    }
+    let path = ctx.paths.etc("machine-id");
+    let id = match fs::read_to_string(&path) {
+        Ok(id) => id.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{} holds no machine-id (`{id}`): systemd did not make one", path.display());
+    }
+    fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))?;
+    store::sync_dir(&ctx.paths.etc(""))?;
+    store::append_line(&ctx.paths.generated_log(), &format!("machine-id sha256:{}", sha256_hex(id.as_bytes())))
+}
+
 fn make_secrets(ctx: &Instance) -> Result<()> {
     let dir = ctx.paths.secrets();
     store::ensure_dir(&dir, 0o700)?;
@@ -221,6 +258,45 @@ fn make_secrets(ctx: &Instance) -> Result<()> {
         create_recorded(ctx, s.name, &path, &bytes)?;
         log::info!("made the {}", s.what);
     }
+    Ok(())
+}
+
+fn registry_password(paths: &Paths) -> Result<String> {
+    let path = paths.secrets().join("registry-password");
+    let pw = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(pw.trim().to_string())
+}
+
+/// The registry's htpasswd line for [`REGISTRY_USER`] (the registry accepts bcrypt only).
+fn make_registry_htpasswd(ctx: &Instance) -> Result<()> {
+    let path = ctx.paths.secrets().join(REGISTRY_HTPASSWD);
+    if path.exists() {
+        return Ok(());
+    }
+    let password = registry_password(&ctx.paths)?;
+    let hash = bcrypt::hash(&password, REGISTRY_BCRYPT_COST).context("hashing the registry password")?;
+    create_recorded(ctx, REGISTRY_HTPASSWD, &path, format!("{REGISTRY_USER}:{hash}\n").as_bytes())?;
+    log::info!("made the registry's htpasswd for user {REGISTRY_USER}");
+    Ok(())
+}
+
+/// podman's credentials for the appliance's own registry, in `/run` (root only): the images
+/// of the stack are pulled from `127.0.0.1:5000` with the instance's registry password.
+pub fn podman_auth(password: &str) -> String {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{password}"));
+    format!(
+        "{{\"auths\": {{\"127.0.0.1:{port}\": {{\"auth\": \"{auth}\"}}, \"localhost:{port}\": {{\"auth\": \"{auth}\"}}}}}}\n",
+        port = crate::preload::PORT
+    )
+}
+
+fn write_registry_auth(ctx: &Instance) -> Result<()> {
+    let path = ctx.paths.run.join(PODMAN_AUTH);
+    if let Some(dir) = path.parent() {
+        store::ensure_dir(dir, 0o700)?;
+    }
+    store::write_if_changed(&path, podman_auth(&registry_password(&ctx.paths)?).as_bytes(), 0o600)?;
     Ok(())
 }
 
@@ -445,22 +521,38 @@ fn apply_site_secrets(ctx: &Instance) -> Result<()> {
     Ok(())
 }
 
-/// `/run/airlock/site.env`: the settings services and the banner use that are not secret.
+/// A value of `site.env` as POSIX shell reads it (`.` it): quoted unless it is made only of
+/// characters the shell takes literally.
+fn env_value(v: &str) -> String {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b)) {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', "'\\''"))
+    }
+}
+
+/// `/run/airlock/site.env`: the settings services and the banner use that are not secret, as
+/// shell assignments (the banner and image scripts source it).
 pub fn site_env(ctx: &Instance, ca_fingerprint: &str) -> String {
     let d = &ctx.site.domain;
-    let mut s = format!(
-        "AIRLOCK_HOSTNAME={h}\nAIRLOCK_DOMAIN={d}\nAIRLOCK_API_URL=https://api.{d}\nAIRLOCK_CONSOLE_URL=https://app.{d}\n\
-         AIRLOCK_REGISTRY_URL=https://registry.{d}\nAIRLOCK_MIRROR_URL=https://mirror.{d}\nAIRLOCK_CA_SHA256={ca_fingerprint}\n",
-        h = ctx.hostname
-    );
+    let mut vars: Vec<(&str, String)> = vec![
+        ("AIRLOCK_HOSTNAME", ctx.hostname.clone()),
+        ("AIRLOCK_DOMAIN", d.clone()),
+        ("AIRLOCK_API_URL", format!("https://api.{d}")),
+        ("AIRLOCK_CONSOLE_URL", format!("https://app.{d}")),
+        ("AIRLOCK_REGISTRY_URL", format!("https://registry.{d}")),
+        ("AIRLOCK_MIRROR_URL", format!("https://mirror.{d}")),
+        ("AIRLOCK_CA_SHA256", ca_fingerprint.to_string()),
+    ];
     if let Some(smtp) = &ctx.site.smtp {
-        s.push_str(&format!("SMTP_SERVER={}\nSMTP_GENERIC_SENDER={}\n", smtp.server, smtp.sender));
+        vars.push(("SMTP_SERVER", smtp.server.clone()));
+        vars.push(("SMTP_GENERIC_SENDER", smtp.sender.clone()));
         if let Some(u) = &smtp.username {
-            s.push_str(&format!("SMTP_USERNAME={u}\n"));
+            vars.push(("SMTP_USERNAME", u.clone()));
         }
     }
-    s.push_str(&format!("SAML_SSO_ENABLED={}\n", ctx.site.saml.is_some()));
-    s
+    vars.push(("SAML_SSO_ENABLED", ctx.site.saml.is_some().to_string()));
+    vars.iter().map(|(k, v)| format!("{k}={}\n", env_value(v))).collect()
 }
 
 fn write_site_env(ctx: &Instance) -> Result<()> {

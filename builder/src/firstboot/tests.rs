@@ -11,6 +11,7 @@ fn paths(dir: &Path) -> Paths {
     }
     fs::create_dir_all(p.root.join("etc")).unwrap();
     fs::write(p.root.join("etc/hostname"), "airlock-demo\n").unwrap();
+    fs::write(p.root.join("etc/machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
     p
 }
 
@@ -51,7 +52,21 @@ fn first_boot_makes_everything_and_a_second_boot_changes_nothing() {
     assert!(!p.run.join("systemd/network/10-airlock-site.network").exists());
     assert!(!p.error_file().exists());
     let log = log_lines(&p);
-    assert_eq!(log.len(), SECRETS.len() + 1, "{log:?}");
+    // The secrets, the CA, the registry's htpasswd and the machine-id.
+    assert_eq!(log.len(), SECRETS.len() + 3, "{log:?}");
+    assert!(log[0].starts_with("machine-id sha256:"), "{log:?}");
+    let htpasswd = fs::read_to_string(p.secrets().join("registry-htpasswd")).unwrap();
+    let (user, hash) = htpasswd.trim().split_once(':').unwrap();
+    assert_eq!(user, REGISTRY_USER);
+    let password = fs::read_to_string(p.secrets().join("registry-password")).unwrap();
+    assert!(bcrypt::verify(password.trim(), hash).unwrap(), "the htpasswd holds the password's hash");
+    let auth = fs::read_to_string(p.run.join("containers/0/auth.json")).unwrap();
+    let auth: serde_json::Value = serde_json::from_str(&auth).unwrap();
+    let basic = auth["auths"]["127.0.0.1:5000"]["auth"].as_str().unwrap();
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.decode(basic).unwrap();
+    assert_eq!(String::from_utf8(basic).unwrap(), format!("airlock:{}", password.trim()));
+    assert_eq!(fs::metadata(p.run.join("containers/0/auth.json")).unwrap().permissions().mode() & 0o777, 0o600);
 
     let before: Vec<Vec<u8>> = SECRETS.iter().map(|s| fs::read(p.secrets().join(s.name)).unwrap()).collect();
     provision(&p, &steps()).unwrap();

@@ -327,8 +327,7 @@ pub fn build(
         )
         .map_err(|e| anyhow!("writing {at}: {e}"))?;
     }
-    // The mirror is nginx's default site.
-    root.remove(b"etc/nginx/sites-enabled/default").map_err(|e| anyhow!("removing nginx's default site: {e}"))?;
+    // The mirror is nginx's default site (`front_door` removes Debian's).
     put(root, "etc/nginx/conf.d/airlock-mirror.conf", NGINX_CONF.as_bytes().to_vec())?;
     Ok(())
 }

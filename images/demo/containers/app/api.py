@@ -1,5 +1,6 @@
 """The demo stack's API: `GET /api/status` answers 200 with the database's state when the
-database answers and the migration has run, 503 otherwise."""
+database answers and the migration has run, 503 otherwise. It connects as its own database
+user (DB_USER, with the service password), not as the administrator."""
 import json
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -7,16 +8,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import redis
 
 PASSWORD_FILE = os.environ.get("DB_PASSWORD_FILE", "/run/secrets/db-password")
+USER = os.environ.get("DB_USER") or None
 
 
 def status():
     password = open(PASSWORD_FILE).read().strip()
-    db = redis.Redis(host=os.environ.get("DB_HOST", "db"), port=6379, password=password, socket_timeout=5)
+    db = redis.Redis(
+        host=os.environ.get("DB_HOST", "db"), port=6379, username=USER, password=password, socket_timeout=5
+    )
     db.ping()
     runs = int(db.get("migration_runs") or 0)
     if runs == 0:
         raise RuntimeError("the migration has not run")
-    return {"status": "ok", "database": "ok", "schema_version": int(db.get("schema_version")), "migration_runs": runs}
+    return {
+        "status": "ok",
+        "database": "ok",
+        "database_user": USER or "default",
+        "schema_version": int(db.get("schema_version")),
+        "migration_runs": runs,
+    }
 
 
 class Handler(BaseHTTPRequestHandler):
