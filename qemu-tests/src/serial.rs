@@ -89,6 +89,38 @@ pub fn wait_for_text(
     }
 }
 
+/// A guest kernel panic seen on the console.
+#[derive(Debug)]
+pub struct KernelPanic {
+    /// The console's last lines up to the panic.
+    pub lines: String,
+    /// Whether it is the `int3` trap that multi-threaded TCG can leave behind when the kernel
+    /// patches its own code (see `Vm::wait_for_console_after`).
+    pub emulator_fault: bool,
+}
+
+impl std::fmt::Display for KernelPanic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the guest kernel panicked:\n{}", self.lines)
+    }
+}
+
+impl std::error::Error for KernelPanic {}
+
+const PANIC: &str = "Kernel panic - not syncing";
+
+/// The first kernel panic on the console of `path` after byte `start`, if any.
+pub fn kernel_panic(path: &Path, start: u64) -> Result<Option<KernelPanic>> {
+    let text = readable(&String::from_utf8_lossy(&read_from(path, start)?));
+    let Some(at) = text.find(PANIC) else { return Ok(None) };
+    let before = &text[..at];
+    let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+    Ok(Some(KernelPanic {
+        lines: crate::command::tail_lines(&text[..end], 40).to_string(),
+        emulator_fault: before.rfind("Oops: ").is_some_and(|o| before[o..].starts_with("Oops: int3")),
+    }))
+}
+
 /// Position of the first `needle` in `haystack`; an empty needle is found at 0.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
@@ -149,6 +181,28 @@ impl Cleaner {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn kernel_panics_are_found_and_the_tcg_int3_race_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        let boot = "[   15.7] systemd[1]: Queued start job for default target graphical.target.\n";
+        std::fs::write(&log, boot).unwrap();
+        assert!(kernel_panic(&log, 0).unwrap().is_none());
+        let int3 = "[   15.8] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n[   15.8] RIP: 0010:kmem_cache_free+0x103/0x440\n\
+                    [   15.9] Kernel panic - not syncing: Fatal exception in interrupt\n[   15.9] ---[ end Kernel panic ]---\n";
+        std::fs::write(&log, format!("{boot}{int3}")).unwrap();
+        let panic = kernel_panic(&log, 0).unwrap().unwrap();
+        assert!(panic.emulator_fault);
+        assert!(panic.lines.ends_with("Kernel panic - not syncing: Fatal exception in interrupt"), "{}", panic.lines);
+        // Only what comes after `start` counts: a panic of an earlier boot is not this one's.
+        assert!(kernel_panic(&log, std::fs::metadata(&log).unwrap().len()).unwrap().is_none());
+        // Any other panic is the guest's own.
+        let other = "[    2.0] Oops: general protection fault: 0000 [#1]\n[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
+        std::fs::write(&log, format!("{int3}{other}")).unwrap();
+        let start = int3.len() as u64;
+        assert!(!kernel_panic(&log, start).unwrap().unwrap().emulator_fault);
+    }
 
     #[test]
     fn readable_strips_escapes_and_carriage_returns() {
