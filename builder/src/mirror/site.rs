@@ -283,7 +283,8 @@ mod tests {
         let base = serve_ca(&ca);
         let tmp = tempfile::tempdir().unwrap();
         let home = new_home(tmp.path(), "home");
-        std::fs::write(home.join(".npmrc"), "registry=https://elsewhere.example.test/\nfund=false\ncafile=/old\n").unwrap();
+        std::fs::write(home.join(".npmrc"), "registry=https://elsewhere.example.test/\nfund=false\ncafile=/old\n")
+            .unwrap();
         let out = run_setup(&home, "/usr/bin:/bin", &[&format!("{base}/")], &[]);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
