@@ -140,14 +140,25 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
     h
 }
 
-/// The POSIX shell setup script: configures the clients and makes them trust the appliance's CA
-/// (downloaded from `/ca.crt` and checked against the banner's fingerprint). The base URL comes
-/// from the argument, `$AIRLOCK_MIRROR`, or the URL nginx substitutes for the placeholder when
-/// serving the script; its header documents the options.
-pub const SETUP_SH: &str = include_str!("setup/airlock-setup.sh");
+/// NuGet's configuration with the appliance as its only source; `base` is the script's variable.
+fn nuget_config(base: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <packageSources>\n    <clear />\n    <add key=\"airlock\" value=\"{base}/nuget/v3/index.json\" protocolVersion=\"3\" />\n  </packageSources>\n</configuration>\n"
+    )
+}
 
-/// The PowerShell setup script (Windows, or PowerShell anywhere), doing what [`SETUP_SH`] does.
-pub const SETUP_PS1: &str = include_str!("setup/airlock-setup.ps1");
+/// The POSIX shell setup script (`setup/airlock-setup.sh`; its header documents the options):
+/// configures the clients and makes them trust the appliance's CA, downloaded from `/ca.crt`
+/// and checked against the banner's fingerprint. The base URL comes from the argument,
+/// `$AIRLOCK_MIRROR`, or the URL nginx substitutes for the placeholder when serving the script.
+pub fn setup_sh() -> String {
+    include_str!("setup/airlock-setup.sh").replace("@NUGET_CONFIG@\n", &nuget_config("$base"))
+}
+
+/// The PowerShell setup script (Windows, or PowerShell anywhere), doing what [`setup_sh`] does.
+pub fn setup_ps1() -> String {
+    include_str!("setup/airlock-setup.ps1").replace("@NUGET_CONFIG@\n", &nuget_config("$Base"))
+}
 
 /// The build stage: every locked file of the plan's sets verified and placed, the indexes
 /// generated, the CLI installed, the site and nginx configured.
@@ -203,8 +214,8 @@ pub fn build(
     }
     let set_refs: Vec<&LockedMirrorSet> = sets.iter().map(|(s, _)| *s).collect();
     generated.push(("index.html".into(), index_page(plan, &set_refs)));
-    generated.push(("setup/airlock-setup.sh".into(), SETUP_SH.into()));
-    generated.push(("setup/airlock-setup.ps1".into(), SETUP_PS1.into()));
+    generated.push(("setup/airlock-setup.sh".into(), setup_sh()));
+    generated.push(("setup/airlock-setup.ps1".into(), setup_ps1()));
     for (path, text) in generated {
         let at = format!("{ROOT}/{path}");
         root.insert(
@@ -231,8 +242,9 @@ mod tests {
         for binary in ["\\.tgz$", "\\.nupkg$", "\\.zip$"] {
             assert!(NGINX_CONF.contains(binary), "{binary}");
         }
-        assert!(SETUP_SH.contains(&format!("AIRLOCK_MIRROR:-{PLACEHOLDER}")));
-        assert!(SETUP_PS1.contains(&format!("'{PLACEHOLDER}'")));
+        assert!(setup_sh().contains(&format!("AIRLOCK_MIRROR:-{PLACEHOLDER}")));
+        assert!(setup_ps1().contains(&format!("'{PLACEHOLDER}'")));
+        assert!(!setup_sh().contains("@NUGET_CONFIG@") && !setup_ps1().contains("@NUGET_CONFIG@"));
         // TLS with the instance's certificate, and the CA over plain HTTP.
         assert!(NGINX_CONF.contains("listen 443 ssl default_server;"));
         assert!(NGINX_CONF.contains("location = /ca.crt {\n        alias /var/lib/airlock/tls/ca.crt;"));
@@ -258,7 +270,7 @@ mod tests {
     /// Runs the setup script in a clean environment: only `PATH`, `HOME` and `env`.
     fn run_setup(home: &Path, path: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let script = home.parent().unwrap().join("airlock-setup.sh");
-        std::fs::write(&script, SETUP_SH).unwrap();
+        std::fs::write(&script, setup_sh()).unwrap();
         let mut cmd = Command::new("sh");
         cmd.arg(&script).args(args).env_clear().env("HOME", home).env("PATH", path);
         for (k, v) in env {
@@ -271,6 +283,58 @@ mod tests {
         let home = tmp.join(name);
         std::fs::create_dir_all(&home).unwrap();
         home
+    }
+
+    /// A folder of links to every program in /usr/bin and /bin but `program`, to use as `PATH`.
+    fn path_without(tmp: &Path, program: &str) -> PathBuf {
+        let bin = tmp.join(format!("bin-without-{program}"));
+        std::fs::create_dir_all(&bin).unwrap();
+        for dir in ["/usr/bin", "/bin"] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let link = bin.join(e.file_name());
+                if e.file_name() != program && !link.exists() {
+                    std::os::unix::fs::symlink(e.path(), link).unwrap();
+                }
+            }
+        }
+        bin
+    }
+
+    /// `openssl s_server -WWW` (a server nobody here wrote) serving `dir` over https on
+    /// 127.0.0.1 with a certificate the CA issued; killed when dropped.
+    struct HttpsServer {
+        child: std::process::Child,
+        base: String,
+    }
+
+    impl HttpsServer {
+        fn start(dir: &Path, ca: &tls::Bundle) -> Self {
+            use std::io::BufRead;
+            let server = tls::issue_server(ca, &["127.0.0.1".to_string()]).unwrap();
+            std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+            std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
+            let mut child = Command::new("openssl")
+                .args(["s_server", "-WWW", "-accept", "127.0.0.1:0", "-cert", "server.crt", "-key", "server.key"])
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_server (Debian's openssl, see .ci/install-deps)");
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let addr = lines
+                .find_map(|l| l.unwrap().strip_prefix("ACCEPT ").map(String::from))
+                .expect("s_server names the address it accepts on");
+            HttpsServer { child, base: format!("https://{addr}") }
+        }
+    }
+
+    impl Drop for HttpsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 
     fn entries(dir: &Path) -> Vec<String> {
@@ -385,17 +449,7 @@ mod tests {
         let base = serve_ca(&ca);
         let tmp = tempfile::tempdir().unwrap();
         // A PATH holding every program of the host but openssl: sha256sum over the DER instead.
-        let bin = tmp.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        for dir in ["/usr/bin", "/bin"] {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let e = e.unwrap();
-                let link = bin.join(e.file_name());
-                if e.file_name() != "openssl" && !link.exists() {
-                    std::os::unix::fs::symlink(e.path(), link).unwrap();
-                }
-            }
-        }
+        let bin = path_without(tmp.path(), "openssl");
         let home = new_home(tmp.path(), "home");
         let out = run_setup(&home, bin.to_str().unwrap(), &["--ca-sha256", &fp, &base], &[]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -404,5 +458,34 @@ mod tests {
         let out = run_setup(&home, bin.to_str().unwrap(), &["--ca-sha256", &other, &base], &[]);
         assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has the SHA-256 fingerprint {fp}, not")));
         assert!(entries(&home).is_empty());
+    }
+
+    #[test]
+    fn setup_script_fetches_the_ca_over_https_only_with_its_fingerprint() {
+        let ca = tls::make_ca("airlock setup test CA").unwrap();
+        let fp = tls::fingerprint(&ca.cert_pem).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let site = tmp.path().join("site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("ca.crt"), &ca.cert_pem).unwrap();
+        let server = HttpsServer::start(&site, &ca);
+        let base = server.base.clone();
+        // With curl, and with wget where there is no curl: the one unverifiable download, then
+        // the fingerprint decides.
+        let without_curl = path_without(tmp.path(), "curl");
+        for (name, path) in [("curl", "/usr/bin:/bin"), ("wget", without_curl.to_str().unwrap())] {
+            let home = new_home(tmp.path(), &format!("home-{name}"));
+            let out = run_setup(&home, path, &[&base], &[("AIRLOCK_CA_SHA256", &fp)]);
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(std::fs::read_to_string(home.join(".config/airlock/ca.crt")).unwrap(), ca.cert_pem);
+            let pip = std::fs::read_to_string(home.join(".config/pip/pip.conf")).unwrap();
+            assert!(pip.contains(&format!("index-url = {base}/pypi/simple/\ncert = ")), "{pip}");
+            assert!(!pip.contains("trusted-host"), "https needs no trusted-host: {pip}");
+            let (_, other) = test_ca();
+            let wrong = new_home(tmp.path(), &format!("wrong-{name}"));
+            let out = run_setup(&wrong, path, &["--ca-sha256", &other, &base], &[]);
+            assert!(String::from_utf8_lossy(&out.stderr).contains("refusing it"), "{name}");
+            assert!(entries(&wrong).is_empty(), "{name}: {:?}", entries(&wrong));
+        }
     }
 }

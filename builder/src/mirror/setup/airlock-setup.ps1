@@ -117,14 +117,9 @@ Write-Output "go: $goEnv"
 
 $nugetDir = Join-Path $appData 'NuGet'
 New-Item -ItemType Directory -Force -Path $nugetDir | Out-Null
+# NuGet.Config with this appliance as the only source (the build writes it into the here-string).
 $nuget = @"
-<?xml version="1.0" encoding="utf-8"?>
-<configuration>
-  <packageSources>
-    <clear />
-    <add key="airlock" value="$Base/nuget/v3/index.json" protocolVersion="3" />
-  </packageSources>
-</configuration>
+@NUGET_CONFIG@
 "@
 Set-Content -Path (Join-Path $nugetDir 'NuGet.Config') -Value $nuget
 Write-Output "nuget: $nugetDir\NuGet.Config"

@@ -207,14 +207,9 @@ echo "npm: $HOME/.npmrc"
 printf 'GOPROXY=%s/go,off\nGOSUMDB=off\nGOTOOLCHAIN=local\n' "$base" | replace_keys "$goconfig/env" 'GOPROXY|GOSUMDB|GOTOOLCHAIN'
 echo "go: $goconfig/env (and SSL_CERT_FILE in ~/.pulumi/airlock-env.sh)"
 
+# NuGet.Config with this appliance as the only source (the build writes it into the here-document).
 write_file "$HOME/.nuget/NuGet/NuGet.Config" <<EOF
-<?xml version="1.0" encoding="utf-8"?>
-<configuration>
-  <packageSources>
-    <clear />
-    <add key="airlock" value="$base/nuget/v3/index.json" protocolVersion="3" />
-  </packageSources>
-</configuration>
+@NUGET_CONFIG@
 EOF
 echo "nuget: $HOME/.nuget/NuGet/NuGet.Config (dotnet trusts the system store only: for https, run this as root with --system)"
 
