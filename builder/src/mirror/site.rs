@@ -434,9 +434,11 @@ mod tests {
         let cut = serve_ca(&ca[..ca.len() - 30]);
         let out = run_setup(&home, "/usr/bin:/bin", &["--ca-sha256", &fp, &cut], &[]);
         assert!(String::from_utf8_lossy(&out.stderr).contains("is cut short"));
-        // --system refuses before anything is written: as a user it needs root; as root here, no
-        // trust store tool is on this PATH (they live in /usr/sbin). The host's store is never touched.
-        let out = run_setup(&home, "/usr/bin:/bin", &["--system", "--ca-sha256", &fp, &base], &[]);
+        // --system refuses before anything is written: as a user it needs root; as root, no trust
+        // store tool is on this PATH (update-ca-certificates lives in /usr/sbin, p11-kit's `trust`
+        // is left out), so the host's store is never touched.
+        let no_trust = path_without(tmp.path(), "trust");
+        let out = run_setup(&home, no_trust.to_str().unwrap(), &["--system", "--ca-sha256", &fp, &base], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(err.contains("--system changes the system trust store") || err.contains("--system: neither"), "{err}");
