@@ -103,7 +103,7 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
         escape(&plan.version)
     );
     h.push_str(&format!(
-        "<h2>Set up a client</h2>\n<p>Linux and macOS: <code>curl -fsS {PLACEHOLDER}/setup/airlock-setup.sh | sh</code><br>\nWindows: <code>irm {PLACEHOLDER}/setup/airlock-setup.ps1 | iex</code><br>\nThey configure pip, npm, Go, NuGet and the Pulumi CLI for this appliance (<a href=\"setup/airlock-setup.sh\">sh</a>, <a href=\"setup/airlock-setup.ps1\">PowerShell</a>).</p>\n"
+        "<h2>Set up a client</h2>\n<p>Linux and macOS: <code>curl -fsS {PLACEHOLDER}/setup/airlock-setup.sh | sh</code><br>\nWindows: <code>irm {PLACEHOLDER}/setup/airlock-setup.ps1 | iex</code><br>\nThey configure pip, npm, Go, NuGet and the Pulumi CLI for this appliance (<a href=\"setup/airlock-setup.sh\">sh</a>, <a href=\"setup/airlock-setup.ps1\">PowerShell</a>) and make them trust its CA (<a href=\"ca.crt\">ca.crt</a>) once it matches the fingerprint on the appliance's console (<code>ca sha256: ...</code>), given as <code>AIRLOCK_CA_SHA256</code>: required over https.</p>\n"
     ));
     for set in sets {
         let total: u64 = set.files.iter().map(|f| f.size).sum();
@@ -140,126 +140,24 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
     h
 }
 
-/// NuGet's configuration with the appliance as its only source; `BASE` is the script's variable.
+/// NuGet's configuration with the appliance as its only source; `base` is the script's variable.
 fn nuget_config(base: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <packageSources>\n    <clear />\n    <add key=\"airlock\" value=\"{base}/nuget/v3/index.json\" protocolVersion=\"3\" />\n  </packageSources>\n</configuration>\n"
     )
 }
 
-/// The POSIX shell setup script. The base URL comes from the first argument, `$AIRLOCK_MIRROR`,
-/// or the URL nginx substitutes for the placeholder when serving the script.
+/// The POSIX shell setup script (`setup/airlock-setup.sh`; its header documents the options):
+/// configures the clients and makes them trust the appliance's CA, downloaded from `/ca.crt`
+/// and checked against the banner's fingerprint. The base URL comes from the argument,
+/// `$AIRLOCK_MIRROR`, or the URL nginx substitutes for the placeholder when serving the script.
 pub fn setup_sh() -> String {
-    format!(
-        r#"#!/bin/sh
-# airlock: configures pip, npm, Go, NuGet and the Pulumi CLI of the current user for this
-# appliance's mirrors. Usage: curl -fsS <mirror>/setup/airlock-setup.sh | sh
-#                        or: sh airlock-setup.sh [BASE_URL]
-set -eu
-base="${{1:-${{AIRLOCK_MIRROR:-{PLACEHOLDER}}}}}"
-base="${{base%/}}"
-case "$base" in
-  http://*|https://*) ;;
-  *) echo "airlock-setup: '$base' is not an http(s) URL" >&2; exit 2 ;;
-esac
-hostport="${{base#*://}}"; hostport="${{hostport%%/*}}"; host="${{hostport%:*}}"
-config="${{XDG_CONFIG_HOME:-$HOME/.config}}"
-case "$(uname -s)" in
-  Darwin) goconfig="$HOME/Library/Application Support/go" ;;
-  *) goconfig="$config/go" ;;
-esac
-
-# Replaces the lines of file $1 whose key (before `=`) matches $2 with the lines on stdin.
-replace_keys() {{
-  mkdir -p "$(dirname "$1")"
-  touch "$1"
-  {{ grep -v -E "^[[:space:]]*($2)[[:space:]]*=" "$1" || true; cat; }} > "$1.airlock-new"
-  mv "$1.airlock-new" "$1"
-}}
-
-mkdir -p "$config/pip"
-{{
-  echo "[global]"
-  echo "index-url = $base/pypi/simple/"
-  case "$base" in http://*) echo "trusted-host = $host" ;; esac
-}} > "$config/pip/pip.conf"
-echo "pip: $config/pip/pip.conf"
-
-printf 'registry=%s/npm/\n' "$base" | replace_keys "$HOME/.npmrc" registry
-echo "npm: $HOME/.npmrc"
-
-printf 'GOPROXY=%s/go,off\nGOSUMDB=off\nGOTOOLCHAIN=local\n' "$base" | replace_keys "$goconfig/env" 'GOPROXY|GOSUMDB|GOTOOLCHAIN'
-echo "go: $goconfig/env"
-
-mkdir -p "$HOME/.nuget/NuGet"
-cat > "$HOME/.nuget/NuGet/NuGet.Config" <<EOF
-{nuget}EOF
-echo "nuget: $HOME/.nuget/NuGet/NuGet.Config"
-
-mkdir -p "$HOME/.pulumi"
-cat > "$HOME/.pulumi/airlock-env.sh" <<EOF
-# Written by airlock-setup: the Pulumi CLI uses the appliance's plugin mirror.
-export PULUMI_SKIP_UPDATE_CHECK=true
-export PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*=$base/pulumi/plugins'
-EOF
-line='[ -f "$HOME/.pulumi/airlock-env.sh" ] && . "$HOME/.pulumi/airlock-env.sh"'
-touch "$HOME/.profile"
-grep -qxF "$line" "$HOME/.profile" || echo "$line" >> "$HOME/.profile"
-echo "pulumi: $HOME/.pulumi/airlock-env.sh (sourced from ~/.profile)"
-echo "airlock-setup: configured for $base"
-"#,
-        nuget = nuget_config("$base")
-    )
+    include_str!("setup/airlock-setup.sh").replace("@NUGET_CONFIG@\n", &nuget_config("$base"))
 }
 
-/// The PowerShell setup script (Windows, or PowerShell anywhere).
+/// The PowerShell setup script (Windows, or PowerShell anywhere), doing what [`setup_sh`] does.
 pub fn setup_ps1() -> String {
-    format!(
-        r#"# airlock: configures pip, npm, Go, NuGet and the Pulumi CLI of the current user for this
-# appliance's mirrors. Usage: irm <mirror>/setup/airlock-setup.ps1 | iex
-#                        or: .\airlock-setup.ps1 [-Base URL]
-param([string]$Base = $(if ($env:AIRLOCK_MIRROR) {{ $env:AIRLOCK_MIRROR }} else {{ '{PLACEHOLDER}' }}))
-$ErrorActionPreference = 'Stop'
-$Base = $Base.TrimEnd('/')
-if ($Base -notmatch '^https?://') {{ throw "airlock-setup: '$Base' is not an http(s) URL" }}
-$uri = [Uri]$Base
-$appData = if ($env:APPDATA) {{ $env:APPDATA }} else {{ Join-Path $HOME '.config' }}
-
-$pipDir = Join-Path $appData 'pip'
-New-Item -ItemType Directory -Force -Path $pipDir | Out-Null
-$pip = "[global]`nindex-url = $Base/pypi/simple/`n"
-if ($uri.Scheme -eq 'http') {{ $pip += "trusted-host = $($uri.Host)`n" }}
-Set-Content -Path (Join-Path $pipDir $(if ($IsWindows -or $env:OS -eq 'Windows_NT') {{ 'pip.ini' }} else {{ 'pip.conf' }})) -Value $pip
-Write-Output "pip: $pipDir"
-
-$npmrc = Join-Path $HOME '.npmrc'
-$lines = @(if (Test-Path $npmrc) {{ Get-Content $npmrc | Where-Object {{ $_ -notmatch '^\s*registry\s*=' }} }})
-$lines += "registry=$Base/npm/"
-Set-Content -Path $npmrc -Value $lines
-Write-Output "npm: $npmrc"
-
-$goDir = Join-Path $appData 'go'
-New-Item -ItemType Directory -Force -Path $goDir | Out-Null
-$goEnv = Join-Path $goDir 'env'
-$lines = @(if (Test-Path $goEnv) {{ Get-Content $goEnv | Where-Object {{ $_ -notmatch '^\s*(GOPROXY|GOSUMDB|GOTOOLCHAIN)\s*=' }} }})
-$lines += "GOPROXY=$Base/go,off", 'GOSUMDB=off', 'GOTOOLCHAIN=local'
-Set-Content -Path $goEnv -Value $lines
-Write-Output "go: $goEnv"
-
-$nugetDir = Join-Path $appData 'NuGet'
-New-Item -ItemType Directory -Force -Path $nugetDir | Out-Null
-$nuget = @"
-{nuget}"@
-Set-Content -Path (Join-Path $nugetDir 'NuGet.Config') -Value $nuget
-Write-Output "nuget: $nugetDir\NuGet.Config"
-
-[Environment]::SetEnvironmentVariable('PULUMI_SKIP_UPDATE_CHECK', 'true', 'User')
-[Environment]::SetEnvironmentVariable('PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES', ".*=$Base/pulumi/plugins", 'User')
-Write-Output "pulumi: PULUMI_SKIP_UPDATE_CHECK, PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES (user environment)"
-Write-Output "airlock-setup: configured for $Base"
-"#,
-        nuget = nuget_config("$Base")
-    )
+    include_str!("setup/airlock-setup.ps1").replace("@NUGET_CONFIG@\n", &nuget_config("$Base"))
 }
 
 /// The build stage: every locked file of the plan's sets verified and placed, the indexes
@@ -345,59 +243,250 @@ mod tests {
         }
         assert!(setup_sh().contains(&format!("AIRLOCK_MIRROR:-{PLACEHOLDER}")));
         assert!(setup_ps1().contains(&format!("'{PLACEHOLDER}'")));
+        assert!(!setup_sh().contains("@NUGET_CONFIG@") && !setup_ps1().contains("@NUGET_CONFIG@"));
         // TLS with the instance's certificate, and the CA over plain HTTP.
         assert!(NGINX_CONF.contains("listen 443 ssl default_server;"));
         assert!(NGINX_CONF.contains("location = /ca.crt {\n        alias /var/lib/airlock/tls/ca.crt;"));
     }
 
+    use crate::firstboot::tls;
+    use crate::mirror::download::tests::serve;
+    use std::process::{Command, Output};
+
+    /// A test CA and its fingerprint as the banner prints it.
+    fn test_ca() -> (String, String) {
+        let ca = tls::make_ca("airlock setup test CA").unwrap();
+        let fp = tls::fingerprint(&ca.cert_pem).unwrap();
+        (ca.cert_pem, fp)
+    }
+
+    /// Serves `ca` as `/ca.crt` (404 for anything else) on 127.0.0.1.
+    fn serve_ca(ca: &str) -> String {
+        let body = ca.as_bytes().to_vec();
+        serve(move |p| if p == "/ca.crt" { (200, body.clone(), None) } else { (404, Vec::new(), None) }).0
+    }
+
+    /// Runs the setup script in a clean environment: only `PATH`, `HOME` and `env`.
+    fn run_setup(home: &Path, path: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let script = home.parent().unwrap().join("airlock-setup.sh");
+        std::fs::write(&script, setup_sh()).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg(&script).args(args).env_clear().env("HOME", home).env("PATH", path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn new_home(tmp: &Path, name: &str) -> PathBuf {
+        let home = tmp.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        home
+    }
+
+    /// A folder of links to every program in /usr/bin and /bin but `program`, to use as `PATH`.
+    fn path_without(tmp: &Path, program: &str) -> PathBuf {
+        let bin = tmp.join(format!("bin-without-{program}"));
+        std::fs::create_dir_all(&bin).unwrap();
+        for dir in ["/usr/bin", "/bin"] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let link = bin.join(e.file_name());
+                if e.file_name() != program && !link.exists() {
+                    std::os::unix::fs::symlink(e.path(), link).unwrap();
+                }
+            }
+        }
+        bin
+    }
+
+    /// `openssl s_server -WWW` (a server nobody here wrote) serving `dir` over https on
+    /// 127.0.0.1 with a certificate the CA issued; killed when dropped.
+    struct HttpsServer {
+        child: std::process::Child,
+        base: String,
+    }
+
+    impl HttpsServer {
+        fn start(dir: &Path, ca: &tls::Bundle) -> Self {
+            use std::io::BufRead;
+            let server = tls::issue_server(ca, &["127.0.0.1".to_string()]).unwrap();
+            std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+            std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
+            let mut child = Command::new("openssl")
+                .args(["s_server", "-WWW", "-accept", "127.0.0.1:0", "-cert", "server.crt", "-key", "server.key"])
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_server (Debian's openssl, see .ci/install-deps)");
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let addr = lines
+                .find_map(|l| l.unwrap().strip_prefix("ACCEPT ").map(String::from))
+                .expect("s_server names the address it accepts on");
+            HttpsServer { child, base: format!("https://{addr}") }
+        }
+    }
+
+    impl Drop for HttpsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+
     #[test]
     fn setup_script_configures_every_client_for_a_base_url() {
-        let home = tempfile::tempdir().unwrap();
-        let script = home.path().join("setup.sh");
-        std::fs::write(&script, setup_sh()).unwrap();
-        std::fs::write(home.path().join(".npmrc"), "registry=https://elsewhere.example.test/\nfund=false\n").unwrap();
-        let out = std::process::Command::new("sh")
-            .arg(&script)
-            .arg("http://10.0.0.5:8080/")
-            .env_clear()
-            .env("HOME", home.path())
-            .env("PATH", "/usr/bin:/bin")
-            .output()
+        let (ca, fp) = test_ca();
+        let base = serve_ca(&ca);
+        let tmp = tempfile::tempdir().unwrap();
+        let home = new_home(tmp.path(), "home");
+        std::fs::write(home.join(".npmrc"), "registry=https://elsewhere.example.test/\nfund=false\ncafile=/old\n")
             .unwrap();
+        let out = run_setup(&home, "/usr/bin:/bin", &[&format!("{base}/")], &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let read = |p: &str| std::fs::read_to_string(home.path().join(p)).unwrap();
+        // Without a fingerprint over http, it shows the CA's in the banner's format.
+        assert!(stdout.contains(&format!("      {fp}\n")) && stdout.contains("console banner"), "{stdout}");
+        let read = |p: &str| std::fs::read_to_string(home.join(p)).unwrap();
+        let bundle = home.join(".config/airlock/ca-bundle.pem");
+        let bundle = bundle.to_str().unwrap();
         assert_eq!(
             read(".config/pip/pip.conf"),
-            "[global]\nindex-url = http://10.0.0.5:8080/pypi/simple/\ntrusted-host = 10.0.0.5\n"
+            format!("[global]\nindex-url = {base}/pypi/simple/\ncert = {bundle}\ntrusted-host = 127.0.0.1\n")
         );
-        assert_eq!(read(".npmrc"), "fund=false\nregistry=http://10.0.0.5:8080/npm/\n");
-        assert_eq!(read(".config/go/env"), "GOPROXY=http://10.0.0.5:8080/go,off\nGOSUMDB=off\nGOTOOLCHAIN=local\n");
-        assert!(read(".nuget/NuGet/NuGet.Config").contains("value=\"http://10.0.0.5:8080/nuget/v3/index.json\""));
-        assert!(
-            read(".pulumi/airlock-env.sh")
-                .contains("PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*=http://10.0.0.5:8080/pulumi/plugins'")
-        );
+        assert_eq!(read(".npmrc"), format!("fund=false\nregistry={base}/npm/\ncafile={bundle}\n"));
+        assert_eq!(read(".config/go/env"), format!("GOPROXY={base}/go,off\nGOSUMDB=off\nGOTOOLCHAIN=local\n"));
+        assert!(read(".nuget/NuGet/NuGet.Config").contains(&format!("value=\"{base}/nuget/v3/index.json\"")));
+        // The CA is stored as served, and the bundle is the system's (when there is one) plus it.
+        assert_eq!(read(".config/airlock/ca.crt"), ca);
+        let bundle_text = std::fs::read_to_string(bundle).unwrap();
+        assert!(bundle_text.ends_with(&ca), "the bundle ends with the CA");
+        if let Ok(system) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
+            assert_eq!(bundle_text, format!("{system}\n{ca}"));
+        }
+        let env = read(".pulumi/airlock-env.sh");
+        for line in [
+            format!("export PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*={base}/pulumi/plugins'\n"),
+            format!("export SSL_CERT_FILE='{bundle}'\n"),
+            format!("export NODE_EXTRA_CA_CERTS='{}'\n", home.join(".config/airlock/ca.crt").display()),
+        ] {
+            assert!(env.contains(&line), "{line} in {env}");
+        }
         // Running it twice changes nothing.
         let profile = read(".profile");
-        let again = std::process::Command::new("sh")
-            .arg(&script)
-            .arg("http://10.0.0.5:8080")
-            .env_clear()
-            .env("HOME", home.path())
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .unwrap();
-        assert!(again.status.success());
+        let again = run_setup(&home, "/usr/bin:/bin", &[], &[("AIRLOCK_MIRROR", &base)]);
+        assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
         assert_eq!(read(".profile"), profile);
-        assert_eq!(read(".npmrc"), "fund=false\nregistry=http://10.0.0.5:8080/npm/\n");
+        assert_eq!(read(".npmrc"), format!("fund=false\nregistry={base}/npm/\ncafile={bundle}\n"));
         // Without a served URL substituted, it refuses instead of writing a placeholder.
-        let bare = std::process::Command::new("sh")
-            .arg(&script)
-            .env_clear()
-            .env("HOME", home.path())
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .unwrap();
+        let bare = run_setup(&home, "/usr/bin:/bin", &[], &[]);
         assert!(!bare.status.success());
+    }
+
+    #[test]
+    fn setup_script_checks_the_ca_fingerprint_before_configuring_anything() {
+        let (ca, fp) = test_ca();
+        let base = serve_ca(&ca);
+        let tmp = tempfile::tempdir().unwrap();
+        // Any case, with or without colons, as an option or from the environment.
+        let plain = fp.replace(':', "").to_lowercase();
+        for (args, env) in [
+            (vec!["--ca-sha256", fp.as_str(), base.as_str()], vec![]),
+            (vec![base.as_str()], vec![("AIRLOCK_CA_SHA256", plain.as_str())]),
+        ] {
+            let home = new_home(tmp.path(), "good");
+            let out = run_setup(&home, "/usr/bin:/bin", &args, &env);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("has the expected fingerprint {fp}")));
+            assert_eq!(std::fs::read_to_string(home.join(".config/airlock/ca.crt")).unwrap(), ca);
+        }
+
+        // Another CA's fingerprint: refused, and the HOME stays empty.
+        let (_, other) = test_ca();
+        let home = new_home(tmp.path(), "wrong");
+        let out = run_setup(&home, "/usr/bin:/bin", &["--ca-sha256", &other, &base], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(&format!("has the SHA-256 fingerprint {fp}, not {other}: refusing it")), "{err}");
+        assert!(entries(&home).is_empty(), "{:?}", entries(&home));
+        // Something that is not a fingerprint is refused as such.
+        let out = run_setup(&home, "/usr/bin:/bin", &["--ca-sha256", "AB:CD", &base], &[]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("must be 32 hex bytes"));
+        // Over https the fingerprint is required: nothing is downloaded or written without it.
+        let https = base.replace("http://", "https://");
+        let out = run_setup(&home, "/usr/bin:/bin", &[&https], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("over https the CA's fingerprint is required"), "{err}");
+        // A second certificate riding along with the right one is refused.
+        let two = serve_ca(&format!("{ca}{}", test_ca().0));
+        let out = run_setup(&home, "/usr/bin:/bin", &["--ca-sha256", &fp, &two], &[]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("holds 2 PEM certificates, not one"));
+        // A cut download is refused.
+        let cut = serve_ca(&ca[..ca.len() - 30]);
+        let out = run_setup(&home, "/usr/bin:/bin", &["--ca-sha256", &fp, &cut], &[]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is cut short"));
+        // --system refuses before anything is written: as a user it needs root; as root, no trust
+        // store tool is on this PATH (update-ca-certificates lives in /usr/sbin, p11-kit's `trust`
+        // is left out), so the host's store is never touched.
+        let no_trust = path_without(tmp.path(), "trust");
+        let out = run_setup(&home, no_trust.to_str().unwrap(), &["--system", "--ca-sha256", &fp, &base], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("--system changes the system trust store") || err.contains("--system: neither"), "{err}");
+        assert!(entries(&home).is_empty(), "{:?}", entries(&home));
+    }
+
+    #[test]
+    fn setup_script_computes_the_fingerprint_without_openssl() {
+        let (ca, fp) = test_ca();
+        let base = serve_ca(&ca);
+        let tmp = tempfile::tempdir().unwrap();
+        // A PATH holding every program of the host but openssl: sha256sum over the DER instead.
+        let bin = path_without(tmp.path(), "openssl");
+        let home = new_home(tmp.path(), "home");
+        let out = run_setup(&home, bin.to_str().unwrap(), &["--ca-sha256", &fp, &base], &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (_, other) = test_ca();
+        let home = new_home(tmp.path(), "wrong");
+        let out = run_setup(&home, bin.to_str().unwrap(), &["--ca-sha256", &other, &base], &[]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has the SHA-256 fingerprint {fp}, not")));
+        assert!(entries(&home).is_empty());
+    }
+
+    #[test]
+    fn setup_script_fetches_the_ca_over_https_only_with_its_fingerprint() {
+        let ca = tls::make_ca("airlock setup test CA").unwrap();
+        let fp = tls::fingerprint(&ca.cert_pem).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let site = tmp.path().join("site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("ca.crt"), &ca.cert_pem).unwrap();
+        let server = HttpsServer::start(&site, &ca);
+        let base = server.base.clone();
+        // With curl, and with wget where there is no curl: the one unverifiable download, then
+        // the fingerprint decides.
+        let without_curl = path_without(tmp.path(), "curl");
+        for (name, path) in [("curl", "/usr/bin:/bin"), ("wget", without_curl.to_str().unwrap())] {
+            let home = new_home(tmp.path(), &format!("home-{name}"));
+            let out = run_setup(&home, path, &[&base], &[("AIRLOCK_CA_SHA256", &fp)]);
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(std::fs::read_to_string(home.join(".config/airlock/ca.crt")).unwrap(), ca.cert_pem);
+            let pip = std::fs::read_to_string(home.join(".config/pip/pip.conf")).unwrap();
+            assert!(pip.contains(&format!("index-url = {base}/pypi/simple/\ncert = ")), "{pip}");
+            assert!(!pip.contains("trusted-host"), "https needs no trusted-host: {pip}");
+            let (_, other) = test_ca();
+            let wrong = new_home(tmp.path(), &format!("wrong-{name}"));
+            let out = run_setup(&wrong, path, &["--ca-sha256", &other, &base], &[]);
+            assert!(String::from_utf8_lossy(&out.stderr).contains("refusing it"), "{name}");
+            assert!(entries(&wrong).is_empty(), "{name}: {:?}", entries(&wrong));
+        }
     }
 }
