@@ -6,13 +6,17 @@
 //! nginx's default server then). Images add their own names (`api.`, `app.`) in their overlays.
 //! This is the build's "configure front door" stage.
 
+use crate::mirror::site::put;
 use crate::plan::BuildPlan;
-use crate::tree::{Content, Meta, NodeKind, Tree};
+use crate::tree::Tree;
 use anyhow::{Result, anyhow};
 
-/// The default server of an appliance without mirrors: the CA, and nothing else.
-pub const DEFAULT_CONF: &str = r#"# Written by airlock: the appliance's front door (no mirrors here).
-server {
+/// nginx's default server: port 80 and, with the instance's certificate, 443, for any name;
+/// `/ca.crt` over either; then `locations` (the mirrors' site, or nothing but 404s).
+pub fn default_server(comment: &str, locations: &str) -> String {
+    format!(
+        r#"# Written by airlock: {comment}
+server {{
     listen 80 default_server;
     listen [::]:80 default_server;
     listen 443 ssl default_server;
@@ -20,16 +24,15 @@ server {
     ssl_certificate /var/lib/airlock/tls/server.crt;
     ssl_certificate_key /var/lib/airlock/tls/server.key;
     server_name _;
-    location = /ca.crt {
+    location = /ca.crt {{
         alias /var/lib/airlock/tls/ca.crt;
-        types { }
+        types {{ }}
         default_type application/x-pem-file;
-    }
-    location / {
-        return 404;
-    }
+    }}
+{locations}}}
+"#
+    )
 }
-"#;
 
 /// `registry.<domain>` on 443: the registry (which does TLS and authentication itself, on port
 /// 5000) behind the same certificate on the standard port.
@@ -56,17 +59,6 @@ pub fn wanted(plan: &BuildPlan) -> bool {
     !plan.containers.is_empty() || !plan.mirrors.is_empty()
 }
 
-fn put(root: &mut Tree, path: &str, text: &str) -> Result<()> {
-    let bytes = text.as_bytes().to_vec();
-    root.insert(
-        path.as_bytes(),
-        Meta::root(0o644),
-        NodeKind::File { size: bytes.len() as u64, content: Content::Bytes(bytes.into()) },
-    )
-    .map_err(|p| anyhow!("writing {path}: {p}"))?;
-    Ok(())
-}
-
 /// Configures nginx as the front door (after the mirrors, whose site is the default server
 /// when there is one).
 pub fn install(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
@@ -79,10 +71,14 @@ pub fn install(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
     root.begin_layer();
     root.remove(b"etc/nginx/sites-enabled/default").map_err(|e| anyhow!("removing nginx's default site: {e}"))?;
     if plan.mirrors.is_empty() {
-        put(root, "etc/nginx/conf.d/airlock-default.conf", DEFAULT_CONF)?;
+        let conf = default_server(
+            "the appliance's front door (no mirrors here).",
+            "    location / {\n        return 404;\n    }\n",
+        );
+        put(root, "etc/nginx/conf.d/airlock-default.conf", conf.into_bytes())?;
     }
     if !plan.containers.is_empty() {
-        put(root, "etc/nginx/conf.d/airlock-registry.conf", REGISTRY_CONF)?;
+        put(root, "etc/nginx/conf.d/airlock-registry.conf", REGISTRY_CONF.as_bytes().to_vec())?;
     }
     Ok(())
 }

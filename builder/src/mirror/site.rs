@@ -18,16 +18,8 @@ use std::sync::Arc;
 /// HTML and the setup scripts become the URL the client used (its scheme and `Host`), so every
 /// document is right through any address, name or port forward. `/ca.crt` is the CA clients
 /// fetch over plain HTTP before they trust anything (its fingerprint is on the console).
-pub const NGINX_CONF: &str = r#"# Written by airlock: the appliance's mirrors (/usr/share/airlock/mirror), read-only.
-server {
-    listen 80 default_server;
-    listen [::]:80 default_server;
-    listen 443 ssl default_server;
-    listen [::]:443 ssl default_server;
-    ssl_certificate /var/lib/airlock/tls/server.crt;
-    ssl_certificate_key /var/lib/airlock/tls/server.key;
-    server_name _;
-    root /usr/share/airlock/mirror;
+/// These are the mirrors' locations inside nginx's default server ([`nginx_conf`]).
+const NGINX_LOCATIONS: &str = r#"    root /usr/share/airlock/mirror;
     index index.html;
     default_type application/octet-stream;
     sub_filter '@AIRLOCK_MIRROR_URL@' '$scheme://$http_host';
@@ -62,13 +54,16 @@ server {
             default_type application/zip;
         }
     }
-    location = /ca.crt {
-        alias /var/lib/airlock/tls/ca.crt;
-        types { }
-        default_type application/x-pem-file;
-    }
-}
 "#;
+
+/// nginx's configuration of the mirror site: the front door's default server
+/// (`front_door::default_server`) with the mirrors' locations.
+pub fn nginx_conf() -> String {
+    crate::front_door::default_server(
+        "the appliance's mirrors (/usr/share/airlock/mirror), read-only.",
+        NGINX_LOCATIONS,
+    )
+}
 
 /// Puts a generated file (`0644 root:root`) into the tree.
 pub fn put(root: &mut Tree, path: &str, bytes: Vec<u8>) -> Result<()> {
@@ -226,7 +221,7 @@ pub fn build(
         .map_err(|e| anyhow!("writing {at}: {e}"))?;
     }
     // The mirror is nginx's default site (`front_door` removes Debian's).
-    put(root, "etc/nginx/conf.d/airlock-mirror.conf", NGINX_CONF.as_bytes().to_vec())?;
+    put(root, "etc/nginx/conf.d/airlock-mirror.conf", nginx_conf().into_bytes())?;
     Ok(())
 }
 
@@ -237,16 +232,16 @@ mod tests {
     #[test]
     fn nginx_config_filters_only_documents() {
         // Tarballs, packages and zips must never pass through sub_filter.
-        assert!(NGINX_CONF.contains(&format!("sub_filter '{PLACEHOLDER}' '$scheme://$http_host'")));
+        assert!(nginx_conf().contains(&format!("sub_filter '{PLACEHOLDER}' '$scheme://$http_host'")));
         for binary in ["\\.tgz$", "\\.nupkg$", "\\.zip$"] {
-            assert!(NGINX_CONF.contains(binary), "{binary}");
+            assert!(nginx_conf().contains(binary), "{binary}");
         }
         assert!(setup_sh().contains(&format!("AIRLOCK_MIRROR:-{PLACEHOLDER}")));
         assert!(setup_ps1().contains(&format!("'{PLACEHOLDER}'")));
         assert!(!setup_sh().contains("@NUGET_CONFIG@") && !setup_ps1().contains("@NUGET_CONFIG@"));
         // TLS with the instance's certificate, and the CA over plain HTTP.
-        assert!(NGINX_CONF.contains("listen 443 ssl default_server;"));
-        assert!(NGINX_CONF.contains("location = /ca.crt {\n        alias /var/lib/airlock/tls/ca.crt;"));
+        assert!(nginx_conf().contains("listen 443 ssl default_server;"));
+        assert!(nginx_conf().contains("location = /ca.crt {\n        alias /var/lib/airlock/tls/ca.crt;"));
     }
 
     use crate::firstboot::tls;
