@@ -152,19 +152,19 @@ impl RegistryClient {
             Some(_) => store.read_verified(&refs.config_digest, refs.config_size, "config")?,
             None => self.get_small_blob(&target, &refs.config_digest, refs.config_size, "config")?,
         };
-        let diff_ids = image::check_config(&config_bytes, &ReadOptions::default().platform, refs.layers.len())
-            .with_context(|| format!("in config {}", refs.config_digest))?;
-        store.ingest(&refs.config_digest, refs.config_size, &config_bytes[..], "config")?;
-
-        let count = refs.layers.len();
-        let checked = CheckedManifest {
-            digest: manifest_digest,
-            media_type: manifest_media_type,
-            bytes: manifest_bytes,
+        let platform = ReadOptions::default().platform;
+        let checked = CheckedManifest::with_config(
+            manifest_digest,
+            manifest_media_type,
+            manifest_bytes,
             refs,
-            diff_ids,
-        };
-        let image = checked.into_image(&reference.to_string(), ReadOptions::default().platform, |layer, what| {
+            &config_bytes,
+            &platform,
+        )?;
+        store.ingest(&checked.refs.config_digest, checked.refs.config_size, &config_bytes[..], "config")?;
+
+        let count = checked.refs.layers.len();
+        let image = checked.into_image(&reference.to_string(), platform, |layer, what| {
             if cached(store, &layer.digest, layer.size, what).is_none() {
                 log::info!("{reference}: {what}/{count} {} ({})", layer.digest, ByteSize(layer.size));
                 self.download_blob(&target, &layer.digest, layer.size, what, store)

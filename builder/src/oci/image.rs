@@ -104,6 +104,22 @@ pub(crate) struct CheckedManifest {
 }
 
 impl CheckedManifest {
+    /// A manifest (`bytes`, with its `digest` and `media_type`, parsed into `refs`) completed by
+    /// its config: `config_bytes`, already verified against `refs.config_digest` and size, must
+    /// be for `platform` and give one diff_id per layer. An error names the config's digest.
+    pub(crate) fn with_config(
+        digest: Digest,
+        media_type: String,
+        bytes: Vec<u8>,
+        refs: ManifestRefs,
+        config_bytes: &[u8],
+        platform: &Platform,
+    ) -> Result<Self> {
+        let diff_ids = check_config(config_bytes, platform, refs.layers.len())
+            .with_context(|| format!("in config {}", refs.config_digest))?;
+        Ok(Self { digest, media_type, bytes, refs, diff_ids })
+    }
+
     /// The [`Image`], each layer got by `get_layer(layer, "layer N")` — which must leave the blob
     /// verified in the store — after the checks that need no bytes.
     pub(crate) fn into_image(

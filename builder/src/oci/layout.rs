@@ -142,17 +142,16 @@ fn read_layout(
     store.ingest(&manifest_digest, manifest_bytes.len() as u64, &manifest_bytes[..], "manifest")?;
 
     let config_bytes = read_blob_bytes(files, &refs.config_digest, refs.config_size, "config")?;
-    let diff_ids = image::check_config(&config_bytes, &opts.platform, refs.layers.len())
-        .with_context(|| format!("in config {}", refs.config_digest))?;
-    store.ingest(&refs.config_digest, refs.config_size, &config_bytes[..], "config")?;
-
-    let checked = CheckedManifest {
-        digest: manifest_digest,
-        media_type: manifest_media_type,
-        bytes: manifest_bytes,
+    let checked = CheckedManifest::with_config(
+        manifest_digest,
+        manifest_media_type,
+        manifest_bytes,
         refs,
-        diff_ids,
-    };
+        &config_bytes,
+        &opts.platform,
+    )?;
+    store.ingest(&checked.refs.config_digest, checked.refs.config_size, &config_bytes[..], "config")?;
+
     checked.into_image(reference, opts.platform.clone(), |layer, what| {
         let Some((reader, _)) = files.open(&blob_name(&layer.digest))? else {
             return Err(missing(files, what, &layer.digest).into());
