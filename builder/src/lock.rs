@@ -36,7 +36,7 @@
 //! ]
 //! ```
 
-use crate::oci::image::{self, CheckedManifest, Image};
+use crate::oci::image::{self, CheckedManifest, Image, ParsedManifest};
 use crate::oci::{BlobStore, Digest, Limits, Platform};
 use crate::output_file::PartialFile;
 use crate::plan::{BuildPlan, ContainerPlan};
@@ -432,12 +432,16 @@ pub fn verify_container(c: &ContainerPlan, entry: &LockedContainer, store: &Blob
     }
     check_present(store, &entry.manifest.digest, "manifest")?;
     let manifest_bytes = store.read_verified(&entry.manifest.digest, entry.manifest.size, "manifest")?;
-    let limits = Limits::default();
-    let refs = image::parse_manifest(&manifest_bytes, &entry.manifest.media_type, &limits)
-        .with_context(|| format!("in manifest {}", entry.manifest.digest))?;
+    let manifest = ParsedManifest::parse(
+        entry.manifest.digest.clone(),
+        entry.manifest.media_type.clone(),
+        manifest_bytes,
+        &Limits::default(),
+    )?;
 
     // The lock lists the blobs for people to read; the manifest is what the registry serves.
     // They must agree, or a hand edit has made the lock lie.
+    let refs = &manifest.refs;
     let config = LockedBlob {
         digest: refs.config_digest.clone(),
         size: refs.config_size,
@@ -454,14 +458,7 @@ pub fn verify_container(c: &ContainerPlan, entry: &LockedContainer, store: &Blob
 
     check_present(store, &entry.config.digest, "config")?;
     let config_bytes = store.read_verified(&entry.config.digest, entry.config.size, "config")?;
-    let checked = CheckedManifest::with_config(
-        entry.manifest.digest.clone(),
-        entry.manifest.media_type.clone(),
-        manifest_bytes,
-        refs,
-        &config_bytes,
-        &platform,
-    )?;
+    let checked = CheckedManifest::with_config(manifest, &config_bytes, &platform)?;
     // The manifest's layers are the lock's (checked above): each must be in the cache, intact.
     checked.into_image(&c.reference.to_string(), platform, |layer, what| {
         cached_path(store, &layer.digest, layer.size, what).map(drop)
