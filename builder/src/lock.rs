@@ -36,7 +36,7 @@
 //! ]
 //! ```
 
-use crate::oci::image::{self, Image, Layer};
+use crate::oci::image::{self, CheckedManifest, Image, ParsedManifest};
 use crate::oci::{BlobStore, Digest, Limits, Platform};
 use crate::output_file::PartialFile;
 use crate::plan::{BuildPlan, ContainerPlan};
@@ -428,18 +428,25 @@ pub fn verify_container(c: &ContainerPlan, entry: &LockedContainer, store: &Blob
         }
     }
     if let Some(index) = &entry.index {
-        cached_path(store, index, "image index")?;
+        cached_path(store, &index.digest, index.size, "image index")?;
     }
-    check_present(store, &entry.manifest, "manifest")?;
+    check_present(store, &entry.manifest.digest, "manifest")?;
     let manifest_bytes = store.read_verified(&entry.manifest.digest, entry.manifest.size, "manifest")?;
-    let limits = Limits::default();
-    let refs = image::parse_manifest(&manifest_bytes, &entry.manifest.media_type, &limits)
-        .with_context(|| format!("in manifest {}", entry.manifest.digest))?;
+    let manifest = ParsedManifest::parse(
+        entry.manifest.digest.clone(),
+        entry.manifest.media_type.clone(),
+        manifest_bytes,
+        &Limits::default(),
+    )?;
 
     // The lock lists the blobs for people to read; the manifest is what the registry serves.
     // They must agree, or a hand edit has made the lock lie.
-    let config =
-        LockedBlob { digest: refs.config_digest.clone(), size: refs.config_size, media_type: refs.config_media_type };
+    let refs = &manifest.refs;
+    let config = LockedBlob {
+        digest: refs.config_digest.clone(),
+        size: refs.config_size,
+        media_type: refs.config_media_type.clone(),
+    };
     let layers: Vec<LockedBlob> = refs
         .layers
         .iter()
@@ -449,48 +456,29 @@ pub fn verify_container(c: &ContainerPlan, entry: &LockedContainer, store: &Blob
         bail!("appliance.lock's config and layers disagree with manifest {}", entry.manifest.digest);
     }
 
-    check_present(store, &entry.config, "config")?;
+    check_present(store, &entry.config.digest, "config")?;
     let config_bytes = store.read_verified(&entry.config.digest, entry.config.size, "config")?;
-    let diff_ids = image::check_config(&config_bytes, &platform, refs.layers.len())
-        .with_context(|| format!("in config {}", entry.config.digest))?;
-    let mut out_layers = Vec::with_capacity(refs.layers.len());
-    for (i, (layer, diff_id)) in refs.layers.into_iter().zip(diff_ids).enumerate() {
-        let blob = &entry.layers[i];
-        cached_path(store, blob, &format!("layer {}", i + 1))?;
-        out_layers.push(Layer {
-            digest: layer.digest,
-            size: layer.size,
-            media_type: layer.media_type,
-            compression: layer.compression,
-            diff_id,
-        });
-    }
-    Ok(Image {
-        reference: c.reference.to_string(),
-        manifest_digest: entry.manifest.digest.clone(),
-        manifest_media_type: entry.manifest.media_type.clone(),
-        manifest_bytes,
-        config_digest: entry.config.digest.clone(),
-        config_size: entry.config.size,
-        layers: out_layers,
-        platform,
+    let checked = CheckedManifest::with_config(manifest, &config_bytes, &platform)?;
+    // The manifest's layers are the lock's (checked above): each must be in the cache, intact.
+    checked.into_image(&c.reference.to_string(), platform, |layer, what| {
+        cached_path(store, &layer.digest, layer.size, what).map(drop)
     })
 }
 
 /// A missing blob gets its own message: the usual cause is a cache that was cleaned, not an
 /// attack, and the fix is a fetch.
-fn check_present(store: &BlobStore, blob: &LockedBlob, what: &str) -> Result<PathBuf> {
-    let path = store.path(&blob.digest);
+fn check_present(store: &BlobStore, digest: &Digest, what: &str) -> Result<PathBuf> {
+    let path = store.path(digest);
     if !path.is_file() {
-        bail!("{what} {} is not in the cache (no {})", blob.digest, path.display());
+        bail!("{what} {digest} is not in the cache (no {})", path.display());
     }
     Ok(path)
 }
 
 /// The verified cache file of a blob (re-hashed on first use in this process).
-fn cached_path(store: &BlobStore, blob: &LockedBlob, what: &str) -> Result<PathBuf> {
-    check_present(store, blob, what)?;
-    store.verified_path(&blob.digest, blob.size, what)
+fn cached_path(store: &BlobStore, digest: &Digest, size: u64, what: &str) -> Result<PathBuf> {
+    check_present(store, digest, what)?;
+    store.verified_path(digest, size, what)
 }
 
 #[cfg(test)]

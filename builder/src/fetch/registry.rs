@@ -24,7 +24,7 @@ use super::challenge::{self, Challenge};
 use super::credentials::{Credentials, Login};
 use crate::lock::LockedBlob;
 use crate::oci::error::ImageError;
-use crate::oci::image::{self, CheckedManifest, Image};
+use crate::oci::image::{self, CheckedManifest, Image, ParsedManifest};
 use crate::oci::media_type::{self, ManifestKind};
 use crate::oci::{BlobStore, Digest, ImageReference, Limits, ReadOptions, reference};
 use crate::size::ByteSize;
@@ -144,27 +144,20 @@ impl RegistryClient {
             }
             None => unreachable_media_type(&media_type, &digest)?,
         };
-        let refs = image::parse_manifest(&manifest_bytes, &manifest_media_type, &limits)
-            .with_context(|| format!("in manifest {manifest_digest}"))?;
-        store.ingest(&manifest_digest, manifest_bytes.len() as u64, &manifest_bytes[..], "manifest")?;
+        let manifest = ParsedManifest::parse(manifest_digest, manifest_media_type, manifest_bytes, &limits)?;
+        store.ingest(&manifest.digest, manifest.bytes.len() as u64, &manifest.bytes[..], "manifest")?;
 
-        let config_bytes = match cached(store, &refs.config_digest, refs.config_size, "config") {
-            Some(_) => store.read_verified(&refs.config_digest, refs.config_size, "config")?,
-            None => self.get_small_blob(&target, &refs.config_digest, refs.config_size, "config")?,
+        let (config_digest, config_size) = (&manifest.refs.config_digest, manifest.refs.config_size);
+        let config_bytes = match cached(store, config_digest, config_size, "config") {
+            Some(_) => store.read_verified(config_digest, config_size, "config")?,
+            None => self.get_small_blob(&target, config_digest, config_size, "config")?,
         };
-        let diff_ids = image::check_config(&config_bytes, &ReadOptions::default().platform, refs.layers.len())
-            .with_context(|| format!("in config {}", refs.config_digest))?;
-        store.ingest(&refs.config_digest, refs.config_size, &config_bytes[..], "config")?;
+        let platform = ReadOptions::default().platform;
+        let checked = CheckedManifest::with_config(manifest, &config_bytes, &platform)?;
+        store.ingest(&checked.refs.config_digest, checked.refs.config_size, &config_bytes[..], "config")?;
 
-        let count = refs.layers.len();
-        let checked = CheckedManifest {
-            digest: manifest_digest,
-            media_type: manifest_media_type,
-            bytes: manifest_bytes,
-            refs,
-            diff_ids,
-        };
-        let image = checked.into_image(&reference.to_string(), ReadOptions::default().platform, |layer, what| {
+        let count = checked.refs.layers.len();
+        let image = checked.into_image(&reference.to_string(), platform, |layer, what| {
             if cached(store, &layer.digest, layer.size, what).is_none() {
                 log::info!("{reference}: {what}/{count} {} ({})", layer.digest, ByteSize(layer.size));
                 self.download_blob(&target, &layer.digest, layer.size, what, store)

@@ -92,6 +92,26 @@ pub(crate) struct LayerRef {
     pub compression: Compression,
 }
 
+/// A manifest as received, its bytes parsed and its references checked ([`parse_manifest`]):
+/// what a source has before it gets the config.
+#[derive(Debug)]
+pub(crate) struct ParsedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    /// Exactly the bytes `digest` was computed over.
+    pub bytes: Vec<u8>,
+    pub refs: ManifestRefs,
+}
+
+impl ParsedManifest {
+    /// Parses `bytes` (already verified against `digest`) as a manifest of `media_type`, the
+    /// media type its descriptor gives. An error names the manifest's digest.
+    pub(crate) fn parse(digest: Digest, media_type: String, bytes: Vec<u8>, limits: &Limits) -> Result<Self> {
+        let refs = parse_manifest(&bytes, &media_type, limits).with_context(|| format!("in manifest {digest}"))?;
+        Ok(Self { digest, media_type, bytes, refs })
+    }
+}
+
 /// A manifest whose bytes, references and config are checked and in the blob store: what every
 /// source (layout, archive, registry) has before it gets the layers.
 pub(crate) struct CheckedManifest {
@@ -104,6 +124,16 @@ pub(crate) struct CheckedManifest {
 }
 
 impl CheckedManifest {
+    /// `manifest` completed by its config: `config_bytes`, already verified against the
+    /// manifest's config digest and size, must be for `platform` and give one diff_id per layer.
+    /// An error names the config's digest.
+    pub(crate) fn with_config(manifest: ParsedManifest, config_bytes: &[u8], platform: &Platform) -> Result<Self> {
+        let ParsedManifest { digest, media_type, bytes, refs } = manifest;
+        let diff_ids = check_config(config_bytes, platform, refs.layers.len())
+            .with_context(|| format!("in config {}", refs.config_digest))?;
+        Ok(Self { digest, media_type, bytes, refs, diff_ids })
+    }
+
     /// The [`Image`], each layer got by `get_layer(layer, "layer N")` — which must leave the blob
     /// verified in the store — after the checks that need no bytes.
     pub(crate) fn into_image(
@@ -234,4 +264,86 @@ pub(crate) fn check_config(bytes: &[u8], platform: &Platform, layer_count: usize
         .enumerate()
         .map(|(i, d)| Digest::parse(d).with_context(|| format!("diff_id of layer {}", i + 1)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::media_type::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST};
+    use serde_json::json;
+
+    fn manifest(layers: &[(&str, &Digest)]) -> Vec<u8> {
+        let config = Digest::of_bytes(b"config");
+        let layers: Vec<_> =
+            layers.iter().map(|(t, d)| json!({"mediaType": t, "digest": d.to_string(), "size": 10})).collect();
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config.to_string(), "size": 6},
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    fn config(architecture: &str, diff_ids: &[&Digest]) -> Vec<u8> {
+        let diff_ids: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
+        serde_json::to_vec(&json!({
+            "os": "linux",
+            "architecture": architecture,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap()
+    }
+
+    fn parsed(bytes: Vec<u8>) -> Result<ParsedManifest> {
+        ParsedManifest::parse(Digest::of_bytes(&bytes), OCI_MANIFEST.into(), bytes, &Limits::default())
+    }
+
+    #[test]
+    fn checked_manifest_becomes_the_image_with_each_layer_got_in_order() {
+        let (gz, tar) = (Digest::of_bytes(b"gz"), Digest::of_bytes(b"tar"));
+        let diff = Digest::of_bytes(b"diff");
+        let m = parsed(manifest(&[(OCI_LAYER_GZIP, &gz), (OCI_LAYER_TAR, &tar)])).unwrap();
+        let manifest_digest = m.digest.clone();
+        let checked =
+            CheckedManifest::with_config(m, &config("amd64", &[&diff, &tar]), &Platform::linux_amd64()).unwrap();
+        let mut got = Vec::new();
+        let image = checked
+            .into_image("oci:/x:1", Platform::linux_amd64(), |l, what| {
+                got.push(format!("{what} {}", l.digest));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(got, [format!("layer 1 {gz}"), format!("layer 2 {tar}")]);
+        assert_eq!(image.manifest_digest, manifest_digest);
+        assert_eq!(image.config_digest, Digest::of_bytes(b"config"));
+        assert_eq!(image.diff_ids(), [diff, tar]);
+        assert_eq!(image.reference, "oci:/x:1");
+    }
+
+    #[test]
+    fn errors_name_the_manifest_config_or_layer_and_the_problem() {
+        let schema1 = serde_json::to_vec(&json!({"schemaVersion": 1, "config": {}, "layers": []})).unwrap();
+        let e = format!("{:#}", parsed(schema1.clone()).unwrap_err());
+        assert!(e.contains(&format!("in manifest {}", Digest::of_bytes(&schema1))), "{e}");
+
+        let tar = Digest::of_bytes(b"tar");
+        let config_digest = Digest::of_bytes(b"config");
+        let bytes = manifest(&[(OCI_LAYER_TAR, &tar)]);
+        let amd64 = Platform::linux_amd64();
+        let check = |config: Vec<u8>| {
+            CheckedManifest::with_config(parsed(bytes.clone()).unwrap(), &config, &amd64).map(|_| ()).unwrap_err()
+        };
+        let e = format!("{:#}", check(config("arm64", &[&tar])));
+        assert!(e.contains(&format!("in config {config_digest}")) && e.contains("linux/arm64"), "{e}");
+        let e = format!("{:#}", check(config("amd64", &[&tar, &tar])));
+        assert!(e.contains(&format!("in config {config_digest}")) && e.contains("2 diff_ids for 1 layers"), "{e}");
+
+        // An uncompressed layer whose digest is not its diff_id is refused before it is got.
+        let other = Digest::of_bytes(b"other");
+        let checked =
+            CheckedManifest::with_config(parsed(bytes).unwrap(), &config("amd64", &[&other]), &amd64).unwrap();
+        let e = checked.into_image("oci:/x:1", amd64, |_, what| panic!("{what} was got")).unwrap_err();
+        assert!(format!("{e:#}").contains(&format!("layer 1 {tar} is uncompressed")), "{e:#}");
+    }
 }

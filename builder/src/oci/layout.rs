@@ -10,7 +10,7 @@ use super::ReadOptions;
 use super::blob_store::BlobStore;
 use super::digest::{Digest, DigestingReader};
 use super::error::ImageError;
-use super::image::{self, CheckedManifest, Image};
+use super::image::{self, CheckedManifest, Image, ParsedManifest};
 use super::media_type::ManifestKind;
 use super::tar_index::TarIndex;
 use anyhow::{Context, Result};
@@ -137,22 +137,13 @@ fn read_layout(
     };
     let manifest_digest = image::descriptor_digest(&descriptor, "manifest")?;
     let manifest_media_type = descriptor.media_type().to_string();
-    let refs = image::parse_manifest(&manifest_bytes, &manifest_media_type, &opts.limits)
-        .with_context(|| format!("in manifest {manifest_digest}"))?;
-    store.ingest(&manifest_digest, manifest_bytes.len() as u64, &manifest_bytes[..], "manifest")?;
+    let manifest = ParsedManifest::parse(manifest_digest, manifest_media_type, manifest_bytes, &opts.limits)?;
+    store.ingest(&manifest.digest, manifest.bytes.len() as u64, &manifest.bytes[..], "manifest")?;
 
-    let config_bytes = read_blob_bytes(files, &refs.config_digest, refs.config_size, "config")?;
-    let diff_ids = image::check_config(&config_bytes, &opts.platform, refs.layers.len())
-        .with_context(|| format!("in config {}", refs.config_digest))?;
-    store.ingest(&refs.config_digest, refs.config_size, &config_bytes[..], "config")?;
+    let config_bytes = read_blob_bytes(files, &manifest.refs.config_digest, manifest.refs.config_size, "config")?;
+    let checked = CheckedManifest::with_config(manifest, &config_bytes, &opts.platform)?;
+    store.ingest(&checked.refs.config_digest, checked.refs.config_size, &config_bytes[..], "config")?;
 
-    let checked = CheckedManifest {
-        digest: manifest_digest,
-        media_type: manifest_media_type,
-        bytes: manifest_bytes,
-        refs,
-        diff_ids,
-    };
     checked.into_image(reference, opts.platform.clone(), |layer, what| {
         let Some((reader, _)) = files.open(&blob_name(&layer.digest))? else {
             return Err(missing(files, what, &layer.digest).into());
