@@ -64,7 +64,12 @@ pub enum Command {
     /// On the appliance: provision this instance (site configuration, secrets, TLS). Run by
     /// airlock-provision.service on every boot.
     #[command(hide = true)]
-    Firstboot,
+    Firstboot {
+        /// Once the network is up (airlock-address.service): record this instance's addresses
+        /// and re-issue the server certificate if they are new.
+        #[arg(long)]
+        addresses: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,7 +215,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => run_verify(args),
         Command::Flash(args) => run_flash(args),
         Command::Diff(args) => run_diff(args),
-        Command::Firstboot => crate::firstboot::provision(&crate::firstboot::Paths::system(), crate::firstboot::STEPS),
+        Command::Firstboot { addresses } => {
+            let steps = if addresses { crate::firstboot::ADDRESS_STEPS } else { crate::firstboot::STEPS };
+            crate::firstboot::provision(&crate::firstboot::Paths::system(), steps)
+        }
     }
 }
 

@@ -27,8 +27,13 @@ pub const TIME_SINKS: &[&str] = &[
 ];
 
 /// Units airlock always enables.
-pub const ALWAYS_ENABLED: &[&str] =
-    &["systemd-networkd.service", "systemd-resolved.service", "airlock-provision.service", "airlock-banner.service"];
+pub const ALWAYS_ENABLED: &[&str] = &[
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+    "airlock-provision.service",
+    "airlock-address.service",
+    "airlock-banner.service",
+];
 
 /// The persistent journal's folder on the data partition, bind-mounted on `/var/log/journal`:
 /// the audit trail grows with the data partition (journald caps it:

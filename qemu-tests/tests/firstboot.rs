@@ -346,6 +346,26 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     assert_eq!(code, "200", "{body}");
     let (code, _) = curl_tls(&mut a, &ca_a, "app.airlock.internal", "/");
     assert_eq!(code, "200");
+    // The address DHCP gave it is in the certificate too: recorded once the network was up
+    // (airlock-address.service), the certificate re-issued before nginx started.
+    assert_eq!(a.succeed("cat /var/lib/airlock/provision/addresses").unwrap(), "10.0.2.15\n");
+    let port = a.host_port(443);
+    let by_address = host(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca_a.to_str().unwrap(),
+            "--connect-to",
+            &format!("10.0.2.15:{port}:127.0.0.1:{port}"),
+            &format!("https://10.0.2.15:{port}/ca.crt"),
+        ],
+    );
+    assert_eq!(by_address, "200", "TLS to the DHCP address verifies against the CA");
     let id_a = read_identity(&mut a);
     let needles_a = needles(&id_a, &mut a);
     a.shutdown(Duration::from_secs(180)).unwrap();

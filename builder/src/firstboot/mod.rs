@@ -52,6 +52,11 @@ impl Paths {
     fn provision(&self) -> PathBuf {
         self.state.join("provision")
     }
+    /// The addresses the network gave this instance (one per line), recorded after the network
+    /// is up so the server certificate names them from then on.
+    pub fn addresses(&self) -> PathBuf {
+        self.provision().join("addresses")
+    }
     /// One line per secret, CA or key ever made here: `<name> sha256:<hex>`, appended and
     /// synced right after the item became durable.
     pub fn generated_log(&self) -> PathBuf {
@@ -144,6 +149,15 @@ pub const STEPS: &[(&str, When, StepFn)] = &[
     ("site-secrets", When::EveryBoot, apply_site_secrets),
     ("site-env", When::EveryBoot, write_site_env),
     ("registry-auth", When::EveryBoot, write_registry_auth),
+];
+
+/// What `airlock firstboot --addresses` runs once the network is up
+/// (`airlock-address.service`): a DHCP address is unknown before, so the certificate issued
+/// before the network named only the names and a static address.
+pub const ADDRESS_STEPS: &[(&str, When, StepFn)] = &[
+    ("addresses", When::EveryBoot, record_addresses),
+    ("server-certificate", When::EveryBoot, make_server_certificate),
+    ("install-tls", When::EveryBoot, install_tls),
 ];
 
 /// The whole provisioning run: read and check the site configuration, then every step. On any
@@ -362,7 +376,49 @@ pub fn certificate_names(ctx: &Instance) -> Vec<String> {
     if let Network::Static { address, .. } = &ctx.site.network {
         names.push(address.address.to_string());
     }
+    let recorded = fs::read_to_string(ctx.paths.addresses()).unwrap_or_default();
+    for a in recorded.lines().filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok()) {
+        if !names.iter().any(|n| n == a) {
+            names.push(a.to_string());
+        }
+    }
     names
+}
+
+/// The global IPv4 addresses in `ip -4 -o addr show scope global` output, sorted.
+pub fn parse_addresses(ip_output: &str) -> Vec<std::net::Ipv4Addr> {
+    let mut out: Vec<std::net::Ipv4Addr> = ip_output
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Records the addresses the network gave this instance. Without a network at all (`ip`
+/// finds none, e.g. an unplugged port when the wait for the network timed out) the last
+/// record stays, so a certificate is not re-issued for a cable pulled at boot.
+fn record_addresses(ctx: &Instance) -> Result<()> {
+    let found = if ctx.paths.root == Path::new("/") {
+        parse_addresses(&Cmd::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output_text()?)
+    } else {
+        // Tests stand in for the network with `<run>/airlock/test-addresses`.
+        parse_addresses(&fs::read_to_string(ctx.paths.run_airlock().join("test-addresses")).unwrap_or_default())
+    };
+    if found.is_empty() {
+        log::info!("no global IPv4 address: the certificate keeps the addresses recorded before");
+        return Ok(());
+    }
+    let text: String = found.iter().map(|a| format!("{a}\n")).collect();
+    if store::write_if_changed(&ctx.paths.addresses(), text.as_bytes(), 0o644)? {
+        log::info!("this instance's addresses: {}", text.trim().replace('\n', ", "));
+    }
+    Ok(())
 }
 
 fn read_bundle(path: &Path) -> Result<tls::Bundle> {

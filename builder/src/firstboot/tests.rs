@@ -184,3 +184,42 @@ fn a_site_certificate_replaces_the_generated_one() {
     let err = format!("{:#}", provision(&p, &steps()).unwrap_err());
     assert!(err.contains("tls.certificate: does not cover `api.other.internal`"), "{err}");
 }
+
+#[test]
+fn addresses_from_the_network_join_the_certificate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    provision(&p, &steps()).unwrap();
+    let cert = || fs::read_to_string(p.tls().join("server.crt")).unwrap();
+    let before = cert();
+    // No network yet: nothing recorded, nothing re-issued.
+    provision(&p, ADDRESS_STEPS).unwrap();
+    assert_eq!(cert(), before);
+    assert!(!p.addresses().exists());
+
+    let ip = "2: enp0s2    inet 10.0.2.15/24 metric 1024 brd 10.0.2.255 scope global dynamic enp0s2\\       valid_lft 86313sec preferred_lft 86313sec\n\
+              3: enp0s3    inet 192.168.7.4/16 brd 192.168.255.255 scope global enp0s3\\       valid_lft forever\n";
+    assert_eq!(
+        parse_addresses(ip),
+        ["10.0.2.15".parse::<std::net::Ipv4Addr>().unwrap(), "192.168.7.4".parse().unwrap()]
+    );
+    fs::write(p.run.join("airlock/test-addresses"), ip).unwrap();
+    provision(&p, ADDRESS_STEPS).unwrap();
+    let with_address = cert();
+    assert_ne!(with_address, before, "re-issued for the new addresses");
+    let ctx = read_site(&p).unwrap();
+    let names = certificate_names(&ctx);
+    assert!(names.contains(&"10.0.2.15".to_string()) && names.contains(&"192.168.7.4".to_string()), "{names:?}");
+    let (key, ca) =
+        (fs::read_to_string(p.tls().join("server.key")).unwrap(), fs::read_to_string(p.tls().join("ca.crt")).unwrap());
+    tls::check_site(&with_address, &key, &ca, &names).unwrap();
+
+    // The next boot: the certificate made before the network already names them, and the
+    // same addresses after it change nothing; an unplugged cable keeps the record.
+    provision(&p, &steps()).unwrap();
+    provision(&p, ADDRESS_STEPS).unwrap();
+    assert_eq!(cert(), with_address);
+    fs::remove_file(p.run.join("airlock/test-addresses")).unwrap();
+    provision(&p, ADDRESS_STEPS).unwrap();
+    assert_eq!(cert(), with_address);
+}
