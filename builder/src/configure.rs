@@ -43,13 +43,8 @@ pub const JOURNAL_DIR: &str = "journal";
 /// The data partition as built: empty but for the journal's folder (`2755 root:systemd-journal`,
 /// as systemd's tmpfiles.d makes `/var/log/journal`), which must exist when it is mounted.
 pub fn data_tree(root: &Tree, clock: &BuildClock) -> Result<Tree> {
-    let group = units::read_text(root, "etc/group")?.context("the root filesystem has no /etc/group")?;
-    let gid = group
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 3 && f[0] == "systemd-journal").then(|| f[2].parse::<u32>().ok()).flatten()
-        })
+    let gid = crate::preload::account_ids(root, "etc/group", "systemd-journal", &[2])?
+        .and_then(|ids| ids.first().copied())
         .context("no group systemd-journal in the root filesystem's /etc/group")?;
     let mut tree = Tree::new();
     let mut meta = Meta::root(0o2755);

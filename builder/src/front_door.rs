@@ -11,6 +11,9 @@ use crate::plan::BuildPlan;
 use crate::tree::Tree;
 use anyhow::{Result, anyhow};
 
+/// The front door's unit (it serves the mirrors too).
+pub const WEB_UNIT: &str = "nginx.service";
+
 /// nginx's default server: port 80 and, with the instance's certificate, 443, for any name;
 /// `/ca.crt` over either; then `locations` (the mirrors' site, or nothing but 404s).
 pub fn default_server(comment: &str, locations: &str) -> String {

@@ -360,14 +360,14 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         if !packages.iter().any(|p| WEB_SERVERS.contains(&p.as_str())) {
             packages.push("nginx-light".to_string());
         }
-        if !enable.iter().any(|u| u == crate::mirror::WEB_UNIT) {
-            enable.push(crate::mirror::WEB_UNIT.to_string());
+        if !enable.iter().any(|u| u == crate::front_door::WEB_UNIT) {
+            enable.push(crate::front_door::WEB_UNIT.to_string());
         }
     }
     if !mirrors.is_empty() && !services.iter().any(|s| s.name == "mirror") {
         services.push(Service {
             name: "mirror".into(),
-            unit: crate::mirror::WEB_UNIT.into(),
+            unit: crate::front_door::WEB_UNIT.into(),
             url: Some("http://{address}/".into()),
         });
     }

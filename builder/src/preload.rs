@@ -17,7 +17,8 @@ use std::collections::BTreeSet;
 pub const STORAGE: &str = "var/lib/docker-registry";
 /// The registry's port on the appliance.
 pub const PORT: u16 = 5000;
-const REGISTRY_USER: &str = "docker-registry";
+/// The system user Debian's docker-registry runs as (owner of its storage).
+const REGISTRY_SYSTEM_USER: &str = "docker-registry";
 
 /// The registry's configuration: the preloaded storage, served read-only (the appliance is the
 /// enclave's copy of what was built and signed; pushes would make it something else), over TLS
@@ -80,18 +81,29 @@ fn read_text(tree: &Tree, path: &str) -> Result<String> {
     String::from_utf8(buf).with_context(|| format!("/{path} is not UTF-8"))
 }
 
+/// Numeric fields (`fields`, 0-based) of `name`'s entry in one of the tree's colon-separated
+/// account databases (`etc/passwd`, `etc/group`); `None` when it has no such entry.
+pub fn account_ids(tree: &Tree, file: &str, name: &str, fields: &[usize]) -> Result<Option<Vec<u32>>> {
+    let text = read_text(tree, file)?;
+    let Some(entry) = text.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f[0] == name) else {
+        return Ok(None);
+    };
+    let ids = fields
+        .iter()
+        .map(|&i| {
+            let v = entry.get(i).copied().unwrap_or("");
+            v.parse().with_context(|| format!("/{file}: field {} of {name} is not a number: `{v}`", i + 1))
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    Ok(Some(ids))
+}
+
 /// The uid and gid of `user` from the tree's /etc/passwd.
 fn user_ids(tree: &Tree, user: &str) -> Result<(u32, u32)> {
-    let passwd = read_text(tree, "etc/passwd")?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == user {
-            let uid = f[2].parse().with_context(|| format!("uid of {user} in /etc/passwd"))?;
-            let gid = f[3].parse().with_context(|| format!("gid of {user} in /etc/passwd"))?;
-            return Ok((uid, gid));
-        }
+    match account_ids(tree, "etc/passwd", user, &[2, 3])?.as_deref() {
+        Some(&[uid, gid]) => Ok((uid, gid)),
+        _ => bail!("no user {user} in the root filesystem's /etc/passwd (is the docker-registry package installed?)"),
     }
-    bail!("no user {user} in the root filesystem's /etc/passwd (is the docker-registry package installed?)")
 }
 
 fn put(tree: &mut Tree, path: &str, text: String) -> Result<()> {
@@ -212,7 +224,7 @@ pub fn preload_images(
     }
     check_data_capacity(plan, images, store)?;
     root.begin_layer();
-    let (uid, gid) = user_ids(root, REGISTRY_USER)?;
+    let (uid, gid) = user_ids(root, REGISTRY_SYSTEM_USER)?;
     let mut preloads = Vec::new();
     let mut domains = BTreeSet::new();
     for (c, image) in plan.containers.iter().zip(images) {

@@ -299,10 +299,12 @@ fn make_registry_htpasswd(ctx: &Instance) -> Result<()> {
 pub fn podman_auth(password: &str) -> String {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{password}"));
-    format!(
-        "{{\"auths\": {{\"127.0.0.1:{port}\": {{\"auth\": \"{auth}\"}}, \"localhost:{port}\": {{\"auth\": \"{auth}\"}}}}}}\n",
-        port = crate::preload::PORT
-    )
+    let port = crate::preload::PORT;
+    let auths = serde_json::json!({
+        format!("127.0.0.1:{port}"): {"auth": auth},
+        format!("localhost:{port}"): {"auth": auth},
+    });
+    format!("{}\n", serde_json::json!({ "auths": auths }))
 }
 
 fn write_registry_auth(ctx: &Instance) -> Result<()> {

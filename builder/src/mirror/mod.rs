@@ -26,8 +26,6 @@ use sha2::{Digest as _, Sha256};
 
 /// The sets, in the lock's order.
 pub const SETS: &[&str] = &["go", "npm", "nuget", "pulumi", "pypi"];
-/// The unit that serves the mirrors.
-pub const WEB_UNIT: &str = "nginx.service";
 /// Where the served tree lives in the root filesystem (read-only, owned by root).
 pub const ROOT: &str = "usr/share/airlock/mirror";
 /// Stands for `scheme://host[:port]` of the request in served documents that need absolute URLs
