@@ -33,12 +33,22 @@ pub enum Accel {
     Tcg,
 }
 
+/// Under TCG, how qemu maps the guest's vCPUs onto host threads (ignored under KVM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcgThreads {
+    /// One host thread per vCPU (qemu's default for x86 guests on x86 hosts).
+    Multi,
+    /// One host thread runs every vCPU in turn.
+    Single,
+}
+
 impl Accel {
     /// `-accel` and `-cpu` for qemu.
-    pub fn qemu_args(self) -> [&'static str; 4] {
-        match self {
-            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
+    pub fn qemu_args(self, threads: TcgThreads) -> [&'static str; 4] {
+        match (self, threads) {
+            (Accel::Kvm, _) => ["-accel", "kvm", "-cpu", "host"],
+            (Accel::Tcg, TcgThreads::Multi) => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+            (Accel::Tcg, TcgThreads::Single) => ["-accel", "tcg,thread=single", "-cpu", "max"],
         }
     }
 
@@ -114,6 +124,7 @@ fn probe_kvm() -> Result<Verdict> {
     let cmdline = QemuCmdline {
         name: "airlock-kvm-probe".into(),
         accel: Accel::Kvm,
+        tcg_threads: TcgThreads::Multi,
         memory_mib: 256,
         cpus: 1,
         firmware_code: firmware.code,
@@ -123,6 +134,7 @@ fn probe_kvm() -> Result<Verdict> {
         serial_log: serial_log.clone(),
         backdoor_socket: None,
         qmp_sockets: Vec::new(),
+        exit_on_reset: false,
     };
     let log = File::create(&qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?;
     let mut child = command::spawn(&mut cmdline.command()?, log)?;
@@ -202,8 +214,9 @@ mod tests {
 
     #[test]
     fn accel_arguments() {
-        assert_eq!(Accel::Kvm.qemu_args(), ["-accel", "kvm", "-cpu", "host"]);
-        assert_eq!(Accel::Tcg.qemu_args(), ["-accel", "tcg", "-cpu", "max"]);
+        assert_eq!(Accel::Kvm.qemu_args(TcgThreads::Single), ["-accel", "kvm", "-cpu", "host"]);
+        assert_eq!(Accel::Tcg.qemu_args(TcgThreads::Multi), ["-accel", "tcg,thread=multi", "-cpu", "max"]);
+        assert_eq!(Accel::Tcg.qemu_args(TcgThreads::Single), ["-accel", "tcg,thread=single", "-cpu", "max"]);
         assert_eq!(Accel::from_name("tcg"), Some(Accel::Tcg));
         assert_eq!(Accel::from_name("KVM"), None);
     }

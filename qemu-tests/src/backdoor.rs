@@ -28,9 +28,11 @@
 //! resending every few seconds and right after a guest reset; requests written before the
 //! guest opens its port wait in qemu. The connection then stays open for the life of that
 //! qemu process: a reboot of the guest only restarts the guest script, and after one (qemu
-//! reports each reset) the host pings again before its next request. A request still
-//! unanswered when the guest resets fails at once; one that times out marks the channel as
-//! not ready, so the next request pings first.
+//! reports each reset) the host pings again before its next request. When resets end qemu
+//! and the harness starts a new one, the connection ends with the old process; the host
+//! connects to the new one, which it tells from a broken channel by the reset count. A
+//! request still unanswered when the guest resets fails at once; one that times out marks
+//! the channel as not ready, so the next request pings first.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -144,7 +146,7 @@ impl<R: Read> LineReader<R> {
 pub trait Guest {
     /// Fails if the VM is gone (qemu exited), which ends any wait at once.
     fn check_alive(&mut self) -> Result<()>;
-    /// How many times the guest was reset (rebooted) since qemu started.
+    /// How many times the guest was reset (rebooted) since it was powered on.
     fn resets(&self) -> u64;
 }
 
@@ -153,6 +155,9 @@ pub trait Guest {
 pub struct CommandChannel {
     socket: PathBuf,
     conn: Option<LineReader<UnixStream>>,
+    /// The guest's reset count when `conn` was made: a later count means that the qemu
+    /// process behind it may have ended for a reset.
+    connected_at: u64,
     next_id: u64,
     /// The guest's reset count when it last answered; `None` until it has.
     ready_at: Option<u64>,
@@ -161,7 +166,7 @@ pub struct CommandChannel {
 impl CommandChannel {
     /// A channel to the guest behind qemu's socket at `socket`; nothing is connected yet.
     pub fn new(socket: &Path) -> Self {
-        CommandChannel { socket: socket.to_owned(), conn: None, next_id: 1, ready_at: None }
+        CommandChannel { socket: socket.to_owned(), conn: None, connected_at: 0, next_id: 1, ready_at: None }
     }
 
     /// Forgets the connection, for a new qemu process on the same socket path.
@@ -267,13 +272,31 @@ impl CommandChannel {
         let id = self.next_id;
         self.next_id += 1;
         let request = encode_request(id, command);
-        let conn = self.connection(deadline, guest)?;
-        if let Err(e) = conn.get_mut().write_all(request.as_bytes()) {
-            self.reset();
-            guest.check_alive()?;
-            return Err(e).context("writing to the command channel");
+        loop {
+            let conn = self.connection(deadline, guest)?;
+            match conn.get_mut().write_all(request.as_bytes()) {
+                Ok(()) => return Ok(id),
+                Err(e) => {
+                    if !self.lost_to_a_reset(guest)? {
+                        return Err(e).context("writing to the command channel");
+                    }
+                }
+            }
         }
-        Ok(id)
+    }
+
+    /// After a read or write on the connection failed: drops it, and says whether the guest
+    /// was reset since it was made, so its qemu process (and the connection with it) may have
+    /// ended and a new one be listening. Fails if qemu is gone for good.
+    fn lost_to_a_reset(&mut self, guest: &mut dyn Guest) -> Result<bool> {
+        self.conn = None;
+        self.ready_at = None;
+        guest.check_alive()?;
+        let reset = guest.resets() != self.connected_at;
+        if reset {
+            log::info!("the command channel ended with the qemu process of the last boot; connecting again");
+        }
+        Ok(reset)
     }
 
     /// Waits up to [`POLL_INTERVAL`] for one reply; lines that are not replies are logged
@@ -293,8 +316,9 @@ impl CommandChannel {
             },
             Ok(None) => Ok(None),
             Err(e) => {
-                self.reset();
-                guest.check_alive()?;
+                if self.lost_to_a_reset(guest)? {
+                    return Ok(None);
+                }
                 Err(e).context("reading from the command channel")
             }
         }
@@ -306,6 +330,7 @@ impl CommandChannel {
                 .context("connecting to the command channel")?;
             stream.set_read_timeout(Some(POLL_INTERVAL)).context("setting a read timeout on the command channel")?;
             self.conn = Some(LineReader::new(stream));
+            self.connected_at = guest.resets();
         }
         Ok(self.conn.as_mut().expect("the connection was established just above"))
     }
@@ -582,12 +607,28 @@ mod tests {
         guest_vm.resets += 5;
         assert_eq!(run(&mut channel, guest_vm, "echo pinged"), (0, "pinged\n".into()));
 
-        // A dead qemu fails a request at once instead of at its deadline.
+        // A reset that ended qemu (-no-reboot): the connection ends with the process, and the
+        // next request goes to the new process on the same socket path.
         rebooted.kill().unwrap();
         rebooted.wait().unwrap();
+        drop(stream);
+        std::fs::remove_file(&socket).unwrap();
+        let next = fake_qemu(socket.clone(), dir.path().to_owned());
+        guest_vm.resets += 1;
+        assert_eq!(run(&mut channel, guest_vm, "echo next process"), (0, "next process\n".into()));
+        let (stream, mut rebooted) = next.recv().unwrap();
+
+        // The same without a reset is a broken channel, and says so.
+        rebooted.kill().unwrap();
+        rebooted.wait().unwrap();
+        drop(stream);
+        let err = channel.execute("true", log::Level::Info, soon(), guest_vm).unwrap_err();
+        assert!(format!("{err:#}").contains("command channel"), "{err:#}");
+
+        // A dead qemu fails a request at once instead of at its deadline.
         guest_vm.dead = true;
         let far = Instant::now() + Duration::from_secs(600);
         let err = channel.execute("true", log::Level::Info, far, guest_vm).unwrap_err();
-        assert_eq!(err.to_string(), "qemu exited with signal 9");
+        assert_eq!(err.root_cause().to_string(), "qemu exited with signal 9");
     }
 }

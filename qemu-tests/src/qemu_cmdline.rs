@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::accel::Accel;
+use crate::accel::{Accel, TcgThreads};
 
 /// The program every VM runs.
 pub const QEMU_SYSTEM: &str = "qemu-system-x86_64";
@@ -25,6 +25,7 @@ pub struct PortForward {
 pub struct QemuCmdline {
     pub name: String,
     pub accel: Accel,
+    pub tcg_threads: TcgThreads,
     pub memory_mib: u32,
     pub cpus: u32,
     /// OVMF code, mapped read-only.
@@ -41,6 +42,9 @@ pub struct QemuCmdline {
     pub backdoor_socket: Option<PathBuf>,
     /// Unix sockets (qemu is the server) of QMP monitors.
     pub qmp_sockets: Vec<PathBuf>,
+    /// A reset of the machine (by the guest, or QMP `system_reset`) ends qemu instead, with a
+    /// `SHUTDOWN` event that gives the reset as its reason.
+    pub exit_on_reset: bool,
 }
 
 impl QemuCmdline {
@@ -50,7 +54,7 @@ impl QemuCmdline {
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
         push(&["-name", &self.name.replace(',', ",,")]);
         push(&["-machine", "q35"]);
-        push(&self.accel.qemu_args());
+        push(&self.accel.qemu_args(self.tcg_threads));
         push(&["-m", &self.memory_mib.to_string()]);
         push(&["-smp", &self.cpus.to_string()]);
         push(&["-nodefaults", "-display", "none", "-vga", "none"]);
@@ -78,6 +82,9 @@ impl QemuCmdline {
         for socket in &self.qmp_sockets {
             push(&["-qmp", &format!("unix:{},server=on,wait=off", option_path(socket)?)]);
         }
+        if self.exit_on_reset {
+            push(&["-no-reboot"]);
+        }
         Ok(a)
     }
 
@@ -103,6 +110,7 @@ mod tests {
         QemuCmdline {
             name: "web".into(),
             accel: Accel::Tcg,
+            tcg_threads: TcgThreads::Single,
             memory_mib: 2048,
             cpus: 2,
             firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
@@ -112,6 +120,7 @@ mod tests {
             serial_log: "/tmp/vm/serial.log".into(),
             backdoor_socket: Some("/tmp/vm/backdoor.sock".into()),
             qmp_sockets: vec!["/tmp/vm/qmp.sock".into()],
+            exit_on_reset: true,
         }
     }
 
@@ -120,7 +129,7 @@ mod tests {
         let args = sample().args().unwrap().join(" ");
         assert_eq!(
             args,
-            "-name web -machine q35 -accel tcg -cpu max -m 2048 -smp 2 \
+            "-name web -machine q35 -accel tcg,thread=single -cpu max -m 2048 -smp 2 \
              -nodefaults -display none -vga none \
              -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
              -drive if=pflash,format=raw,file=/tmp/vm/OVMF_VARS.fd \
@@ -132,7 +141,8 @@ mod tests {
              -device virtio-serial-pci,id=vser0 \
              -chardev socket,id=bd,path=/tmp/vm/backdoor.sock,server=on,wait=off \
              -device virtserialport,bus=vser0.0,chardev=bd,name=org.airlock.test.backdoor \
-             -qmp unix:/tmp/vm/qmp.sock,server=on,wait=off"
+             -qmp unix:/tmp/vm/qmp.sock,server=on,wait=off \
+             -no-reboot"
         );
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::command;
 use crate::qemu_cmdline::QemuCmdline;
@@ -39,16 +39,6 @@ impl QemuProcess {
             self.exited = self.child.try_wait().context("checking on qemu")?;
         }
         Ok(self.exited)
-    }
-
-    /// Fails, quoting qemu's stderr, if qemu is no longer running.
-    pub fn check_alive(&mut self) -> Result<()> {
-        match self.poll_exit()? {
-            None => Ok(()),
-            Some(status) => {
-                bail!("qemu exited with {status}; the end of its log {}:\n{}", self.log.display(), self.log_tail())
-            }
-        }
     }
 
     /// Waits up to `timeout` for qemu to exit by itself; `None` if it is still running.

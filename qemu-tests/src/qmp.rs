@@ -1,8 +1,8 @@
 //! A minimal client for QMP, qemu's JSON machine protocol, over a unix socket.
 //!
 //! The harness sends only argument-less commands (`system_powerdown`) and reads only the
-//! kind of each reply and the name of each event, so a few string checks replace a JSON
-//! library. qemu writes one JSON object per line.
+//! kind of each reply, the name of each event and the reason of a `SHUTDOWN`, so a few string
+//! checks replace a JSON library. qemu writes one JSON object per line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -71,7 +71,8 @@ impl Qmp {
     }
 }
 
-/// Guest resets (reboots inside one qemu process) seen by [`watch_resets`].
+/// Resets of the guest since the machine was powered on: seen by [`watch_events`] inside one
+/// qemu process, or the restarts of qemu after a reset when it exits on one.
 #[derive(Debug)]
 pub struct Resets {
     count: AtomicU64,
@@ -94,50 +95,66 @@ impl Resets {
         self.console_offset.load(Ordering::SeqCst)
     }
 
-    fn record(&self, console_offset: u64) {
+    pub fn record(&self, console_offset: u64) {
         self.console_offset.store(console_offset, Ordering::SeqCst);
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-/// Follows QMP events on `path` until qemu exits, recording each guest reset in `resets`
-/// with the serial log's length at that moment.
+/// Follows QMP events on `path` until qemu exits, recording each guest reset inside the
+/// process (`RESET`) in `resets` with the serial log's length at that moment. The thread
+/// returns the reason of the last `SHUTDOWN` event (`guest-reset`, `guest-shutdown`,
+/// `host-qmp-system-reset`, ...), which says why qemu ended, or `None` if there was none (it
+/// was killed) or the events could not be followed (said in the log).
 ///
 /// The event is read a moment after the reset, so the first bytes the firmware prints
 /// could fall before the recorded offset; the firmware's first words are escape codes, and
 /// its first text comes seconds later.
-pub fn watch_resets(path: PathBuf, serial_log: PathBuf, resets: Arc<Resets>) -> Result<JoinHandle<()>> {
+pub fn watch_events(path: PathBuf, serial_log: PathBuf, resets: Arc<Resets>) -> Result<JoinHandle<Option<String>>> {
     std::thread::Builder::new()
         .name("qmp-events".into())
         .spawn(move || {
             let mut qmp = match Qmp::connect(&path, Duration::from_secs(30)) {
                 Ok(qmp) => qmp,
                 Err(e) => {
-                    log::warn!("not watching for guest resets: {e:#}");
-                    return;
+                    log::warn!("not watching qemu's events: {e:#}");
+                    return None;
                 }
             };
             // Events arrive whenever the guest does something; qemu's exit ends the stream.
             if let Err(e) = qmp.reader.get_ref().set_read_timeout(None) {
-                log::warn!("not watching for guest resets: {e}");
-                return;
+                log::warn!("not watching qemu's events: {e}");
+                return None;
             }
+            let mut shutdown = None;
             while let Ok(line) = qmp.read_line() {
-                if let Message::Event(name) = classify(&line) {
-                    log::debug!("QMP event {name}");
-                    if name == "RESET" {
-                        match serial::len(&serial_log) {
-                            Ok(len) => {
-                                log::info!("guest reset: console text counts from byte {len}");
-                                resets.record(len);
-                            }
-                            Err(e) => log::warn!("after a guest reset: {e:#}"),
+                let Message::Event(name) = classify(&line) else { continue };
+                log::debug!("QMP event {name}");
+                match name.as_str() {
+                    "RESET" => match serial::len(&serial_log) {
+                        Ok(len) => {
+                            log::info!("guest reset: console text counts from byte {len}");
+                            resets.record(len);
                         }
+                        Err(e) => log::warn!("after a guest reset: {e:#}"),
+                    },
+                    "SHUTDOWN" => {
+                        let reason = string_field(&line, "reason").unwrap_or_else(|| "unknown".into());
+                        log::info!("qemu is shutting down: {reason}");
+                        shutdown = Some(reason);
                     }
+                    _ => {}
                 }
             }
+            shutdown
         })
         .context("starting the QMP event thread")
+}
+
+/// Whether a `SHUTDOWN` reason is a reset of the machine (by the guest, or QMP
+/// `system_reset`), which qemu turns into its exit under `-no-reboot`.
+pub fn is_reset(reason: &str) -> bool {
+    matches!(reason, "guest-reset" | "host-qmp-system-reset")
 }
 
 /// The kinds of line qemu sends on a QMP socket.
@@ -201,6 +218,11 @@ mod tests {
             ),
             Message::Event("RESET".into())
         );
+        let shutdown = r#"{"timestamp": {"seconds": 1732847001, "microseconds": 7}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-reset"}}"#;
+        assert_eq!(classify(shutdown), Message::Event("SHUTDOWN".into()));
+        assert_eq!(string_field(shutdown, "reason").as_deref(), Some("guest-reset"));
+        assert!(is_reset("guest-reset") && is_reset("host-qmp-system-reset"));
+        assert!(!is_reset("guest-shutdown") && !is_reset("host-signal"));
         assert_eq!(classify("{}"), Message::Other);
     }
 

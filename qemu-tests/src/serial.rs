@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// How often a waiting harness looks at the file again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -74,12 +74,12 @@ pub fn wait_for_text(
         still_alive?;
         if Instant::now() >= deadline {
             let text = String::from_utf8_lossy(&read_from(path, start)?).into_owned();
-            bail!(
+            return Err(anyhow::Error::new(NotSeen(format!(
                 "{:?} did not appear on the serial console within {} s; its last lines:\n{}",
                 String::from_utf8_lossy(needle),
                 timeout.as_secs(),
                 crate::command::tail_lines(&readable(&text), 5)
-            );
+            ))));
         }
         let keep = (needle.len() - 1).min(window.len());
         let searched = window.len() - keep;
@@ -88,6 +88,18 @@ pub fn wait_for_text(
         std::thread::sleep(POLL_INTERVAL);
     }
 }
+
+/// The text waited for did not appear in time (and nothing else went wrong).
+#[derive(Debug)]
+pub struct NotSeen(String);
+
+impl std::fmt::Display for NotSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotSeen {}
 
 /// A guest kernel panic seen on the console.
 #[derive(Debug)]
@@ -273,7 +285,9 @@ mod tests {
         let path = dir.path().join("serial.log");
         std::fs::write(&path, "first boot: READY\nsecond boot: ").unwrap();
         let start = "first boot: READY\n".len() as u64;
-        let err = wait_for_text(&path, start, "READY", Duration::ZERO, &mut || Ok(())).unwrap_err().to_string();
+        let err = wait_for_text(&path, start, "READY", Duration::ZERO, &mut || Ok(())).unwrap_err();
+        assert!(err.downcast_ref::<NotSeen>().is_some(), "a timeout is told from other failures: {err:#}");
+        let err = err.to_string();
         assert!(err.contains("did not appear"), "{err}");
         assert!(err.contains("second boot"), "{err}");
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"READY").unwrap();
@@ -286,7 +300,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
         std::fs::write(&path, "kernel panic").unwrap();
-        let dead = &mut || -> Result<()> { bail!("qemu exited") };
+        let dead = &mut || -> Result<()> { anyhow::bail!("qemu exited") };
         let err = wait_for_text(&path, 0, "login:", Duration::from_secs(600), dead).unwrap_err();
         assert_eq!(err.to_string(), "qemu exited");
         assert!(wait_for_text(&path, 0, "panic", Duration::from_secs(600), dead).is_ok());

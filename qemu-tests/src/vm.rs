@@ -1,23 +1,21 @@
 //! One virtual machine booted from an airlock image: its files, its qemu, and the
 //! NixOS-test-driver-style verbs that tests call on it.
 
-use std::fs::OpenOptions;
+use std::cell::Cell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
-use crate::accel::{Accel, probe_accel};
+use crate::accel::{Accel, TcgThreads, probe_accel};
 use crate::backdoor::{self, CommandChannel, Guest};
 use crate::firmware::Firmware;
+use crate::machine::{GuestReset, Machine};
 use crate::overlay::create_overlay;
 use crate::ports::{self, Probe, free_local_ports};
 use crate::qemu_cmdline::{PortForward, QemuCmdline};
-use crate::qemu_process::QemuProcess;
-use crate::qmp::{self, Qmp, Resets};
 use crate::serial;
 use crate::systemd_unit::{self, UnitState, Verdict};
 
@@ -51,6 +49,10 @@ pub struct VmConfig {
     pub name: String,
     /// How long `succeed`, `fail` and `execute` wait, including for the guest to come up.
     pub command_timeout: Duration,
+    /// How a reset of the guest is carried out (see [`GuestReset`]).
+    pub guest_reset: GuestReset,
+    /// Under TCG, how the vCPUs map onto host threads.
+    pub tcg_threads: TcgThreads,
 }
 
 impl Default for VmConfig {
@@ -63,6 +65,8 @@ impl Default for VmConfig {
             forwards: Vec::new(),
             name: "vm".into(),
             command_timeout: COMMAND_TIMEOUT,
+            guest_reset: GuestReset::NewProcess,
+            tcg_threads: TcgThreads::Multi,
         }
     }
 }
@@ -106,17 +110,11 @@ impl VmFiles {
 pub struct Vm {
     cfg: VmConfig,
     accel: Accel,
-    firmware: Firmware,
     /// `None` only while `Drop` decides whether to keep it.
     dir: Option<TempDir>,
     files: VmFiles,
     forwards: Vec<PortForward>,
-    qemu: Option<QemuProcess>,
-    starts: u32,
-    /// Serial log offset where the current qemu process started.
-    start_offset: u64,
-    /// Guest resets inside the current qemu process.
-    resets: Arc<Resets>,
+    machine: Machine,
     channel: CommandChannel,
     /// Set when any harness call failed, so `Drop` shows the log even without a panic.
     failed: bool,
@@ -144,87 +142,38 @@ impl Vm {
         std::fs::copy(&firmware.vars_template, &files.vars)
             .with_context(|| format!("copying the firmware variables {}", firmware.vars_template.display()))?;
         create_overlay(&cfg.image, &files.overlay, cfg.disk_size)?;
-        let forwards = free_local_ports(cfg.forwards.len())?
+        let forwards: Vec<PortForward> = free_local_ports(cfg.forwards.len())?
             .into_iter()
             .zip(&cfg.forwards)
             .map(|(host, &guest)| PortForward { host, guest })
             .collect();
-        let channel = CommandChannel::new(&files.backdoor_socket);
-        let mut vm = Vm {
-            cfg,
+        let cmdline = QemuCmdline {
+            name: cfg.name.clone(),
             accel,
-            firmware,
-            dir: Some(dir),
-            files,
-            forwards,
-            qemu: None,
-            starts: 0,
-            start_offset: 0,
-            resets: Arc::new(Resets::new(0)),
-            channel,
-            failed: false,
+            tcg_threads: cfg.tcg_threads,
+            memory_mib: cfg.memory_mib,
+            cpus: cfg.cpus,
+            firmware_code: firmware.code.clone(),
+            firmware_vars: files.vars.clone(),
+            disk: Some(files.overlay.clone()),
+            network: Some(forwards.clone()),
+            serial_log: files.serial_log.clone(),
+            backdoor_socket: Some(files.backdoor_socket.clone()),
+            qmp_sockets: vec![files.qmp_socket.clone(), files.events_socket.clone()],
+            exit_on_reset: false,
         };
-        vm.start_qemu()?;
-        Ok(vm)
+        let mut machine = Machine::new(&cfg.name, cmdline, files.qemu_log.clone(), cfg.guest_reset)?;
+        machine.power_on()?;
+        let channel = CommandChannel::new(&files.backdoor_socket);
+        Ok(Vm { cfg, accel, dir: Some(dir), files, forwards, machine, channel, failed: false })
     }
 
     /// Starts qemu again on the same overlay and firmware variables, after
     /// [`shutdown`](Vm::shutdown) or [`crash`](Vm::crash).
     pub fn boot_again(&mut self) -> Result<()> {
-        let result = self.start_again();
-        self.note(result)
-    }
-
-    fn start_again(&mut self) -> Result<()> {
-        if self.is_running() {
-            bail!("vm {} is still running: shut it down or crash it first", self.cfg.name);
-        }
-        self.start_qemu()
-    }
-
-    fn start_qemu(&mut self) -> Result<()> {
-        self.starts += 1;
-        let banner =
-            format!("\n----- qemu-tests: start {} of vm {} ({}) -----\n", self.starts, self.cfg.name, self.accel);
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.files.serial_log)
-            .and_then(|mut f| f.write_all(banner.as_bytes()))
-            .with_context(|| format!("writing to {}", self.files.serial_log.display()))?;
-        self.start_offset = serial::len(&self.files.serial_log)?;
-        for socket in [&self.files.backdoor_socket, &self.files.qmp_socket, &self.files.events_socket] {
-            match std::fs::remove_file(socket) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing {}", socket.display()));
-                }
-            }
-        }
-        let cmdline = QemuCmdline {
-            name: self.cfg.name.clone(),
-            accel: self.accel,
-            memory_mib: self.cfg.memory_mib,
-            cpus: self.cfg.cpus,
-            firmware_code: self.firmware.code.clone(),
-            firmware_vars: self.files.vars.clone(),
-            disk: Some(self.files.overlay.clone()),
-            network: Some(self.forwards.clone()),
-            serial_log: self.files.serial_log.clone(),
-            backdoor_socket: Some(self.files.backdoor_socket.clone()),
-            qmp_sockets: vec![self.files.qmp_socket.clone(), self.files.events_socket.clone()],
-        };
         self.channel.reset();
-        self.qemu = Some(QemuProcess::spawn(&cmdline, &self.files.qemu_log)?);
-        // A fresh record per qemu process, so a late event from the previous one is moot.
-        self.resets = Arc::new(Resets::new(self.start_offset));
-        if let Err(e) =
-            qmp::watch_resets(self.files.events_socket.clone(), self.files.serial_log.clone(), Arc::clone(&self.resets))
-        {
-            log::warn!("guest reboots will not restart console matching: {e:#}");
-        }
-        Ok(())
+        let result = self.machine.power_on().with_context(|| format!("booting vm {} again", self.cfg.name));
+        self.note(result)
     }
 
     /// Waits until `needle` appears on the serial console after the last (re)boot: after the
@@ -251,11 +200,10 @@ impl Vm {
         log::info!("{}: waiting for {needle:?} on the console", self.cfg.name);
         let deadline = Instant::now() + timeout;
         let mut offset = offset;
-        let mut power_cycled = false;
         let result = loop {
-            let (qemu, log) = (&mut self.qemu, &self.files.serial_log);
+            let (machine, log) = (&mut self.machine, &self.files.serial_log);
             let mut watch = || -> Result<()> {
-                alive(qemu)?;
+                machine.keep_alive()?;
                 match serial::kernel_panic(log, offset)? {
                     Some(panic) => Err(anyhow::Error::new(panic)),
                     None => Ok(()),
@@ -265,22 +213,98 @@ impl Vm {
             match serial::wait_for_text(log, offset, needle, remaining, &mut watch) {
                 Ok(end) => break Ok(end),
                 Err(e) => match e.downcast_ref::<serial::KernelPanic>() {
-                    Some(panic) if panic.emulator_fault && self.accel == Accel::Tcg && !power_cycled => {
-                        log::warn!(
-                            "{}: the guest kernel panicked on an int3 that TCG left behind (an emulator race, \
-                             not the appliance): powering the VM off and on again, once",
-                            self.cfg.name
-                        );
-                        power_cycled = true;
-                        self.crash()?;
-                        self.start_again()?;
-                        offset = self.start_offset;
+                    Some(panic) if panic.emulator_fault && self.emulator_races() => {
+                        let why = "the guest kernel panicked on an int3 that multi-threaded TCG left behind \
+                                   (an emulator race, not the appliance)";
+                        if !self.power_cycle_once(why)? {
+                            break Err(e);
+                        }
+                        offset = self.machine.console_start();
                     }
                     _ => break Err(e),
                 },
             }
         };
         let result = result.with_context(|| format!("waiting for {needle:?} on the console of vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    /// Whether this VM's guest can hit the emulator's code patching race: TCG running more
+    /// than one vCPU in parallel threads.
+    fn emulator_races(&self) -> bool {
+        self.accel == Accel::Tcg && self.cfg.tcg_threads == TcgThreads::Multi && self.cfg.cpus > 1
+    }
+
+    /// Powers the VM off and on again to get past a failure that is the emulator's, once per
+    /// test (libtest runs each test on its own thread): says so on the terminal, past the
+    /// test's captured output, and returns `false` (doing nothing) if the test already had
+    /// its one.
+    fn power_cycle_once(&mut self, why: &str) -> Result<bool> {
+        thread_local! {
+            static POWER_CYCLES: Cell<u32> = const { Cell::new(0) };
+        }
+        let name = &self.cfg.name;
+        if POWER_CYCLES.with(Cell::get) >= 1 {
+            log::error!("{name}: {why}, and this test already had its one power cycle: failing");
+            return Ok(false);
+        }
+        POWER_CYCLES.with(|n| n.set(n.get() + 1));
+        let notice = format!(
+            "\n!!!!! qemu-tests: vm {name}: POWER CYCLE to get past a failure: {why}. \
+             A test gets one; the next failure fails it. !!!!!\n"
+        );
+        log::warn!("{}", notice.trim());
+        // Straight to the terminal: libtest keeps a passing test's captured output to itself.
+        let _ignored_if_stderr_is_gone = std::io::stderr().write_all(notice.as_bytes());
+        self.crash()?;
+        self.boot_again()?;
+        Ok(true)
+    }
+
+    /// Like [`wait_for_console_after`](Vm::wait_for_console_after), for a test that does
+    /// not know whether `needle` will come in time: `Ok(None)` if it did not appear within
+    /// `timeout`, while a kernel panic or a qemu that exited still fails at once. Never powers
+    /// the VM off and on, so timed tests (power cuts) keep their meaning.
+    pub fn watch_console(&mut self, offset: u64, needle: &str, timeout: Duration) -> Result<Option<u64>> {
+        log::info!("{}: watching for {needle:?} on the console for up to {} s", self.cfg.name, timeout.as_secs());
+        let (machine, log) = (&mut self.machine, &self.files.serial_log);
+        let mut watch = || -> Result<()> {
+            machine.keep_alive()?;
+            match serial::kernel_panic(log, offset)? {
+                Some(panic) => Err(anyhow::Error::new(panic)),
+                None => Ok(()),
+            }
+        };
+        let result = match serial::wait_for_text(log, offset, needle, timeout, &mut watch) {
+            Ok(end) => Ok(Some(end)),
+            Err(e) if e.downcast_ref::<serial::NotSeen>().is_some() => Ok(None),
+            Err(e) => Err(e),
+        };
+        let result = result.with_context(|| format!("watching the console of vm {} for {needle:?}", self.cfg.name));
+        self.note(result)
+    }
+
+    /// Lets the guest run for `duration`, failing at once if its kernel panics (on the
+    /// console after byte `offset`) or qemu exits meanwhile.
+    pub fn run_for(&mut self, offset: u64, duration: Duration) -> Result<()> {
+        let deadline = Instant::now() + duration;
+        let result = loop {
+            if let Err(e) = self.machine.keep_alive() {
+                break Err(e);
+            }
+            match serial::kernel_panic(&self.files.serial_log, offset) {
+                Ok(None) => {}
+                Ok(Some(panic)) => break Err(anyhow::Error::new(panic)),
+                Err(e) => break Err(e),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        };
+        let result =
+            result.with_context(|| format!("letting vm {} run for {:.1} s", self.cfg.name, duration.as_secs_f64()));
         self.note(result)
     }
 
@@ -316,7 +340,7 @@ impl Vm {
     }
 
     fn run_until(&mut self, cmd: &str, level: log::Level, deadline: Instant) -> Result<(i32, Vec<u8>)> {
-        let mut guest = Liveness { qemu: &mut self.qemu, resets: &self.resets };
+        let mut guest = Liveness { machine: &mut self.machine };
         self.channel.execute(cmd, level, deadline, &mut guest).with_context(|| format!("vm {}", self.cfg.name))
     }
 
@@ -403,7 +427,7 @@ impl Vm {
             std::thread::sleep(Duration::from_secs(1));
         }
         loop {
-            alive(&mut self.qemu)?;
+            self.machine.keep_alive()?;
             match ports::probe_forward(host_port, Duration::from_secs(2)) {
                 Probe::Answered | Probe::Silent => return Ok(()),
                 Probe::Closed(reason) if Instant::now() >= deadline => bail!(
@@ -458,11 +482,9 @@ impl Vm {
         }
         if !asked {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            Qmp::connect(&self.files.qmp_socket, remaining.min(Duration::from_secs(30)))?
-                .execute("system_powerdown")?;
+            self.machine.qmp(remaining.min(Duration::from_secs(30)))?.execute("system_powerdown")?;
         }
-        let qemu = self.qemu.as_mut().context("qemu is not running")?;
-        let status = qemu.wait_exit(deadline.saturating_duration_since(Instant::now()))?;
+        let status = self.machine.wait_power_off(deadline.saturating_duration_since(Instant::now()))?;
         self.channel.reset();
         match status {
             Some(status) => {
@@ -470,7 +492,7 @@ impl Vm {
                 Ok(())
             }
             None => {
-                qemu.kill()?;
+                self.machine.kill()?;
                 bail!("the guest did not power off within {} s; qemu was killed", timeout.as_secs())
             }
         }
@@ -481,16 +503,13 @@ impl Vm {
     pub fn crash(&mut self) -> Result<()> {
         log::info!("{}: crashing (killing qemu)", self.cfg.name);
         self.channel.reset();
-        let result = match self.qemu.as_mut() {
-            Some(qemu) => qemu.kill().with_context(|| format!("crashing vm {}", self.cfg.name)),
-            None => Ok(()),
-        };
+        let result = self.machine.kill().with_context(|| format!("crashing vm {}", self.cfg.name));
         self.note(result)
     }
 
     /// Reboots the guest cleanly (`systemctl reboot` through the command channel) and
-    /// returns once qemu saw the reset, so later commands and console waits go to the new
-    /// boot.
+    /// returns once the harness saw the reset (and, under [`GuestReset::NewProcess`], started
+    /// the next qemu), so later commands and console waits go to the new boot.
     pub fn reboot(&mut self, timeout: Duration) -> Result<()> {
         log::info!("{}: rebooting", self.cfg.name);
         let result = self.reboot_inner(timeout).with_context(|| format!("rebooting vm {}", self.cfg.name));
@@ -499,15 +518,15 @@ impl Vm {
 
     fn reboot_inner(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let seen = self.resets.count();
+        let seen = self.machine.resets().count();
         let (code, out) = self.run_until("systemctl reboot --no-block", log::Level::Info, deadline)?;
         backdoor::expect_success("systemctl reboot", code, String::from_utf8_lossy(&out).into())?;
         self.wait_for_reset(seen, deadline)
     }
 
     fn wait_for_reset(&mut self, seen: u64, deadline: Instant) -> Result<()> {
-        while self.resets.count() == seen {
-            alive(&mut self.qemu)?;
+        while self.machine.resets().count() == seen {
+            self.machine.keep_alive()?;
             if Instant::now() >= deadline {
                 bail!("qemu reported no reset of the guest in time");
             }
@@ -517,8 +536,8 @@ impl Vm {
     }
 
     /// Presses the reset button (QMP `system_reset`): the guest restarts at once, without
-    /// shutting down, inside the same qemu. Returns once the reset was seen, so that console
-    /// waits afterwards only look at the new boot.
+    /// shutting down. Returns once the reset was seen, so that console waits afterwards only
+    /// look at the new boot.
     pub fn reset(&mut self) -> Result<()> {
         log::info!("{}: resetting", self.cfg.name);
         let result = self.reset_inner().with_context(|| format!("resetting vm {}", self.cfg.name));
@@ -526,15 +545,28 @@ impl Vm {
     }
 
     fn reset_inner(&mut self) -> Result<()> {
-        alive(&mut self.qemu)?;
-        let seen = self.resets.count();
-        Qmp::connect(&self.files.qmp_socket, Duration::from_secs(30))?.execute("system_reset")?;
+        self.machine.keep_alive()?;
+        let seen = self.machine.resets().count();
+        self.machine.qmp(Duration::from_secs(30))?.execute("system_reset")?;
         self.wait_for_reset(seen, Instant::now() + Duration::from_secs(30))
     }
 
-    /// Whether qemu is still running.
+    /// Freezes the guest (QMP `stop`): its vCPUs and its clock stand still until
+    /// [`resume`](Vm::resume), so it costs the host nothing meanwhile.
+    pub fn pause(&mut self) -> Result<()> {
+        let result = self.machine.qmp(Duration::from_secs(30)).and_then(|mut q| q.execute("stop"));
+        self.note(result.with_context(|| format!("pausing vm {}", self.cfg.name)))
+    }
+
+    /// Lets a [`pause`](Vm::pause)d guest run again (QMP `cont`).
+    pub fn resume(&mut self) -> Result<()> {
+        let result = self.machine.qmp(Duration::from_secs(30)).and_then(|mut q| q.execute("cont"));
+        self.note(result.with_context(|| format!("resuming vm {}", self.cfg.name)))
+    }
+
+    /// Whether qemu is running (a guest that is being reset into a new qemu counts).
     pub fn is_running(&mut self) -> bool {
-        self.qemu.as_mut().is_some_and(|q| matches!(q.poll_exit(), Ok(None)))
+        self.machine.keep_alive().is_ok()
     }
 
     /// The whole serial log: every boot of this VM, each after a `----- qemu-tests: start N`
@@ -565,7 +597,7 @@ impl Vm {
     }
 
     fn console_start(&self) -> u64 {
-        self.start_offset.max(self.resets.console_offset())
+        self.machine.console_start()
     }
 
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
@@ -583,11 +615,8 @@ impl Vm {
             self.files.serial_log.display(),
             crate::command::tail_lines(&log, FAILURE_LOG_LINES)
         );
-        if let Some(qemu) = &self.qemu {
-            let tail = qemu.log_tail();
-            if !tail.trim().is_empty() {
-                eprintln!("===== vm {}: qemu's stderr =====\n{tail}", self.cfg.name);
-            }
+        if let Some(tail) = self.machine.log_tail().filter(|t| !t.trim().is_empty()) {
+            eprintln!("===== vm {}: qemu's stderr =====\n{tail}", self.cfg.name);
         }
         eprintln!("===== vm {}: end =====", self.cfg.name);
     }
@@ -595,7 +624,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Some(Err(e)) = self.qemu.as_mut().map(QemuProcess::kill) {
+        if let Err(e) = self.machine.kill() {
             eprintln!("vm {}: {e:#}", self.cfg.name);
         }
         if std::thread::panicking() || self.failed {
@@ -609,25 +638,16 @@ impl Drop for Vm {
 
 /// The VM as the command channel sees it.
 struct Liveness<'a> {
-    qemu: &'a mut Option<QemuProcess>,
-    resets: &'a Resets,
+    machine: &'a mut Machine,
 }
 
 impl Guest for Liveness<'_> {
     fn check_alive(&mut self) -> Result<()> {
-        alive(self.qemu)
+        self.machine.keep_alive()
     }
 
     fn resets(&self) -> u64 {
-        self.resets.count()
-    }
-}
-
-/// Fails unless qemu is running.
-fn alive(qemu: &mut Option<QemuProcess>) -> Result<()> {
-    match qemu {
-        Some(qemu) => qemu.check_alive(),
-        None => bail!("qemu is not running"),
+        self.machine.resets().count()
     }
 }
 
