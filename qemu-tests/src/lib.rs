@@ -47,7 +47,9 @@
 mod accel;
 mod backdoor;
 pub mod command;
+mod file_lock;
 mod firmware;
+mod machine;
 mod overlay;
 mod ports;
 mod qemu_cmdline;
@@ -57,11 +59,13 @@ mod serial;
 mod shell;
 mod socket;
 mod systemd_unit;
+pub mod test_image;
 mod vm;
 
 use std::path::PathBuf;
 
-pub use accel::{Accel, FIRMWARE_BOOT_MANAGER, probe_accel};
+pub use accel::{Accel, FIRMWARE_BOOT_MANAGER, TcgThreads, probe_accel};
+pub use machine::GuestReset;
 pub use vm::{BOOT_TIMEOUT, COMMAND_TIMEOUT, Vm, VmConfig};
 
 /// The overlay that adds the command channel to a test image:

@@ -1,56 +1,23 @@
-//! Building the images the VM tests boot, through the airlock library.
+//! What the VM tests share: their test images (built once for all test binaries, see
+//! `qemu_tests::test_image`), host programs, and judging a VM's disk from outside.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// Fixed build clock for test images (reproducible, and what the image tests use too).
-pub const EPOCH: i64 = 1_700_000_000;
+pub use qemu_tests::test_image::TestImage;
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("qemu-tests/ is in the repository").to_path_buf()
-}
+/// The demo's ext4 partitions, by GPT name.
+pub const EXT4_PARTITIONS: &[&str] = &["root-x86-64", "data"];
 
-/// An image built for a test, with its output directory kept alive.
-pub struct TestImage {
-    pub dir: tempfile::TempDir,
-    pub image: PathBuf,
-    pub plan: airlock::plan::BuildPlan,
-}
-
-/// Builds `images/<name>/appliance.toml` with the command channel added (test builds only).
+/// `images/<name>/appliance.toml` with the command channel added (test builds only), from the
+/// test image cache under the target directory.
 pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
-    let spec = repo_root().join(format!("images/{name}/appliance.toml"));
-    let plan = airlock::plan::plan(&spec, &airlock::plan::HostContext::default())?;
-    if !plan.containers.is_empty() || !plan.mirrors.is_empty() {
-        // The demo's images are built from Debian packages on this machine and its test
-        // fixtures (stand-ins for the Pulumi CLI and plugin, Go modules, a NuGet package) by
-        // its scripts, then pinned with the mirrors the host's pip and npm resolve.
-        let dir = spec.parent().expect("spec has a folder");
-        for script in [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")] {
-            if script.exists() {
-                host(script.to_str().expect("UTF-8 path"), &[]);
-            }
-        }
-        let opts = airlock::fetch::FetchOptions {
-            cache_dir: airlock::cache::cache_dir()?,
-            update: true,
-            registry: Default::default(),
-        };
-        airlock::fetch::fetch(&plan, &opts)?;
-    }
-    let dir = tempfile::Builder::new().prefix("airlock-vm-image-").tempdir()?;
-    let opts = airlock::pipeline::BuildOptions {
-        out_dir: dir.path().to_path_buf(),
-        cache_dir: airlock::cache::cache_dir()?,
-        clock: airlock::clock::BuildClock::fixed(EPOCH),
-        test_overlays: vec![qemu_tests::guest_overlay_dir()],
-        formats: None,
-        signing_key: None,
-        provisioner: PathBuf::from(env!("CARGO_BIN_EXE_airlock-under-test")),
-    };
-    let report = airlock::pipeline::build(&plan, &opts)?;
-    Ok(TestImage { dir, image: report.image, plan })
+    qemu_tests::test_image::test_image(
+        name,
+        Path::new(env!("CARGO_BIN_EXE_airlock-under-test")),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+    )
 }
 
 /// Runs a host program and returns stdout, failing with its stderr.
@@ -81,29 +48,63 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(String, String)> {
     Ok((head.lines().next().unwrap_or("").to_string(), body.to_string()))
 }
 
-/// Converts a VM's qcow2 overlay to a raw image and runs `e2fsck -fn` on each ext4 partition
-/// (found through the image's GPT, as the guest left it).
-pub fn e2fsck_partitions(overlay: &Path, work: &Path) {
-    let raw = work.join("after-boot.raw");
+/// Converts a VM's qcow2 overlay to a raw image and runs `e2fsck -fn` on each of its ext4
+/// partitions (`expected`, by GPT name, as the guest left the table); fails naming the
+/// partition and quoting e2fsck. Every copy is sparse (the disk is mostly empty) and lives in
+/// a temporary directory that is removed afterwards, even when the check fails.
+pub fn e2fsck_partitions(overlay: &Path, expected: &[&str]) {
+    let work = tempfile::Builder::new().prefix("airlock-e2fsck-").tempdir().expect("creating a temporary directory");
+    let raw = work.path().join("disk.raw");
+    // qemu-img leaves the zero parts of the disk as holes in the raw file.
     host("qemu-img", &["convert", "-O", "raw", overlay.to_str().expect("UTF-8"), raw.to_str().expect("UTF-8")]);
-    let file = std::fs::File::open(&raw).expect("open converted image");
-    let layout = airlock::gpt::GptLayout::read(&file).expect("GPT after boot");
-    for p in layout.partitions.iter().filter(|p| p.name != "esp") {
-        let part = work.join(format!("{}.img", p.name));
-        let mut src = std::fs::File::open(&raw).expect("open");
-        use std::io::{Read, Seek, SeekFrom};
-        src.seek(SeekFrom::Start(p.start)).expect("seek");
-        let mut dst = std::fs::File::create(&part).expect("create");
-        std::io::copy(&mut src.take(p.size), &mut dst).expect("copy partition");
+    let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(&raw).expect("open converted image"))
+        .expect("the guest left a readable GPT");
+    for name in expected {
+        let p = layout
+            .partitions
+            .iter()
+            .find(|p| p.name == *name)
+            .unwrap_or_else(|| panic!("no partition {name} in the guest's GPT: {:?}", layout.partitions));
+        let part = work.path().join(format!("{name}.img"));
+        copy_sparse(&raw, p.start, p.size, &part);
         let out = Command::new("e2fsck").args(["-fn", part.to_str().expect("UTF-8")]).output().expect("run e2fsck");
         assert!(
             out.status.success(),
-            "e2fsck -fn on partition {} after shutdown:\n{}{}",
-            p.name,
+            "e2fsck -fn on partition {name} after shutdown:\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        std::fs::remove_file(&part).ok();
+        std::fs::remove_file(&part).expect("removing the partition copy");
     }
-    std::fs::remove_file(&raw).ok();
+}
+
+/// Copies `len` bytes at `offset` of `src` into a new file `dest`, leaving holes where the
+/// source holds zeros.
+fn copy_sparse(src: &Path, offset: u64, len: u64, dest: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const BLOCK: usize = 1 << 20;
+    let mut input = std::fs::File::open(src).expect("open image");
+    input.seek(SeekFrom::Start(offset)).expect("seek in image");
+    let mut input = input.take(len);
+    let mut output = std::fs::File::create(dest).expect("create partition file");
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let mut filled = 0;
+        while filled < BLOCK {
+            let n = input.read(&mut buf[filled..]).expect("read image");
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if buf[..filled].iter().all(|&b| b == 0) {
+            output.seek(SeekFrom::Current(filled as i64)).expect("seek in partition file");
+        } else {
+            output.write_all(&buf[..filled]).expect("write partition file");
+        }
+    }
+    output.set_len(len).expect("size the partition file");
 }

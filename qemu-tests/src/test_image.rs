@@ -1,0 +1,332 @@
+//! The images VM tests boot: `images/<name>` built with the command channel (`guest/`)
+//! added, once per set of inputs, and shared by every test binary through a cache under the
+//! target directory.
+//!
+//! Each VM test file is its own test binary, and building the demo takes minutes, so a build
+//! per binary was most of the VM tier's time spent outside VMs. An entry is found by a key,
+//! the SHA-256 of everything that goes into the image:
+//! - the repository's files that builds read or compile in (the spec folder with its lock,
+//!   container layouts and fixtures, the builder's sources with the `overlay/` and `systemd/`
+//!   folders it embeds, `Cargo.lock`, the test overlay), every folder but those in
+//!   [`NOT_IN_IMAGES`], so a new folder counts until it is listed there;
+//! - the provisioner binary copied into the image;
+//! - the base OS's own cache key (suite, mirror, packages) and the build clock.
+//!
+//! The spec folder's scripts (the demo's container images and mirror fixtures, each cached by
+//! its own recipe) run first, as their output is an input. `airlock fetch --update`, which
+//! asks the package indexes again and takes a minute or more, runs only when no entry matches
+//! the lock as it is: the lock it writes is then part of the key of the entry built.
+//!
+//! An entry is built in a `.partial` directory, checked against the `SHA256SUMS` the build
+//! wrote, and renamed to `<name>-<key>` only then; before every use it is checked against
+//! `SHA256SUMS` again, and rebuilt (saying so) if it does not match. Two locks (`flock`,
+//! released by the kernel if a test is killed) keep concurrent test processes apart:
+//! `<name>.lock`, held while the inputs are prepared (the scripts and `airlock fetch` write
+//! into the source tree) and the entry is chosen or built; and `<entry>.lock`, which every
+//! [`TestImage`] holds shared for as long as it lives, so that a build with other inputs
+//! removes an old entry only once nobody boots it.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::command;
+use crate::file_lock::FileLock;
+
+/// Fixed build clock for test images (reproducible, and what the image tests use too).
+pub const EPOCH: i64 = 1_700_000_000;
+
+/// Paths (relative to the repository) that never go into an image: they are left out of the
+/// key, so editing a test or a document does not rebuild the images. `images/` is listed
+/// because only the image's own folder counts.
+const NOT_IN_IMAGES: &[&str] = &[
+    ".git",
+    "target",
+    "out",
+    "docs",
+    "bench",
+    "images",
+    "README.md",
+    "builder/tests",
+    "qemu-tests/src",
+    "qemu-tests/tests",
+];
+
+/// Bump when the way entries are built or laid out changes.
+const CACHE_FORMAT: &str = "airlock-test-image-v1";
+
+/// A test image from the cache, kept from removal while this value lives.
+#[derive(Debug)]
+pub struct TestImage {
+    /// `<name>.raw`; never written to (VMs boot qcow2 overlays backed by it).
+    pub image: PathBuf,
+    /// The cache entry: the release directory the build wrote.
+    pub dir: PathBuf,
+    pub plan: airlock::plan::BuildPlan,
+    _in_use: FileLock,
+}
+
+impl TestImage {
+    /// The file of another output format of the same build, e.g. `qcow2`.
+    pub fn output(&self, extension: &str) -> PathBuf {
+        self.image.with_extension(extension)
+    }
+}
+
+/// The repository this crate is part of.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("qemu-tests/ is inside the repository").to_path_buf()
+}
+
+/// `images/<name>/appliance.toml` built with the test overlay, from the cache under
+/// `cache_root` when an entry with the same inputs is there, with `provisioner` as the
+/// image's `airlock` binary.
+pub fn test_image(name: &str, provisioner: &Path, cache_root: &Path) -> Result<TestImage> {
+    let spec = repo_root().join("images").join(name).join("appliance.toml");
+    let cache = cache_root.join("test-images");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let choosing = FileLock::exclusive(&cache.join(format!("{name}.lock")))?;
+    let plan = airlock::plan::plan(&spec, &airlock::plan::HostContext::default())?;
+    make_local_inputs(&plan)?;
+    let mut found = usable_entry(&cache, &plan, provisioner)?;
+    if found.is_none() {
+        // Pinning asks the package indexes again (a minute or more), so it is done only when
+        // no entry matches the lock as it is; the lock it writes may then match one.
+        fetch(&plan)?;
+        found = usable_entry(&cache, &plan, provisioner)?;
+    }
+    let (entry, in_use) = match found {
+        Some(found) => found,
+        None => {
+            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, provisioner)?[..16]));
+            let in_use = FileLock::exclusive(&with_suffix(&entry, ".lock"))?;
+            build_entry(&plan, provisioner, &cache, &entry)?;
+            (entry, in_use)
+        }
+    };
+    in_use.downgrade()?;
+    remove_other_entries(&cache, name, &entry)?;
+    drop(choosing);
+    Ok(TestImage { image: entry.join(format!("{}.raw", plan.name)), dir: entry, plan, _in_use: in_use })
+}
+
+/// The entry for the inputs as they are now, held shared, if it exists and matches its
+/// `SHA256SUMS`. A damaged one is removed (saying so) to be built again, unless a test is
+/// booting it.
+fn usable_entry(
+    cache: &Path,
+    plan: &airlock::plan::BuildPlan,
+    provisioner: &Path,
+) -> Result<Option<(PathBuf, FileLock)>> {
+    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, provisioner)?[..16]));
+    if !entry.exists() {
+        return Ok(None);
+    }
+    let lock_path = with_suffix(&entry, ".lock");
+    let in_use = FileLock::shared(&lock_path)?;
+    let damage = match verify(&entry) {
+        Ok(()) => {
+            log::info!("test image {}: cached at {}", plan.name, entry.display());
+            return Ok(Some((entry, in_use)));
+        }
+        Err(e) => e,
+    };
+    drop(in_use);
+    if FileLock::try_exclusive(&lock_path)?.is_none() {
+        return Err(
+            damage.context(format!("the cached test image {} is damaged, and a test is using it", entry.display()))
+        );
+    }
+    log::warn!(
+        "test image {}: the cached entry {} is damaged, building it again: {damage:#}",
+        plan.name,
+        entry.display()
+    );
+    fs::remove_dir_all(&entry).with_context(|| format!("removing {}", entry.display()))?;
+    Ok(None)
+}
+
+/// Runs the spec folder's scripts that make its local inputs: the demo's container images
+/// from Debian packages, its mirror fixtures (each cached by its own recipe).
+fn make_local_inputs(plan: &airlock::plan::BuildPlan) -> Result<()> {
+    let dir = plan.spec_path.parent().context("the spec has a folder")?;
+    for script in [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")] {
+        if script.exists() {
+            command::run(&mut Command::new(&script))?;
+        }
+    }
+    Ok(())
+}
+
+/// Pins the spec's containers and mirrors with `airlock fetch --update`, which the build
+/// needs first.
+fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
+    if plan.containers.is_empty() && plan.mirrors.is_empty() {
+        return Ok(());
+    }
+    let opts = airlock::fetch::FetchOptions {
+        cache_dir: airlock::cache::cache_dir()?,
+        update: true,
+        registry: Default::default(),
+    };
+    airlock::fetch::fetch(plan, &opts).with_context(|| format!("fetching what {} pins", plan.spec_path.display()))?;
+    Ok(())
+}
+
+/// The SHA-256 of everything that goes into the image (see the module's documentation).
+fn inputs_key(plan: &airlock::plan::BuildPlan, provisioner: &Path) -> Result<String> {
+    let started = Instant::now();
+    let mut h = Sha256::new();
+    for part in [CACHE_FORMAT, &plan.name, &plan.base.key(), &EPOCH.to_string()] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    let root = repo_root();
+    let image_dir = plan.spec_path.parent().context("the spec has a folder")?;
+    let image_rel = image_dir.strip_prefix(&root).with_context(|| {
+        format!("test images come from the repository's images/ folder, not {}", image_dir.display())
+    })?;
+    hash_tree(&mut h, &root, Path::new(""))?;
+    hash_tree(&mut h, &root, image_rel)?;
+    if !plan.lock_path.starts_with(image_dir) {
+        hash_file(&mut h, &plan.lock_path, "lock")?;
+    }
+    hash_file(&mut h, provisioner, "provisioner")?;
+    let key = hex::encode(h.finalize());
+    log::info!(
+        "test image {}: inputs hashed in {:.1} s, key {}",
+        plan.name,
+        started.elapsed().as_secs_f64(),
+        &key[..16]
+    );
+    Ok(key)
+}
+
+/// Feeds every file under `root/rel` into `h`, in a fixed order: its path, kind, executable
+/// bit and content (a symlink's target). `rel` itself is hashed even if excluded.
+fn hash_tree(h: &mut Sha256, root: &Path, rel: &Path) -> Result<()> {
+    let dir = root.join(rel);
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("listing {}", dir.display()))?;
+    names.sort();
+    for name in names {
+        let rel = rel.join(&name);
+        if NOT_IN_IMAGES.iter().any(|x| rel == Path::new(x)) {
+            continue;
+        }
+        let path = root.join(&rel);
+        let meta = fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let shown = rel.to_string_lossy();
+        if meta.is_dir() {
+            hash_tree(h, root, &rel)?;
+        } else if meta.is_symlink() {
+            let target = fs::read_link(&path).with_context(|| format!("reading the link {}", path.display()))?;
+            h.update(format!("link {shown} -> {}\n", target.display()).as_bytes());
+        } else if meta.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let kind = if meta.permissions().mode() & 0o111 != 0 { "exec" } else { "file" };
+            hash_file(h, &path, &format!("{kind} {shown}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn hash_file(h: &mut Sha256, path: &Path, label: &str) -> Result<()> {
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut content = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        content.update(&buf[..n]);
+    }
+    h.update(format!("{label} {}\n", hex::encode(content.finalize())).as_bytes());
+    Ok(())
+}
+
+/// Builds the image into a temporary directory next to `entry`, checks it, and renames it.
+fn build_entry(plan: &airlock::plan::BuildPlan, provisioner: &Path, cache: &Path, entry: &Path) -> Result<()> {
+    let started = Instant::now();
+    let partial = tempfile::Builder::new()
+        .prefix(&format!(".{}.partial-", plan.name))
+        .tempdir_in(cache)
+        .with_context(|| format!("creating a build directory in {}", cache.display()))?;
+    let opts = airlock::pipeline::BuildOptions {
+        out_dir: partial.path().to_path_buf(),
+        cache_dir: airlock::cache::cache_dir()?,
+        clock: airlock::clock::BuildClock::fixed(EPOCH),
+        test_overlays: vec![crate::guest_overlay_dir()],
+        formats: None,
+        signing_key: None,
+        provisioner: provisioner.to_path_buf(),
+    };
+    airlock::pipeline::build(plan, &opts).with_context(|| format!("building the test image {}", plan.name))?;
+    verify(partial.path()).context("checking the image just built")?;
+    let built = partial.keep();
+    fs::rename(&built, entry).with_context(|| format!("renaming {} to {}", built.display(), entry.display()))?;
+    log::info!("test image {}: built in {:.0} s into {}", plan.name, started.elapsed().as_secs_f64(), entry.display());
+    Ok(())
+}
+
+/// Checks every file of a cache entry against the `SHA256SUMS` its build wrote.
+fn verify(dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
+    let checked = airlock::signing::sums::check_sha256sums(dir, &sums)?;
+    if checked.is_empty() {
+        bail!("{} lists no file", sums_path.display());
+    }
+    log::info!(
+        "{}: {} files match SHA256SUMS ({:.1} s)",
+        dir.display(),
+        checked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Removes this image's entries other than `keep` that no test is using, and the build
+/// directories of builds that were killed (only the holder of `<name>.lock` builds).
+fn remove_other_entries(cache: &Path, name: &str, keep: &Path) -> Result<()> {
+    let prefix = format!("{name}-");
+    let partial = format!(".{name}.partial-");
+    for dirent in fs::read_dir(cache).with_context(|| format!("listing {}", cache.display()))? {
+        let path = dirent.with_context(|| format!("listing {}", cache.display()))?.path();
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if file_name.starts_with(&partial) {
+            log::info!("test image {name}: removing {}, left by a build that did not finish", path.display());
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            continue;
+        }
+        let is_entry = file_name.strip_prefix(&prefix).is_some_and(|key| key.len() == 16 && !key.contains('.'));
+        if !is_entry || path == keep {
+            continue;
+        }
+        let lock_path = with_suffix(&path, ".lock");
+        let Some(_unused) = FileLock::try_exclusive(&lock_path)? else {
+            log::info!("test image {name}: keeping {}, which a test is using", path.display());
+            continue;
+        };
+        log::info!("test image {name}: removing the outdated {}", path.display());
+        fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        fs::remove_file(&lock_path).with_context(|| format!("removing {}", lock_path.display()))?;
+    }
+    Ok(())
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
