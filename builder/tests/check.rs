@@ -149,7 +149,11 @@ fn run_pulumi_secrets(dir: &Path) -> (bool, String, String) {
         std::fs::write(&path, stub).unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    let _ = std::fs::remove_file(&log);
+    match std::fs::remove_file(&log) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("removing {}: {e}", log.display()),
+    }
     let script = repo().join("images/pulumi-selfhosted/overlay/usr/lib/airlock/pulumi-secrets");
     let out = Command::new("sh")
         .arg(&script)
@@ -160,7 +164,12 @@ fn run_pulumi_secrets(dir: &Path) -> (bool, String, String) {
         .output()
         .unwrap();
     // Lossy: the log holds every secret's bytes, and PULUMI_LOCAL_KEYS is binary.
-    let calls = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    // No log means the script called neither tool.
+    let calls = match std::fs::read(&log) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("reading {}: {e}", log.display()),
+    };
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), calls)
 }
 

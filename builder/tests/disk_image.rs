@@ -77,7 +77,7 @@ fn esp_image_passes_sgdisk_fsck_and_reads_back() {
     let spec = format!("{}@@{}", img.display(), esp.start);
     for (path, bytes) in &files {
         let out = tmp.path().join("readback");
-        let _ = fs::remove_file(&out);
+        remove_if_present(&out);
         tool_ok("mcopy", &["-n", "-i", &spec, &format!("::/{path}"), out.to_str().unwrap()]);
         assert!(fs::read(&out).unwrap() == *bytes, "{path} read back by mcopy differs");
     }

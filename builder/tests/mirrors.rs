@@ -272,7 +272,10 @@ fn mirror_tree_serves_pip_and_go_and_installs_the_cli() {
     assert!(run("go", &["run", "."], &project, &go_env).contains("hello through a file proxy"));
     let versions = run("go", &["list", "-m", "-versions", "example.test/Fixture/hello"], &project, &go_env);
     assert_eq!(versions.trim(), "example.test/Fixture/hello v1.0.0");
-    let _ = Command::new("chmod").args(["-R", "u+w", tmp.path().join("gopath").to_str().unwrap()]).status();
+    // The module cache is read-only by design; let the temporary folder be removed.
+    let chmod =
+        Command::new("chmod").args(["-R", "u+w", tmp.path().join("gopath").to_str().unwrap()]).status().unwrap();
+    assert!(chmod.success(), "chmod -R u+w on the Go module cache: {chmod}");
 
     // NuGet's flat container index, the CLI and the plugin cache.
     let flat = std::fs::read_to_string(mirror.join("nuget/v3/flat/fixture.pkg/index.json")).unwrap();

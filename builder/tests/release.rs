@@ -140,9 +140,10 @@ struct Rng(u64);
 
 impl Rng {
     fn new() -> Self {
-        let seed = std::env::var("AIRLOCK_TAMPER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed = match std::env::var("AIRLOCK_TAMPER_SEED") {
+            Ok(s) => s.parse().unwrap_or_else(|e| panic!("AIRLOCK_TAMPER_SEED={s:?} is not a number: {e}")),
+            Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1,
+        };
         eprintln!("tamper seed: AIRLOCK_TAMPER_SEED={seed}");
         Self(seed)
     }
@@ -448,31 +449,35 @@ fn flash_refuses_unsafe_targets_and_unverified_images() {
     flip(&r.file("small.raw"), len / 2, 1);
 }
 
-/// The block device `/` is mounted from on this machine, if it is one.
-fn root_block_device() -> Option<PathBuf> {
+/// The block device `/` is mounted from on this machine.
+fn root_block_device() -> PathBuf {
     let mounts = airlock::block_device::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap()).unwrap();
-    let root = airlock::block_device::root_mount(&mounts)?;
+    let root = airlock::block_device::root_mount(&mounts).expect("/ is in /proc/self/mountinfo");
     let dev = PathBuf::from(&root.source);
     use std::os::unix::fs::FileTypeExt;
-    fs::metadata(&dev).ok().filter(|m| m.file_type().is_block_device()).map(|_| dev)
+    let is_block = fs::metadata(&dev).is_ok_and(|m| m.file_type().is_block_device());
+    assert!(
+        is_block,
+        "/ is mounted from {}, which is not a block device here: this test needs a machine (or VM) \
+         whose root filesystem is on a disk, as CI's is",
+        dev.display()
+    );
+    dev
 }
 
 #[test]
 fn flash_refuses_the_disk_of_the_running_system() {
-    let Some(dev) = root_block_device() else {
-        eprintln!("SKIPPED: / is not mounted from a block device here");
-        return;
-    };
+    let dev = root_block_device();
     let r = release();
     // No --yes: even if the check failed, no terminal means no confirmation and no write.
     let err = airlock_err(&["flash", s(&r.out), s(&dev), "--no-verify"]);
     assert!(err.contains("holds the running system"), "{err}");
 }
 
-/// Runs a command, returning stdout on success and `None` otherwise.
-fn try_run(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// Runs a command as root (CI's tests do) and returns its stdout; fails the test, quoting the
+/// tool, if it fails.
+fn root_ok(program: &str, args: &[&str]) -> String {
+    tool_ok(program, args).trim().to_string()
 }
 
 /// A loop device over a file; detached (and unmounted) on drop.
@@ -481,12 +486,59 @@ struct Loop {
     mount: Option<PathBuf>,
 }
 
+impl Loop {
+    /// Attaches `file` to a free loop device. A machine (or container) without loop device
+    /// nodes gets them made: `/dev/loop-control`, then the node `losetup` asks for.
+    fn attach(file: &Path) -> Loop {
+        if !Path::new("/dev/loop-control").exists() {
+            root_ok("mknod", &["-m", "0660", "/dev/loop-control", "c", "10", "237"]);
+        }
+        let first = tool("losetup", &["--find", "--show", s(file)]);
+        if first.status.success() {
+            return Loop { dev: String::from_utf8_lossy(&first.stdout).trim().to_string(), mount: None };
+        }
+        // The free device the kernel offers may have no node yet.
+        let free = root_ok("losetup", &["--find"]);
+        let index = free.strip_prefix("/dev/loop").unwrap_or_else(|| panic!("losetup --find said {free:?}"));
+        assert!(
+            !Path::new(&free).exists(),
+            "losetup failed although {free} exists:\n{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        eprintln!("making the loop device node {free}: {}", String::from_utf8_lossy(&first.stderr).trim());
+        root_ok("mknod", &["-m", "0660", &free, "b", "7", index]);
+        Loop { dev: root_ok("losetup", &["--show", &free, s(file)]), mount: None }
+    }
+}
+
 impl Drop for Loop {
     fn drop(&mut self) {
+        let mut undo = Vec::new();
         if let Some(m) = &self.mount {
-            try_run("umount", &[s(m)]);
+            undo.push(("umount", vec![s(m).to_string()]));
         }
-        try_run("losetup", &["-d", &self.dev]);
+        undo.push(("losetup", vec!["-d".to_string(), self.dev.clone()]));
+        for (program, args) in undo {
+            let out = Command::new(program).args(&args).stdin(Stdio::null()).output();
+            match out {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => panic_unless_panicking(&format!(
+                    "{program} {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+                Err(e) => panic_unless_panicking(&format!("cannot run {program}: {e}")),
+            }
+        }
+    }
+}
+
+/// Fails the test with `message`, unless it is failing already (a second panic would abort).
+fn panic_unless_panicking(message: &str) {
+    if std::thread::panicking() {
+        eprintln!("{message}");
+    } else {
+        panic!("{message}");
     }
 }
 
@@ -495,11 +547,7 @@ fn flash_writes_a_loop_device_and_refuses_a_mounted_one() {
     let r = release();
     let len = fs::metadata(r.file("small.raw")).unwrap().len();
     let backing = junk_target(r.dir.path(), "loop.img", len);
-    let Some(dev) = try_run("losetup", &["--find", "--show", s(&backing)]) else {
-        eprintln!("SKIPPED: no loop devices here (losetup failed)");
-        return;
-    };
-    let lo = Loop { dev, mount: None };
+    let lo = Loop::attach(&backing);
     let out = airlock_ok(&["flash", s(&r.out), &lo.dev, "--pubkey", s(&r.public), "--yes"]);
     assert!(out.contains("read back identical"), "{out}");
     drop(lo);
@@ -508,14 +556,10 @@ fn flash_writes_a_loop_device_and_refuses_a_mounted_one() {
     // A mounted filesystem on a loop device.
     let fs_img = junk_target(r.dir.path(), "fs.img", len);
     tool_ok("mkfs.ext4", &["-q", "-F", s(&fs_img)]);
-    let Some(dev) = try_run("losetup", &["--find", "--show", s(&fs_img)]) else { return };
-    let mut lo = Loop { dev, mount: None };
+    let mut lo = Loop::attach(&fs_img);
     let mnt = r.dir.path().join("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    if try_run("mount", &[&lo.dev, s(&mnt)]).is_none() {
-        eprintln!("SKIPPED: cannot mount here");
-        return;
-    }
+    root_ok("mount", &[&lo.dev, s(&mnt)]);
     lo.mount = Some(mnt.clone());
     let err = airlock_err(&["flash", s(&r.out), &lo.dev, "--pubkey", s(&r.public), "--yes"]);
     assert!(err.contains(&format!("is mounted: {} ", lo.dev)) && err.contains(s(&mnt)), "{err}");

@@ -5,7 +5,8 @@
 //! protocol says, every locked CLI archive and plugin is served byte for byte, and the `/setup/`
 //! script configures a clean HOME that the clients then use: over http, and over https by the
 //! appliance's name, where the script checks the CA against the fingerprint the appliance shows
-//! (refusing a wrong one) and the clients trust it. One boot serves all of it.
+//! (refusing a wrong one) and the clients trust it. One boot serves all of it, of the qcow2
+//! output (the VM-template format), which must boot like the raw image.
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 mod common;
@@ -148,16 +149,22 @@ fn go_builds_against_fixtures(work: &Path, who: &User, env: &[(&str, &str)]) {
     let out = client("go", &["run", "."], &project, who, &env);
     assert!(out.contains("hello from the airlock mirror"), "{out}");
     // The module cache is read-only by design; let the temporary folder be removed.
-    let _ = Command::new("chmod").args(["-R", "u+w", gopath.to_str().unwrap()]).status();
+    host("chmod", &["-R", "u+w", gopath.to_str().unwrap()]);
 }
 
 #[test]
 fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
-    let mut vm = Vm::boot(VmConfig { forwards: vec![80, 443], ..VmConfig::new("demo-mirrors", &built.image) })
-        .expect("starting qemu");
+    let qcow2 = built.output("qcow2");
+    assert!(qcow2.is_file(), "the demo spec asks for a qcow2 output: {}", qcow2.display());
+    let mut vm =
+        Vm::boot(VmConfig { forwards: vec![80, 443], ..VmConfig::new("demo-mirrors", &qcow2) }).expect("starting qemu");
     vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).expect("the banner says ready");
+    // The qcow2 output boots like the raw image: nothing failed, the root is airlock's partition.
+    assert_eq!(vm.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "", "no unit failed");
+    let root_partuuid = built.plan.seed.uuid("partition:root-x86-64").to_string();
+    assert_eq!(vm.succeed("findmnt -no PARTUUID /").unwrap().trim(), root_partuuid);
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
     assert!(banner.contains("mirror: http://10.0.2.15/"), "banner: {banner}");
     let base = format!("http://127.0.0.1:{}", vm.host_port(80));

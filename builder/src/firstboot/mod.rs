@@ -234,6 +234,25 @@ fn create_recorded(ctx: &Instance, name: &str, path: &Path, bytes: &[u8]) -> Res
     store::append_line(&ctx.paths.generated_log(), &format!("{name} sha256:{}", sha256_hex(bytes)))
 }
 
+/// An item found already made: records it if the generated log does not name it, which
+/// happens when the power was cut after the item became durable and before it was recorded.
+/// So every item is recorded exactly once, and a second record would mean it was replaced.
+fn record_existing(ctx: &Instance, name: &str, path: &Path) -> Result<()> {
+    let log_path = ctx.paths.generated_log();
+    let log = match fs::read_to_string(&log_path) {
+        Ok(log) => log,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", log_path.display())),
+    };
+    let prefix = format!("{name} sha256:");
+    if log.lines().any(|l| l.starts_with(&prefix)) {
+        return Ok(());
+    }
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    log::warn!("{name} was made before a power cut but not recorded: recording it now");
+    store::append_line(&log_path, &format!("{prefix}{}", sha256_hex(&bytes)))
+}
+
 /// systemd makes the machine-id on first boot (from the kernel's RNG, the image's is empty) and
 /// keeps it on a tmpfs until `systemd-machine-id-commit.service` writes it to `/etc`. A power
 /// cut before that would give the next boot another identity; this step commits it and syncs
@@ -262,6 +281,7 @@ fn make_secrets(ctx: &Instance) -> Result<()> {
     for s in SECRETS {
         let path = dir.join(s.name);
         if path.exists() {
+            record_existing(ctx, s.name, &path)?;
             continue;
         }
         let raw = random(s.bytes)?;
@@ -285,7 +305,7 @@ fn registry_password(paths: &Paths) -> Result<String> {
 fn make_registry_htpasswd(ctx: &Instance) -> Result<()> {
     let path = ctx.paths.secrets().join(REGISTRY_HTPASSWD);
     if path.exists() {
-        return Ok(());
+        return record_existing(ctx, REGISTRY_HTPASSWD, &path);
     }
     let password = registry_password(&ctx.paths)?;
     let hash = bcrypt::hash(&password, REGISTRY_BCRYPT_COST).context("hashing the registry password")?;
@@ -326,6 +346,7 @@ fn make_ssh_host_keys(ctx: &Instance) -> Result<()> {
         let name = format!("ssh_host_{kind}_key");
         let key = dir.join(&name);
         if key.exists() {
+            record_existing(ctx, &name, &key)?;
             continue;
         }
         let scratch = dir.join(format!(".{name}.partial"));
@@ -364,7 +385,7 @@ fn make_ca(ctx: &Instance) -> Result<()> {
     store::ensure_dir(&ctx.paths.tls(), 0o755)?;
     let path = ca_path(&ctx.paths);
     if path.exists() {
-        return Ok(());
+        return record_existing(ctx, "ca", &path);
     }
     let ca = tls::make_ca(&format!("airlock {} CA", ctx.hostname))?;
     create_recorded(ctx, "ca", &path, ca.to_text().as_bytes())

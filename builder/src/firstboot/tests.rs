@@ -81,8 +81,8 @@ fn first_boot_makes_everything_and_a_second_boot_changes_nothing() {
 fn an_interrupted_first_boot_is_finished_without_remaking_what_exists() {
     let dir = tempfile::tempdir().unwrap();
     let p = paths(dir.path());
-    // As if the power went out in the middle of the secrets step: one secret complete, one
-    // half-written under its temporary name, no completion record.
+    // As if the power went out in the middle of the secrets step: one secret complete but not
+    // yet recorded, one half-written under its temporary name, no completion record.
     fs::create_dir_all(p.secrets()).unwrap();
     fs::write(p.secrets().join("db-password"), "made-before-the-cut").unwrap();
     fs::write(p.secrets().join(".pulumi-local-keys.partial"), "half").unwrap();
@@ -90,9 +90,25 @@ fn an_interrupted_first_boot_is_finished_without_remaking_what_exists() {
     assert_eq!(fs::read_to_string(p.secrets().join("db-password")).unwrap(), "made-before-the-cut");
     assert_eq!(fs::read(p.secrets().join("pulumi-local-keys")).unwrap().len(), 32);
     assert!(!p.secrets().join(".pulumi-local-keys.partial").exists(), "the leftover was replaced");
+    // Every item is recorded exactly once: the one made before the cut as it is.
     let log = log_lines(&p);
-    assert!(!log.iter().any(|l| l.starts_with("db-password ")), "{log:?}");
+    let made_before = format!("db-password sha256:{}", sha256_hex(b"made-before-the-cut"));
+    assert_eq!(log.iter().filter(|l| l.starts_with("db-password ")).collect::<Vec<_>>(), [&made_before], "{log:?}");
     assert_eq!(log.iter().filter(|l| l.starts_with("pulumi-local-keys ")).count(), 1);
+    // A cut between the CA's write and its record: the next boot records it, once.
+    let without_ca: Vec<&String> = log.iter().filter(|l| !l.starts_with("ca ")).collect();
+    assert_eq!(without_ca.len(), log.len() - 1, "{log:?}");
+    fs::write(p.generated_log(), without_ca.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    fs::remove_file(p.provision().join("done/ca")).unwrap();
+    provision(&p, &steps()).unwrap();
+    provision(&p, &steps()).unwrap();
+    let ca = fs::read(p.tls().join("ca.pem")).unwrap();
+    let again = log_lines(&p);
+    assert_eq!(
+        again.iter().filter(|l| l.starts_with("ca ")).collect::<Vec<_>>(),
+        [&format!("ca sha256:{}", sha256_hex(&ca))]
+    );
+    assert_eq!(again.len(), log.len(), "{again:?}");
 }
 
 #[test]

@@ -85,6 +85,15 @@ pub fn extract(image: &Path, offset: u64, len: u64, dest: &Path) -> PathBuf {
     dest.to_path_buf()
 }
 
+/// Removes `path` if it is there; any other failure fails the test.
+pub fn remove_if_present(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("removing {}: {e}", path.display()),
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift), for large test files.
 pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
@@ -122,24 +131,9 @@ pub fn assert_e2fsck_clean(fs_image: &Path) {
     );
 }
 
-/// Whether an error from building the base OS means the Debian archive cannot be reached (the
-/// one case where image tests skip, saying so).
-pub fn is_network_failure(stderr: &str) -> bool {
-    [
-        "Temporary failure resolving",
-        "Could not resolve",
-        "Failed to fetch",
-        "Network is unreachable",
-        "Connection refused",
-    ]
-    .iter()
-    .any(|s| stderr.contains(s))
-}
-
 /// Builds the demo stack's container images (cached by the script) and its test fixtures, and
 /// pins them and the demo's mirrors with `airlock fetch --update`, which the demo's build needs
-/// first. Returns the failure's text
-/// when the Debian archive cannot be reached.
+/// first. Returns the container script's output if it failed.
 pub fn prepare_demo_images() -> Result<(), String> {
     let script = repo_root().join("images/demo/containers/build-images");
     let out = Command::new(&script).env("SOURCE_DATE_EPOCH", "1700000000").output().expect("running build-images");
