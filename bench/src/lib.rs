@@ -54,6 +54,20 @@ pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
     Ok(Run { wall, peak_rss: peak })
 }
 
+/// The demo's test image (with the VM tests' command channel), from the cache the VM tests
+/// share under the target directory, with the same provisioner they use
+/// (`airlock-under-test`), so the benchmark boots the very image the tests boot.
+pub fn demo_test_image() -> Result<qemu_tests::test_image::TestImage> {
+    let exe = std::env::current_exe().context("locating the benchmark binary")?;
+    let profile_dir = exe.parent().context("benchmark binary has no directory")?;
+    let provisioner = profile_dir.join("airlock-under-test");
+    if !provisioner.exists() {
+        bail!("{} not found: run `cargo build --release -p qemu-tests` first", provisioner.display());
+    }
+    let target = profile_dir.parent().context("the profile directory is inside the target directory")?;
+    qemu_tests::test_image::test_image("demo", &provisioner, &target.join("tmp"))
+}
+
 /// The `airlock` binary built next to this benchmark (same profile).
 pub fn airlock_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
