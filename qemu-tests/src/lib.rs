@@ -39,7 +39,8 @@
 //! If the test panics, or any harness call returned an error (even one the test expected),
 //! dropping the [`Vm`] prints the end of its serial log and qemu's stderr; set
 //! `AIRLOCK_KEEP_VM_DIR=1` to also keep its directory (overlay, VARS, logs).
-//! `AIRLOCK_ACCEL=kvm|tcg` skips the acceleration probe. Timeouts are sized for TCG.
+//! `AIRLOCK_ACCEL=kvm|tcg` skips the acceleration probe. Timeouts are sized for TCG on an idle
+//! host; `AIRLOCK_VM_TIME_SCALE=N` multiplies them on a loaded one.
 //!
 //! The guest side of the command channel lives in `guest/` (see [`guest_overlay_dir`]); the
 //! protocol is described in `src/backdoor.rs`.

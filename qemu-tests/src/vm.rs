@@ -34,6 +34,9 @@ const FAILURE_LOG_LINES: usize = 80;
 /// Set to keep a failed VM's directory (overlay, VARS, serial and qemu logs) for inspection.
 const KEEP_DIR_ENV: &str = "AIRLOCK_KEEP_VM_DIR";
 
+/// Multiplies the harness's hang detectors on a loaded host (see [`slow_host`]).
+const TIME_SCALE_ENV: &str = "AIRLOCK_VM_TIME_SCALE";
+
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -198,7 +201,7 @@ impl Vm {
     /// answered by powering the VM off and on again, once per wait, said loudly in the log.
     pub fn wait_for_console_after(&mut self, offset: u64, needle: &str, timeout: Duration) -> Result<u64> {
         log::info!("{}: waiting for {needle:?} on the console", self.cfg.name);
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + slow_host(timeout);
         let mut offset = offset;
         let result = loop {
             let (machine, log) = (&mut self.machine, &self.files.serial_log);
@@ -334,7 +337,7 @@ impl Vm {
 
     /// Like [`execute`](Vm::execute), with the output as bytes.
     pub fn execute_raw(&mut self, cmd: &str) -> Result<(i32, Vec<u8>)> {
-        let deadline = Instant::now() + self.cfg.command_timeout;
+        let deadline = Instant::now() + slow_host(self.cfg.command_timeout);
         let result = self.run_until(cmd, log::Level::Info, deadline);
         self.note(result)
     }
@@ -355,6 +358,7 @@ impl Vm {
     }
 
     fn wait_for_unit_inner(&mut self, unit: &str, timeout: Duration) -> Result<()> {
+        let timeout = slow_host(timeout);
         let deadline = Instant::now() + timeout;
         let query = systemd_unit::state_command(unit);
         let mut last: Option<UnitState> = None;
@@ -407,6 +411,7 @@ impl Vm {
 
     fn wait_for_open_port_inner(&mut self, guest_port: u16, timeout: Duration) -> Result<()> {
         let host_port = self.forward(guest_port)?;
+        let timeout = slow_host(timeout);
         let deadline = Instant::now() + timeout;
         let mut checked = false;
         loop {
@@ -465,6 +470,7 @@ impl Vm {
     }
 
     fn shutdown_inner(&mut self, timeout: Duration) -> Result<()> {
+        let timeout = slow_host(timeout);
         let deadline = Instant::now() + timeout;
         if !self.is_running() {
             return Ok(());
@@ -517,7 +523,7 @@ impl Vm {
     }
 
     fn reboot_inner(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + slow_host(timeout);
         let seen = self.machine.resets().count();
         let (code, out) = self.run_until("systemctl reboot --no-block", log::Level::Info, deadline)?;
         backdoor::expect_success("systemctl reboot", code, String::from_utf8_lossy(&out).into())?;
@@ -649,6 +655,27 @@ impl Guest for Liveness<'_> {
     fn resets(&self) -> u64 {
         self.machine.resets().count()
     }
+}
+
+/// A timeout of the harness's waits, multiplied by `AIRLOCK_VM_TIME_SCALE` (a whole number,
+/// default 1) for a host so loaded that TCG guests crawl. Only hang detectors are scaled,
+/// never the durations a test means (`run_for`, `watch_console`: when a power cut lands).
+///
+/// # Panics
+/// If the variable is set to anything but a positive whole number: a typo must not pass as 1.
+fn slow_host(timeout: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let scale = *SCALE.get_or_init(|| match std::env::var(TIME_SCALE_ENV) {
+        Err(_) => 1,
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => {
+                log::info!("{TIME_SCALE_ENV}={n}: the harness waits {n} times as long before it calls a guest hung");
+                n
+            }
+            _ => panic!("{TIME_SCALE_ENV}={v:?} is not a positive whole number"),
+        },
+    });
+    timeout * scale
 }
 
 /// A VM name fit for a file name prefix: unix socket paths must stay under 108 bytes.

@@ -59,10 +59,13 @@ fn firmware_boots_and_the_harness_controls_qemu() -> Result<()> {
     ensure!(vm.console_since_boot().contains(FIRMWARE_BOOT_MANAGER));
     ensure!(vm.serial_log().matches(FIRMWARE_BOOT_MANAGER).count() >= 2);
 
-    // A reset inside the same qemu (what a guest reboot looks like) also restarts the
-    // console: the text of the boot before it no longer counts.
+    // A reset (what a guest reboot looks like) restarts the console: the text of the boot
+    // before it no longer counts. By default the reset ends qemu and the harness starts the
+    // next process on the same disk and variables.
     vm.reset()?;
     ensure!(!vm.console_since_boot().contains("start 2 of vm firmware"));
+    ensure!(vm.serial_log().contains("after a reset (host-qmp-system-reset)"), "{}", vm.serial_log());
+    ensure!(vm.is_running());
     vm.wait_for_console(FIRMWARE_BOOT_MANAGER, FIRMWARE_TIMEOUT)?;
     ensure!(vm.console_since_boot().contains(FIRMWARE_BOOT_MANAGER));
 

@@ -8,17 +8,14 @@
 //! from the journal's monotonic stamps of podman's pull messages; the wall time of the first
 //! boot includes the firmware.
 //!
-//! Usage: `cargo run --release -p airlock-bench --bin stack` (as root; the demo's container
-//! images and fixtures must be buildable: `images/demo/containers/build-images` and
-//! `images/demo/fixtures/build-fixtures` run first).
+//! Usage: `cargo build --release -p qemu-tests && cargo run --release -p airlock-bench --bin
+//! stack` (as root). It boots the VM tests' demo image, from their cache or built into it.
 
 use airlock_bench::*;
 use anyhow::{Context, Result, bail};
 use qemu_tests::{BOOT_TIMEOUT, Vm, VmConfig};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-const EPOCH: i64 = 1_700_000_000;
 /// First boot under TCG on a busy 2-core host can take minutes.
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// The demo stack's units, in start order.
@@ -75,33 +72,10 @@ fn pulls(vm: &mut Vm) -> Result<Vec<Pull>> {
 }
 
 fn main() -> Result<()> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("bench/ is in the repository")?;
-    let spec = repo.join("images/demo/appliance.toml");
-    let plan = airlock::plan::plan(&spec, &Default::default())?;
-    run(path_str(&repo.join("images/demo/containers/build-images"))?, &[], &[])?;
-    run(path_str(&repo.join("images/demo/fixtures/build-fixtures"))?, &[], &[])?;
-    let cache = airlock::cache::cache_dir()?;
-    airlock::fetch::fetch(
-        &plan,
-        &airlock::fetch::FetchOptions { cache_dir: cache.clone(), update: true, registry: Default::default() },
-    )?;
-    let work = tempfile::Builder::new().prefix("airlock-bench-stack-").tempdir_in("/var/tmp")?;
-    let report = airlock::pipeline::build(
-        &plan,
-        &airlock::pipeline::BuildOptions {
-            out_dir: work.path().to_path_buf(),
-            cache_dir: cache,
-            clock: airlock::clock::BuildClock::fixed(EPOCH),
-            // The command channel, to read systemd's and the journal's timestamps.
-            test_overlays: vec![qemu_tests::guest_overlay_dir()],
-            formats: Some(vec![airlock::outputs::Format::Raw]),
-            signing_key: None,
-            provisioner: airlock_binary()?,
-        },
-    )?;
-
+    // The VM tests' demo image: its command channel reads systemd's and the journal's stamps.
+    let image = demo_test_image()?;
     let start = Instant::now();
-    let mut vm = Vm::boot(VmConfig::new("stack", &report.image))?;
+    let mut vm = Vm::boot(VmConfig::new("stack", &image.image))?;
     vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT)?;
     let wall = start.elapsed();
     let analyze = vm.succeed("systemd-analyze")?;
