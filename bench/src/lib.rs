@@ -65,7 +65,11 @@ pub fn demo_test_image() -> Result<qemu_tests::test_image::TestImage> {
         bail!("{} not found: run `cargo build --release -p qemu-tests` first", provisioner.display());
     }
     let target = profile_dir.parent().context("the profile directory is inside the target directory")?;
-    qemu_tests::test_image::test_image("demo", &provisioner, &target.join("tmp"))
+    qemu_tests::test_image::test_image(
+        &qemu_tests::test_image::Recipe::image("demo"),
+        &provisioner,
+        &target.join("tmp"),
+    )
 }
 
 /// The `airlock` binary built next to this benchmark (same profile).

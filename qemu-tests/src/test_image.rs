@@ -10,9 +10,9 @@
 //!   folders it embeds, `Cargo.lock`, the test overlay), every folder but those in
 //!   [`NOT_IN_IMAGES`], so a new folder counts until it is listed there;
 //! - the provisioner binary copied into the image;
-//! - the base OS's own cache key (suite, mirror, packages) and the build clock.
+//! - the base OS's own cache key (suite, mirror, packages), the build clock and the formats.
 //!
-//! The spec folder's scripts (the demo's container images and mirror fixtures, each cached by
+//! The [`Recipe`]'s scripts (the demo's container images and mirror fixtures, each cached by
 //! its own recipe) run first, as their output is an input. `airlock fetch --update`, which
 //! asks the package indexes again and takes a minute or more, runs only when no entry matches
 //! the lock as it is: the lock it writes is then part of the key of the entry built.
@@ -83,36 +83,61 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("qemu-tests/ is inside the repository").to_path_buf()
 }
 
-/// `images/<name>/appliance.toml` built with the test overlay, from the cache under
-/// `cache_root` when an entry with the same inputs is there, with `provisioner` as the
-/// image's `airlock` binary.
-pub fn test_image(name: &str, provisioner: &Path, cache_root: &Path) -> Result<TestImage> {
-    let spec = repo_root().join("images").join(name).join("appliance.toml");
+/// How a test image is made: a spec, the scripts that make its local inputs first, and the
+/// formats to build.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub spec: PathBuf,
+    /// Run before the key is taken, as their output is an input; each should cache its work.
+    pub scripts: Vec<PathBuf>,
+    /// The spec's own formats when `None`.
+    pub formats: Option<Vec<airlock::outputs::Format>>,
+}
+
+impl Recipe {
+    /// `images/<name>/appliance.toml` with the scripts its folder has (the demo's container
+    /// images from Debian packages and its mirror fixtures), in the spec's formats.
+    pub fn image(name: &str) -> Recipe {
+        let dir = repo_root().join("images").join(name);
+        let scripts = [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")]
+            .into_iter()
+            .filter(|s| s.exists())
+            .collect();
+        Recipe { spec: dir.join("appliance.toml"), scripts, formats: None }
+    }
+}
+
+/// The recipe's image built with the test overlay, from the cache under `cache_root` when an
+/// entry with the same inputs is there, with `provisioner` as the image's `airlock` binary.
+pub fn test_image(recipe: &Recipe, provisioner: &Path, cache_root: &Path) -> Result<TestImage> {
     let cache = cache_root.join("test-images");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let plan = airlock::plan::plan(&recipe.spec, &airlock::plan::HostContext::default())?;
+    let name = plan.name.clone();
     let choosing = FileLock::exclusive(&cache.join(format!("{name}.lock")))?;
-    let plan = airlock::plan::plan(&spec, &airlock::plan::HostContext::default())?;
-    make_local_inputs(&plan)?;
-    let mut found = usable_entry(&cache, &plan, provisioner)?;
+    for script in &recipe.scripts {
+        command::run(&mut Command::new(script))?;
+    }
+    let mut found = usable_entry(&cache, &plan, recipe, provisioner)?;
     if found.is_none() {
         // Pinning asks the package indexes again (a minute or more), so it is done only when
         // no entry matches the lock as it is; the lock it writes may then match one.
         fetch(&plan)?;
-        found = usable_entry(&cache, &plan, provisioner)?;
+        found = usable_entry(&cache, &plan, recipe, provisioner)?;
     }
     let (entry, in_use) = match found {
         Some(found) => found,
         None => {
-            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, provisioner)?[..16]));
+            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, recipe, provisioner)?[..16]));
             let in_use = FileLock::exclusive(&with_suffix(&entry, ".lock"))?;
-            build_entry(&plan, provisioner, &cache, &entry)?;
+            build_entry(&plan, recipe, provisioner, &cache, &entry)?;
             (entry, in_use)
         }
     };
     in_use.downgrade()?;
-    remove_other_entries(&cache, name, &entry)?;
+    remove_other_entries(&cache, &name, &entry)?;
     drop(choosing);
-    Ok(TestImage { image: entry.join(format!("{}.raw", plan.name)), dir: entry, plan, _in_use: in_use })
+    Ok(TestImage { image: entry.join(format!("{name}.raw")), dir: entry, plan, _in_use: in_use })
 }
 
 /// The entry for the inputs as they are now, held shared, if it exists and matches its
@@ -121,9 +146,10 @@ pub fn test_image(name: &str, provisioner: &Path, cache_root: &Path) -> Result<T
 fn usable_entry(
     cache: &Path,
     plan: &airlock::plan::BuildPlan,
+    recipe: &Recipe,
     provisioner: &Path,
 ) -> Result<Option<(PathBuf, FileLock)>> {
-    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, provisioner)?[..16]));
+    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, recipe, provisioner)?[..16]));
     if !entry.exists() {
         return Ok(None);
     }
@@ -151,18 +177,6 @@ fn usable_entry(
     Ok(None)
 }
 
-/// Runs the spec folder's scripts that make its local inputs: the demo's container images
-/// from Debian packages, its mirror fixtures (each cached by its own recipe).
-fn make_local_inputs(plan: &airlock::plan::BuildPlan) -> Result<()> {
-    let dir = plan.spec_path.parent().context("the spec has a folder")?;
-    for script in [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")] {
-        if script.exists() {
-            command::run(&mut Command::new(&script))?;
-        }
-    }
-    Ok(())
-}
-
 /// Pins the spec's containers and mirrors with `airlock fetch --update`, which the build
 /// needs first.
 fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
@@ -179,18 +193,19 @@ fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
 }
 
 /// The SHA-256 of everything that goes into the image (see the module's documentation).
-fn inputs_key(plan: &airlock::plan::BuildPlan, provisioner: &Path) -> Result<String> {
+fn inputs_key(plan: &airlock::plan::BuildPlan, recipe: &Recipe, provisioner: &Path) -> Result<String> {
     let started = Instant::now();
     let mut h = Sha256::new();
-    for part in [CACHE_FORMAT, &plan.name, &plan.base.key(), &EPOCH.to_string()] {
+    let formats = format!("{:?}", recipe.formats);
+    for part in [CACHE_FORMAT, &plan.name, &plan.base.key(), &EPOCH.to_string(), &formats] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
     let root = repo_root();
     let image_dir = plan.spec_path.parent().context("the spec has a folder")?;
-    let image_rel = image_dir.strip_prefix(&root).with_context(|| {
-        format!("test images come from the repository's images/ folder, not {}", image_dir.display())
-    })?;
+    let image_rel = image_dir
+        .strip_prefix(&root)
+        .with_context(|| format!("test images come from specs in the repository, not {}", image_dir.display()))?;
     hash_tree(&mut h, &root, Path::new(""))?;
     hash_tree(&mut h, &root, image_rel)?;
     if !plan.lock_path.starts_with(image_dir) {
@@ -255,7 +270,13 @@ fn hash_file(h: &mut Sha256, path: &Path, label: &str) -> Result<()> {
 }
 
 /// Builds the image into a temporary directory next to `entry`, checks it, and renames it.
-fn build_entry(plan: &airlock::plan::BuildPlan, provisioner: &Path, cache: &Path, entry: &Path) -> Result<()> {
+fn build_entry(
+    plan: &airlock::plan::BuildPlan,
+    recipe: &Recipe,
+    provisioner: &Path,
+    cache: &Path,
+    entry: &Path,
+) -> Result<()> {
     let started = Instant::now();
     let partial = tempfile::Builder::new()
         .prefix(&format!(".{}.partial-", plan.name))
@@ -266,7 +287,7 @@ fn build_entry(plan: &airlock::plan::BuildPlan, provisioner: &Path, cache: &Path
         cache_dir: airlock::cache::cache_dir()?,
         clock: airlock::clock::BuildClock::fixed(EPOCH),
         test_overlays: vec![crate::guest_overlay_dir()],
-        formats: None,
+        formats: recipe.formats.clone(),
         signing_key: None,
         provisioner: provisioner.to_path_buf(),
     };
