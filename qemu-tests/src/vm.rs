@@ -197,8 +197,9 @@ impl Vm {
     /// emulator's, not the guest's: under multi-threaded TCG the kernel's live patching of its
     /// own code (an `int3` written over an instruction, then removed) can race with another
     /// vCPU's translated copy, which then traps on an `int3` that is no longer there
-    /// (`Oops: int3`, then `Kernel panic`; seen about once in a few dozen boots). That one is
-    /// answered by powering the VM off and on again, once per wait, said loudly in the log.
+    /// (`Oops: int3`, then `Kernel panic`). Where that race can happen (TCG with vCPUs in
+    /// parallel threads, see [`TcgThreads`]), that one is answered by powering the VM off and
+    /// on again, once per test, said on the terminal; a second one fails the test.
     pub fn wait_for_console_after(&mut self, offset: u64, needle: &str, timeout: Duration) -> Result<u64> {
         log::info!("{}: waiting for {needle:?} on the console", self.cfg.name);
         let deadline = Instant::now() + slow_host(timeout);

@@ -5,9 +5,12 @@
 //! are first booted to `airlock: ready` one after the other, then rebooted round by round,
 //! one VM at a time while the others are paused, so that every option sees the same host
 //! load; the baseline is the first option listed, and every time is also given as a ratio to
-//! it. A reboot is `systemctl reboot` until `airlock: ready` again. One that does not get
+//! it. A reboot is `systemctl reboot` until the appliance's banner again. One that does not get
 //! there within `REBOOT_TIMEOUT` counts as a hang, a guest kernel panic as an oops (`int3` or
-//! other); either way the VM is then powered off and on again and the rounds go on.
+//! other), `airlock: failed` (a unit that did not start in time) as a stack failure; either
+//! way the VM is then powered off and on again and the rounds go on. An option whose first
+//! boot fails is dropped, saying so. Oopses are counted from the whole serial log, so one the
+//! harness powered a VM off and on past (it does that once per process) is counted too.
 //!
 //! Options: `mttcg` (one host thread per vCPU, 2 vCPUs, resets inside qemu: the harness as it
 //! was), `single` (`-accel tcg,thread=single`, 2 vCPUs), `smp1` (1 vCPU), `fresh` (2 vCPUs in
@@ -51,6 +54,8 @@ enum Outcome {
     Ready(Duration),
     Hang(String),
     Oops { int3: bool, lines: String },
+    /// The appliance said `airlock: failed`: a unit of its stack did not start in time.
+    StackFailed(String),
 }
 
 impl Outcome {
@@ -82,30 +87,45 @@ fn reboot(vm: &mut Vm, name: &str) -> Result<Outcome> {
     let started = Instant::now();
     let result = vm.reboot(REBOOT_TIMEOUT).and_then(|()| {
         let left = REBOOT_TIMEOUT.saturating_sub(started.elapsed());
-        vm.wait_for_console("airlock: ready", left)
+        banner(vm, left)
     });
-    let err = match result {
-        Ok(()) => return Ok(Outcome::Ready(started.elapsed())),
-        Err(e) => e,
-    };
-    let console = vm.console_since_boot();
-    let outcome = match console.find("Kernel panic - not syncing") {
-        Some(at) => {
-            let before = &console[..at];
-            let int3 = before.rfind("Oops: ").is_some_and(|o| before[o..].starts_with("Oops: int3"));
-            let lines = qemu_tests::command::tail_lines(&console[..at + 60.min(console.len() - at)], 25).to_owned();
-            Outcome::Oops { int3, lines }
-        }
-        None => {
-            let tail = qemu_tests::command::tail_lines(&console, 8).to_owned();
-            Outcome::Hang(format!("{err:#}\n  console since the reset:\n{tail}"))
+    let outcome = match result {
+        Ok(true) => return Ok(Outcome::Ready(started.elapsed())),
+        Ok(false) => Outcome::StackFailed(qemu_tests::command::tail_lines(&vm.console_since_boot(), 8).to_owned()),
+        Err(err) => {
+            let console = vm.console_since_boot();
+            match console.find("Kernel panic - not syncing") {
+                Some(at) => {
+                    let before = &console[..at];
+                    let int3 = before.rfind("Oops: ").is_some_and(|o| before[o..].starts_with("Oops: int3"));
+                    let end = at + 60.min(console.len() - at);
+                    Outcome::Oops { int3, lines: qemu_tests::command::tail_lines(&console[..end], 25).to_owned() }
+                }
+                None => {
+                    let tail = qemu_tests::command::tail_lines(&console, 8).to_owned();
+                    Outcome::Hang(format!("{err:#}\n  console since the reset:\n{tail}"))
+                }
+            }
         }
     };
     eprintln!("!! {name}: {outcome:?}");
     vm.crash()?;
     vm.boot_again()?;
-    vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).context("ready after the power cycle")?;
+    if !banner(vm, FIRST_BOOT_TIMEOUT).context("the banner after the power cycle")? {
+        bail!("{name}: the stack failed again after the power cycle");
+    }
     Ok(outcome)
+}
+
+/// Waits for the appliance's verdict on the console: `true` for `airlock: ready`, `false`
+/// for `airlock: failed` (a unit that did not start in time, on a host this slow).
+fn banner(vm: &mut Vm, timeout: Duration) -> Result<bool> {
+    let start = vm.console_len();
+    let end = vm.wait_for_console_after(start, "airlock: ", timeout)?;
+    // The word after the prefix may not be on the console yet.
+    vm.wait_for_console_after(end, "\n", Duration::from_secs(60))?;
+    let verdict = vm.serial_log().get(end as usize..).unwrap_or_default().to_owned();
+    Ok(verdict.starts_with("ready"))
 }
 
 fn parse_args() -> Result<(u32, Vec<Choice>)> {
@@ -134,15 +154,28 @@ fn main() -> Result<()> {
     let image = demo_test_image()?;
     eprintln!("== image {}", image.image.display());
     let mut tallies = Vec::new();
+    let mut dropped = Vec::new();
     for &choice in &choices {
         let started = Instant::now();
         let mut vm = Vm::boot(config(choice, &image.image))?;
-        vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT)
-            .with_context(|| format!("first boot of option {}", choice.name))?;
+        let ready = banner(&mut vm, FIRST_BOOT_TIMEOUT).with_context(|| format!("first boot of option {}", choice.name))?;
         let first_boot = started.elapsed();
+        if !ready {
+            let tail = qemu_tests::command::tail_lines(&vm.console_since_boot(), 8).to_owned();
+            eprintln!("== {}: first boot FAILED after {}:\n{tail}", choice.name, secs(first_boot));
+            dropped.push(format!("{}: its first boot said `airlock: failed` after {}:\n{tail}", choice.name, secs(first_boot)));
+            vm.crash()?;
+            continue;
+        }
         eprintln!("== {}: first boot to ready in {}", choice.name, secs(first_boot));
         vm.pause()?;
         tallies.push(Tally { choice, vm, first_boot, outcomes: Vec::new() });
+    }
+    for d in &dropped {
+        println!("dropped {d}");
+    }
+    if tallies.is_empty() {
+        bail!("no option got through its first boot");
     }
     for round in 1..=reboots {
         for t in &mut tallies {
@@ -189,11 +222,12 @@ fn report(tallies: &[Tally], reboots: u32) {
         (!pairs.is_empty()).then(|| pairs.iter().sum::<f64>() / pairs.len() as f64)
     };
     println!(
-        "  {:<14} {:>7} {:>6} {:>9} {:>6}   {:>11} {:>9}   {:>11} {:>9}",
-        "option", "ready", "hangs", "int3 oops", "other", "reboot mean", "ratio", "first boot", "ratio"
+        "  {:<14} {:>7} {:>6} {:>9} {:>6} {:>6}   {:>11} {:>9}   {:>11} {:>9}",
+        "option", "ready", "hangs", "int3 oops", "other", "stack", "reboot mean", "ratio", "first boot", "ratio"
     );
     for t in tallies {
         let hangs = t.outcomes.iter().filter(|o| matches!(o, Outcome::Hang(_))).count();
+        let stack = t.outcomes.iter().filter(|o| matches!(o, Outcome::StackFailed(_))).count();
         // From the whole serial log: the harness may have powered a VM off and on again past
         // one `int3` oops itself (once per thread, saying so), so the outcomes may not show it.
         let log = t.vm.serial_log();
@@ -202,12 +236,13 @@ fn report(tallies: &[Tally], reboots: u32) {
         let other = panics.saturating_sub(int3);
         let show = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
         println!(
-            "  {:<14} {:>7} {:>6} {:>9} {:>6}   {:>11} {:>9}   {:>11} {:>9}",
+            "  {:<14} {:>7} {:>6} {:>9} {:>6} {:>6}   {:>11} {:>9}   {:>11} {:>9}",
             t.choice.name,
             format!("{}/{}", t.outcomes.iter().filter(|o| o.is_ready()).count(), t.outcomes.len()),
             hangs,
             int3,
             other,
+            stack,
             show(mean(t), "s"),
             show(ratio(t), "x"),
             secs(t.first_boot),
@@ -219,6 +254,7 @@ fn report(tallies: &[Tally], reboots: u32) {
             match o {
                 Outcome::Ready(_) => {}
                 Outcome::Hang(what) => println!("{} reboot {}: hang: {what}", t.choice.name, i + 1),
+                Outcome::StackFailed(tail) => println!("{} reboot {}: airlock: failed:\n{tail}", t.choice.name, i + 1),
                 Outcome::Oops { int3, lines } => {
                     let kind = if *int3 { "int3 oops" } else { "kernel panic" };
                     println!("{} reboot {}: {kind}:\n{lines}", t.choice.name, i + 1);
