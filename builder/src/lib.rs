@@ -51,3 +51,4 @@ pub mod spec;
 pub mod tree;
 pub mod units;
 pub mod verify;
+pub mod verity;
