@@ -189,7 +189,7 @@ fn superblock(params: &VerityParams, data_blocks: u64) -> Vec<u8> {
     sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
     sb[80..82].copy_from_slice(&(SALT_LEN as u16).to_le_bytes());
     sb[88..88 + SALT_LEN].copy_from_slice(&params.salt);
-    debug_assert!(88 + SALT_LEN <= SUPERBLOCK_LEN);
+    const { assert!(88 + SALT_LEN <= SUPERBLOCK_LEN) };
     sb
 }
 

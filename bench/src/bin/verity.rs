@@ -4,6 +4,7 @@
 //! - baseline: `veritysetup format --salt=… --uuid=…` (cryptsetup-bin, single-threaded);
 //! - airlock's `verity::format` on one thread;
 //! - airlock's `verity::format` on every core (what the build uses).
+//!
 //! All three outputs must be byte-identical, or the benchmark fails.
 //!
 //! Data: (1) a demo-sized root partition — the root of the image given as argument (e.g.
