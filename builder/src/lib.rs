@@ -45,6 +45,7 @@ pub mod preload;
 pub mod region;
 pub mod release;
 pub mod sbom;
+pub mod secure_boot;
 pub mod seed;
 pub mod signing;
 pub mod size;
