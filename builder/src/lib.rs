@@ -9,6 +9,8 @@
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
 //!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
 //! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
+//! - [`verity`], [`uki`] (with [`pe`]), [`secure_boot`]: the verified-boot building blocks
+//!   (dm-verity hash tree, unified kernel image, the owner's keys and Authenticode signing);
 //! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
 
 pub mod apt_sources;
