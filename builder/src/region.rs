@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn next_data_skips_holes_only() {
         let dir = tempfile::tempdir().unwrap();
-        let f = File::options().read(true).write(true).create(true).open(dir.path().join("sparse")).unwrap();
+        let f = File::options().read(true).write(true).create_new(true).open(dir.path().join("sparse")).unwrap();
         f.set_len(64 << 20).unwrap();
         let r = Region::new(&f, 1 << 20, 62 << 20);
         r.write_at(40 << 20, b"data").unwrap();
