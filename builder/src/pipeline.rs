@@ -103,7 +103,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
     stages.run("build mirrors", || {
-        crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
+        crate::mirror_site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
     stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
@@ -172,8 +172,8 @@ fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(Blo
     if plan.containers.is_empty() && plan.mirrors.is_empty() {
         return Ok((store, Lock::new(), Vec::new()));
     }
-    let lock = crate::lock::read_for_build(plan)?;
-    let images = crate::lock::verify_cached(plan, &lock, &store)?;
+    let lock = crate::lock_check::read_for_build(plan)?;
+    let images = crate::lock_check::verify_cached(plan, &lock, &store)?;
     Ok((store, lock, images))
 }
 
@@ -221,7 +221,7 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     let mut tree = Tree::new();
     apply_overlays(&mut tree, plan, &[], spool.path())?;
     let mut notes = coherence::check(plan, &tree, Scope::OverlaysOnly)?;
-    notes.extend(crate::lock::check_against_spec(plan)?);
+    notes.extend(crate::lock_check::check_against_spec(plan)?);
     Ok(notes)
 }
 

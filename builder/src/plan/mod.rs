@@ -1,32 +1,30 @@
 //! Validation: a raw [`Spec`] becomes a [`BuildPlan`] once, with every error naming its key.
 //! Everything after this point trusts the plan.
+//!
+//! [`validate`] only checks and converts (containers in `containers.rs`, the mirror ecosystems'
+//! sections through [`crate::mirror::validate`]); what airlock adds on its own account — the
+//! registry and podman for an appliance with containers, nginx as the front door, the
+//! `registry` and `mirror` services — is `policy.rs`, applied to the checked plan.
+
+mod containers;
+mod policy;
 
 use crate::base_os::BaseOs;
-use crate::oci::{ImageReference, ImageSource, SourceKind};
+use crate::mirror::{MirrorPlan, SpecContext};
 use crate::outputs::{Format, VmHardware};
 use crate::seed::Seed;
 use crate::size::{ByteSize, MIB};
 use crate::spec::Spec;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A spec value that is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanError {
-    pub file: String,
-    pub key: String,
-    pub message: String,
-}
+pub use crate::spec::PlanError;
+pub use containers::{ContainerPlan, ContainerSource};
+pub use policy::{WEB_UNIT, has_front_door};
 
-impl fmt::Display for PlanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: `{}`: {}", self.file, self.key, self.message)
-    }
-}
-
-impl std::error::Error for PlanError {}
+/// The lock's file name, next to the spec: where `airlock fetch` pins what it resolved.
+pub const LOCK_FILE_NAME: &str = "appliance.lock";
 
 /// Sizes of the disk and its partitions, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,81 +45,6 @@ pub struct Service {
     pub url: Option<String>,
 }
 
-/// A container image the appliance carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerPlan {
-    /// Local name: names the container's unit and banner line.
-    pub name: String,
-    /// The image's reference as the spec wrote it (`mysql:8.0`): what the appliance's units
-    /// name, for podman to resolve through the appliance's registries.conf.
-    pub image: String,
-    /// The same reference, normalized (`docker.io/library/mysql:8.0`): what the lock records.
-    pub reference: ImageReference,
-    pub source: ContainerSource,
-}
-
-/// Where `airlock fetch` gets a container image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerSource {
-    /// The registry the reference names, over the distribution protocol.
-    Registry,
-    /// An OCI layout, OCI archive or docker-archive on the build host.
-    Local {
-        /// The path resolved against the spec's folder.
-        source: ImageSource,
-        /// As the spec wrote it (relative to the spec): what the lock file records, so it stays
-        /// valid wherever the checkout is.
-        written: String,
-    },
-}
-
-impl ContainerSource {
-    /// The spec's syntax: `registry`, `oci:<dir>[:<name>]`, `oci-archive:<file>[:<name>]`,
-    /// `docker-archive:<file>[:<tag>]`. The first `:` after the transport ends the path.
-    pub fn parse(text: &str, spec_dir: &Path) -> Result<Self, String> {
-        if text == "registry" {
-            return Ok(Self::Registry);
-        }
-        let Some((transport, rest)) = text.split_once(':') else {
-            return Err(format!(
-                "`{text}` is not `registry`, `oci:<dir>`, `oci-archive:<file>` or `docker-archive:<file>`"
-            ));
-        };
-        let kind = match transport {
-            "oci" => SourceKind::OciLayout,
-            "oci-archive" => SourceKind::OciArchive,
-            "docker-archive" => SourceKind::DockerArchive,
-            other => {
-                return Err(format!(
-                    "`{other}` is not a source airlock reads (use registry, oci, oci-archive or docker-archive)"
-                ));
-            }
-        };
-        let (path, select) = match rest.split_once(':') {
-            Some((path, select)) => (path, Some(select)),
-            None => (rest, None),
-        };
-        if path.is_empty() {
-            return Err(format!("`{text}` names no path"));
-        }
-        if select == Some("") {
-            return Err(format!("`{text}` ends in `:` but names no image after it"));
-        }
-        let source = ImageSource { kind, path: spec_dir.join(path), select: select.map(str::to_string) };
-        Ok(Self::Local { source, written: text.to_string() })
-    }
-}
-
-impl fmt::Display for ContainerSource {
-    /// As the spec wrote it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Registry => f.write_str("registry"),
-            Self::Local { written, .. } => f.write_str(written),
-        }
-    }
-}
-
 /// Everything a build needs, validated.
 #[derive(Debug, Clone)]
 pub struct BuildPlan {
@@ -140,8 +63,11 @@ pub struct BuildPlan {
     pub mask: Vec<String>,
     pub services: Vec<Service>,
     pub containers: Vec<ContainerPlan>,
-    /// The Pulumi CLI, plugins and language package mirrors the appliance carries and serves.
-    pub mirrors: crate::mirror::MirrorPlan,
+    /// The Pulumi CLI, plugins and language package mirrors the appliance carries and serves:
+    /// one set per ecosystem the spec configures.
+    pub mirrors: MirrorPlan,
+    /// Who supplies the appliance (`Organization: ...`), for the SBOM; `None`: not said.
+    pub supplier: Option<String>,
     /// The spec's folder: relative sources in the lock resolve against it.
     pub spec_dir: PathBuf,
     /// `<spec dir>/appliance.lock`: the containers' pinned digests.
@@ -167,14 +93,6 @@ impl Default for HostContext {
     }
 }
 
-/// Packages an appliance with container images needs: the registry that serves them and the
-/// runtime that runs them (netavark needs nftables for its firewall rules, and aardvark-dns to
-/// let containers find each other by name).
-const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "aardvark-dns", "nftables"];
-
-/// Debian's nginx flavours: any of them is the front door.
-const WEB_SERVERS: &[&str] = &["nginx", "nginx-light", "nginx-full", "nginx-extras", "nginx-core"];
-
 /// Smallest data partition the ext4 writer and first boot's growth are happy with.
 const MIN_DATA: u64 = 32 * MIB;
 /// Smallest root partition worth building.
@@ -198,7 +116,7 @@ pub fn plan(spec_path: &Path, host: &HostContext) -> Result<BuildPlan> {
     Ok(plan)
 }
 
-fn is_name(s: &str, max: usize) -> bool {
+pub(super) fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -336,50 +254,31 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         }
         None => None,
     };
-    let containers = validate_containers(&spec.containers, spec_dir, &err)?;
-    let mirrors = crate::mirror::plan::validate(spec.pulumi.as_ref(), &spec.mirrors, spec_dir, &err)?;
-    // An appliance that carries container images serves them from its own registry (and runs
-    // them with podman): both come with the base OS, and the registry is one of its services.
-    let mut packages = os.packages.clone();
-    if !containers.is_empty() {
-        packages.extend(CONTAINER_PACKAGES.iter().map(|p| p.to_string()));
-        if !services.iter().any(|s| s.name == "registry") {
-            services.push(Service {
-                name: "registry".into(),
-                unit: "docker-registry.service".into(),
-                url: Some("https://registry.{domain}/".into()),
-            });
+    let containers = containers::validate(&spec.containers, spec_dir, &err)?;
+    let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
+    let supplier = match spec.supplier {
+        Some(s)
+            if (s.starts_with("Organization: ") || s.starts_with("Person: ")) && s.len() > 14 && !s.contains('\n') =>
+        {
+            Some(s)
         }
-    }
+        Some(s) => {
+            return Err(err(
+                "supplier",
+                format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)"),
+            ));
+        }
+        None => None,
+    };
 
-    // nginx is the front door of an appliance with a registry or mirrors: the CA over plain
-    // HTTP (`/ca.crt`), TLS with the instance's certificate for `registry.<domain>`, and the
-    // mirrors on 80 and 443 (`front_door.rs`).
-    let mut enable = spec.units.enable;
-    if !containers.is_empty() || !mirrors.is_empty() {
-        if !packages.iter().any(|p| WEB_SERVERS.contains(&p.as_str())) {
-            packages.push("nginx-light".to_string());
-        }
-        if !enable.iter().any(|u| u == crate::front_door::WEB_UNIT) {
-            enable.push(crate::front_door::WEB_UNIT.to_string());
-        }
-    }
-    if !mirrors.is_empty() && !services.iter().any(|s| s.name == "mirror") {
-        services.push(Service {
-            name: "mirror".into(),
-            unit: crate::front_door::WEB_UNIT.into(),
-            url: Some("http://{address}/".into()),
-        });
-    }
-
-    Ok(BuildPlan {
+    let mut plan = BuildPlan {
         mirrors,
         spec_dir: spec_dir.to_path_buf(),
         formats,
         vm: VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB },
         signing_key,
         seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
-        base: BaseOs::new(&os.suite, &mirror, &packages, &os.refresh),
+        base: BaseOs::new(&os.suite, &mirror, &os.packages, &os.refresh),
         name: spec.name,
         version: spec.version,
         description: spec.description,
@@ -395,49 +294,21 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         },
         overlays,
         unit_dirs,
-        enable,
+        enable: spec.units.enable,
         mask: spec.units.mask,
         services,
         containers,
-        lock_path: spec_dir.join(crate::lock::LOCK_FILE_NAME),
-    })
-}
-
-fn validate_containers(
-    list: &[crate::spec::ContainerSpec],
-    spec_dir: &Path,
-    err: &dyn Fn(&str, String) -> PlanError,
-) -> Result<Vec<ContainerPlan>, PlanError> {
-    let mut containers: Vec<ContainerPlan> = Vec::new();
-    for (i, c) in list.iter().enumerate() {
-        let key = |k: &str| format!("containers[{i}].{k}");
-        if !is_name(&c.name, 63) {
-            return Err(err(&key("name"), format!("`{}` must be 1-63 lower-case letters, digits or `-`", c.name)));
-        }
-        if containers.iter().any(|x| x.name == c.name) {
-            return Err(err(&key("name"), format!("`{}` is listed twice", c.name)));
-        }
-        let reference = ImageReference::parse(&c.image).map_err(|e| err(&key("image"), e.to_string()))?;
-        let source = ContainerSource::parse(&c.source, spec_dir).map_err(|e| err(&key("source"), e))?;
-        // One reference is one image on the appliance's registry; two sources for it would make
-        // which one it serves depend on the order of the list.
-        if let Some(other) = containers.iter().find(|x| x.reference == reference && x.source != source) {
-            return Err(err(
-                &key("image"),
-                format!(
-                    "`{reference}` is also container `{}`'s image, from source `{}`; one reference needs one source",
-                    other.name, other.source
-                ),
-            ));
-        }
-        containers.push(ContainerPlan { name: c.name.clone(), image: c.image.clone(), reference, source });
-    }
-    Ok(containers)
+        supplier,
+        lock_path: spec_dir.join(LOCK_FILE_NAME),
+    };
+    policy::apply(&mut plan);
+    Ok(plan)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::SourceKind;
 
     const GOOD: &str = r#"
 name = "demo"
