@@ -20,6 +20,7 @@ pub mod clock;
 pub mod coherence;
 pub mod command;
 pub mod configure;
+pub mod contents;
 pub mod diff;
 pub mod disk;
 pub mod embedded;

@@ -191,8 +191,18 @@ impl Lock {
 
     /// Reads `path`; `None` if there is no such file.
     pub fn read(path: &Path) -> Result<Option<Self>> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, &path.display().to_string()).map(Some),
+        Ok(Self::read_with_sha256(path)?.map(|(lock, _)| lock))
+    }
+
+    /// Reads `path` with the SHA-256 of the bytes read (what the manifest records as the
+    /// build's input); `None` if there is no such file.
+    pub fn read_with_sha256(path: &Path) -> Result<Option<(Self, String)>> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+                let lock = Self::parse(&text, &path.display().to_string())?;
+                Ok(Some((lock, Digest::of_bytes(text.as_bytes()).hex().to_string())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }

@@ -14,8 +14,13 @@ use std::path::PathBuf;
 
 /// Reads the lock a build needs: it must exist.
 pub fn read_for_build(plan: &BuildPlan) -> Result<Lock> {
-    match Lock::read(&plan.lock_path)? {
-        Some(lock) => Ok(lock),
+    read_pinned(plan).map(|(lock, _)| lock)
+}
+
+/// [`read_for_build`], with the SHA-256 of the lock file as read.
+pub fn read_pinned(plan: &BuildPlan) -> Result<(Lock, String)> {
+    match Lock::read_with_sha256(&plan.lock_path)? {
+        Some(read) => Ok(read),
         None => bail!(
             "{} does not exist: run `airlock fetch {}` (on a connected host) to resolve and download the spec's container images",
             plan.lock_path.display(),

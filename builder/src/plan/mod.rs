@@ -257,16 +257,18 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
     let containers = containers::validate(&spec.containers, spec_dir, &err)?;
     let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
     let supplier = match spec.supplier {
-        Some(s)
-            if (s.starts_with("Organization: ") || s.starts_with("Person: ")) && s.len() > 14 && !s.contains('\n') =>
-        {
-            Some(s)
-        }
         Some(s) => {
-            return Err(err(
-                "supplier",
-                format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)"),
-            ));
+            let named = ["Organization: ", "Person: "]
+                .iter()
+                .find_map(|prefix| s.strip_prefix(prefix))
+                .is_some_and(|name| !name.trim().is_empty() && !name.contains(['\n', '\r']));
+            if !named {
+                return Err(err(
+                    "supplier",
+                    format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)"),
+                ));
+            }
+            Some(s)
         }
         None => None,
     };
@@ -392,6 +394,19 @@ url = "http://{address}/"
         assert_eq!(check(&cmdline).unwrap_err().key, "os.kernel_cmdline");
         let overlay = GOOD.replace("[os]", "overlays = [\"no-such-dir\"]\n[os]");
         assert_eq!(check(&overlay).unwrap_err().key, "overlays");
+        let supplier = |s: &str| check(&GOOD.replace("[os]", &format!("supplier = \"{s}\"\n[os]")));
+        assert_eq!(
+            supplier("Organization: Example Corp").unwrap().supplier.as_deref(),
+            Some("Organization: Example Corp")
+        );
+        assert_eq!(
+            supplier("Person: Jane Doe (jane@example.test)").unwrap().supplier.as_deref(),
+            Some("Person: Jane Doe (jane@example.test)")
+        );
+        for bad in ["Example Corp", "Organization: ", "Tool: airlock"] {
+            assert_eq!(supplier(bad).unwrap_err().key, "supplier", "{bad}");
+        }
+        assert_eq!(check(GOOD).unwrap().supplier, None);
     }
 
     const CONTAINERS: &str = r#"
