@@ -4,10 +4,10 @@
 //! through [`crate::mirror::ECOSYSTEMS`].
 
 use crate::clock::BuildClock;
-use crate::lock::{Lock, LockedMirrorSet};
-use crate::lock_check;
+use crate::lock::Lock;
+use crate::lock_check::{self, VerifiedSet};
 use crate::mirror::ecosystem::stored;
-use crate::mirror::{ECOSYSTEMS, PLACEHOLDER, ROOT};
+use crate::mirror::{ECOSYSTEMS, IndexEntry, PLACEHOLDER, ROOT};
 use crate::oci::BlobStore;
 use crate::plan::BuildPlan;
 use crate::tree::{Content, Meta, NodeKind, Tree};
@@ -63,7 +63,7 @@ fn escape(s: &str) -> String {
 }
 
 /// The listing page: what the appliance carries (versions, sizes) and how clients use it.
-pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
+pub fn index_page(plan: &BuildPlan, sets: &[VerifiedSet<'_>]) -> String {
     let title = escape(if plan.description.is_empty() { &plan.name } else { &plan.description });
     let mut h = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n<h1>{title}</h1>\n<p>{} {} &mdash; mirrors served by this appliance at <code>{PLACEHOLDER}/</code>.</p>\n",
@@ -73,16 +73,10 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
     h.push_str(&format!(
         "<h2>Set up a client</h2>\n<p>Linux and macOS: <code>curl -fsS {PLACEHOLDER}/setup/airlock-setup.sh | sh</code><br>\nWindows: <code>irm {PLACEHOLDER}/setup/airlock-setup.ps1 | iex</code><br>\nThey configure pip, npm, Go, NuGet and the Pulumi CLI for this appliance (<a href=\"setup/airlock-setup.sh\">sh</a>, <a href=\"setup/airlock-setup.ps1\">PowerShell</a>) and make them trust its CA (<a href=\"ca.crt\">ca.crt</a>) once it matches the fingerprint on the appliance's console (<code>ca sha256: ...</code>), given as <code>AIRLOCK_CA_SHA256</code>: required over https.</p>\n"
     ));
-    for set in sets {
+    for verified in sets {
+        let set = verified.locked;
         let total: u64 = set.files.iter().map(|f| f.size).sum();
-        // The lock's sets were checked against the registry when it was read.
-        let (heading, use_it) = match crate::mirror::ecosystem(&set.set) {
-            Ok(e) => {
-                let entry = e.index_entry();
-                (entry.heading.to_string(), entry.usage)
-            }
-            Err(_) => (set.set.clone(), String::new()),
-        };
+        let IndexEntry { heading, usage: use_it } = verified.planned.ecosystem.index_entry();
         h.push_str(&format!(
             "<h2>{heading}</h2>\n<p>{} files, {}. {use_it}</p>\n<table>\n",
             set.files.len(),
@@ -158,8 +152,7 @@ pub fn build(
         generated.extend(set.planned.ecosystem.render(&files).with_context(|| format!("mirror set `{name}`"))?);
         set.planned.settings.install(root, &files, spool).with_context(|| format!("mirror set `{name}`"))?;
     }
-    let set_refs: Vec<&LockedMirrorSet> = sets.iter().map(|s| s.locked).collect();
-    generated.push(("index.html".into(), index_page(plan, &set_refs)));
+    generated.push(("index.html".into(), index_page(plan, &sets)));
     generated.push(("setup/airlock-setup.sh".into(), setup_sh()));
     generated.push(("setup/airlock-setup.ps1".into(), setup_ps1()));
     for (path, text) in generated {

@@ -14,7 +14,7 @@ use crate::mirror::{MirrorPlan, SpecContext};
 use crate::outputs::{Format, VmHardware};
 use crate::seed::Seed;
 use crate::size::{ByteSize, MIB};
-use crate::spec::Spec;
+use crate::spec::{DiskSpec, OsSpec, ServiceSpec, Spec, UnitsSpec, VmSpec};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -127,14 +127,92 @@ pub(super) fn is_name(s: &str, max: usize) -> bool {
 /// Validates a parsed spec; relative paths resolve against `spec_dir`.
 pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -> Result<BuildPlan, PlanError> {
     let err = |key: &str, message: String| PlanError { file: origin.to_string(), key: key.to_string(), message };
+    let err: Err<'_> = &err;
+    check_identity(&spec, err)?;
+    let supplier = check_supplier(spec.supplier.as_deref(), err)?;
+    let mirror = check_os(&spec.os, host, err)?;
+    let disk = check_disk(&spec.disk, err)?;
+    let dirs = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, PlanError> {
+        list.iter()
+            .map(|p| {
+                let full = spec_dir.join(p);
+                if full.is_dir() { Ok(full) } else { Err(err(key, format!("{} is not a directory", full.display()))) }
+            })
+            .collect()
+    };
+    let overlays = dirs("overlays", &spec.overlays)?;
+    let unit_dirs = dirs("units.dirs", &spec.units.dirs)?;
+    check_unit_lists(&spec.units, err)?;
+    let services = check_services(&spec.services, err)?;
+    let formats = crate::outputs::parse_formats(&spec.outputs.formats).map_err(|m| err("outputs.formats", m))?;
+    let vm = check_vm(&spec.outputs.vm, err)?;
+    let signing_key = match &spec.signing.key {
+        Some(k) if !spec_dir.join(k).is_file() => {
+            return Err(err("signing.key", format!("{} is not a file", spec_dir.join(k).display())));
+        }
+        Some(k) => Some(spec_dir.join(k)),
+        None => None,
+    };
+    let containers = containers::validate(&spec.containers, spec_dir, err)?;
+    let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
 
+    let mut plan = BuildPlan {
+        mirrors,
+        spec_dir: spec_dir.to_path_buf(),
+        formats,
+        vm,
+        signing_key,
+        seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
+        base: BaseOs::new(&spec.os.suite, &mirror, &spec.os.packages, &spec.os.refresh),
+        name: spec.name,
+        version: spec.version,
+        description: spec.description,
+        spec_path: PathBuf::new(),
+        spec_sha256: String::new(),
+        hostname: spec.os.hostname,
+        kernel_cmdline: spec.os.kernel_cmdline,
+        disk,
+        overlays,
+        unit_dirs,
+        enable: spec.units.enable,
+        mask: spec.units.mask,
+        services,
+        containers,
+        supplier,
+        lock_path: spec_dir.join(LOCK_FILE_NAME),
+    };
+    policy::apply(&mut plan);
+    Ok(plan)
+}
+
+/// Makes the error for a key.
+type Err<'a> = &'a dyn Fn(&str, String) -> PlanError;
+
+fn check_identity(spec: &Spec, err: Err<'_>) -> Result<(), PlanError> {
     if !is_name(&spec.name, 63) {
         return Err(err("name", format!("`{}` must be 1-63 lower-case letters, digits or `-`", spec.name)));
     }
     if spec.version.is_empty() || !spec.version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)) {
         return Err(err("version", format!("`{}` must be letters, digits and . _ + - ~", spec.version)));
     }
-    let os = &spec.os;
+    Ok(())
+}
+
+/// `Organization: <name>` or `Person: <name>`, as SPDX writes a supplier.
+fn check_supplier(supplier: Option<&str>, err: Err<'_>) -> Result<Option<String>, PlanError> {
+    let Some(s) = supplier else { return Ok(None) };
+    let named = ["Organization: ", "Person: "]
+        .iter()
+        .find_map(|prefix| s.strip_prefix(prefix))
+        .is_some_and(|name| !name.trim().is_empty() && !name.contains(['\n', '\r']));
+    if !named {
+        return Err(err("supplier", format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)")));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Checks `[os]`; returns the Debian mirror (the spec's, or the build host's).
+fn check_os(os: &OsSpec, host: &HostContext, err: Err<'_>) -> Result<String, PlanError> {
     if os.suite.is_empty() || !os.suite.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
         return Err(err("os.suite", format!("`{}` is not a Debian suite name", os.suite)));
     }
@@ -166,8 +244,10 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
     if !os.hostname.split('.').all(|label| is_name(label, 63)) || os.hostname.len() > 253 {
         return Err(err("os.hostname", format!("`{}` is not a valid host name", os.hostname)));
     }
+    Ok(mirror)
+}
 
-    let d = &spec.disk;
+fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskSizes, PlanError> {
     let esp_min = crate::fat::min_fat32_size();
     if d.esp_size.bytes() < esp_min {
         return Err(err("disk.esp_size", format!("{} is below FAT32's minimum of {}", d.esp_size, ByteSize(esp_min))));
@@ -195,31 +275,33 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
             ),
         ));
     }
+    Ok(DiskSizes {
+        size: d.size.bytes(),
+        esp: d.esp_size.bytes(),
+        root: d.root_size.map(ByteSize::bytes),
+        data: d.data_size.bytes(),
+    })
+}
 
-    let dir_list = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, PlanError> {
-        list.iter()
-            .map(|p| {
-                let full = spec_dir.join(p);
-                if full.is_dir() { Ok(full) } else { Err(err(key, format!("{} is not a directory", full.display()))) }
-            })
-            .collect()
-    };
-    let overlays = dir_list("overlays", &spec.overlays)?;
-    let unit_dirs = dir_list("units.dirs", &spec.units.dirs)?;
-    for (key, list) in [("units.enable", &spec.units.enable), ("units.mask", &spec.units.mask)] {
+fn check_unit_lists(units: &UnitsSpec, err: Err<'_>) -> Result<(), PlanError> {
+    for (key, list) in [("units.enable", &units.enable), ("units.mask", &units.mask)] {
         for u in list {
             if !UNIT_SUFFIXES.iter().any(|s| u.ends_with(s)) || u.contains('/') {
                 return Err(err(key, format!("`{u}` is not a systemd unit name")));
             }
         }
     }
-    let mut services = Vec::new();
-    for (i, s) in spec.services.iter().enumerate() {
+    Ok(())
+}
+
+fn check_services(list: &[ServiceSpec], err: Err<'_>) -> Result<Vec<Service>, PlanError> {
+    let mut services: Vec<Service> = Vec::new();
+    for (i, s) in list.iter().enumerate() {
         let key = |k: &str| format!("services[{i}].{k}");
         if !is_name(&s.name, 32) {
             return Err(err(&key("name"), format!("`{}` must be lower-case letters, digits or `-`", s.name)));
         }
-        if services.iter().any(|x: &Service| x.name == s.name) {
+        if services.iter().any(|x| x.name == s.name) {
             return Err(err(&key("name"), format!("`{}` is listed twice", s.name)));
         }
         if !UNIT_SUFFIXES.iter().any(|x| s.unit.ends_with(x)) {
@@ -232,9 +314,10 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         }
         services.push(Service { name: s.name.clone(), unit: s.unit.clone(), url: s.url.clone() });
     }
+    Ok(services)
+}
 
-    let formats = crate::outputs::parse_formats(&spec.outputs.formats).map_err(|m| err("outputs.formats", m))?;
-    let vm = &spec.outputs.vm;
+fn check_vm(vm: &VmSpec, err: Err<'_>) -> Result<VmHardware, PlanError> {
     if !(1..=MAX_CPUS).contains(&vm.cpus) {
         return Err(err("outputs.vm.cpus", format!("{} must be 1 to {MAX_CPUS}", vm.cpus)));
     }
@@ -244,67 +327,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
             format!("{} must be whole MiB and at least {}", vm.memory, ByteSize(MIN_VM_MEMORY)),
         ));
     }
-    let signing_key = match &spec.signing.key {
-        Some(k) => {
-            let full = spec_dir.join(k);
-            if !full.is_file() {
-                return Err(err("signing.key", format!("{} is not a file", full.display())));
-            }
-            Some(full)
-        }
-        None => None,
-    };
-    let containers = containers::validate(&spec.containers, spec_dir, &err)?;
-    let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
-    let supplier = match spec.supplier {
-        Some(s) => {
-            let named = ["Organization: ", "Person: "]
-                .iter()
-                .find_map(|prefix| s.strip_prefix(prefix))
-                .is_some_and(|name| !name.trim().is_empty() && !name.contains(['\n', '\r']));
-            if !named {
-                return Err(err(
-                    "supplier",
-                    format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)"),
-                ));
-            }
-            Some(s)
-        }
-        None => None,
-    };
-
-    let mut plan = BuildPlan {
-        mirrors,
-        spec_dir: spec_dir.to_path_buf(),
-        formats,
-        vm: VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB },
-        signing_key,
-        seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
-        base: BaseOs::new(&os.suite, &mirror, &os.packages, &os.refresh),
-        name: spec.name,
-        version: spec.version,
-        description: spec.description,
-        spec_path: PathBuf::new(),
-        spec_sha256: String::new(),
-        hostname: spec.os.hostname,
-        kernel_cmdline: spec.os.kernel_cmdline,
-        disk: DiskSizes {
-            size: d.size.bytes(),
-            esp: d.esp_size.bytes(),
-            root: d.root_size.map(ByteSize::bytes),
-            data: d.data_size.bytes(),
-        },
-        overlays,
-        unit_dirs,
-        enable: spec.units.enable,
-        mask: spec.units.mask,
-        services,
-        containers,
-        supplier,
-        lock_path: spec_dir.join(LOCK_FILE_NAME),
-    };
-    policy::apply(&mut plan);
-    Ok(plan)
+    Ok(VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB })
 }
 
 #[cfg(test)]
