@@ -22,7 +22,7 @@
 //!   to 8 bytes, pointed at by the certificate-table directory entry; then the PE checksum.
 
 use super::der::{self, oids};
-use super::keys::SigningIdentity;
+use super::identity::SigningIdentity;
 use crate::pe::PeImage;
 use anyhow::{Result, bail};
 use sha2::{Digest, Sha256};

@@ -14,7 +14,7 @@
 //! GUIDs are written in UEFI's mixed-endian form (first three fields little-endian).
 
 use super::der::{self, oids};
-use super::keys::SigningIdentity;
+use super::identity::SigningIdentity;
 use anyhow::Result;
 use uuid::Uuid;
 
@@ -103,7 +103,7 @@ pub fn certificates_in(list: &[u8]) -> Option<Vec<&[u8]>> {
 pub fn efi_time(unix: i64) -> [u8; 16] {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = crate::fat::timestamp::civil_from_days(days);
+    let (y, m, d) = crate::clock::civil_from_days(days);
     let mut t = [0u8; 16];
     t[0..2].copy_from_slice(&(y as u16).to_le_bytes());
     t[2] = m as u8;

@@ -9,13 +9,16 @@
 //!   build needs ([`OwnerKeys::load`]);
 //! - [`efi_vars`]: EFI signature lists and signed variable updates (`.auth`);
 //! - [`authenticode`]: Authenticode signatures of PE images, reproducible (no signing time);
+//! - [`identity`]: a key with its certificate, which both sign with;
 //! - [`der`]: the DER encodings both need.
 
 pub mod authenticode;
 pub mod der;
 pub mod efi_vars;
+pub mod identity;
 pub mod keys;
 
 pub use authenticode::{image_digest, sign_pe};
 pub use efi_vars::Variable;
-pub use keys::{OwnerKeys, SigningIdentity, generate, key_file};
+pub use identity::SigningIdentity;
+pub use keys::{OwnerKeys, generate, key_file};
