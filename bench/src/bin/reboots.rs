@@ -53,7 +53,10 @@ const CHOICES: &[Choice] = &[
 enum Outcome {
     Ready(Duration),
     Hang(String),
-    Oops { int3: bool, lines: String },
+    Oops {
+        int3: bool,
+        lines: String,
+    },
     /// The appliance said `airlock: failed`: a unit of its stack did not start in time.
     StackFailed(String),
 }
@@ -158,12 +161,17 @@ fn main() -> Result<()> {
     for &choice in &choices {
         let started = Instant::now();
         let mut vm = Vm::boot(config(choice, &image.image))?;
-        let ready = banner(&mut vm, FIRST_BOOT_TIMEOUT).with_context(|| format!("first boot of option {}", choice.name))?;
+        let ready =
+            banner(&mut vm, FIRST_BOOT_TIMEOUT).with_context(|| format!("first boot of option {}", choice.name))?;
         let first_boot = started.elapsed();
         if !ready {
             let tail = qemu_tests::command::tail_lines(&vm.console_since_boot(), 8).to_owned();
             eprintln!("== {}: first boot FAILED after {}:\n{tail}", choice.name, secs(first_boot));
-            dropped.push(format!("{}: its first boot said `airlock: failed` after {}:\n{tail}", choice.name, secs(first_boot)));
+            dropped.push(format!(
+                "{}: its first boot said `airlock: failed` after {}:\n{tail}",
+                choice.name,
+                secs(first_boot)
+            ));
             vm.crash()?;
             continue;
         }
