@@ -238,7 +238,7 @@ fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) 
         LoaderEntry { title: format!("{} {}", plan.name, plan.version), version: plan.version.clone(), options };
     let mut esp = esp::make_esp(root, kernel, &entry)?;
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
-    esp::add_site_config(&mut esp, &crate::firstboot::site::default_file(short))?;
+    esp::add_site_config(&mut esp, &airlock_common::site::default_file(short))?;
     Ok(esp)
 }
 

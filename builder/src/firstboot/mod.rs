@@ -11,9 +11,10 @@
 //! effects are durable, so a power cut at any moment is followed by a boot that finishes the
 //! job and never replaces a secret a service may already use.
 
-pub mod site;
 pub mod store;
 pub mod tls;
+
+pub use airlock_common::site;
 
 use crate::command::Cmd;
 use anyhow::{Context, Result, anyhow, bail};
