@@ -11,6 +11,10 @@
 //! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
 //! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
 
+// Shared with the appliance's own program (`airlock-appliance`); re-exported so the builder's
+// modules and tests name them as before.
+pub use airlock_common::{command, gpt, output_file, seed, signing, size};
+
 pub mod apt_sources;
 pub mod base_os;
 pub mod block_device;
@@ -18,7 +22,6 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod coherence;
-pub mod command;
 pub mod configure;
 pub mod diff;
 pub mod disk;
@@ -30,13 +33,11 @@ pub mod fetch;
 pub mod firstboot;
 pub mod flash;
 pub mod front_door;
-pub mod gpt;
 pub mod inspect;
 pub mod lock;
 pub mod manifest;
 pub mod mirror;
 pub mod oci;
-pub mod output_file;
 pub mod outputs;
 pub mod pipeline;
 pub mod plan;
@@ -44,9 +45,6 @@ pub mod preload;
 pub mod region;
 pub mod release;
 pub mod sbom;
-pub mod seed;
-pub mod signing;
-pub mod size;
 pub mod spec;
 pub mod tree;
 pub mod units;

@@ -3,6 +3,18 @@
 //! here reaches a network.
 //!
 //! - [`site`]: the site configuration schema (`airlock.toml` on the ESP): the builder writes the
-//!   default file, the appliance reads it.
+//!   default file, the appliance reads it;
+//! - [`signing`]: minisign keys and signatures and `SHA256SUMS` (the builder signs releases, the
+//!   appliance will check update bundles);
+//! - [`gpt`]: the GUID partition table: layout, validation, writing and reading;
+//! - [`command`] (the one way to run an external program), [`output_file`] (files that appear
+//!   only complete), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
+//!   them): building blocks.
 
+pub mod command;
+pub mod gpt;
+pub mod output_file;
+pub mod seed;
+pub mod signing;
 pub mod site;
+pub mod size;
