@@ -13,7 +13,7 @@
 
 // Shared with the appliance's own program (`airlock-appliance`); re-exported so the builder's
 // modules and tests name them as before.
-pub use airlock_common::{command, gpt, output_file, seed, signing, size};
+pub use airlock_common::{command, gpt, output_file, partition, seed, signing, size};
 
 pub mod apt_sources;
 pub mod base_os;

@@ -1,25 +1,30 @@
-//! `airlock build`: from a validated plan to a disk image. [`build`] is the table of contents;
-//! each stage is a function named for what it does.
+//! `airlock build` and `airlock disk`: from a validated plan (or `airlock disk`'s trees) to a
+//! released disk image. [`build`] is the table of contents; each stage is a function named for
+//! what it does. [`disk`] runs the same stage functions from "assemble disk" on, as
+//! `systemd-repart` is both a tool and mkosi's stage.
 
 use crate::base_os::{self, Package};
 use crate::clock::BuildClock;
 use crate::coherence::{self, Scope};
-use crate::configure::{self, PartitionIds};
-use crate::disk::{self, Filesystem, PartitionRequest, Role};
+use crate::configure;
+use crate::disk::{self, DiskReport, PartitionRequest};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
 use crate::lock::Lock;
 use crate::manifest::Appliance;
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
-use crate::outputs::{self, Format};
+use crate::outputs::{self, Format, VmHardware};
+use crate::partition::{Role, Slot};
 use crate::plan::BuildPlan;
 use crate::preload;
 use crate::release::{self, ReleaseOptions, Released};
+use crate::seed::Seed;
 use crate::signing::KeyPair;
 use crate::tree::{self, Tree};
 use crate::units::SYSTEM_UNIT_DIR;
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,6 +67,7 @@ impl BuildReport {
 }
 
 /// Runs a stage with a spinner and records its duration.
+#[derive(Default)]
 struct Stages {
     done: Vec<(&'static str, Duration)>,
 }
@@ -91,8 +97,7 @@ impl Stages {
 /// Builds the appliance image `<out_dir>/<name>.raw` and releases it in the requested formats,
 /// with manifest, SBOM, SHA256SUMS and (with a key) its signature.
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
-    let mut stages = Stages { done: Vec::new() };
-    let ids = partition_ids(plan);
+    let mut stages = Stages::default();
     // First, so a build without its locked images stops before any work. The registry storage
     // stage (to come) writes these images into the root filesystem from the store.
     let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
@@ -107,24 +112,108 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
     stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
-    stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
+    stages.run("configure system", || configure::configure_system(&mut root, plan))?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     let kernel = esp::find_kernel(&root)?;
-    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan, &ids))?;
+    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan))?;
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
-    let size = stages.run("assemble disk", || assemble_disk(plan, opts, esp, root, &image))?;
+    let disk = stages.run("assemble disk", || {
+        std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+        let partitions = partition_requests(plan, esp, root, &opts.clock)?;
+        let report = assemble_disk(&image, plan.disk.size, &plan.seed, opts.clock, partitions)?;
+        report.partitions.iter().for_each(|line| log::info!("{line}"));
+        Ok(report)
+    })?;
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
     let release = release_options(plan, opts, formats, &kernel.version, &packages);
-    let mut files = stages.run("derive outputs", || release::derive_outputs(&image, &release))?;
-    files.push(("packages".to_string(), packages_file));
-    let files = stages.run("write manifest", || release::write_manifest(&image, files, &release))?;
-    let released = stages.run("sign outputs", || sign_outputs(opts, &release, files))?;
-    if !formats.contains(&Format::Raw) {
-        outputs::remove_if_present(&image)?;
+    let packages_file = vec![("packages".to_string(), packages_file)];
+    // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
+    let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
+    Ok(BuildReport { image, size: disk.size, kernel: kernel.version, packages, released, stages: stages.done })
+}
+
+/// What `airlock disk` assembles, and how it is released.
+#[derive(Debug)]
+pub struct DiskJob {
+    /// The raw image to write (`<name>.raw` when it is released).
+    pub image: PathBuf,
+    pub size: u64,
+    pub seed: Seed,
+    pub clock: BuildClock,
+    pub partitions: Vec<PartitionRequest>,
+    /// `None`: the raw image alone.
+    pub release: Option<DiskRelease>,
+}
+
+/// The companions `airlock build` writes, for an image of `airlock disk`: no kernel, packages
+/// or spec digest.
+#[derive(Debug)]
+pub struct DiskRelease {
+    pub appliance: Appliance,
+    pub formats: Vec<Format>,
+    pub signing_key: Option<KeyPair>,
+}
+
+/// `airlock disk`: the "assemble disk" stage on trees the caller loaded, then, with a release,
+/// the release stages of [`build`].
+pub fn disk(job: DiskJob) -> Result<(DiskReport, Option<Released>)> {
+    let mut stages = Stages::default();
+    let report =
+        stages.run("assemble disk", || assemble_disk(&job.image, job.size, &job.seed, job.clock, job.partitions))?;
+    let Some(r) = &job.release else { return Ok((report, None)) };
+    let out_dir = match job.image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let release = ReleaseOptions {
+        out_dir: &out_dir,
+        appliance: r.appliance.clone(),
+        formats: &r.formats,
+        vm: VmHardware { cpus: 2, memory_mib: 2048 },
+        seed: &job.seed,
+        clock: job.clock,
+        spec_sha256: None,
+        kernel: None,
+        packages: &[],
+        package_source: String::new(),
+    };
+    let released = release_image(&mut stages, &job.image, &release, r.signing_key.as_ref(), Vec::new())?;
+    Ok((report, Some(released)))
+}
+
+/// Stage: lays the partitions out in the partition table's order and writes each filesystem and
+/// the GPT into one sparse image (complete or not there at all).
+fn assemble_disk(
+    image: &Path,
+    size: u64,
+    seed: &Seed,
+    clock: BuildClock,
+    partitions: Vec<PartitionRequest>,
+) -> Result<DiskReport> {
+    let disk_plan = disk::plan(size, seed.clone(), clock, partitions)?;
+    disk::write(&disk_plan, image)
+}
+
+/// The release stages `airlock build` and `airlock disk` share: every format derived from the raw
+/// image, the manifest and SBOM (listing `extra` files too), SHA256SUMS and its signature. The raw
+/// image stays only when it is one of the formats.
+fn release_image(
+    stages: &mut Stages,
+    image: &Path,
+    release: &ReleaseOptions<'_>,
+    key: Option<&KeyPair>,
+    extra: Vec<(String, PathBuf)>,
+) -> Result<Released> {
+    let mut files = stages.run("derive outputs", || release::derive_outputs(image, release))?;
+    files.extend(extra);
+    let files = stages.run("write manifest", || release::write_manifest(image, files, release))?;
+    let released = stages.run("sign outputs", || sign_outputs(release, key, files))?;
+    if !release.formats.contains(&Format::Raw) {
+        outputs::remove_if_present(image)?;
     }
-    Ok(BuildReport { image, size, kernel: kernel.version, packages, released, stages: stages.done })
+    Ok(released)
 }
 
 fn release_options<'a>(
@@ -152,17 +241,13 @@ fn release_options<'a>(
     }
 }
 
-fn sign_outputs(opts: &BuildOptions, release: &ReleaseOptions<'_>, files: Vec<(String, PathBuf)>) -> Result<Released> {
-    let comment = release::trusted_comment(&release.appliance, &opts.clock);
-    release::sign_outputs(&opts.out_dir, files, opts.signing_key.as_ref(), &comment)
-}
-
-fn partition_ids(plan: &BuildPlan) -> PartitionIds {
-    PartitionIds {
-        esp: Role::Esp.partition_guid(&plan.seed),
-        root: Role::Root.partition_guid(&plan.seed),
-        data: Role::Data.partition_guid(&plan.seed),
-    }
+fn sign_outputs(
+    release: &ReleaseOptions<'_>,
+    key: Option<&KeyPair>,
+    files: Vec<(String, PathBuf)>,
+) -> Result<Released> {
+    let comment = release::trusted_comment(&release.appliance, &release.clock);
+    release::sign_outputs(release.out_dir, files, key, &comment)
 }
 
 /// The images `appliance.lock` pins for the plan's containers, checked blob by blob in the
@@ -225,9 +310,9 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) -> Result<Tree> {
+fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan) -> Result<Tree> {
     let mut options = vec![
-        format!("root=PARTUUID={}", ids.root),
+        configure::kernel_root(plan.disk.roles(), &plan.seed)?,
         "rw".to_string(),
         "console=tty0".to_string(),
         "console=ttyS0,115200".to_string(),
@@ -242,32 +327,21 @@ fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) 
     Ok(esp)
 }
 
-fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, image: &Path) -> Result<u64> {
-    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
-    let data = configure::data_tree(&root, &opts.clock)?;
-    let requests = vec![
-        PartitionRequest {
-            role: Role::Esp,
-            size: Some(plan.disk.esp),
-            fs: Filesystem::Fat32 { tree: esp, label: "ESP".into() },
-        },
-        PartitionRequest {
-            role: Role::Root,
-            size: plan.disk.root,
-            fs: Filesystem::Ext4 { tree: root, label: "root".into(), reserved_percent: 5 },
-        },
-        PartitionRequest {
-            role: Role::Data,
-            size: Some(plan.disk.data),
-            fs: Filesystem::Ext4 { tree: data, label: "data".into(), reserved_percent: 0 },
-        },
-    ];
-    let disk_plan = disk::plan(plan.disk.size, plan.seed.clone(), opts.clock, requests)?;
-    let report = disk::write(&disk_plan, image)?;
-    for line in &report.partitions {
-        log::info!("{line}");
-    }
-    Ok(report.size)
+/// What each partition of the plan's disk holds: the ESP and root trees made by the stages
+/// before, and a data partition holding only the journal's folder.
+fn partition_requests(plan: &BuildPlan, esp: Tree, root: Tree, clock: &BuildClock) -> Result<Vec<PartitionRequest>> {
+    let data = configure::data_tree(&root, clock)?;
+    let mut trees = BTreeMap::from([(Role::Esp, esp), (Role::Root(Slot::A), root), (Role::Data, data)]);
+    plan.disk
+        .partitions
+        .iter()
+        .map(|p| {
+            let tree = trees
+                .remove(&p.role)
+                .with_context(|| format!("the build makes nothing for the {} partition", p.role))?;
+            Ok(PartitionRequest { role: p.role, size: p.size, tree })
+        })
+        .collect()
 }
 
 /// `<out>/<name>.packages`: the installed Debian packages, one `name version architecture` per

@@ -6,6 +6,9 @@
 //!   default file, the appliance reads it;
 //! - [`signing`]: minisign keys and signatures and `SHA256SUMS` (the builder signs releases, the
 //!   appliance will check update bundles);
+//! - [`partition`]: the partition table as data (roles, types, names, sizes, filesystems, how
+//!   the booted system finds each), read by the builder's plan, disk writer and generated
+//!   configuration and by whatever reads an image;
 //! - [`gpt`]: the GUID partition table: layout, validation, writing and reading;
 //! - [`command`] (the one way to run an external program), [`output_file`] (files that appear
 //!   only complete), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
@@ -14,6 +17,7 @@
 pub mod command;
 pub mod gpt;
 pub mod output_file;
+pub mod partition;
 pub mod seed;
 pub mod signing;
 pub mod site;

@@ -17,6 +17,7 @@ pub mod tls;
 pub use airlock_common::site;
 
 use crate::command::Cmd;
+use crate::partition::{DATA_MOUNT, ESP_MOUNT};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use site::{LicenseKey, Network, Site};
@@ -39,7 +40,7 @@ pub struct Paths {
 
 impl Paths {
     pub fn system() -> Paths {
-        Paths { root: "/".into(), esp: "/efi".into(), state: crate::configure::DATA_MOUNT.into(), run: "/run".into() }
+        Paths { root: "/".into(), esp: ESP_MOUNT.into(), state: DATA_MOUNT.into(), run: "/run".into() }
     }
     pub fn secrets(&self) -> PathBuf {
         self.state.join("secrets")
