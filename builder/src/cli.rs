@@ -12,8 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
-/// Parses the command line, sets up logging and runs the command: the whole `airlock` binary
-/// (the VM tests build the same one under another name, to copy into their images).
+/// Parses the command line, sets up logging and runs the command: the whole `airlock` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -63,15 +62,6 @@ pub enum Command {
     Flash(FlashArgs),
     /// Say where two raw images differ: partition table, partitions, and files inside ext4.
     Diff(DiffArgs),
-    /// On the appliance: provision this instance (site configuration, secrets, TLS). Run by
-    /// airlock-provision.service on every boot.
-    #[command(hide = true)]
-    Firstboot {
-        /// Once the network is up (airlock-address.service): record this instance's addresses
-        /// and re-issue the server certificate if they are new.
-        #[arg(long)]
-        addresses: bool,
-    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,10 +207,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => run_verify(args),
         Command::Flash(args) => run_flash(args),
         Command::Diff(args) => run_diff(args),
-        Command::Firstboot { addresses } => {
-            let steps = if addresses { crate::firstboot::ADDRESS_STEPS } else { crate::firstboot::STEPS };
-            crate::firstboot::provision(&crate::firstboot::Paths::system(), steps)
-        }
     }
 }
 
@@ -316,7 +302,7 @@ fn run_build(args: BuildArgs) -> Result<()> {
         test_overlays: args.test_overlay,
         formats: formats(&args.format)?,
         signing_key,
-        provisioner: std::env::current_exe().context("finding the airlock executable to copy into the image")?,
+        appliance: crate::pipeline::ApplianceProgram::NextToExecutable,
     };
     let report = crate::pipeline::build(&plan, &opts)?;
     println!(

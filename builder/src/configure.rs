@@ -190,24 +190,39 @@ fn repart_files(roles: impl Iterator<Item = Role>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Where the provisioner (this binary, run as `airlock firstboot`) lives in the image.
-pub const PROVISIONER: &str = "usr/lib/airlock/airlock";
+/// Where the appliance's own program (`airlock-appliance`: `airlock firstboot`, run by
+/// `airlock-provision.service`) lives in the image: on `PATH`, as `airlock`.
+pub const APPLIANCE_PROGRAM: &str = "usr/bin/airlock";
 
-/// Copies the `airlock` executable into the image as its provisioner. The build host and the
-/// appliance are both Debian amd64 and the appliance's glibc is the same or newer, so the
-/// binary runs there as it is (it needs nothing beyond libc, libm and libgcc_s).
-pub fn install_provisioner(root: &mut Tree, exe: &std::path::Path) -> Result<()> {
-    let md = std::fs::metadata(exe).with_context(|| format!("the provisioner {}", exe.display()))?;
+/// The ELF header fields of an x86-64 Linux executable: magic, 64-bit, little-endian, version 1.
+const ELF_X86_64_IDENT: [u8; 7] = [0x7f, b'E', b'L', b'F', 2, 1, 1];
+const ELF_MACHINE_X86_64: u16 = 62;
+
+/// Installs the appliance's own program. The build host and the appliance are both Debian
+/// amd64 and the appliance's glibc is the same or newer, so the binary runs there as it is (it
+/// needs nothing beyond libc, libm and libgcc_s); anything but an x86-64 ELF executable is
+/// refused here rather than at first boot.
+pub fn install_appliance_program(root: &mut Tree, exe: &std::path::Path) -> Result<()> {
+    let md = std::fs::metadata(exe).with_context(|| format!("the appliance program {}", exe.display()))?;
     if !md.is_file() {
-        bail!("the provisioner {} is not a regular file", exe.display());
+        bail!("the appliance program {} is not a regular file", exe.display());
+    }
+    let mut header = [0u8; 20];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(exe).with_context(|| format!("opening {}", exe.display()))?,
+        &mut header,
+    )
+    .with_context(|| format!("reading the ELF header of {}", exe.display()))?;
+    if header[..7] != ELF_X86_64_IDENT || u16::from_le_bytes([header[18], header[19]]) != ELF_MACHINE_X86_64 {
+        bail!("the appliance program {} is not an x86-64 Linux executable", exe.display());
     }
     root.begin_layer();
     root.insert(
-        PROVISIONER.as_bytes(),
+        APPLIANCE_PROGRAM.as_bytes(),
         Meta::root(0o755),
         NodeKind::File { size: md.len(), content: Content::Host(exe.into()) },
     )
-    .map_err(|p| anyhow!("writing /{PROVISIONER}: {p}"))?;
+    .map_err(|p| anyhow!("writing /{APPLIANCE_PROGRAM}: {p}"))?;
     Ok(())
 }
 
@@ -306,6 +321,22 @@ mod tests {
              # The filesystem follows through x-systemd.growfs in /etc/fstab.\n\
              [Partition]\nType=var\n"
         );
+    }
+
+    #[test]
+    fn only_an_x86_64_executable_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("airlock-appliance");
+        std::fs::write(&script, "#!/bin/sh\necho not a program for the appliance\n").unwrap();
+        let err = install_appliance_program(&mut Tree::new(), &script).unwrap_err().to_string();
+        assert!(err.contains("is not an x86-64 Linux executable"), "{err}");
+        let missing = install_appliance_program(&mut Tree::new(), &dir.path().join("none")).unwrap_err();
+        assert!(format!("{missing:#}").contains("the appliance program"), "{missing:#}");
+        // This test's own executable is one (the builder only runs on x86-64 Linux hosts).
+        let mut t = Tree::new();
+        install_appliance_program(&mut t, &std::env::current_exe().unwrap()).unwrap();
+        let id = t.lookup(APPLIANCE_PROGRAM).unwrap();
+        assert_eq!(t.node(id).meta.mode, 0o755);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 // Shared with the appliance's own program (`airlock-appliance`); re-exported so the builder's
 // modules and tests name them as before.
-pub use airlock_common::{command, gpt, output_file, partition, seed, signing, size};
+pub use airlock_common::{command, gpt, local_registry, output_file, partition, seed, signing, size};
 
 pub mod apt_sources;
 pub mod base_os;
@@ -30,7 +30,6 @@ pub mod esp;
 pub mod ext4;
 pub mod fat;
 pub mod fetch;
-pub mod firstboot;
 pub mod flash;
 pub mod front_door;
 pub mod inspect;

@@ -41,9 +41,43 @@ pub struct BuildOptions {
     pub formats: Option<Vec<Format>>,
     /// The key that signs SHA256SUMS, already unlocked (`--sign-key` or `[signing] key`).
     pub signing_key: Option<KeyPair>,
-    /// The `airlock` executable copied into the image as its provisioner
-    /// (`/usr/lib/airlock/airlock firstboot`): the running binary for `airlock build`.
-    pub provisioner: PathBuf,
+    /// The appliance's own program, installed in the image as `/usr/bin/airlock`.
+    pub appliance: ApplianceProgram,
+}
+
+/// Where the build finds the appliance's own program (`airlock-appliance`, which must not be
+/// the builder: it runs on the appliance and links none of the builder's online code).
+#[derive(Debug, Clone)]
+pub enum ApplianceProgram {
+    /// `airlock-appliance` next to the running executable, where `cargo build` puts both.
+    NextToExecutable,
+    /// This file (the VM tests' own build of it).
+    At(PathBuf),
+}
+
+/// The appliance program's file name, as cargo builds it.
+pub const APPLIANCE_PROGRAM: &str = "airlock-appliance";
+
+impl ApplianceProgram {
+    /// The file to install; a missing one is an error that says how to build it.
+    pub fn path(&self) -> Result<PathBuf> {
+        let path = match self {
+            ApplianceProgram::At(path) => path.clone(),
+            ApplianceProgram::NextToExecutable => {
+                let exe = std::env::current_exe().context("finding the running executable")?;
+                exe.parent().context("the running executable has no directory")?.join(APPLIANCE_PROGRAM)
+            }
+        };
+        if !path.is_file() {
+            let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+            anyhow::bail!(
+                "the appliance program {} is missing: build it with `cargo build{profile} -p {APPLIANCE_PROGRAM}` \
+                 (or `cargo build{profile}` at the repository's root, which builds it with airlock)",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
 }
 
 /// What a build produced and how long each stage took.
@@ -98,8 +132,9 @@ impl Stages {
 /// with manifest, SBOM, SHA256SUMS and (with a key) its signature.
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut stages = Stages::default();
-    // First, so a build without its locked images stops before any work. The registry storage
-    // stage (to come) writes these images into the root filesystem from the store.
+    let appliance = opts.appliance.path()?;
+    // First, so a build without its locked images stops before any work. "preload container
+    // images" writes these images into the root filesystem from the store.
     let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
     let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
@@ -111,7 +146,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
-    stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
+    stages.run("install appliance program", || configure::install_appliance_program(&mut root, &appliance))?;
     stages.run("configure system", || configure::configure_system(&mut root, plan))?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;

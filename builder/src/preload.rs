@@ -16,8 +16,7 @@ use std::collections::BTreeSet;
 
 /// Where Debian's docker-registry keeps its storage.
 pub const STORAGE: &str = "var/lib/docker-registry";
-/// The registry's port on the appliance.
-pub const PORT: u16 = 5000;
+pub use crate::local_registry::PORT;
 /// The system user Debian's docker-registry runs as (owner of its storage).
 const REGISTRY_SYSTEM_USER: &str = "docker-registry";
 

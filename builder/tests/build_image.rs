@@ -130,8 +130,16 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let masked = debugfs(&root, "stat /etc/systemd/system/e2scrub_reap.service");
     assert!(masked.contains("Fast link dest: \"/dev/null\""), "e2scrub_reap is masked: {masked}");
     assert!(wants.contains("airlock-provision.service"), "{wants}");
-    let provisioner = debugfs(&root, "stat /usr/lib/airlock/airlock");
-    assert!(provisioner.contains("Mode:  0755") && provisioner.contains("User:     0"), "{provisioner}");
+    // The appliance's own program, on PATH, is the one built next to the builder (not the builder).
+    let program = debugfs(&root, "stat /usr/bin/airlock");
+    assert!(program.contains("Mode:  0755") && program.contains("User:     0"), "{program}");
+    let installed = b.out.join("usr-bin-airlock");
+    debugfs(&root, &format!("dump /usr/bin/airlock {}", installed.display()));
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_airlock")).with_file_name("airlock-appliance");
+    assert!(fs::read(&installed).unwrap() == fs::read(&built).unwrap(), "/usr/bin/airlock is {}", built.display());
+    assert!(!debugfs(&root, "ls -p /usr/lib/airlock").contains("/airlock/"), "no second copy in /usr/lib/airlock");
+    let repart = debugfs(&root, "cat /usr/lib/repart.d/50-airlock-data.conf");
+    assert!(repart.contains("[Partition]\nType=var\n"), "the data partition grows on first boot: {repart}");
     let sshd = debugfs(&root, "cat /etc/ssh/sshd_config.d/airlock.conf");
     assert!(sshd.contains("HostKey /var/lib/airlock/ssh/ssh_host_ed25519_key"), "{sshd}");
     let banner = debugfs(&root, "stat /usr/lib/airlock/banner");

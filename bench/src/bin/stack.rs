@@ -8,7 +8,7 @@
 //! from the journal's monotonic stamps of podman's pull messages; the wall time of the first
 //! boot includes the firmware.
 //!
-//! Usage: `cargo run --release -p airlock-bench --bin stack` (as root; the demo's container
+//! Usage: `cargo build --release && cargo run --release -p airlock-bench --bin stack` (as root; the demo's container
 //! images and fixtures must be buildable: `images/demo/containers/build-images` and
 //! `images/demo/fixtures/build-fixtures` run first).
 
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
             test_overlays: vec![qemu_tests::guest_overlay_dir()],
             formats: Some(vec![airlock::outputs::Format::Raw]),
             signing_key: None,
-            provisioner: airlock_binary()?,
+            appliance: airlock::pipeline::ApplianceProgram::NextToExecutable,
         },
     )?;
 

@@ -10,12 +10,14 @@
 //!   the booted system finds each), read by the builder's plan, disk writer and generated
 //!   configuration and by whatever reads an image;
 //! - [`gpt`]: the GUID partition table: layout, validation, writing and reading;
+//! - [`local_registry`]: where the appliance's own registry listens;
 //! - [`command`] (the one way to run an external program), [`output_file`] (files that appear
 //!   only complete), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
 //!   them): building blocks.
 
 pub mod command;
 pub mod gpt;
+pub mod local_registry;
 pub mod output_file;
 pub mod partition;
 pub mod seed;

@@ -47,7 +47,7 @@ pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
         test_overlays: vec![qemu_tests::guest_overlay_dir()],
         formats: None,
         signing_key: None,
-        provisioner: PathBuf::from(env!("CARGO_BIN_EXE_airlock-under-test")),
+        appliance: airlock::pipeline::ApplianceProgram::At(PathBuf::from(env!("CARGO_BIN_EXE_appliance-under-test"))),
     };
     let report = airlock::pipeline::build(&plan, &opts)?;
     Ok(TestImage { dir, image: report.image, plan })

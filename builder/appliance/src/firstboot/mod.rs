@@ -1,6 +1,6 @@
 //! `airlock firstboot`: the appliance's provisioning, run by `airlock-provision.service` on
-//! every boot before the network and the stack start (the build copies this very binary into
-//! the image as `/usr/lib/airlock/airlock`).
+//! every boot before the network and the stack start (`/usr/bin/airlock` in the image is this
+//! crate's binary).
 //!
 //! It reads the site configuration from the ESP ([`site`]), then runs a fixed list of steps.
 //! *Once* steps make what must be unique to the instance (secrets, SSH host keys, the TLS CA);
@@ -16,8 +16,8 @@ pub mod tls;
 
 pub use airlock_common::site;
 
-use crate::command::Cmd;
-use crate::partition::{DATA_MOUNT, ESP_MOUNT};
+use airlock_common::command::Cmd;
+use airlock_common::partition::{DATA_MOUNT, ESP_MOUNT};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use site::{LicenseKey, Network, Site};
@@ -301,7 +301,7 @@ fn make_registry_htpasswd(ctx: &Instance) -> Result<()> {
 pub fn podman_auth(password: &str) -> String {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{password}"));
-    let port = crate::preload::PORT;
+    let port = airlock_common::local_registry::PORT;
     let auths = serde_json::json!({
         format!("127.0.0.1:{port}"): {"auth": auth},
         format!("localhost:{port}"): {"auth": auth},
