@@ -4,12 +4,17 @@
 //! flows through them:
 //! - [`tree`]: the in-memory filesystem model, filled from tars and host directories;
 //! - [`fat`]: writes a tree as a FAT32 filesystem (the EFI system partition);
-//! - [`gpt`]: the partition table: layout, validation, writing;
-//! - [`disk`]: `airlock disk`, assembling partitions into one sparse image;
+//! - [`partition`] (the partition table as data) and [`gpt`] (layout, validation, writing), from
+//!   `airlock-common`;
+//! - [`disk`]: assembling partitions into one sparse image (the "assemble disk" stage of
+//!   [`pipeline`], for `airlock build` and `airlock disk` alike);
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
 //!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
 //! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
 //! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
+//!
+//! What runs on the appliance is another crate (`builder/appliance`, `airlock-appliance`);
+//! what both need is in `airlock-common` (`builder/common`).
 
 // Shared with the appliance's own program (`airlock-appliance`); re-exported so the builder's
 // modules and tests name them as before.
