@@ -385,6 +385,7 @@ fn run_disk(args: DiskArgs) -> Result<()> {
                 name: release_name(&args.out)?,
                 version: args.image_version.clone(),
                 description: String::new(),
+                supplier: None,
             },
             formats: formats.unwrap_or_else(|| vec![Format::Raw]),
             signing_key,

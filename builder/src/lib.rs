@@ -1,23 +1,32 @@
 //! airlock: builds signed, bootable appliance disk images for air-gapped networks.
 //!
-//! See `docs/ARCHITECTURE.md` for the flow from spec to image. The modules, in the order data
-//! flows through them:
-//! - [`tree`]: the in-memory filesystem model, filled from tars and host directories;
-//! - [`fat`]: writes a tree as a FAT32 filesystem (the EFI system partition);
-//! - [`partition`] (the partition table as data) and [`gpt`] (layout, validation, writing), from
-//!   `airlock-common`;
-//! - [`disk`]: assembling partitions into one sparse image (the "assemble disk" stage of
-//!   [`pipeline`], for `airlock build` and `airlock disk` alike);
+//! See `docs/ARCHITECTURE.md` for the flow from spec to image and the layers (each imports only
+//! from the ones below; `tests/layers.rs` checks it). The modules, from the bottom up:
+//! - foundations: [`tree`] (the in-memory filesystem model, filled from tars and host
+//!   directories), [`oci`] (container images and the blob store), [`http`], [`region`],
+//!   [`clock`], [`cache`], [`block_device`], [`apt_sources`], [`units`], [`base_os`],
+//!   [`embedded`]; from `airlock-common` (`builder/common`, shared with the appliance's own
+//!   program): [`partition`] (the partition table as data), [`gpt`], [`signing`], [`command`]
+//!   (the one way to run a program), [`output_file`], [`seed`], [`size`], [`local_registry`];
+//! - [`spec`]: `appliance.toml` as written;
+//! - [`mirror`]: the mirror ecosystems (PyPI, npm, Go, NuGet, the Pulumi CLI), one
+//!   [`mirror::Ecosystem`] each in one registry;
+//! - [`plan`]: the spec validated once into a [`plan::BuildPlan`];
+//! - [`lock`]: `appliance.lock`'s format; [`lock_check`]: the lock against the plan and cache;
+//! - `airlock fetch`: [`fetch`] (registries, local sources, the mirrors' resolvers);
+//! - the stages of `airlock build`, in [`pipeline`]'s order: [`preload`], [`mirror_site`],
+//!   [`front_door`], [`configure`], [`coherence`], [`esp`], [`disk`] (with the writers [`fat`]
+//!   and [`ext4`]), [`contents`];
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
 //!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
-//! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
-//! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
+//! - [`verify`], [`flash`], [`diff`]: checking and using a release;
+//! - [`cli`]: the commands.
 //!
-//! What runs on the appliance is another crate (`builder/appliance`, `airlock-appliance`);
-//! what both need is in `airlock-common` (`builder/common`).
+//! What runs on the appliance (first boot) is its own crate, `airlock-appliance`
+//! (`builder/appliance`), which links none of this crate.
 
-// Shared with the appliance's own program (`airlock-appliance`); re-exported so the builder's
-// modules and tests name them as before.
+// Shared with the appliance's own program; re-exported so the builder's modules and tests name
+// them as before.
 pub use airlock_common::{command, gpt, local_registry, output_file, partition, seed, signing, size};
 
 pub mod apt_sources;
@@ -28,6 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod coherence;
 pub mod configure;
+pub mod contents;
 pub mod diff;
 pub mod disk;
 pub mod embedded;
@@ -37,10 +47,13 @@ pub mod fat;
 pub mod fetch;
 pub mod flash;
 pub mod front_door;
+pub mod http;
 pub mod inspect;
 pub mod lock;
+pub mod lock_check;
 pub mod manifest;
 pub mod mirror;
+pub mod mirror_site;
 pub mod oci;
 pub mod outputs;
 pub mod pipeline;

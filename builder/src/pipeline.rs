@@ -11,7 +11,7 @@ use crate::disk::{self, DiskReport, PartitionRequest};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
 use crate::lock::Lock;
-use crate::manifest::Appliance;
+use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
 use crate::outputs::{self, Format, VmHardware};
@@ -133,7 +133,7 @@ impl Stages {
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut stages = Stages::default();
     let appliance = opts.appliance.path()?;
-    // First, so a build without its locked images stops before any work. "preload container
+    // First, so a build without its locked images stops before any work; "preload container
     // images" writes these images into the root filesystem from the store.
     let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
@@ -143,7 +143,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
     stages.run("build mirrors", || {
-        crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
+        crate::mirror_site::build(&mut root, plan, &lock.lock, &store, &opts.out_dir, &opts.clock)
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
     stages.run("install appliance program", || configure::install_appliance_program(&mut root, &appliance))?;
@@ -161,8 +161,9 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         Ok(report)
     })?;
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
+    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
-    let release = release_options(plan, opts, formats, &kernel.version, &packages);
+    let release = release_options(plan, opts, formats, &kernel.version, &packages, &contents);
     let packages_file = vec![("packages".to_string(), packages_file)];
     // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
     let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
@@ -213,6 +214,7 @@ pub fn disk(job: DiskJob) -> Result<(DiskReport, Option<Released>)> {
         kernel: None,
         packages: &[],
         package_source: String::new(),
+        contents: &Contents::default(),
     };
     let released = release_image(&mut stages, &job.image, &release, r.signing_key.as_ref(), Vec::new())?;
     Ok((report, Some(released)))
@@ -257,6 +259,7 @@ fn release_options<'a>(
     formats: &'a [Format],
     kernel: &str,
     packages: &'a [Package],
+    contents: &'a Contents,
 ) -> ReleaseOptions<'a> {
     ReleaseOptions {
         out_dir: &opts.out_dir,
@@ -264,6 +267,7 @@ fn release_options<'a>(
             name: plan.name.clone(),
             version: plan.version.clone(),
             description: plan.description.clone(),
+            supplier: plan.supplier.clone(),
         },
         formats,
         vm: plan.vm,
@@ -273,6 +277,7 @@ fn release_options<'a>(
         kernel: Some(kernel.to_string()),
         packages,
         package_source: format!("debian:{}", plan.base.suite),
+        contents,
     }
 }
 
@@ -285,16 +290,28 @@ fn sign_outputs(
     release::sign_outputs(release.out_dir, files, key, &comment)
 }
 
-/// The images `appliance.lock` pins for the plan's containers, checked blob by blob in the
-/// cache; an error tells the user to run `airlock fetch`.
-fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, Lock, Vec<Image>)> {
+/// The lock (with its file's SHA-256, `None` when the spec needs no lock) and the images it pins
+/// for the plan's containers, checked blob by blob in the cache; an error tells the user to
+/// run `airlock fetch`.
+fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, PinnedLock, Vec<Image>)> {
     let store = crate::fetch::blob_store(&opts.cache_dir)?;
     if plan.containers.is_empty() && plan.mirrors.is_empty() {
-        return Ok((store, Lock::new(), Vec::new()));
+        return Ok((store, PinnedLock { lock: Lock::new(), sha256: None }, Vec::new()));
     }
-    let lock = crate::lock::read_for_build(plan)?;
-    let images = crate::lock::verify_cached(plan, &lock, &store)?;
-    Ok((store, lock, images))
+    let (lock, sha256) = crate::lock_check::read_pinned(plan)?;
+    let images = crate::lock_check::verify_cached(plan, &lock, &store)?;
+    Ok((store, PinnedLock { lock, sha256: Some(sha256) }, images))
+}
+
+/// The lock a build uses, with the digest of its file.
+struct PinnedLock {
+    lock: Lock,
+    sha256: Option<String>,
+}
+
+/// Every container image and mirrored file the appliance carries, for the manifest and SBOM.
+fn record_contents(plan: &BuildPlan, pinned: &PinnedLock, store: &BlobStore) -> Result<Contents> {
+    crate::contents::record(plan, &pinned.lock, pinned.sha256.clone(), store)
 }
 
 fn install_base_os(plan: &BuildPlan, opts: &BuildOptions) -> Result<PathBuf> {
@@ -341,7 +358,7 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     let mut tree = Tree::new();
     apply_overlays(&mut tree, plan, &[], spool.path())?;
     let mut notes = coherence::check(plan, &tree, Scope::OverlaysOnly)?;
-    notes.extend(crate::lock::check_against_spec(plan)?);
+    notes.extend(crate::lock_check::check_against_spec(plan)?);
     Ok(notes)
 }
 
