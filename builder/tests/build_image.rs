@@ -323,6 +323,33 @@ fn assert_sbom_judged_valid(sbom: &std::path::Path, m: &serde_json::Value) {
     }
 }
 
+/// `airlock build` installs the appliance's own program from next to itself; an `airlock`
+/// without one stops before any work and names the cargo command that builds it.
+#[test]
+fn a_missing_appliance_program_names_the_command_that_builds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("airlock");
+    fs::copy(env!("CARGO_BIN_EXE_airlock"), &lone).unwrap();
+    let out_dir = dir.path().join("out");
+    let spec = repo_root().join("images/demo/appliance.toml");
+    let out = std::process::Command::new(&lone)
+        .args(["build", spec.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "built without an appliance program: {stderr}");
+    let missing = dir.path().join("airlock-appliance");
+    assert!(
+        stderr.contains(&format!(
+            "the appliance program {} is missing: build it with `cargo build --release -p airlock-appliance`",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists(), "nothing is built");
+}
+
 #[test]
 fn check_validates_without_building() {
     let spec = repo_root().join("images/demo/appliance.toml");
