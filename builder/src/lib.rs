@@ -20,6 +20,8 @@
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
 //!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
 //! - [`verify`], [`flash`], [`diff`]: checking and using a release;
+//! - [`verity`], [`uki`] (with [`pe`]), [`secure_boot`]: the verified-boot building blocks
+//!   (dm-verity hash tree, unified kernel image, the owner's keys and Authenticode signing);
 //! - [`cli`]: the commands.
 //!
 //! What runs on the appliance (first boot) is its own crate, `airlock-appliance`
@@ -56,13 +58,17 @@ pub mod mirror;
 pub mod mirror_site;
 pub mod oci;
 pub mod outputs;
+pub mod pe;
 pub mod pipeline;
 pub mod plan;
 pub mod preload;
 pub mod region;
 pub mod release;
 pub mod sbom;
+pub mod secure_boot;
 pub mod spec;
 pub mod tree;
+pub mod uki;
 pub mod units;
 pub mod verify;
+pub mod verity;
