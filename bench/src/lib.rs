@@ -55,21 +55,17 @@ pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
 }
 
 /// The demo's test image (with the VM tests' command channel), from the cache the VM tests
-/// share under the target directory, with the same provisioner they use
-/// (`airlock-under-test`), so the benchmark boots the very image the tests boot.
+/// share under the target directory, with the same appliance program they install
+/// (`appliance-under-test`), so the benchmark boots the very image the tests boot.
 pub fn demo_test_image() -> Result<qemu_tests::test_image::TestImage> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
     let profile_dir = exe.parent().context("benchmark binary has no directory")?;
-    let provisioner = profile_dir.join("airlock-under-test");
-    if !provisioner.exists() {
-        bail!("{} not found: run `cargo build --release -p qemu-tests` first", provisioner.display());
+    let appliance = profile_dir.join("appliance-under-test");
+    if !appliance.exists() {
+        bail!("{} not found: run `cargo build --release -p qemu-tests` first", appliance.display());
     }
     let target = profile_dir.parent().context("the profile directory is inside the target directory")?;
-    qemu_tests::test_image::test_image(
-        &qemu_tests::test_image::Recipe::image("demo"),
-        &provisioner,
-        &target.join("tmp"),
-    )
+    qemu_tests::test_image::test_image(&qemu_tests::test_image::Recipe::image("demo"), &appliance, &target.join("tmp"))
 }
 
 /// The `airlock` binary built next to this benchmark (same profile).
@@ -78,7 +74,7 @@ pub fn airlock_binary() -> Result<PathBuf> {
     let dir = exe.parent().context("benchmark binary has no directory")?;
     let airlock = dir.join("airlock");
     if !airlock.exists() {
-        bail!("{} not found: run `cargo build --release -p airlock` first", airlock.display());
+        bail!("{} not found: run `cargo build --release` first", airlock.display());
     }
     Ok(airlock)
 }

@@ -1,8 +1,10 @@
 //! The command line: one subcommand per verb, each a thin call into the library.
 
 use crate::clock::BuildClock;
-use crate::disk::{self, Filesystem, PartitionRequest, Role};
+use crate::disk::PartitionRequest;
 use crate::outputs::Format;
+use crate::partition::{Role, SizeDefault, Slot};
+use crate::pipeline::{DiskJob, DiskRelease};
 use crate::seed::Seed;
 use crate::size::ByteSize;
 use crate::tree::{self, Tree};
@@ -10,8 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
-/// Parses the command line, sets up logging and runs the command: the whole `airlock` binary
-/// (the VM tests build the same one under another name, to copy into their images).
+/// Parses the command line, sets up logging and runs the command: the whole `airlock` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -62,15 +63,6 @@ pub enum Command {
     Flash(FlashArgs),
     /// Say where two raw images differ: partition table, partitions, and files inside ext4.
     Diff(DiffArgs),
-    /// On the appliance: provision this instance (site configuration, secrets, TLS). Run by
-    /// airlock-provision.service on every boot.
-    #[command(hide = true)]
-    Firstboot {
-        /// Once the network is up (airlock-address.service): record this instance's addresses
-        /// and re-issue the server certificate if they are new.
-        #[arg(long)]
-        addresses: bool,
-    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,10 +212,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => run_verify(args),
         Command::Flash(args) => run_flash(args),
         Command::Diff(args) => run_diff(args),
-        Command::Firstboot { addresses } => {
-            let steps = if addresses { crate::firstboot::ADDRESS_STEPS } else { crate::firstboot::STEPS };
-            crate::firstboot::provision(&crate::firstboot::Paths::system(), steps)
-        }
     }
 }
 
@@ -328,7 +316,7 @@ fn run_build(args: BuildArgs) -> Result<()> {
         test_overlays: args.test_overlay,
         formats: formats(&args.format)?,
         signing_key,
-        provisioner: std::env::current_exe().context("finding the airlock executable to copy into the image")?,
+        appliance: crate::pipeline::ApplianceProgram::NextToExecutable,
     };
     let report = crate::pipeline::build(&plan, &opts)?;
     println!(
@@ -387,8 +375,6 @@ fn run_fetch(args: FetchArgs) -> Result<()> {
     Ok(())
 }
 
-const DEFAULT_ESP_SIZE: u64 = 256 * crate::size::MIB;
-
 fn spool_dir(out: &Path) -> PathBuf {
     match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -404,94 +390,72 @@ fn load(input: &Path, spool: &Path) -> Result<Tree> {
 
 fn run_disk(args: DiskArgs) -> Result<()> {
     let clock = BuildClock::from_env()?;
-    let spool = spool_dir(&args.out);
-    let esp = load(&args.esp, &spool)?;
-    let alone = args.root.is_none() && args.data.is_none();
-    let esp_size = match args.esp_size {
-        Some(s) => Some(s.bytes()),
-        None if alone => None,
-        None => Some(DEFAULT_ESP_SIZE),
-    };
-    let mut requests = vec![PartitionRequest {
-        role: Role::Esp,
-        size: esp_size,
-        fs: Filesystem::Fat32 { tree: esp, label: "ESP".into() },
-    }];
-    if let Some(root) = &args.root {
-        let tree = load(root, &spool)?;
-        // Without --root-size the root takes the rest; with it, the rest stays unpartitioned.
-        let size = args.root_size.map(ByteSize::bytes);
-        requests.push(PartitionRequest {
-            role: Role::Root,
-            size,
-            fs: Filesystem::Ext4 { tree, label: "root".into(), reserved_percent: 5 },
-        });
-    }
-    if let Some(data) = args.data {
-        let fs = Filesystem::Ext4 { tree: Tree::new(), label: "data".into(), reserved_percent: 0 };
-        requests.push(PartitionRequest { role: Role::Data, size: Some(data.bytes()), fs });
-    }
-    let seed = Seed::new(args.seed);
     let formats = formats(&args.format)?;
     let key = args.sign_key.as_deref().map(signing_key).transpose()?;
-    let plan = disk::plan(args.size.bytes(), seed.clone(), clock, requests)?;
-    let report = disk::write(&plan, &args.out)?;
+    let release = match (formats, key) {
+        (None, None) => None,
+        (formats, signing_key) => Some(DiskRelease {
+            appliance: crate::manifest::Appliance {
+                name: release_name(&args.out)?,
+                version: args.image_version.clone(),
+                description: String::new(),
+                supplier: None,
+            },
+            formats: formats.unwrap_or_else(|| vec![Format::Raw]),
+            signing_key,
+        }),
+    };
+    let job = DiskJob {
+        partitions: disk_partitions(&args, &spool_dir(&args.out))?,
+        image: args.out,
+        size: args.size.bytes(),
+        seed: Seed::new(args.seed),
+        clock,
+        release,
+    };
+    let (report, released) = crate::pipeline::disk(job)?;
     println!("{} ({})", report.path.display(), ByteSize(report.size));
     for line in &report.partitions {
         println!("  {line}");
     }
-    if formats.is_some() || key.is_some() {
-        let formats = formats.unwrap_or_else(|| vec![Format::Raw]);
-        let released = release_disk(&args.out, &args.image_version, &formats, &seed, clock, key.as_ref())?;
-        print_released(&released);
+    if let Some(released) = &released {
+        print_released(released);
     }
     Ok(())
 }
 
-/// The companions `airlock build` writes, for an image of `airlock disk`: named after OUT's
-/// stem, no packages or kernel.
-fn release_disk(
-    raw: &Path,
-    version: &str,
-    formats: &[Format],
-    seed: &Seed,
-    clock: BuildClock,
-    key: Option<&crate::signing::KeyPair>,
-) -> Result<crate::release::Released> {
-    use crate::release;
-    let name = raw
-        .file_name()
+/// The partitions `airlock disk`'s flags ask for, sized by the flags or the partition table's
+/// defaults; an ESP alone takes the whole disk.
+fn disk_partitions(args: &DiskArgs, spool: &Path) -> Result<Vec<PartitionRequest>> {
+    let table_default = |role: Role| match role.definition().size.default {
+        SizeDefault::Bytes(b) => Some(b),
+        SizeDefault::Rest | SizeDefault::Required => None,
+    };
+    let alone = args.root.is_none() && args.data.is_none();
+    let esp_size = match args.esp_size {
+        Some(s) => Some(s.bytes()),
+        None if alone => None,
+        None => table_default(Role::Esp),
+    };
+    let mut partitions = vec![PartitionRequest { role: Role::Esp, size: esp_size, tree: load(&args.esp, spool)? }];
+    if let Some(root) = &args.root {
+        // Without --root-size the root takes the rest; with it, the rest stays unpartitioned.
+        let role = Role::Root(Slot::A);
+        let size = args.root_size.map(ByteSize::bytes).or_else(|| table_default(role));
+        partitions.push(PartitionRequest { role, size, tree: load(root, spool)? });
+    }
+    if let Some(data) = args.data {
+        partitions.push(PartitionRequest { role: Role::Data, size: Some(data.bytes()), tree: Tree::new() });
+    }
+    Ok(partitions)
+}
+
+/// The appliance name a released `airlock disk` image gets: OUT's stem.
+fn release_name(raw: &Path) -> Result<String> {
+    raw.file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix(".raw"))
         .filter(|n| !n.is_empty())
-        .with_context(|| {
-            format!("{}: with --format or --sign-key the image must be named <name>.raw", raw.display())
-        })?;
-    let out_dir = spool_dir(raw);
-    let opts = release::ReleaseOptions {
-        out_dir: &out_dir,
-        appliance: crate::manifest::Appliance {
-            name: name.to_string(),
-            version: version.to_string(),
-            description: String::new(),
-            supplier: None,
-        },
-        formats,
-        vm: crate::outputs::VmHardware { cpus: 2, memory_mib: 2048 },
-        seed,
-        clock,
-        spec_sha256: None,
-        kernel: None,
-        packages: &[],
-        package_source: String::new(),
-        contents: &crate::manifest::Contents::default(),
-    };
-    let files = release::derive_outputs(raw, &opts)?;
-    let files = release::write_manifest(raw, files, &opts)?;
-    let comment = release::trusted_comment(&opts.appliance, &clock);
-    let released = release::sign_outputs(&out_dir, files, key, &comment)?;
-    if !formats.contains(&Format::Raw) {
-        crate::outputs::remove_if_present(raw)?;
-    }
-    Ok(released)
+        .map(str::to_string)
+        .with_context(|| format!("{}: with --format or --sign-key the image must be named <name>.raw", raw.display()))
 }

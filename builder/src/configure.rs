@@ -3,14 +3,13 @@
 //! is extracted or run.
 
 use crate::clock::BuildClock;
+use crate::partition::{DATA_MOUNT, FoundBy, Mount, Role};
 use crate::plan::BuildPlan;
+use crate::seed::Seed;
 use crate::tree::{Content, Meta, NodeKind, Tree};
 use crate::units;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
-
-/// Where the data partition is mounted.
-pub const DATA_MOUNT: &str = "/var/lib/airlock";
 
 /// Units that only cost first-boot time on an appliance (scrubbing, package-manager timers,
 /// interactive first-boot prompts).
@@ -55,16 +54,8 @@ pub fn data_tree(root: &Tree, clock: &BuildClock) -> Result<Tree> {
     Ok(tree)
 }
 
-/// Partition identities the root filesystem refers to.
-#[derive(Debug, Clone)]
-pub struct PartitionIds {
-    pub esp: uuid::Uuid,
-    pub root: uuid::Uuid,
-    pub data: uuid::Uuid,
-}
-
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
-pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -> Result<()> {
+pub fn configure_system(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
     root.begin_layer();
     root.put_file("etc/hostname", 0o644, format!("{}\n", plan.hostname))?;
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
@@ -76,27 +67,15 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
             plan.hostname
         ),
     )?;
-    // The data partition is mounted data=journal: file data goes through the journal in the
-    // order it was written, so after a power cut the filesystem is as it was at some moment,
-    // data included. With the default (data=ordered and delayed allocation) a program that
-    // records "done" without fsyncing what it wrote — podman extracting a pulled layer — can
-    // come back with the record and empty files (found by the power-cut test).
-    root.put_file("etc/fstab",
-        0o644,
-        format!(
-            "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
-             PARTUUID={root} / ext4 defaults 0 1\n\
-             PARTUUID={data} {DATA_MOUNT} ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
-             PARTUUID={esp} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n\
-             {DATA_MOUNT}/{JOURNAL_DIR} /var/log/journal none bind,x-systemd.requires-mounts-for={DATA_MOUNT} 0 0\n",
-            root = ids.root,
-            data = ids.data,
-            esp = ids.esp,
-        ),
-    )?;
-    root.put_dir(DATA_MOUNT.trim_start_matches('/'), 0o755)?;
+    root.put_file("etc/fstab", 0o644, fstab(plan.disk.roles(), &plan.seed))?;
+    for (role, m) in mounts(plan.disk.roles()).filter(|(_, m)| m.path != "/") {
+        root.put_dir(m.path.trim_start_matches('/'), m.mode)
+            .with_context(|| format!("the {role} partition's mount point"))?;
+    }
     root.put_dir("var/log/journal", 0o2755)?;
-    root.put_dir("efi", 0o700)?;
+    for (path, text) in repart_files(plan.disk.roles()) {
+        root.put_file(&path, 0o644, text)?;
+    }
     root.put_symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
 
     root.put_file(
@@ -124,24 +103,101 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
     Ok(())
 }
 
-/// Where the provisioner (this binary, run as `airlock firstboot`) lives in the image.
-pub const PROVISIONER: &str = "usr/lib/airlock/airlock";
+/// The partitions of `roles` that the booted system mounts, in fstab's order: the root first,
+/// then the partitions mounted during boot, then those mounted on first access (each group in
+/// disk order).
+fn mounts(roles: impl Iterator<Item = Role>) -> impl Iterator<Item = (Role, Mount)> {
+    let mut mounts: Vec<(Role, Mount)> = roles.filter_map(|r| r.definition().mount.map(|m| (r, m))).collect();
+    mounts.sort_by_key(|(_, m)| (m.path != "/", m.on_access));
+    mounts.into_iter()
+}
 
-/// Copies the `airlock` executable into the image as its provisioner. The build host and the
-/// appliance are both Debian amd64 and the appliance's glibc is the same or newer, so the
-/// binary runs there as it is (it needs nothing beyond libc, libm and libgcc_s).
-pub fn install_provisioner(root: &mut Tree, exe: &std::path::Path) -> Result<()> {
-    let md = std::fs::metadata(exe).with_context(|| format!("the provisioner {}", exe.display()))?;
+/// `/etc/fstab`: every partition the table mounts, named by its seeded PARTUUID (the root too,
+/// for its options and fsck, though the kernel mounts it from `root=`), then the persistent
+/// journal's bind mount from the data partition.
+pub fn fstab(roles: impl Iterator<Item = Role>, seed: &Seed) -> String {
+    let mut text = String::from("# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n");
+    for (role, m) in mounts(roles) {
+        let def = role.definition();
+        text.push_str(&format!(
+            "PARTUUID={} {} {} {} 0 {}\n",
+            def.partition_guid(seed),
+            m.path,
+            def.filesystem.mount_type(),
+            m.options,
+            m.pass
+        ));
+    }
+    text.push_str(&format!(
+        "{DATA_MOUNT}/{JOURNAL_DIR} /var/log/journal none bind,x-systemd.requires-mounts-for={DATA_MOUNT} 0 0\n"
+    ));
+    text
+}
+
+/// The kernel command line's `root=`: the partition the table says the kernel mounts as `/`.
+pub fn kernel_root(roles: impl Iterator<Item = Role>, seed: &Seed) -> Result<String> {
+    let mut roots = roles.filter(|r| r.definition().found_by == FoundBy::KernelRoot);
+    match (roots.next(), roots.next()) {
+        (Some(r), None) => Ok(format!("root=PARTUUID={}", r.definition().partition_guid(seed))),
+        (None, _) => bail!("the disk has no root partition for the kernel to mount"),
+        (Some(a), Some(b)) => bail!("the kernel can mount one root partition, not both {a} and {b}"),
+    }
+}
+
+/// systemd-repart's configuration (`/usr/lib/repart.d`) for each partition that grows into the
+/// rest of the disk on first boot: repart matches it by type and grows it; its filesystem
+/// follows through `x-systemd.growfs` in fstab.
+fn repart_files(roles: impl Iterator<Item = Role>) -> Vec<(String, String)> {
+    roles
+        .filter_map(|role| role.definition().grows.map(|repart_type| (role, repart_type)))
+        .map(|(role, repart_type)| {
+            (
+                format!("usr/lib/repart.d/50-airlock-{}.conf", role.key()),
+                format!(
+                    "# The {role} partition ({}) is the last one on the disk and grows into whatever\n\
+                     # space the disk has on first boot: one image fits a 16 GB stick and a 500 GB VM disk alike.\n\
+                     # The filesystem follows through x-systemd.growfs in /etc/fstab.\n\
+                     [Partition]\nType={repart_type}\n",
+                    role.definition().type_name
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Where the appliance's own program (`airlock-appliance`: `airlock firstboot`, run by
+/// `airlock-provision.service`) lives in the image: on `PATH`, as `airlock`.
+pub const APPLIANCE_PROGRAM: &str = "usr/bin/airlock";
+
+/// The ELF header fields of an x86-64 Linux executable: magic, 64-bit, little-endian, version 1.
+const ELF_X86_64_IDENT: [u8; 7] = [0x7f, b'E', b'L', b'F', 2, 1, 1];
+const ELF_MACHINE_X86_64: u16 = 62;
+
+/// Installs the appliance's own program. The build host and the appliance are both Debian
+/// amd64 and the appliance's glibc is the same or newer, so the binary runs there as it is (it
+/// needs nothing beyond libc, libm and libgcc_s); anything but an x86-64 ELF executable is
+/// refused here rather than at first boot.
+pub fn install_appliance_program(root: &mut Tree, exe: &std::path::Path) -> Result<()> {
+    let md = std::fs::metadata(exe).with_context(|| format!("the appliance program {}", exe.display()))?;
     if !md.is_file() {
-        bail!("the provisioner {} is not a regular file", exe.display());
+        bail!("the appliance program {} is not a regular file", exe.display());
+    }
+    let mut header = [0u8; 20];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(exe).with_context(|| format!("opening {}", exe.display()))?,
+        &mut header,
+    )
+    .with_context(|| format!("reading the ELF header of {}", exe.display()))?;
+    if header[..7] != ELF_X86_64_IDENT || u16::from_le_bytes([header[18], header[19]]) != ELF_MACHINE_X86_64 {
+        bail!("the appliance program {} is not an x86-64 Linux executable", exe.display());
     }
     root.begin_layer();
     root.insert(
-        PROVISIONER.as_bytes(),
+        APPLIANCE_PROGRAM.as_bytes(),
         Meta::root(0o755),
         NodeKind::File { size: md.len(), content: Content::Host(exe.into()) },
     )
-    .map_err(|p| anyhow!("writing /{PROVISIONER}: {p}"))?;
+    .map_err(|p| anyhow!("writing /{APPLIANCE_PROGRAM}: {p}"))?;
     Ok(())
 }
 
@@ -191,6 +247,71 @@ mod tests {
         assert!(t.lookup("etc/ssh/sshd_config").is_some());
         assert!(t.lookup("var/lib/systemd/random-seed").is_none());
         assert!(t.lookup("etc/.updated").is_some());
+    }
+
+    /// fstab names each partition the table mounts by its seeded PARTUUID: the root first, the
+    /// ESP (mounted on first access) last, then the journal's bind mount.
+    #[test]
+    fn fstab_comes_from_the_partition_table() {
+        let seed = Seed::new("demo-0.1.0");
+        let roles = [Role::Esp, Role::Root(crate::partition::Slot::A), Role::Data];
+        let id = |role: Role| role.definition().partition_guid(&seed);
+        let want = format!(
+            "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
+             PARTUUID={} / ext4 defaults 0 1\n\
+             PARTUUID={} /var/lib/airlock ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
+             PARTUUID={} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n\
+             /var/lib/airlock/journal /var/log/journal none bind,x-systemd.requires-mounts-for=/var/lib/airlock 0 0\n",
+            id(roles[1]),
+            id(Role::Data),
+            id(Role::Esp)
+        );
+        assert_eq!(fstab(roles.into_iter(), &seed), want);
+        assert_eq!(id(roles[1]), seed.uuid("partition:root-x86-64"));
+    }
+
+    #[test]
+    fn the_kernel_mounts_the_tables_root() {
+        let seed = Seed::new("demo-0.1.0");
+        let roles = [Role::Esp, Role::Root(crate::partition::Slot::A), Role::Data];
+        assert_eq!(
+            kernel_root(roles.into_iter(), &seed).unwrap(),
+            format!("root=PARTUUID={}", seed.uuid("partition:root-x86-64"))
+        );
+        let err = kernel_root([Role::Esp, Role::Data].into_iter(), &seed).unwrap_err().to_string();
+        assert!(err.contains("no root partition"), "{err}");
+    }
+
+    /// systemd-repart grows the data partition (the one the table says grows) and no other.
+    #[test]
+    fn repart_grows_the_growing_partition() {
+        let files = repart_files([Role::Esp, Role::Root(crate::partition::Slot::A), Role::Data].into_iter());
+        assert_eq!(files.len(), 1);
+        let (path, text) = &files[0];
+        assert_eq!(path, "usr/lib/repart.d/50-airlock-data.conf");
+        assert_eq!(
+            text,
+            "# The data partition (Linux variable data) is the last one on the disk and grows into whatever\n\
+             # space the disk has on first boot: one image fits a 16 GB stick and a 500 GB VM disk alike.\n\
+             # The filesystem follows through x-systemd.growfs in /etc/fstab.\n\
+             [Partition]\nType=var\n"
+        );
+    }
+
+    #[test]
+    fn only_an_x86_64_executable_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("airlock-appliance");
+        std::fs::write(&script, "#!/bin/sh\necho not a program for the appliance\n").unwrap();
+        let err = install_appliance_program(&mut Tree::new(), &script).unwrap_err().to_string();
+        assert!(err.contains("is not an x86-64 Linux executable"), "{err}");
+        let missing = install_appliance_program(&mut Tree::new(), &dir.path().join("none")).unwrap_err();
+        assert!(format!("{missing:#}").contains("the appliance program"), "{missing:#}");
+        // This test's own executable is one (the builder only runs on x86-64 Linux hosts).
+        let mut t = Tree::new();
+        install_appliance_program(&mut t, &std::env::current_exe().unwrap()).unwrap();
+        let id = t.lookup(APPLIANCE_PROGRAM).unwrap();
+        assert_eq!(t.node(id).meta.mode, 0o755);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use crate::clock::BuildClock;
 use crate::ext4::{self, Ext4Options};
 use crate::fat::{self, FatOptions};
-use crate::gpt::{self, ALIGN, GptLayout, PartitionEntry, types};
+use crate::gpt::{self, ALIGN, GptLayout, PartitionEntry};
 use crate::output_file::PartialFile;
+use crate::partition::{Filesystem, Role};
 use crate::region::Region;
 use crate::seed::Seed;
 use crate::size::ByteSize;
@@ -14,69 +15,34 @@ use crate::tree::Tree;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-/// What a partition is for; fixes its GPT type, name and seed purposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// EFI system partition (FAT32).
-    Esp,
-    /// The root filesystem (Linux root x86-64).
-    Root,
-    /// Persistent data (Linux variable data), last on the disk so it can grow.
-    Data,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Esp => "esp",
-            Role::Root => "root-x86-64",
-            Role::Data => "data",
-        }
-    }
-
-    fn type_guid(self) -> uuid::Uuid {
-        match self {
-            Role::Esp => types::ESP,
-            Role::Root => types::LINUX_ROOT_X86_64,
-            Role::Data => types::LINUX_VARIABLE_DATA,
-        }
-    }
-
-    /// The partition's unique GUID (PARTUUID) for a build seed.
-    pub fn partition_guid(self, seed: &Seed) -> uuid::Uuid {
-        seed.uuid(&format!("partition:{}", self.name()))
-    }
-}
-
-/// The filesystem a partition gets.
-#[derive(Debug)]
-pub enum Filesystem {
-    Fat32 { tree: Tree, label: String },
-    Ext4 { tree: Tree, label: String, reserved_percent: u8 },
-}
-
-/// One partition to be: its role, its size (`None`: take what the others leave) and content.
+/// One partition to be: its role (which fixes everything [`crate::partition::TABLE`] says about it),
+/// its size (`None`: take what the others leave) and the tree its filesystem is made from.
 #[derive(Debug)]
 pub struct PartitionRequest {
     pub role: Role,
     pub size: Option<u64>,
-    pub fs: Filesystem,
+    pub tree: Tree,
 }
 
 /// A validated disk: the partition table and what goes into each partition.
 #[derive(Debug)]
 pub struct DiskPlan {
     pub layout: GptLayout,
-    pub filesystems: Vec<Filesystem>,
+    /// Each partition's role and tree, in the order of `layout.partitions`.
+    pub contents: Vec<(Role, Tree)>,
     pub seed: Seed,
     pub clock: BuildClock,
 }
 
-/// Lays partitions out in order from 1 MiB, each on a 1 MiB boundary; at most one partition
-/// has no size and takes the rest.
-pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, requests: Vec<PartitionRequest>) -> Result<DiskPlan> {
+/// Lays partitions out in the table's order from 1 MiB, each on a 1 MiB boundary; at most one
+/// partition has no size and takes the rest.
+pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<PartitionRequest>) -> Result<DiskPlan> {
     if disk_size % gpt::SECTOR != 0 {
         bail!("disk size {} is not a multiple of 512 bytes", ByteSize(disk_size));
+    }
+    requests.sort_by_key(|r| r.role.position());
+    if let Some(twice) = requests.windows(2).find(|w| w[0].role == w[1].role) {
+        bail!("the {} partition is requested twice", twice[0].role);
     }
     let start = gpt::first_usable_aligned();
     let end = gpt::align_down(gpt::last_usable_end(disk_size), ALIGN);
@@ -90,8 +56,8 @@ pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, requests: Vec<Partiti
         requests
             .iter()
             .map(|r| match r.size {
-                Some(s) => format!("{} {}", r.role.name(), ByteSize(s)),
-                None => format!("{} (rest, at least 1MiB)", r.role.name()),
+                Some(s) => format!("{} {}", r.role, ByteSize(s)),
+                None => format!("{} (rest, at least 1MiB)", r.role),
             })
             .collect::<Vec<_>>()
             .join(" + ")
@@ -109,25 +75,26 @@ pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, requests: Vec<Partiti
     }
     let mut cursor = start;
     let mut partitions = Vec::new();
-    let mut filesystems = Vec::new();
+    let mut contents = Vec::new();
     for r in requests {
         let size = match r.size {
             Some(s) => gpt::align_up(s, ALIGN),
             None => available - fixed,
         };
+        let def = r.role.definition();
         partitions.push(PartitionEntry {
-            name: r.role.name().to_string(),
-            type_guid: r.role.type_guid(),
-            guid: r.role.partition_guid(&seed),
+            name: def.gpt_name(),
+            type_guid: def.type_guid,
+            guid: def.partition_guid(&seed),
             start: cursor,
             size,
         });
-        filesystems.push(r.fs);
+        contents.push((r.role, r.tree));
         cursor += size;
     }
     let layout = GptLayout { disk_size, disk_guid: seed.uuid("disk"), partitions };
     layout.validate()?;
-    Ok(DiskPlan { layout, filesystems, seed, clock })
+    Ok(DiskPlan { layout, contents, seed, clock })
 }
 
 /// What was written.
@@ -147,13 +114,13 @@ pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
         format!("sizing {} to {}", partial.partial_path().display(), ByteSize(plan.layout.disk_size))
     })?;
     let mut lines = Vec::new();
-    for (entry, fs) in plan.layout.partitions.iter().zip(&plan.filesystems) {
+    for (entry, (role, tree)) in plan.layout.partitions.iter().zip(&plan.contents) {
         let region = Region::new(file, entry.start, entry.size);
-        let what = match fs {
-            Filesystem::Fat32 { tree, label } => {
+        let what = match role.definition().filesystem {
+            Filesystem::Fat32 { label } => {
                 let opts = FatOptions {
-                    volume_id: plan.seed.u32(&format!("fat-volume-id:{}", entry.name)),
-                    label: label.clone(),
+                    volume_id: plan.seed.u32(&format!("fat-volume-id:{}", role.key())),
+                    label: label.to_string(),
                     clock: plan.clock,
                     hidden_sectors: u32::try_from(entry.start / gpt::SECTOR)
                         .context("ESP starts beyond 2 TiB, which FAT's hidden-sector field cannot express")?,
@@ -168,13 +135,13 @@ pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
                     ByteSize(u64::from(r.free_clusters) * u64::from(r.cluster_size))
                 )
             }
-            Filesystem::Ext4 { tree, label, reserved_percent } => {
+            Filesystem::Ext4 { label, reserved_percent } => {
                 let opts = Ext4Options {
                     seed: plan.seed.clone(),
-                    label: label.clone(),
+                    label: label.to_string(),
                     clock: plan.clock,
                     inode_count: None,
-                    reserved_percent: *reserved_percent,
+                    reserved_percent,
                 };
                 let r = ext4::write_ext4(tree, &region, &opts)
                     .with_context(|| format!("writing ext4 to partition {}", entry.name))?;
@@ -199,4 +166,52 @@ pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
     plan.layout.write(file).context("writing the partition table")?;
     let path = partial.commit()?;
     Ok(DiskReport { path, size: plan.layout.disk_size, partitions: lines })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Slot;
+    use crate::size::MIB;
+
+    fn request(role: Role, size: Option<u64>) -> PartitionRequest {
+        PartitionRequest { role, size, tree: Tree::new() }
+    }
+
+    /// Partitions go in the table's order whatever the caller's, with the table's types and names
+    /// and the seed's GUIDs; the one without a size takes the rest.
+    #[test]
+    fn layout_follows_the_partition_table() {
+        let seed = Seed::new("t");
+        let requests = vec![
+            request(Role::Data, Some(32 * MIB)),
+            request(Role::Root(Slot::A), None),
+            request(Role::Esp, Some(40 * MIB)),
+        ];
+        let plan = plan(200 * MIB, seed.clone(), BuildClock::fixed(0), requests).unwrap();
+        let got: Vec<(&str, uuid::Uuid, uuid::Uuid, u64, u64)> =
+            plan.layout.partitions.iter().map(|p| (p.name.as_str(), p.type_guid, p.guid, p.start, p.size)).collect();
+        let def = |r: Role| r.definition();
+        let root = Role::Root(Slot::A);
+        assert_eq!(
+            got,
+            [
+                ("esp", def(Role::Esp).type_guid, seed.uuid("partition:esp"), MIB, 40 * MIB),
+                ("root-x86-64", def(root).type_guid, seed.uuid("partition:root-x86-64"), 41 * MIB, 126 * MIB),
+                ("data", def(Role::Data).type_guid, seed.uuid("partition:data"), 167 * MIB, 32 * MIB),
+            ]
+        );
+        let roles: Vec<Role> = plan.contents.iter().map(|(r, _)| *r).collect();
+        assert_eq!(roles, [Role::Esp, root, Role::Data]);
+    }
+
+    #[test]
+    fn a_role_twice_or_two_rests_are_refused() {
+        let twice = vec![request(Role::Esp, Some(40 * MIB)), request(Role::Esp, Some(40 * MIB))];
+        let err = plan(200 * MIB, Seed::new("t"), BuildClock::fixed(0), twice).unwrap_err().to_string();
+        assert!(err.contains("the esp partition is requested twice"), "{err}");
+        let rests = vec![request(Role::Esp, None), request(Role::Root(Slot::A), None)];
+        let err = plan(200 * MIB, Seed::new("t"), BuildClock::fixed(0), rests).unwrap_err().to_string();
+        assert!(err.contains("only one partition may take the remaining space"), "{err}");
+    }
 }

@@ -3,6 +3,7 @@
 //! (is it still that) and `diff` (where do two images part).
 
 use crate::gpt::{GptLayout, PartitionEntry};
+use crate::partition::{self, Role};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,6 +55,8 @@ pub fn sha256_range(file: &File, start: u64, len: u64) -> Result<[u8; 32]> {
 #[derive(Debug, Clone)]
 pub struct InspectedPartition {
     pub number: u32,
+    /// What the partition table says it is (`None`: a partition airlock does not make).
+    pub role: Option<Role>,
     pub entry: PartitionEntry,
     pub filesystem: FsKind,
     pub sha256: String,
@@ -65,11 +68,13 @@ pub fn inspect(image: &Path) -> Result<(GptLayout, Vec<InspectedPartition>)> {
     let layout =
         GptLayout::read(&file).with_context(|| format!("reading the partition table of {}", image.display()))?;
     let mut parts = Vec::new();
-    for (i, entry) in layout.partitions.iter().enumerate() {
+    let roles = partition::identify(&layout.partitions);
+    for ((i, entry), role) in layout.partitions.iter().enumerate().zip(roles) {
         let digest = sha256_range(&file, entry.start, entry.size)
             .with_context(|| format!("hashing partition {} ({}) of {}", i + 1, entry.name, image.display()))?;
         parts.push(InspectedPartition {
             number: i as u32 + 1,
+            role,
             filesystem: filesystem(&file, entry)?,
             entry: entry.clone(),
             sha256: hex::encode(digest),

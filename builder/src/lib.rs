@@ -3,10 +3,11 @@
 //! See `docs/ARCHITECTURE.md` for the flow from spec to image and the layers (each imports only
 //! from the ones below; `tests/layers.rs` checks it). The modules, from the bottom up:
 //! - foundations: [`tree`] (the in-memory filesystem model, filled from tars and host
-//!   directories), [`oci`] (container images and the blob store), [`command`] (the one way to
-//!   run a program), [`http`], [`output_file`], [`region`], [`seed`], [`size`], [`clock`],
-//!   [`cache`], [`signing`], [`gpt`], [`block_device`], [`apt_sources`], [`units`],
-//!   [`base_os`], [`embedded`];
+//!   directories), [`oci`] (container images and the blob store), [`http`], [`region`],
+//!   [`clock`], [`cache`], [`block_device`], [`apt_sources`], [`units`], [`base_os`],
+//!   [`embedded`]; from `airlock-common` (`builder/common`, shared with the appliance's own
+//!   program): [`partition`] (the partition table as data), [`gpt`], [`signing`], [`command`]
+//!   (the one way to run a program), [`output_file`], [`seed`], [`size`], [`local_registry`];
 //! - [`spec`]: `appliance.toml` as written;
 //! - [`mirror`]: the mirror ecosystems (PyPI, npm, Go, NuGet, the Pulumi CLI), one
 //!   [`mirror::Ecosystem`] each in one registry;
@@ -21,8 +22,14 @@
 //! - [`verify`], [`flash`], [`diff`]: checking and using a release;
 //! - [`verity`], [`uki`] (with [`pe`]), [`secure_boot`]: the verified-boot building blocks
 //!   (dm-verity hash tree, unified kernel image, the owner's keys and Authenticode signing);
-//! - [`firstboot`]: what the appliance runs on itself at boot;
 //! - [`cli`]: the commands.
+//!
+//! What runs on the appliance (first boot) is its own crate, `airlock-appliance`
+//! (`builder/appliance`), which links none of this crate.
+
+// Shared with the appliance's own program; re-exported so the builder's modules and tests name
+// them as before.
+pub use airlock_common::{command, gpt, local_registry, output_file, partition, seed, signing, size};
 
 pub mod apt_sources;
 pub mod base_os;
@@ -31,7 +38,6 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod coherence;
-pub mod command;
 pub mod configure;
 pub mod contents;
 pub mod diff;
@@ -41,10 +47,8 @@ pub mod esp;
 pub mod ext4;
 pub mod fat;
 pub mod fetch;
-pub mod firstboot;
 pub mod flash;
 pub mod front_door;
-pub mod gpt;
 pub mod http;
 pub mod inspect;
 pub mod lock;
@@ -53,7 +57,6 @@ pub mod manifest;
 pub mod mirror;
 pub mod mirror_site;
 pub mod oci;
-pub mod output_file;
 pub mod outputs;
 pub mod pe;
 pub mod pipeline;
@@ -63,9 +66,6 @@ pub mod region;
 pub mod release;
 pub mod sbom;
 pub mod secure_boot;
-pub mod seed;
-pub mod signing;
-pub mod size;
 pub mod spec;
 pub mod tree;
 pub mod uki;

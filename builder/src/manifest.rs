@@ -15,6 +15,7 @@ use crate::clock::BuildClock;
 use crate::inspect::{FsKind, InspectedPartition};
 use crate::output_file::PartialFile;
 use crate::outputs::Format;
+use crate::partition::Role;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -83,6 +84,9 @@ pub struct Disk {
 pub struct Partition {
     /// GPT entry number, from 1.
     pub number: u32,
+    /// What it is for, from the partition table (`airlock_common::partition`): `esp`,
+    /// `root-x86-64`, `data`; `null` for a partition airlock does not make.
+    pub role: Option<Role>,
     pub name: String,
     pub type_guid: String,
     pub guid: String,
@@ -262,6 +266,7 @@ impl Manifest {
                     .iter()
                     .map(|p| Partition {
                         number: p.number,
+                        role: p.role,
                         name: p.entry.name.clone(),
                         type_guid: p.entry.type_guid.to_string(),
                         guid: p.entry.guid.to_string(),

@@ -1,25 +1,30 @@
-//! `airlock build`: from a validated plan to a disk image. [`build`] is the table of contents;
-//! each stage is a function named for what it does.
+//! `airlock build` and `airlock disk`: from a validated plan (or `airlock disk`'s trees) to a
+//! released disk image. [`build`] is the table of contents; each stage is a function named for
+//! what it does. [`disk`] runs the same stage functions from "assemble disk" on, as
+//! `systemd-repart` is both a tool and mkosi's stage.
 
 use crate::base_os::{self, Package};
 use crate::clock::BuildClock;
 use crate::coherence::{self, Scope};
-use crate::configure::{self, PartitionIds};
-use crate::disk::{self, Filesystem, PartitionRequest, Role};
+use crate::configure;
+use crate::disk::{self, DiskReport, PartitionRequest};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
 use crate::lock::Lock;
 use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
-use crate::outputs::{self, Format};
+use crate::outputs::{self, Format, VmHardware};
+use crate::partition::{Role, Slot};
 use crate::plan::BuildPlan;
 use crate::preload;
 use crate::release::{self, ReleaseOptions, Released};
+use crate::seed::Seed;
 use crate::signing::KeyPair;
 use crate::tree::{self, Tree};
 use crate::units::SYSTEM_UNIT_DIR;
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,9 +41,43 @@ pub struct BuildOptions {
     pub formats: Option<Vec<Format>>,
     /// The key that signs SHA256SUMS, already unlocked (`--sign-key` or `[signing] key`).
     pub signing_key: Option<KeyPair>,
-    /// The `airlock` executable copied into the image as its provisioner
-    /// (`/usr/lib/airlock/airlock firstboot`): the running binary for `airlock build`.
-    pub provisioner: PathBuf,
+    /// The appliance's own program, installed in the image as `/usr/bin/airlock`.
+    pub appliance: ApplianceProgram,
+}
+
+/// Where the build finds the appliance's own program (`airlock-appliance`, which must not be
+/// the builder: it runs on the appliance and links none of the builder's online code).
+#[derive(Debug, Clone)]
+pub enum ApplianceProgram {
+    /// `airlock-appliance` next to the running executable, where `cargo build` puts both.
+    NextToExecutable,
+    /// This file (the VM tests' own build of it).
+    At(PathBuf),
+}
+
+/// The appliance program's file name, as cargo builds it.
+pub const APPLIANCE_PROGRAM: &str = "airlock-appliance";
+
+impl ApplianceProgram {
+    /// The file to install; a missing one is an error that says how to build it.
+    pub fn path(&self) -> Result<PathBuf> {
+        let path = match self {
+            ApplianceProgram::At(path) => path.clone(),
+            ApplianceProgram::NextToExecutable => {
+                let exe = std::env::current_exe().context("finding the running executable")?;
+                exe.parent().context("the running executable has no directory")?.join(APPLIANCE_PROGRAM)
+            }
+        };
+        if !path.is_file() {
+            let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+            anyhow::bail!(
+                "the appliance program {} is missing: build it with `cargo build{profile} -p {APPLIANCE_PROGRAM}` \
+                 (or `cargo build{profile}` at the repository's root, which builds it with airlock)",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
 }
 
 /// What a build produced and how long each stage took.
@@ -62,6 +101,7 @@ impl BuildReport {
 }
 
 /// Runs a stage with a spinner and records its duration.
+#[derive(Default)]
 struct Stages {
     done: Vec<(&'static str, Duration)>,
 }
@@ -91,8 +131,8 @@ impl Stages {
 /// Builds the appliance image `<out_dir>/<name>.raw` and releases it in the requested formats,
 /// with manifest, SBOM, SHA256SUMS and (with a key) its signature.
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
-    let mut stages = Stages { done: Vec::new() };
-    let ids = partition_ids(plan);
+    let mut stages = Stages::default();
+    let appliance = opts.appliance.path()?;
     // First, so a build without its locked images stops before any work; "preload container
     // images" writes these images into the root filesystem from the store.
     let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
@@ -106,26 +146,111 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         crate::mirror_site::build(&mut root, plan, &lock.lock, &store, &opts.out_dir, &opts.clock)
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
-    stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
-    stages.run("configure system", || configure::configure_system(&mut root, plan, &ids))?;
+    stages.run("install appliance program", || configure::install_appliance_program(&mut root, &appliance))?;
+    stages.run("configure system", || configure::configure_system(&mut root, plan))?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     let kernel = esp::find_kernel(&root)?;
-    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan, &ids))?;
+    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan))?;
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
-    let size = stages.run("assemble disk", || assemble_disk(plan, opts, esp, root, &image))?;
+    let disk = stages.run("assemble disk", || {
+        std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+        let partitions = partition_requests(plan, esp, root, &opts.clock)?;
+        let report = assemble_disk(&image, plan.disk.size, &plan.seed, opts.clock, partitions)?;
+        report.partitions.iter().for_each(|line| log::info!("{line}"));
+        Ok(report)
+    })?;
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
     let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
     let release = release_options(plan, opts, formats, &kernel.version, &packages, &contents);
-    let mut files = stages.run("derive outputs", || release::derive_outputs(&image, &release))?;
-    files.push(("packages".to_string(), packages_file));
-    let files = stages.run("write manifest", || release::write_manifest(&image, files, &release))?;
-    let released = stages.run("sign outputs", || sign_outputs(opts, &release, files))?;
-    if !formats.contains(&Format::Raw) {
-        outputs::remove_if_present(&image)?;
+    let packages_file = vec![("packages".to_string(), packages_file)];
+    // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
+    let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
+    Ok(BuildReport { image, size: disk.size, kernel: kernel.version, packages, released, stages: stages.done })
+}
+
+/// What `airlock disk` assembles, and how it is released.
+#[derive(Debug)]
+pub struct DiskJob {
+    /// The raw image to write (`<name>.raw` when it is released).
+    pub image: PathBuf,
+    pub size: u64,
+    pub seed: Seed,
+    pub clock: BuildClock,
+    pub partitions: Vec<PartitionRequest>,
+    /// `None`: the raw image alone.
+    pub release: Option<DiskRelease>,
+}
+
+/// The companions `airlock build` writes, for an image of `airlock disk`: no kernel, packages
+/// or spec digest.
+#[derive(Debug)]
+pub struct DiskRelease {
+    pub appliance: Appliance,
+    pub formats: Vec<Format>,
+    pub signing_key: Option<KeyPair>,
+}
+
+/// `airlock disk`: the "assemble disk" stage on trees the caller loaded, then, with a release,
+/// the release stages of [`build`].
+pub fn disk(job: DiskJob) -> Result<(DiskReport, Option<Released>)> {
+    let mut stages = Stages::default();
+    let report =
+        stages.run("assemble disk", || assemble_disk(&job.image, job.size, &job.seed, job.clock, job.partitions))?;
+    let Some(r) = &job.release else { return Ok((report, None)) };
+    let out_dir = match job.image.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let release = ReleaseOptions {
+        out_dir: &out_dir,
+        appliance: r.appliance.clone(),
+        formats: &r.formats,
+        vm: VmHardware { cpus: 2, memory_mib: 2048 },
+        seed: &job.seed,
+        clock: job.clock,
+        spec_sha256: None,
+        kernel: None,
+        packages: &[],
+        package_source: String::new(),
+        contents: &Contents::default(),
+    };
+    let released = release_image(&mut stages, &job.image, &release, r.signing_key.as_ref(), Vec::new())?;
+    Ok((report, Some(released)))
+}
+
+/// Stage: lays the partitions out in the partition table's order and writes each filesystem and
+/// the GPT into one sparse image (complete or not there at all).
+fn assemble_disk(
+    image: &Path,
+    size: u64,
+    seed: &Seed,
+    clock: BuildClock,
+    partitions: Vec<PartitionRequest>,
+) -> Result<DiskReport> {
+    let disk_plan = disk::plan(size, seed.clone(), clock, partitions)?;
+    disk::write(&disk_plan, image)
+}
+
+/// The release stages `airlock build` and `airlock disk` share: every format derived from the raw
+/// image, the manifest and SBOM (listing `extra` files too), SHA256SUMS and its signature. The raw
+/// image stays only when it is one of the formats.
+fn release_image(
+    stages: &mut Stages,
+    image: &Path,
+    release: &ReleaseOptions<'_>,
+    key: Option<&KeyPair>,
+    extra: Vec<(String, PathBuf)>,
+) -> Result<Released> {
+    let mut files = stages.run("derive outputs", || release::derive_outputs(image, release))?;
+    files.extend(extra);
+    let files = stages.run("write manifest", || release::write_manifest(image, files, release))?;
+    let released = stages.run("sign outputs", || sign_outputs(release, key, files))?;
+    if !release.formats.contains(&Format::Raw) {
+        outputs::remove_if_present(image)?;
     }
-    Ok(BuildReport { image, size, kernel: kernel.version, packages, released, stages: stages.done })
+    Ok(released)
 }
 
 fn release_options<'a>(
@@ -156,17 +281,13 @@ fn release_options<'a>(
     }
 }
 
-fn sign_outputs(opts: &BuildOptions, release: &ReleaseOptions<'_>, files: Vec<(String, PathBuf)>) -> Result<Released> {
-    let comment = release::trusted_comment(&release.appliance, &opts.clock);
-    release::sign_outputs(&opts.out_dir, files, opts.signing_key.as_ref(), &comment)
-}
-
-fn partition_ids(plan: &BuildPlan) -> PartitionIds {
-    PartitionIds {
-        esp: Role::Esp.partition_guid(&plan.seed),
-        root: Role::Root.partition_guid(&plan.seed),
-        data: Role::Data.partition_guid(&plan.seed),
-    }
+fn sign_outputs(
+    release: &ReleaseOptions<'_>,
+    key: Option<&KeyPair>,
+    files: Vec<(String, PathBuf)>,
+) -> Result<Released> {
+    let comment = release::trusted_comment(&release.appliance, &release.clock);
+    release::sign_outputs(release.out_dir, files, key, &comment)
 }
 
 /// The lock (with its file's SHA-256, `None` when the spec needs no lock) and the images it pins
@@ -241,9 +362,9 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) -> Result<Tree> {
+fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan) -> Result<Tree> {
     let mut options = vec![
-        format!("root=PARTUUID={}", ids.root),
+        configure::kernel_root(plan.disk.roles(), &plan.seed)?,
         "rw".to_string(),
         "console=tty0".to_string(),
         "console=ttyS0,115200".to_string(),
@@ -254,36 +375,25 @@ fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan, ids: &PartitionIds) 
         LoaderEntry { title: format!("{} {}", plan.name, plan.version), version: plan.version.clone(), options };
     let mut esp = esp::make_esp(root, kernel, &entry)?;
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
-    esp::add_site_config(&mut esp, &crate::firstboot::site::default_file(short))?;
+    esp::add_site_config(&mut esp, &airlock_common::site::default_file(short))?;
     Ok(esp)
 }
 
-fn assemble_disk(plan: &BuildPlan, opts: &BuildOptions, esp: Tree, root: Tree, image: &Path) -> Result<u64> {
-    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
-    let data = configure::data_tree(&root, &opts.clock)?;
-    let requests = vec![
-        PartitionRequest {
-            role: Role::Esp,
-            size: Some(plan.disk.esp),
-            fs: Filesystem::Fat32 { tree: esp, label: "ESP".into() },
-        },
-        PartitionRequest {
-            role: Role::Root,
-            size: plan.disk.root,
-            fs: Filesystem::Ext4 { tree: root, label: "root".into(), reserved_percent: 5 },
-        },
-        PartitionRequest {
-            role: Role::Data,
-            size: Some(plan.disk.data),
-            fs: Filesystem::Ext4 { tree: data, label: "data".into(), reserved_percent: 0 },
-        },
-    ];
-    let disk_plan = disk::plan(plan.disk.size, plan.seed.clone(), opts.clock, requests)?;
-    let report = disk::write(&disk_plan, image)?;
-    for line in &report.partitions {
-        log::info!("{line}");
-    }
-    Ok(report.size)
+/// What each partition of the plan's disk holds: the ESP and root trees made by the stages
+/// before, and a data partition holding only the journal's folder.
+fn partition_requests(plan: &BuildPlan, esp: Tree, root: Tree, clock: &BuildClock) -> Result<Vec<PartitionRequest>> {
+    let data = configure::data_tree(&root, clock)?;
+    let mut trees = BTreeMap::from([(Role::Esp, esp), (Role::Root(Slot::A), root), (Role::Data, data)]);
+    plan.disk
+        .partitions
+        .iter()
+        .map(|p| {
+            let tree = trees
+                .remove(&p.role)
+                .with_context(|| format!("the build makes nothing for the {} partition", p.role))?;
+            Ok(PartitionRequest { role: p.role, size: p.size, tree })
+        })
+        .collect()
 }
 
 /// `<out>/<name>.packages`: the installed Debian packages, one `name version architecture` per

@@ -8,6 +8,7 @@ use crate::clock::BuildClock;
 use crate::oci::registry_names::{RepositoryName, Tag};
 use crate::oci::registry_storage::{Preload, StorageOwner, write_registry_storage};
 use crate::oci::{BlobStore, Image};
+use crate::partition::Role;
 use crate::plan::BuildPlan;
 use crate::tree::Tree;
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,8 +16,7 @@ use std::collections::BTreeSet;
 
 /// Where Debian's docker-registry keeps its storage.
 pub const STORAGE: &str = "var/lib/docker-registry";
-/// The registry's port on the appliance.
-pub const PORT: u16 = 5000;
+pub use crate::local_registry::PORT;
 /// The system user Debian's docker-registry runs as (owner of its storage).
 const REGISTRY_SYSTEM_USER: &str = "docker-registry";
 
@@ -172,17 +172,18 @@ pub fn check_data_capacity(plan: &BuildPlan, images: &[Image], store: &BlobStore
         }
     }
     let need = unpacked + unpacked * DATA_OVERHEAD_PERCENT / 100;
+    let data = plan.disk.size_of(Role::Data).context("the disk has no data partition for podman's storage")?;
     log::info!(
         "container images unpacked: {} ({} with overhead) for a {} data partition",
         crate::size::ByteSize(unpacked),
         crate::size::ByteSize(need),
-        crate::size::ByteSize(plan.disk.data)
+        crate::size::ByteSize(data)
     );
-    if need > plan.disk.data {
+    if need > data {
         anyhow::bail!(
             "disk.data_size {} cannot hold the container images unpacked ({} in {} layers, {} with podman's and ext4's \
              overhead), which podman pulls onto the data partition on first boot before it grows; raise disk.data_size",
-            crate::size::ByteSize(plan.disk.data),
+            crate::size::ByteSize(data),
             crate::size::ByteSize(unpacked),
             seen.len(),
             crate::size::ByteSize(need)

@@ -4,6 +4,7 @@
 //! that names the key, never a silently ignored setting). [`crate::plan`] validates a [`Spec`]
 //! once into a [`crate::plan::BuildPlan`]; nothing downstream reads the raw spec.
 
+use crate::partition::{Role, Slot};
 use crate::size::ByteSize;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -145,22 +146,33 @@ pub struct OsSpec {
     pub refresh: String,
 }
 
+/// `[disk]`: the image's size and its partitions'. A size left out takes the default of the
+/// partition table (`airlock_common::partition`), which also says which sizes are required.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// The whole image.
     pub size: ByteSize,
-    #[serde(default = "default_esp_size")]
-    pub esp_size: ByteSize,
+    /// The EFI system partition.
+    #[serde(default)]
+    pub esp_size: Option<ByteSize>,
     /// The root filesystem; default: what the ESP and data partition leave.
     #[serde(default)]
     pub root_size: Option<ByteSize>,
     /// The data partition as built; it grows to fill the disk on first boot.
-    pub data_size: ByteSize,
+    #[serde(default)]
+    pub data_size: Option<ByteSize>,
 }
 
-fn default_esp_size() -> ByteSize {
-    ByteSize(256 * crate::size::MIB)
+impl DiskSpec {
+    /// The size the spec sets for `role`'s partition (under the table's `spec_key`).
+    pub fn size_of(&self, role: Role) -> Option<ByteSize> {
+        match role {
+            Role::Esp => self.esp_size,
+            Role::Root(Slot::A) => self.root_size,
+            Role::Data => self.data_size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -235,7 +247,7 @@ data_size = "256MiB"
     #[test]
     fn minimal_spec_parses_with_defaults() {
         let s = Spec::parse(MINIMAL, "t.toml").unwrap();
-        assert_eq!(s.disk.esp_size, ByteSize(256 << 20));
+        assert_eq!((s.disk.esp_size, s.disk.root_size), (None, None));
         assert!(s.overlays.is_empty() && s.services.is_empty());
         assert_eq!(s.outputs.formats, vec!["raw"]);
         assert_eq!((s.outputs.vm.cpus, s.outputs.vm.memory), (2, ByteSize(2 << 30)));
@@ -248,6 +260,17 @@ data_size = "256MiB"
         let err = Spec::parse(&text, "images/x/appliance.toml").unwrap_err().to_string();
         assert!(err.starts_with("images/x/appliance.toml:"), "{err}");
         assert!(err.contains("unknown field `hostnme`"), "{err}");
+    }
+
+    /// Every size key the partition table names is a `[disk]` key of the spec, read for its role.
+    #[test]
+    fn the_partition_tables_size_keys_are_disk_keys() {
+        for (i, def) in crate::partition::TABLE.iter().enumerate() {
+            let size = format!("{}MiB", 300 + i);
+            let text = MINIMAL.replace("data_size = \"256MiB\"", &format!("{} = \"{size}\"", def.size.spec_key));
+            let s = Spec::parse(&text, "t.toml").unwrap();
+            assert_eq!(s.disk.size_of(def.role), Some(size.parse().unwrap()), "{}", def.size.spec_key);
+        }
     }
 
     #[test]

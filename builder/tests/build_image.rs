@@ -128,8 +128,16 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let masked = debugfs(&root, "stat /etc/systemd/system/e2scrub_reap.service");
     assert!(masked.contains("Fast link dest: \"/dev/null\""), "e2scrub_reap is masked: {masked}");
     assert!(wants.contains("airlock-provision.service"), "{wants}");
-    let provisioner = debugfs(&root, "stat /usr/lib/airlock/airlock");
-    assert!(provisioner.contains("Mode:  0755") && provisioner.contains("User:     0"), "{provisioner}");
+    // The appliance's own program, on PATH, is the one built next to the builder (not the builder).
+    let program = debugfs(&root, "stat /usr/bin/airlock");
+    assert!(program.contains("Mode:  0755") && program.contains("User:     0"), "{program}");
+    let installed = b.out.join("usr-bin-airlock");
+    debugfs(&root, &format!("dump /usr/bin/airlock {}", installed.display()));
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_airlock")).with_file_name("airlock-appliance");
+    assert!(fs::read(&installed).unwrap() == fs::read(&built).unwrap(), "/usr/bin/airlock is {}", built.display());
+    assert!(!debugfs(&root, "ls -p /usr/lib/airlock").contains("/airlock/"), "no second copy in /usr/lib/airlock");
+    let repart = debugfs(&root, "cat /usr/lib/repart.d/50-airlock-data.conf");
+    assert!(repart.contains("[Partition]\nType=var\n"), "the data partition grows on first boot: {repart}");
     let sshd = debugfs(&root, "cat /etc/ssh/sshd_config.d/airlock.conf");
     assert!(sshd.contains("HostKey /var/lib/airlock/ssh/ssh_host_ed25519_key"), "{sshd}");
     let banner = debugfs(&root, "stat /usr/lib/airlock/banner");
@@ -311,6 +319,33 @@ fn assert_sbom_judged_valid(sbom: &std::path::Path, m: &serde_json::Value) {
             "{purl}"
         );
     }
+}
+
+/// `airlock build` installs the appliance's own program from next to itself; an `airlock`
+/// without one stops before any work and names the cargo command that builds it.
+#[test]
+fn a_missing_appliance_program_names_the_command_that_builds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("airlock");
+    fs::copy(env!("CARGO_BIN_EXE_airlock"), &lone).unwrap();
+    let out_dir = dir.path().join("out");
+    let spec = repo_root().join("images/demo/appliance.toml");
+    let out = std::process::Command::new(&lone)
+        .args(["build", spec.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "built without an appliance program: {stderr}");
+    let missing = dir.path().join("airlock-appliance");
+    assert!(
+        stderr.contains(&format!(
+            "the appliance program {} is missing: build it with `cargo build --release -p airlock-appliance`",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists(), "nothing is built");
 }
 
 #[test]

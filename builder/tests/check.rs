@@ -179,7 +179,7 @@ fn run_pulumi_secrets(dir: &Path) -> (bool, String, String) {
 /// systemd only when that changes), and refuses to start the stack without a license key.
 #[test]
 fn pulumi_secrets_hands_the_site_to_the_stack() {
-    use airlock::firstboot::{Paths, STEPS, provision};
+    use airlock_appliance::firstboot::{Paths, STEPS, provision};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let paths = Paths { root: d.join("root"), esp: d.join("esp"), state: d.join("state"), run: d.join("run") };

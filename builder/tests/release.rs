@@ -125,6 +125,9 @@ fn verify_passes_on_a_fresh_release_and_on_each_image() {
         serde_json::from_str(&fs::read_to_string(r.file("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["appliance"]["version"], "1.2.3");
     assert_eq!(manifest["disk"]["partitions"][1]["filesystem"], "ext4");
+    let roles: Vec<&str> =
+        manifest["disk"]["partitions"].as_array().unwrap().iter().map(|p| p["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["esp", "root-x86-64", "data"], "the manifest names each partition's role");
     assert_eq!(manifest["inputs"]["lock_sha256"], serde_json::Value::Null);
     let sbom: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(r.file("small.spdx.json")).unwrap()).unwrap();

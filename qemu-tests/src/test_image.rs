@@ -9,7 +9,7 @@
 //!   container layouts and fixtures, the builder's sources with the `overlay/` and `systemd/`
 //!   folders it embeds, `Cargo.lock`, the test overlay), every folder but those in
 //!   [`NOT_IN_IMAGES`], so a new folder counts until it is listed there;
-//! - the provisioner binary copied into the image;
+//! - the appliance program installed in the image;
 //! - the base OS's own cache key (suite, mirror, packages), the build clock and the formats.
 //!
 //! The [`Recipe`]'s scripts (the demo's container images and mirror fixtures, each cached by
@@ -108,8 +108,8 @@ impl Recipe {
 }
 
 /// The recipe's image built with the test overlay, from the cache under `cache_root` when an
-/// entry with the same inputs is there, with `provisioner` as the image's `airlock` binary.
-pub fn test_image(recipe: &Recipe, provisioner: &Path, cache_root: &Path) -> Result<TestImage> {
+/// entry with the same inputs is there, with `appliance` (the appliance program, `airlock-appliance`) installed as the image's `/usr/bin/airlock`.
+pub fn test_image(recipe: &Recipe, appliance: &Path, cache_root: &Path) -> Result<TestImage> {
     let cache = cache_root.join("test-images");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let plan = airlock::plan::plan(&recipe.spec, &airlock::plan::HostContext::default())?;
@@ -118,19 +118,19 @@ pub fn test_image(recipe: &Recipe, provisioner: &Path, cache_root: &Path) -> Res
     for script in &recipe.scripts {
         command::run(&mut Command::new(script))?;
     }
-    let mut found = usable_entry(&cache, &plan, recipe, provisioner)?;
+    let mut found = usable_entry(&cache, &plan, recipe, appliance)?;
     if found.is_none() {
         // Pinning asks the package indexes again (a minute or more), so it is done only when
         // no entry matches the lock as it is; the lock it writes may then match one.
         fetch(&plan)?;
-        found = usable_entry(&cache, &plan, recipe, provisioner)?;
+        found = usable_entry(&cache, &plan, recipe, appliance)?;
     }
     let (entry, in_use) = match found {
         Some(found) => found,
         None => {
-            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, recipe, provisioner)?[..16]));
+            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, recipe, appliance)?[..16]));
             let in_use = FileLock::exclusive(&with_suffix(&entry, ".lock"))?;
-            build_entry(&plan, recipe, provisioner, &cache, &entry)?;
+            build_entry(&plan, recipe, appliance, &cache, &entry)?;
             (entry, in_use)
         }
     };
@@ -147,9 +147,9 @@ fn usable_entry(
     cache: &Path,
     plan: &airlock::plan::BuildPlan,
     recipe: &Recipe,
-    provisioner: &Path,
+    appliance: &Path,
 ) -> Result<Option<(PathBuf, FileLock)>> {
-    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, recipe, provisioner)?[..16]));
+    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, recipe, appliance)?[..16]));
     if !entry.exists() {
         return Ok(None);
     }
@@ -193,7 +193,7 @@ fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
 }
 
 /// The SHA-256 of everything that goes into the image (see the module's documentation).
-fn inputs_key(plan: &airlock::plan::BuildPlan, recipe: &Recipe, provisioner: &Path) -> Result<String> {
+fn inputs_key(plan: &airlock::plan::BuildPlan, recipe: &Recipe, appliance: &Path) -> Result<String> {
     let started = Instant::now();
     let mut h = Sha256::new();
     let formats = format!("{:?}", recipe.formats);
@@ -211,7 +211,7 @@ fn inputs_key(plan: &airlock::plan::BuildPlan, recipe: &Recipe, provisioner: &Pa
     if !plan.lock_path.starts_with(image_dir) {
         hash_file(&mut h, &plan.lock_path, "lock")?;
     }
-    hash_file(&mut h, provisioner, "provisioner")?;
+    hash_file(&mut h, appliance, "appliance program")?;
     let key = hex::encode(h.finalize());
     log::info!(
         "test image {}: inputs hashed in {:.1} s, key {}",
@@ -273,7 +273,7 @@ fn hash_file(h: &mut Sha256, path: &Path, label: &str) -> Result<()> {
 fn build_entry(
     plan: &airlock::plan::BuildPlan,
     recipe: &Recipe,
-    provisioner: &Path,
+    appliance: &Path,
     cache: &Path,
     entry: &Path,
 ) -> Result<()> {
@@ -289,7 +289,7 @@ fn build_entry(
         test_overlays: vec![crate::guest_overlay_dir()],
         formats: recipe.formats.clone(),
         signing_key: None,
-        provisioner: provisioner.to_path_buf(),
+        appliance: airlock::pipeline::ApplianceProgram::At(appliance.to_path_buf()),
     };
     airlock::pipeline::build(plan, &opts).with_context(|| format!("building the test image {}", plan.name))?;
     verify(partial.path()).context("checking the image just built")?;

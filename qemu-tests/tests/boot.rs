@@ -76,7 +76,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     // TLS and only to the instance's registry user (firstboot.rs checks the certificate).
     let registry = format!("127.0.0.1:{}", vm.host_port(5000));
     let password = vm.succeed("cat /var/lib/airlock/secrets/registry-password").unwrap().trim().to_string();
-    let creds = format!("{}:{password}", airlock::firstboot::REGISTRY_USER);
+    let creds = format!("{}:{password}", airlock_appliance::firstboot::REGISTRY_USER);
     let catalog_url = format!("https://{registry}/v2/_catalog");
     let anonymous = host("curl", &["-sk", "-o", "/dev/null", "-w", "%{http_code}", &catalog_url]);
     assert_eq!(anonymous, "401", "the registry refuses a client without credentials");

@@ -32,7 +32,7 @@ const CUT_WINDOW: (u64, u64) = (5, 100);
 const CUTS: usize = 3;
 /// The first cut lands this many milliseconds (at most) after provisioning starts.
 const PROVISION_CUT_MS: u64 = 2500;
-/// The secrets every instance gets (`airlock::firstboot::SECRETS`), as files.
+/// The secrets every instance gets (`airlock_appliance::firstboot::SECRETS`), as files.
 const SECRETS_DIR: &str = "/var/lib/airlock/secrets";
 
 /// xorshift64*, seeded from `AIRLOCK_TEST_SEED` or the clock; the seed is printed so a failing
@@ -74,12 +74,12 @@ fn read_identity(vm: &mut Vm) -> Identity {
         .iter()
         .map(|k| vm.succeed(&format!("cat /var/lib/airlock/ssh/ssh_host_{k}_key.pub")).unwrap().trim().to_string())
         .collect();
-    let secrets = airlock::firstboot::SECRETS
+    let secrets = airlock_appliance::firstboot::SECRETS
         .iter()
         .map(|s| (s.name.to_string(), vm.succeed(&format!("base64 -w0 {SECRETS_DIR}/{}", s.name)).unwrap()))
         .collect();
     let bundle = vm.succeed("cat /var/lib/airlock/tls/ca.pem").unwrap();
-    let ca = airlock::firstboot::tls::Bundle::parse(&bundle).unwrap();
+    let ca = airlock_appliance::firstboot::tls::Bundle::parse(&bundle).unwrap();
     Identity { machine_id, ssh_host_keys, secrets, ca_key_pem: ca.key_pem, ca_cert: ca.cert_pem }
 }
 
@@ -273,8 +273,10 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
         let (name, hash) = line.split_once(" sha256:").unwrap_or_else(|| panic!("bad log line {line:?}"));
         recorded.entry(name.to_string()).or_default().push(hash.to_string());
     }
-    let mut files: Vec<(String, String)> =
-        airlock::firstboot::SECRETS.iter().map(|s| (s.name.to_string(), format!("{SECRETS_DIR}/{}", s.name))).collect();
+    let mut files: Vec<(String, String)> = airlock_appliance::firstboot::SECRETS
+        .iter()
+        .map(|s| (s.name.to_string(), format!("{SECRETS_DIR}/{}", s.name)))
+        .collect();
     files.push(("ca".into(), "/var/lib/airlock/tls/ca.pem".into()));
     files.push(("registry-htpasswd".into(), format!("{SECRETS_DIR}/registry-htpasswd")));
     for k in ["ed25519", "ecdsa"] {
@@ -293,11 +295,11 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     }
     recorded.remove("machine-id");
     assert!(recorded.is_empty(), "records of items nobody checks: {recorded:?}");
-    for s in airlock::firstboot::SECRETS {
+    for s in airlock_appliance::firstboot::SECRETS {
         let size: usize = a.succeed(&format!("stat -c %s {SECRETS_DIR}/{}", s.name)).unwrap().trim().parse().unwrap();
         let want = match s.encoding {
-            airlock::firstboot::Encoding::Raw => s.bytes,
-            airlock::firstboot::Encoding::Hex => 2 * s.bytes,
+            airlock_appliance::firstboot::Encoding::Raw => s.bytes,
+            airlock_appliance::firstboot::Encoding::Hex => 2 * s.bytes,
         };
         assert_eq!(size, want, "{} is whole", s.name);
     }
@@ -353,7 +355,7 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let (code, _) = curl_tls(&mut a, &ca_a, "registry.airlock.internal", "/v2/_catalog");
     assert_eq!(code, "401", "the registry refuses a client without credentials");
     let registry_password = a.succeed(&format!("cat {SECRETS_DIR}/registry-password")).unwrap();
-    let creds = format!("{}:{}", airlock::firstboot::REGISTRY_USER, registry_password.trim());
+    let creds = format!("{}:{}", airlock_appliance::firstboot::REGISTRY_USER, registry_password.trim());
     let (code, body) = curl_tls_as(&mut a, &ca_a, "registry.airlock.internal", "/v2/_catalog", Some(&creds));
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("demo.airlock.internal/app"), "{body}");
@@ -389,10 +391,10 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     drop(a);
 
     // ---- Instance B: a site configuration, then an invalid one. ----
-    let site_ca = airlock::firstboot::tls::make_ca("Example Corp test CA").unwrap();
+    let site_ca = airlock_appliance::firstboot::tls::make_ca("Example Corp test CA").unwrap();
     let names: Vec<String> =
         ["api", "app", "registry", "mirror"].iter().map(|n| format!("{n}.corp.example.internal")).collect();
-    let site_cert = airlock::firstboot::tls::issue_server(&site_ca, &names).unwrap();
+    let site_cert = airlock_appliance::firstboot::tls::issue_server(&site_ca, &names).unwrap();
     let admin_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfRn6jcbOtp3Hu3ZtVvWw8Nik8jMIFO2s7K7yrBZCPs admin@corp";
     let site_toml = format!(
         "hostname = \"pulumi-b\"\ndomain = \"corp.example.internal\"\nadmin_ssh_keys = [\"{admin_key}\"]\n\n\

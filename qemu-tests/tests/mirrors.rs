@@ -304,7 +304,7 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     assert!(banner.contains(&format!("ca sha256: {fp}\n")), "the banner shows the fingerprint: {banner}");
     let ca = tmp.path().join("checked-ca.crt");
     std::fs::write(&ca, get(&format!("{base}/ca.crt"))).unwrap();
-    assert_eq!(airlock::firstboot::tls::fingerprint(&std::fs::read_to_string(&ca).unwrap()).unwrap(), fp);
+    assert_eq!(airlock_appliance::firstboot::tls::fingerprint(&std::fs::read_to_string(&ca).unwrap()).unwrap(), fp);
     let port = vm.host_port(443);
     let https = format!("https://mirror.airlock.internal:{port}");
     let out = Command::new("curl")

@@ -7,7 +7,7 @@
 //! for the ESP, `mke2fs -d` for the root, `sgdisk` for the table; the host's systemd-repart 252
 //! would need loop devices for this), booted the same way to its login prompt (multi-user).
 //!
-//! Usage: `cargo run --release -p airlock-bench --bin boot` (as root, for mmdebstrap and
+//! Usage: `cargo build --release && cargo run --release -p airlock-bench --bin boot` (as root, for mmdebstrap and
 //! `mke2fs -d` of a root-owned tree).
 
 use airlock::pipeline::{BuildOptions, BuildReport};
@@ -38,7 +38,7 @@ fn build(plan: &airlock::plan::BuildPlan, cache: &Path, out: &Path) -> Result<(D
         // The raw image alone: derived formats are measured by the outputs' own tests.
         formats: Some(vec![airlock::outputs::Format::Raw]),
         signing_key: None,
-        provisioner: airlock_binary()?,
+        appliance: airlock::pipeline::ApplianceProgram::NextToExecutable,
     };
     let start = Instant::now();
     let report = airlock::pipeline::build(plan, &opts)?;

@@ -182,8 +182,8 @@ mod tests {
         assert!(nginx_conf().contains("location = /ca.crt {\n        alias /var/lib/airlock/tls/ca.crt;"));
     }
 
-    use crate::firstboot::tls;
     use crate::mirror::download::tests::serve;
+    use airlock_appliance::firstboot::tls;
     use std::path::PathBuf;
     use std::process::{Command, Output};
 

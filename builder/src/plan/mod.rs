@@ -12,6 +12,7 @@ mod policy;
 use crate::base_os::BaseOs;
 use crate::mirror::{MirrorPlan, SpecContext};
 use crate::outputs::{Format, VmHardware};
+use crate::partition::{self, Filesystem, Role, SizeDefault};
 use crate::seed::Seed;
 use crate::size::{ByteSize, MIB};
 use crate::spec::{DiskSpec, OsSpec, ServiceSpec, Spec, UnitsSpec, VmSpec};
@@ -26,14 +27,32 @@ pub use policy::{WEB_UNIT, has_front_door};
 /// The lock's file name, next to the spec: where `airlock fetch` pins what it resolved.
 pub const LOCK_FILE_NAME: &str = "appliance.lock";
 
-/// Sizes of the disk and its partitions, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskSizes {
+/// The disk: its size and its partitions' in bytes, in disk order (the partition table's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskLayout {
     pub size: u64,
-    pub esp: u64,
+    pub partitions: Vec<PartitionSize>,
+}
+
+/// One partition of the disk and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSize {
+    pub role: Role,
     /// `None`: what the others leave.
-    pub root: Option<u64>,
-    pub data: u64,
+    pub size: Option<u64>,
+}
+
+impl DiskLayout {
+    /// The size `role`'s partition is built with (`None`: it is not on the disk, or takes what
+    /// the others leave).
+    pub fn size_of(&self, role: Role) -> Option<u64> {
+        self.partitions.iter().find(|p| p.role == role).and_then(|p| p.size)
+    }
+
+    /// The roles of the disk's partitions, in disk order.
+    pub fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+        self.partitions.iter().map(|p| p.role)
+    }
 }
 
 /// A service the appliance offers: readiness waits for its unit; the banner shows its URL.
@@ -56,7 +75,7 @@ pub struct BuildPlan {
     pub base: BaseOs,
     pub hostname: String,
     pub kernel_cmdline: Vec<String>,
-    pub disk: DiskSizes,
+    pub disk: DiskLayout,
     pub overlays: Vec<PathBuf>,
     pub unit_dirs: Vec<PathBuf>,
     pub enable: Vec<String>,
@@ -93,10 +112,6 @@ impl Default for HostContext {
     }
 }
 
-/// Smallest data partition the ext4 writer and first boot's growth are happy with.
-const MIN_DATA: u64 = 32 * MIB;
-/// Smallest root partition worth building.
-const MIN_ROOT: u64 = 256 * MIB;
 /// GPT and alignment overhead: 1 MiB in front, up to 1 MiB at the back.
 const GPT_OVERHEAD: u64 = 2 * MIB;
 /// What a Debian appliance needs to boot to its services (and hypervisors accept).
@@ -247,40 +262,46 @@ fn check_os(os: &OsSpec, host: &HostContext, err: Err<'_>) -> Result<String, Pla
     Ok(mirror)
 }
 
-fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskSizes, PlanError> {
-    let esp_min = crate::fat::min_fat32_size();
-    if d.esp_size.bytes() < esp_min {
-        return Err(err("disk.esp_size", format!("{} is below FAT32's minimum of {}", d.esp_size, ByteSize(esp_min))));
+/// `[disk]`: each partition of the table sized as the spec says or by the table's default, at
+/// least the table's (and its filesystem's) minimum, and all of them within the disk.
+fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
+    let mut partitions = Vec::new();
+    let mut need = GPT_OVERHEAD;
+    let mut parts = Vec::new();
+    for def in partition::TABLE {
+        let key = format!("disk.{}", def.size.spec_key);
+        let size = match (d.size_of(def.role), def.size.default) {
+            (Some(s), _) => Some(s.bytes()),
+            (None, SizeDefault::Bytes(b)) => Some(b),
+            (None, SizeDefault::Rest) => None,
+            (None, SizeDefault::Required) => {
+                return Err(err(&key, format!("must be set: the {} partition's size", def.role)));
+            }
+        };
+        let fs_minimum = match def.filesystem {
+            Filesystem::Fat32 { .. } => Some(("FAT32's minimum", crate::fat::min_fat32_size())),
+            Filesystem::Ext4 { .. } => None,
+        };
+        let (whose, minimum) = match fs_minimum {
+            Some((whose, m)) if m > def.size.minimum => (whose, m),
+            _ => ("the minimum", def.size.minimum),
+        };
+        if let Some(s) = size
+            && s < minimum
+        {
+            return Err(err(&key, format!("{} is below {whose} of {}", ByteSize(s), ByteSize(minimum))));
+        }
+        need += size.unwrap_or(minimum);
+        parts.push(format!("{} {}", def.role, ByteSize(size.unwrap_or(minimum))));
+        partitions.push(PartitionSize { role: def.role, size });
     }
-    if d.data_size.bytes() < MIN_DATA {
-        return Err(err("disk.data_size", format!("{} is below the minimum of {}", d.data_size, ByteSize(MIN_DATA))));
-    }
-    if let Some(r) = d.root_size
-        && r.bytes() < MIN_ROOT
-    {
-        return Err(err("disk.root_size", format!("{r} is below the minimum of {}", ByteSize(MIN_ROOT))));
-    }
-    let root_need = d.root_size.map_or(MIN_ROOT, ByteSize::bytes);
-    let need = d.esp_size.bytes() + root_need + d.data_size.bytes() + GPT_OVERHEAD;
     if d.size.bytes() < need {
         return Err(err(
             "disk.size",
-            format!(
-                "{} cannot hold esp {} + root {} + data {} + GPT; it must be at least {}",
-                d.size,
-                d.esp_size,
-                ByteSize(root_need),
-                d.data_size,
-                ByteSize(need)
-            ),
+            format!("{} cannot hold {} + GPT; it must be at least {}", d.size, parts.join(" + "), ByteSize(need)),
         ));
     }
-    Ok(DiskSizes {
-        size: d.size.bytes(),
-        esp: d.esp_size.bytes(),
-        root: d.root_size.map(ByteSize::bytes),
-        data: d.data_size.bytes(),
-    })
+    Ok(DiskLayout { size: d.size.bytes(), partitions })
 }
 
 fn check_unit_lists(units: &UnitsSpec, err: Err<'_>) -> Result<(), PlanError> {
@@ -413,6 +434,8 @@ url = "http://{address}/"
         }
         let with_root = GOOD.replace("[disk]", "[disk]\nroot_size = \"10MiB\"");
         assert_eq!(check(&with_root).unwrap_err().key, "disk.root_size");
+        let without_data = GOOD.replace("data_size = \"256MiB\"\n", "");
+        assert_eq!(check(&without_data).unwrap_err().key, "disk.data_size");
         let cmdline = GOOD.replace("packages = [", "kernel_cmdline = [\"root=/dev/sda\"]\npackages = [");
         assert_eq!(check(&cmdline).unwrap_err().key, "os.kernel_cmdline");
         let overlay = GOOD.replace("[os]", "overlays = [\"no-such-dir\"]\n[os]");
@@ -430,6 +453,28 @@ url = "http://{address}/"
             assert_eq!(supplier(bad).unwrap_err().key, "supplier", "{bad}");
         }
         assert_eq!(check(GOOD).unwrap().supplier, None);
+    }
+
+    /// `[disk]` sizes follow the partition table: its defaults, its minimums (and FAT32's), and
+    /// a disk that must hold them all.
+    #[test]
+    fn disk_sizes_follow_the_partition_table() {
+        let p = check(GOOD).unwrap();
+        let sizes: Vec<(Role, Option<u64>)> = p.disk.partitions.iter().map(|p| (p.role, p.size)).collect();
+        assert_eq!(
+            sizes,
+            [(Role::Esp, Some(256 * MIB)), (Role::Root(partition::Slot::A), None), (Role::Data, Some(256 * MIB))]
+        );
+        assert_eq!((p.disk.size, p.disk.size_of(Role::Data)), (2048 * MIB, Some(256 * MIB)));
+        let small_esp = check(&GOOD.replace("[disk]", "[disk]\nesp_size = \"8MiB\"")).unwrap_err();
+        assert!(small_esp.message.contains("below FAT32's minimum"), "{small_esp}");
+        let small_disk = check(&GOOD.replace("size = \"2GiB\"", "size = \"300MiB\"")).unwrap_err();
+        assert!(
+            small_disk.message.contains(
+                "cannot hold esp 256MiB + root-x86-64 256MiB + data 256MiB + GPT; it must be at least 770MiB"
+            ),
+            "{small_disk}"
+        );
     }
 
     const CONTAINERS: &str = r#"

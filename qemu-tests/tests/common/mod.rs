@@ -15,7 +15,7 @@ pub const EXT4_PARTITIONS: &[&str] = &["root-x86-64", "data"];
 pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
     qemu_tests::test_image::test_image(
         &qemu_tests::test_image::Recipe::image(name),
-        Path::new(env!("CARGO_BIN_EXE_airlock-under-test")),
+        Path::new(env!("CARGO_BIN_EXE_appliance-under-test")),
         Path::new(env!("CARGO_TARGET_TMPDIR")),
     )
 }

@@ -2,7 +2,7 @@
 //! and synced (`.partial`, fsync, rename, fsync of the directory), with its mode set before any
 //! byte is written, so a power cut leaves either the old file or the new one, never half.
 
-use crate::output_file::PartialFile;
+use airlock_common::output_file::PartialFile;
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! `airlock firstboot`: the appliance's provisioning, run by `airlock-provision.service` on
-//! every boot before the network and the stack start (the build copies this very binary into
-//! the image as `/usr/lib/airlock/airlock`).
+//! every boot before the network and the stack start (`/usr/bin/airlock` in the image is this
+//! crate's binary).
 //!
 //! It reads the site configuration from the ESP ([`site`]), then runs a fixed list of steps.
 //! *Once* steps make what must be unique to the instance (secrets, SSH host keys, the TLS CA);
@@ -11,11 +11,13 @@
 //! effects are durable, so a power cut at any moment is followed by a boot that finishes the
 //! job and never replaces a secret a service may already use.
 
-pub mod site;
 pub mod store;
 pub mod tls;
 
-use crate::command::Cmd;
+pub use airlock_common::site;
+
+use airlock_common::command::Cmd;
+use airlock_common::partition::{DATA_MOUNT, ESP_MOUNT};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use site::{LicenseKey, Network, Site};
@@ -38,7 +40,7 @@ pub struct Paths {
 
 impl Paths {
     pub fn system() -> Paths {
-        Paths { root: "/".into(), esp: "/efi".into(), state: crate::configure::DATA_MOUNT.into(), run: "/run".into() }
+        Paths { root: "/".into(), esp: ESP_MOUNT.into(), state: DATA_MOUNT.into(), run: "/run".into() }
     }
     pub fn secrets(&self) -> PathBuf {
         self.state.join("secrets")
@@ -319,7 +321,7 @@ fn make_registry_htpasswd(ctx: &Instance) -> Result<()> {
 pub fn podman_auth(password: &str) -> String {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{password}"));
-    let port = crate::preload::PORT;
+    let port = airlock_common::local_registry::PORT;
     let auths = serde_json::json!({
         format!("127.0.0.1:{port}"): {"auth": auth},
         format!("localhost:{port}"): {"auth": auth},

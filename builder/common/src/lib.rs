@@ -1,0 +1,26 @@
+//! airlock-common: what the builder (`airlock`, on the build host) and the appliance's own
+//! program (`airlock-appliance`, installed in every image as `/usr/bin/airlock`) share. Nothing
+//! here reaches a network.
+//!
+//! - [`site`]: the site configuration schema (`airlock.toml` on the ESP): the builder writes the
+//!   default file, the appliance reads it;
+//! - [`signing`]: minisign keys and signatures and `SHA256SUMS` (the builder signs releases, the
+//!   appliance will check update bundles);
+//! - [`partition`]: the partition table as data (roles, types, names, sizes, filesystems, how
+//!   the booted system finds each), read by the builder's plan, disk writer and generated
+//!   configuration and by whatever reads an image;
+//! - [`gpt`]: the GUID partition table: layout, validation, writing and reading;
+//! - [`local_registry`]: where the appliance's own registry listens;
+//! - [`command`] (the one way to run an external program), [`output_file`] (files that appear
+//!   only complete), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
+//!   them): building blocks.
+
+pub mod command;
+pub mod gpt;
+pub mod local_registry;
+pub mod output_file;
+pub mod partition;
+pub mod seed;
+pub mod signing;
+pub mod site;
+pub mod size;
