@@ -48,6 +48,7 @@ pub mod seed;
 pub mod signing;
 pub mod size;
 pub mod spec;
+pub mod test_spec;
 pub mod tree;
 pub mod units;
 pub mod verify;

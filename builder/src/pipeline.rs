@@ -91,6 +91,7 @@ impl Stages {
 /// Builds the appliance image `<out_dir>/<name>.raw` and releases it in the requested formats,
 /// with manifest, SBOM, SHA256SUMS and (with a key) its signature.
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
+    announce_test_build(plan, opts)?;
     let mut stages = Stages { done: Vec::new() };
     let ids = partition_ids(plan);
     // First, so a build without its locked images stops before any work. The registry storage
@@ -127,6 +128,28 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     Ok(BuildReport { image, size, kernel: kernel.version, packages, released, stages: stages.done })
 }
 
+/// A test build (a test spec's, `crate::test_spec`) says so before anything is built, and can
+/// never be signed: a signature is what makes a set of files a release.
+fn announce_test_build(plan: &BuildPlan, opts: &BuildOptions) -> Result<()> {
+    let Some(test) = &plan.test else { return Ok(()) };
+    anyhow::ensure!(
+        opts.signing_key.is_none(),
+        "{} is a test spec (its container images {} are TEST STAND-INS): a test build is never signed",
+        plan.spec_path.display(),
+        test.stand_ins.iter().map(|s| s.reference.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    log::warn!(
+        "TEST BUILD {} {} of {}: not a release; the manifest lists its TEST STAND-INS",
+        plan.name,
+        plan.version,
+        test.production_spec.display()
+    );
+    for s in &test.stand_ins {
+        log::warn!("TEST STAND-IN: {} ({}) from {}", s.reference, s.container, s.source);
+    }
+    Ok(())
+}
+
 fn release_options<'a>(
     plan: &'a BuildPlan,
     opts: &'a BuildOptions,
@@ -141,6 +164,18 @@ fn release_options<'a>(
             version: plan.version.clone(),
             description: plan.description.clone(),
         },
+        test_build: plan.test.as_ref().map(|t| crate::manifest::TestBuild {
+            production_spec_sha256: t.production_spec_sha256.clone(),
+            stand_ins: t
+                .stand_ins
+                .iter()
+                .map(|s| crate::manifest::TestStandIn {
+                    container: s.container.clone(),
+                    reference: s.reference.clone(),
+                    source: s.source.clone(),
+                })
+                .collect(),
+        }),
         formats,
         vm: plan.vm,
         seed: &plan.seed,
