@@ -245,8 +245,11 @@ impl Vm {
     /// emulator's, not the guest's: under multi-threaded TCG the kernel's live patching of its
     /// own code (an `int3` written over an instruction, then removed) can race with another
     /// vCPU's translated copy, which then traps on an `int3` that is no longer there
-    /// (`Oops: int3`, then `Kernel panic`; seen about once in a few dozen boots). That one is
-    /// answered by powering the VM off and on again, once per wait, said loudly in the log.
+    /// (`Oops: int3`, then `Kernel panic`; seen about once in a few dozen boots). Another is a
+    /// host too loaded to emulate the clock in time: the kernel's early check that the timer
+    /// interrupt arrives gives up (`IO-APIC + timer doesn't work!`; seen at a load average of
+    /// 12 on 2 cores). Those are answered by powering the VM off and on again, once per wait,
+    /// said loudly in the log.
     pub fn wait_for_console_after(&mut self, offset: u64, needle: &str, timeout: Duration) -> Result<u64> {
         log::info!("{}: waiting for {needle:?} on the console", self.cfg.name);
         let deadline = Instant::now() + timeout;
@@ -267,8 +270,9 @@ impl Vm {
                 Err(e) => match e.downcast_ref::<serial::KernelPanic>() {
                     Some(panic) if panic.emulator_fault && self.accel == Accel::Tcg && !power_cycled => {
                         log::warn!(
-                            "{}: the guest kernel panicked on an int3 that TCG left behind (an emulator race, \
-                             not the appliance): powering the VM off and on again, once",
+                            "{}: the guest kernel's panic is the emulator's (an int3 TCG left behind, or a \
+                             timer check a loaded host made fail), not the appliance's: powering the VM off \
+                             and on again, once",
                             self.cfg.name
                         );
                         power_cycled = true;
