@@ -21,16 +21,29 @@ pub struct TestImage {
 /// Builds `images/<name>/appliance.toml` with the command channel added (test builds only).
 pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
     let spec = repo_root().join(format!("images/{name}/appliance.toml"));
-    let plan = airlock::plan::plan(&spec, &airlock::plan::HostContext::default())?;
+    // The demo's images are built from Debian packages on this machine and its test fixtures
+    // (stand-ins for the Pulumi CLI and plugin, Go modules, a NuGet package) by its scripts,
+    // then pinned with the mirrors the host's pip and npm resolve.
+    let dir = spec.parent().expect("spec has a folder");
+    let scripts: Vec<PathBuf> = [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")]
+        .into_iter()
+        .filter(|s| s.exists())
+        .collect();
+    build_spec(&spec, &scripts, None)
+}
+
+/// Builds `spec` (a spec or a test spec) with the command channel added: runs `scripts` (they
+/// make the spec's local sources), fetches what it lists, and builds `formats` (the spec's
+/// own when `None`).
+pub fn build_spec(
+    spec: &Path,
+    scripts: &[PathBuf],
+    formats: Option<Vec<airlock::outputs::Format>>,
+) -> anyhow::Result<TestImage> {
+    let plan = airlock::test_spec::plan_spec_or_test_spec(spec, &airlock::plan::HostContext::default())?;
     if !plan.containers.is_empty() || !plan.mirrors.is_empty() {
-        // The demo's images are built from Debian packages on this machine and its test
-        // fixtures (stand-ins for the Pulumi CLI and plugin, Go modules, a NuGet package) by
-        // its scripts, then pinned with the mirrors the host's pip and npm resolve.
-        let dir = spec.parent().expect("spec has a folder");
-        for script in [dir.join("containers/build-images"), dir.join("fixtures/build-fixtures")] {
-            if script.exists() {
-                host(script.to_str().expect("UTF-8 path"), &[]);
-            }
+        for script in scripts {
+            host(script.to_str().expect("UTF-8 path"), &[]);
         }
         let opts = airlock::fetch::FetchOptions {
             cache_dir: airlock::cache::cache_dir()?,
@@ -45,7 +58,7 @@ pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
         cache_dir: airlock::cache::cache_dir()?,
         clock: airlock::clock::BuildClock::fixed(EPOCH),
         test_overlays: vec![qemu_tests::guest_overlay_dir()],
-        formats: None,
+        formats,
         signing_key: None,
         provisioner: PathBuf::from(env!("CARGO_BIN_EXE_airlock-under-test")),
     };
