@@ -255,7 +255,7 @@ fn pulumi_appliance_runs_against_its_contract_stand_ins() {
     let saml_ca = airlock::firstboot::tls::make_ca("Example Corp SAML test").unwrap();
     let smtp_password = "sm7p-pa55'word";
     let site_with = format!(
-        "{site}\n[smtp]\nserver = \"mail.corp.internal:587\"\nusername = \"pulumi\"\npassword = \"{}\"\n\
+        "{site}\n[smtp]\nserver = \"mail.corp.internal\"\nusername = \"pulumi\"\npassword = \"{}\"\n\
          sender = \"pulumi@corp.internal\"\n\n[saml]\ncertificate = \"site/saml.crt\"\nprivate_key = \"site/saml.key\"\n",
         smtp_password
     );
@@ -276,7 +276,7 @@ fn pulumi_appliance_runs_against_its_contract_stand_ins() {
     let contract = api_contract(&vm, &ca);
     assert_eq!(contract["database"]["schema_version"], 3, "{contract}");
     let smtp = &contract["smtp"];
-    assert_eq!(smtp["server"], "mail.corp.internal:587", "{contract}");
+    assert_eq!(smtp["server"], "mail.corp.internal:25", "the site's server as Pulumi takes it: {contract}");
     assert_eq!(smtp["sender"], "pulumi@corp.internal", "{contract}");
     assert_eq!(smtp["username"], "pulumi", "{contract}");
     assert_eq!(smtp["password"], true, "{contract}");
