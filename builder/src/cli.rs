@@ -51,7 +51,8 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Assemble a GPT disk image from filesystem trees (directories or tar archives).
     Disk(DiskArgs),
-    /// Create an Ed25519 signing key pair in minisign's formats (PREFIX.key, PREFIX.pub).
+    /// Create an Ed25519 signing key pair in minisign's formats (PREFIX.key, PREFIX.pub), or with
+    /// --secure-boot the owner's UEFI Secure Boot keys (PK, KEK, db).
     Keygen(KeygenArgs),
     /// Check a release: its signature, every checksum, and inside the image the partition
     /// table and each partition against the manifest.
@@ -115,8 +116,12 @@ pub struct KeygenArgs {
     pub out: PathBuf,
     /// Leave the secret key unencrypted (otherwise the passphrase comes from
     /// $AIRLOCK_KEY_PASSPHRASE or a prompt).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "secure_boot")]
     pub no_passphrase: bool,
+    /// Make the owner's Secure Boot keys instead: PREFIX.{PK,KEK,db}.{key,crt,cer,esl,auth}
+    /// (RSA-2048, unencrypted PEM keys; the .auth files are what systemd-boot enrolls).
+    #[arg(long)]
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -284,6 +289,15 @@ pub fn passphrase(confirm: bool) -> Result<String> {
 }
 
 fn run_keygen(args: KeygenArgs) -> Result<()> {
+    if args.secure_boot {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the system clock is before 1970")?;
+        for path in crate::secure_boot::generate(&args.out, now.as_secs() as i64)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     let pass = if args.no_passphrase { None } else { Some(passphrase(true)?) };
     let kp = crate::signing::generate()?;
     crate::signing::write_key_pair(&kp, &args.out, pass.as_deref())?;
@@ -468,6 +482,7 @@ fn release_disk(
             name: name.to_string(),
             version: version.to_string(),
             description: String::new(),
+            supplier: None,
         },
         test_build: None,
         formats,
@@ -478,6 +493,7 @@ fn release_disk(
         kernel: None,
         packages: &[],
         package_source: String::new(),
+        contents: &crate::manifest::Contents::default(),
     };
     let files = release::derive_outputs(raw, &opts)?;
     let files = release::write_manifest(raw, files, &opts)?;

@@ -63,6 +63,24 @@ impl<'a> Region<'a> {
     }
 }
 
+impl Region<'_> {
+    /// The first position at or after `pos` (relative to the region start) that may hold data,
+    /// or the region's length if the rest is a hole. Holes read as zeros, so a reader may skip
+    /// them; on filesystems without hole reporting everything counts as data.
+    pub fn next_data(&self, pos: u64) -> Result<u64> {
+        if pos >= self.len {
+            return Ok(self.len);
+        }
+        match rustix::fs::seek(self.file, rustix::fs::SeekFrom::Data(self.offset + pos)) {
+            Ok(at) => Ok(at.saturating_sub(self.offset).clamp(pos, self.len)),
+            // No data after this offset at all.
+            Err(rustix::io::Errno::NXIO) => Ok(self.len),
+            Err(e) => Err(std::io::Error::from(e))
+                .with_context(|| format!("looking for data at image offset {}", self.offset + pos)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +97,20 @@ mod tests {
         let mut buf = [0u8; 3];
         f.read_exact_at(&mut buf, 10).unwrap();
         assert_eq!(&buf, b"abc");
+    }
+
+    #[test]
+    fn next_data_skips_holes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options().read(true).write(true).create_new(true).open(dir.path().join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let r = Region::new(&f, 1 << 20, 62 << 20);
+        r.write_at(40 << 20, b"data").unwrap();
+        let at = r.next_data(0).unwrap();
+        // Filesystems report holes at their own granularity (or not at all): never past the data.
+        assert!(at <= 40 << 20, "{at}");
+        assert_eq!(r.next_data(41 << 20).unwrap(), 62 << 20, "nothing after the data");
+        assert_eq!(r.next_data(40 << 20).unwrap(), 40 << 20);
+        assert_eq!(r.next_data(99 << 20).unwrap(), 62 << 20);
     }
 }

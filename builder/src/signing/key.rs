@@ -381,7 +381,7 @@ fn xor_in_place(data: &mut [u8], stream: &[u8]) {
 
 /// `prefix` with `suffix` appended to its last component (`release.2024` → `release.2024.key`,
 /// which `Path::with_extension` would get wrong).
-fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(prefix.as_os_str());
     name.push(suffix);
     PathBuf::from(name)
@@ -397,7 +397,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 /// Writes `contents` to a temporary file next to `dest`, syncs it, and gives it its final name
 /// only if nothing has that name yet (rename without replace), so a key file is never
 /// overwritten and never seen half-written.
-fn write_new_file(dest: &Path, contents: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_new_file(dest: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let dir = parent_dir(dest);
     let name = dest.file_name().with_context(|| format!("key path {} has no file name", dest.display()))?;
     let mut prefix = OsString::from(".");
