@@ -118,7 +118,8 @@ pub struct KeygenArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// The appliance spec.
+    /// The appliance spec, or a test spec (a production spec with TEST STAND-INS for some of
+    /// its container images: never signed, marked in its version and manifest).
     #[arg(default_value = "images/demo/appliance.toml")]
     pub spec: PathBuf,
     /// Where the image and its companions go.
@@ -140,7 +141,8 @@ pub struct BuildArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
-    /// The appliance spec.
+    /// The appliance spec, or a test spec (a production spec with TEST STAND-INS for some of
+    /// its container images: never signed, marked in its version and manifest).
     #[arg(default_value = "images/demo/appliance.toml")]
     pub spec: PathBuf,
     /// Re-resolve tags and re-read local sources instead of keeping the lock's digests.
@@ -294,10 +296,16 @@ fn run_keygen(args: KeygenArgs) -> Result<()> {
 }
 
 fn run_build(args: BuildArgs) -> Result<()> {
-    let plan = crate::plan::plan(&args.spec, &crate::plan::HostContext::default())?;
+    let plan = crate::test_spec::plan_spec_or_test_spec(&args.spec, &crate::plan::HostContext::default())?;
     if args.check {
         let notes = crate::pipeline::check(&plan)?;
         println!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version);
+        if let Some(test) = &plan.test {
+            println!("  TEST SPEC of {}: not a release", test.production_spec.display());
+            for s in &test.stand_ins {
+                println!("  TEST STAND-IN: {} ({}) from {}", s.reference, s.container, s.source);
+            }
+        }
         for note in notes {
             println!("  note: {note}");
         }
@@ -343,7 +351,7 @@ fn print_released(released: &crate::release::Released) {
 }
 
 fn run_fetch(args: FetchArgs) -> Result<()> {
-    let plan = crate::plan::plan(&args.spec, &crate::plan::HostContext::default())?;
+    let plan = crate::test_spec::plan_spec_or_test_spec(&args.spec, &crate::plan::HostContext::default())?;
     let opts = crate::fetch::FetchOptions {
         cache_dir: crate::cache::cache_dir()?,
         update: args.update,

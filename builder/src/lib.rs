@@ -67,6 +67,7 @@ pub mod release;
 pub mod sbom;
 pub mod secure_boot;
 pub mod spec;
+pub mod test_spec;
 pub mod tree;
 pub mod uki;
 pub mod units;

@@ -29,6 +29,9 @@ pub const MANIFEST_VERSION: u32 = 1;
 pub struct Manifest {
     pub manifest_version: u32,
     pub appliance: Appliance,
+    /// `Some` for a test build (a test spec's): the container images that are TEST STAND-INS.
+    #[serde(default)]
+    pub test_build: Option<TestBuild>,
     pub build: BuildInfo,
     pub inputs: Inputs,
     /// The kernel the appliance boots (`None` for an `airlock disk` image).
@@ -51,6 +54,25 @@ pub struct Appliance {
     pub description: String,
     /// Who supplies it, in SPDX's form (`Organization: Example Corp`); `None`: not said.
     pub supplier: Option<String>,
+}
+
+/// What makes a build a test build: the production spec it builds and the images it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestBuild {
+    pub production_spec_sha256: String,
+    pub stand_ins: Vec<TestStandIn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestStandIn {
+    /// The container's name in the production spec.
+    pub container: String,
+    /// The reference the stand-in is served and run under.
+    pub reference: String,
+    /// Where the stand-in came from, as the test spec wrote it.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +238,7 @@ pub struct OutputEntry {
 #[derive(Debug, Clone)]
 pub struct ManifestInputs<'a> {
     pub appliance: Appliance,
+    pub test_build: Option<TestBuild>,
     pub spec_sha256: Option<String>,
     pub kernel: Option<String>,
     pub packages: &'a [Package],
@@ -249,6 +272,7 @@ impl Manifest {
         Manifest {
             manifest_version: MANIFEST_VERSION,
             appliance: inputs.appliance.clone(),
+            test_build: inputs.test_build.clone(),
             build: BuildInfo {
                 airlock_version: env!("CARGO_PKG_VERSION").to_string(),
                 source_date_epoch: inputs.clock.epoch,

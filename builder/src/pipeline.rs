@@ -131,6 +131,7 @@ impl Stages {
 /// Builds the appliance image `<out_dir>/<name>.raw` and releases it in the requested formats,
 /// with manifest, SBOM, SHA256SUMS and (with a key) its signature.
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
+    announce_test_build(plan, opts)?;
     let mut stages = Stages::default();
     let appliance = opts.appliance.path()?;
     // First, so a build without its locked images stops before any work; "preload container
@@ -206,6 +207,7 @@ pub fn disk(job: DiskJob) -> Result<(DiskReport, Option<Released>)> {
     let release = ReleaseOptions {
         out_dir: &out_dir,
         appliance: r.appliance.clone(),
+        test_build: None,
         formats: &r.formats,
         vm: VmHardware { cpus: 2, memory_mib: 2048 },
         seed: &job.seed,
@@ -253,6 +255,28 @@ fn release_image(
     Ok(released)
 }
 
+/// A test build (a test spec's, `crate::test_spec`) says so before anything is built, and can
+/// never be signed: a signature is what makes a set of files a release.
+fn announce_test_build(plan: &BuildPlan, opts: &BuildOptions) -> Result<()> {
+    let Some(test) = &plan.test else { return Ok(()) };
+    anyhow::ensure!(
+        opts.signing_key.is_none(),
+        "{} is a test spec (its container images {} are TEST STAND-INS): a test build is never signed",
+        plan.spec_path.display(),
+        test.stand_ins.iter().map(|s| s.reference.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    log::warn!(
+        "TEST BUILD {} {} of {}: not a release; the manifest lists its TEST STAND-INS",
+        plan.name,
+        plan.version,
+        test.production_spec.display()
+    );
+    for s in &test.stand_ins {
+        log::warn!("TEST STAND-IN: {} ({}) from {}", s.reference, s.container, s.source);
+    }
+    Ok(())
+}
+
 fn release_options<'a>(
     plan: &'a BuildPlan,
     opts: &'a BuildOptions,
@@ -269,6 +293,18 @@ fn release_options<'a>(
             description: plan.description.clone(),
             supplier: plan.supplier.clone(),
         },
+        test_build: plan.test.as_ref().map(|t| crate::manifest::TestBuild {
+            production_spec_sha256: t.production_spec_sha256.clone(),
+            stand_ins: t
+                .stand_ins
+                .iter()
+                .map(|s| crate::manifest::TestStandIn {
+                    container: s.container.clone(),
+                    reference: s.reference.clone(),
+                    source: s.source.clone(),
+                })
+                .collect(),
+        }),
         formats,
         vm: plan.vm,
         seed: &plan.seed,

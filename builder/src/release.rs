@@ -23,6 +23,8 @@ pub const SIGNATURE_FILE: &str = "SHA256SUMS.minisig";
 pub struct ReleaseOptions<'a> {
     pub out_dir: &'a Path,
     pub appliance: Appliance,
+    /// `Some` for a test build: recorded in the manifest and the SBOM.
+    pub test_build: Option<manifest::TestBuild>,
     pub formats: &'a [Format],
     pub vm: VmHardware,
     pub seed: &'a Seed,
@@ -85,6 +87,7 @@ pub fn write_manifest(
         files.iter().map(|(kind, p)| OutputEntry { file: manifest::file_name(p), kind: kind.clone() }).collect();
     let inputs = ManifestInputs {
         appliance: opts.appliance.clone(),
+        test_build: opts.test_build.clone(),
         spec_sha256: opts.spec_sha256.clone(),
         kernel: opts.kernel.clone(),
         packages: opts.packages,

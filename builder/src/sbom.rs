@@ -201,16 +201,24 @@ pub fn sbom(m: &Manifest) -> Value {
         pkg.insert("externalRefs".into(), purl_ref(purl));
         add(pkg);
     }
+    let mut creation = json!({
+        "created": m.build.time,
+        "creators": [format!("Tool: airlock-{}", m.build.airlock_version)],
+    });
+    if let Some(test) = &m.test_build {
+        let replaced: Vec<String> = test.stand_ins.iter().map(|s| format!("{} ({})", s.reference, s.source)).collect();
+        creation["comment"] = json!(format!(
+            "TEST BUILD, not a release: these container images are TEST STAND-INS: {}",
+            replaced.join(", ")
+        ));
+    }
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": format!("{}-{}", a.name, a.version),
         "documentNamespace": namespace,
-        "creationInfo": {
-            "created": m.build.time,
-            "creators": [format!("Tool: airlock-{}", m.build.airlock_version)],
-        },
+        "creationInfo": creation,
         "documentDescribes": [appliance_id],
         "packages": packages,
         "relationships": relationships,

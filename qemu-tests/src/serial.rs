@@ -106,8 +106,10 @@ impl std::error::Error for NotSeen {}
 pub struct KernelPanic {
     /// The console's last lines up to the panic.
     pub lines: String,
-    /// Whether it is the `int3` trap that multi-threaded TCG can leave behind when the kernel
-    /// patches its own code (see `Vm::wait_for_console_after`).
+    /// Whether it is the emulator's, not the guest's (see `Vm::wait_for_console_after`): the
+    /// `int3` trap that multi-threaded TCG can leave behind when the kernel patches its own
+    /// code, or the boot-time timer check failing because TCG on a loaded host delivered no
+    /// timer interrupt in time.
     pub emulator_fault: bool,
 }
 
@@ -120,6 +122,9 @@ impl std::fmt::Display for KernelPanic {
 impl std::error::Error for KernelPanic {}
 
 const PANIC: &str = "Kernel panic - not syncing";
+/// The panic of the kernel's early check that the timer interrupt arrives (`check_timer`):
+/// a guest that waited too long for a tick of an emulated clock.
+const TIMER_CHECK_PANIC: &str = "Kernel panic - not syncing: IO-APIC + timer doesn't work!";
 
 /// The first kernel panic on the console of `path` after byte `start`, if any.
 pub fn kernel_panic(path: &Path, start: u64) -> Result<Option<KernelPanic>> {
@@ -129,7 +134,8 @@ pub fn kernel_panic(path: &Path, start: u64) -> Result<Option<KernelPanic>> {
     let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
     Ok(Some(KernelPanic {
         lines: crate::command::tail_lines(&text[..end], 40).to_string(),
-        emulator_fault: before.rfind("Oops: ").is_some_and(|o| before[o..].starts_with("Oops: int3")),
+        emulator_fault: before.rfind("Oops: ").is_some_and(|o| before[o..].starts_with("Oops: int3"))
+            || text[at..].starts_with(TIMER_CHECK_PANIC),
     }))
 }
 
@@ -195,7 +201,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn kernel_panics_are_found_and_the_tcg_int3_race_is_told_apart() {
+    fn kernel_panics_are_found_and_the_emulators_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("serial.log");
         let boot = "[   15.7] systemd[1]: Queued start job for default target graphical.target.\n";
@@ -210,6 +216,10 @@ mod tests {
         // Only what comes after `start` counts: a panic of an earlier boot is not this one's.
         assert!(kernel_panic(&log, std::fs::metadata(&log).unwrap().len()).unwrap().is_none());
         // Any other panic is the guest's own.
+        // The early timer check that a loaded TCG host can fail is the emulator's too.
+        let timer = "[    0.036000] ..... failed :\n[    0.036000] Kernel panic - not syncing: IO-APIC + timer doesn't work!  Boot with apic=debug and send a report.\n";
+        std::fs::write(&log, format!("{boot}{timer}")).unwrap();
+        assert!(kernel_panic(&log, 0).unwrap().unwrap().emulator_fault);
         let other = "[    2.0] Oops: general protection fault: 0000 [#1]\n[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
         std::fs::write(&log, format!("{int3}{other}")).unwrap();
         let start = int3.len() as u64;

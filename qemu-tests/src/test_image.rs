@@ -112,7 +112,7 @@ impl Recipe {
 pub fn test_image(recipe: &Recipe, appliance: &Path, cache_root: &Path) -> Result<TestImage> {
     let cache = cache_root.join("test-images");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let plan = airlock::plan::plan(&recipe.spec, &airlock::plan::HostContext::default())?;
+    let plan = airlock::test_spec::plan_spec_or_test_spec(&recipe.spec, &airlock::plan::HostContext::default())?;
     let name = plan.name.clone();
     let choosing = FileLock::exclusive(&cache.join(format!("{name}.lock")))?;
     for script in &recipe.scripts {

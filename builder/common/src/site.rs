@@ -30,6 +30,10 @@ struct SiteFile {
     smtp: SmtpFile,
     #[serde(default)]
     saml: SamlFile,
+    #[serde(default)]
+    database: DatabaseFile,
+    #[serde(default)]
+    object_store: ObjectStoreFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +61,7 @@ struct TlsFile {
 struct PulumiFile {
     license_key: Option<String>,
     license_key_file: Option<String>,
+    encryption_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +78,29 @@ struct SmtpFile {
 struct SamlFile {
     certificate: Option<String>,
     private_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseFile {
+    endpoint: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    admin_user: Option<String>,
+    admin_password: Option<String>,
+    ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectStoreFile {
+    endpoint: Option<String>,
+    region: Option<String>,
+    checkpoints_bucket: Option<String>,
+    policy_packs_bucket: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    ca: Option<String>,
 }
 
 /// An IPv4 address with its prefix length (`192.168.10.20/24`).
@@ -102,8 +130,41 @@ pub struct SiteTls {
     pub ca: PathBuf,
 }
 
+/// An external MySQL 8.0 (or compatible) server the stack uses instead of its own, so that
+/// several appliances can serve one installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalDatabase {
+    pub host: String,
+    pub port: u16,
+    /// The API's user and password (Pulumi's `PULUMI_DATABASE_USER_NAME`, `_PASSWORD`).
+    pub user: String,
+    pub password: String,
+    /// The user the migrations run as (Pulumi's `MYSQL_ROOT_USERNAME`, `MYSQL_ROOT_PASSWORD`).
+    pub admin_user: String,
+    pub admin_password: String,
+    /// The CA the server's certificate is checked against: TLS to the database.
+    pub ca: Option<PathBuf>,
+}
+
+/// An S3-compatible object store for checkpoints and policy packs, instead of the data
+/// partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStore {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub region: String,
+    pub checkpoints_bucket: String,
+    pub policy_packs_bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// The CA the store's certificate is checked against (https only).
+    pub ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smtp {
+    /// `host:port`, as Pulumi takes it (port 25 when the site named none).
     pub server: String,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -123,6 +184,11 @@ pub struct Site {
     pub license_key: Option<LicenseKey>,
     pub smtp: Option<Smtp>,
     pub saml: Option<(PathBuf, PathBuf)>,
+    /// PULUMI_LOCAL_KEYS shared by every appliance of one installation (32 bytes in a file on
+    /// the ESP), instead of the one each instance makes.
+    pub encryption_key: Option<PathBuf>,
+    pub database: Option<ExternalDatabase>,
+    pub object_store: Option<ObjectStore>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +210,9 @@ impl Site {
             license_key: None,
             smtp: None,
             saml: None,
+            encryption_key: None,
+            database: None,
+            object_store: None,
         }
     }
 
@@ -195,7 +264,160 @@ pub fn parse(text: &str, esp: &Path) -> Result<Site> {
         (None, Some(_)) => bail!("saml.certificate: required when saml.private_key is set"),
         (None, None) => None,
     };
+    site.encryption_key =
+        file.pulumi.encryption_key_file.map(|p| esp_path("pulumi.encryption_key_file", &p, esp)).transpose()?;
+    site.database = database(file.database, esp)?;
+    if site.database.is_some() && site.encryption_key.is_none() {
+        bail!(
+            "pulumi.encryption_key_file: required with database.endpoint: every appliance that serves one \
+             installation must encrypt with the same key (32 random bytes, e.g. `head -c 32 /dev/urandom`)"
+        );
+    }
+    site.object_store = object_store(file.object_store, esp)?;
     Ok(site)
+}
+
+/// `host[:port]` with `default` for a missing port; `key` names the setting in errors.
+fn host_and_port(key: &str, value: &str, default: u16) -> Result<(String, u16)> {
+    let (host, port) = match value.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p.parse::<u16>().ok().filter(|p| *p != 0);
+            (h, port.ok_or_else(|| anyhow!("{key}: `{value}` has a port that is not a number from 1 to 65535"))?)
+        }
+        None => (value, default),
+    };
+    check_host(key, host)?;
+    Ok((host.to_string(), port))
+}
+
+/// A value that goes on one line of a file a shell or podman reads: printable, no quotes.
+fn check_plain(key: &str, value: &str, what: &str) -> Result<()> {
+    if value.is_empty() || value.chars().any(|c| c.is_control() || c.is_whitespace() || "'\"`\\$".contains(c)) {
+        bail!("{key}: must be {what}, without spaces, quotes, `$` or backslashes");
+    }
+    Ok(())
+}
+
+/// A secret value on one line (it reaches the container through a podman secret).
+fn check_secret(key: &str, value: &Option<String>) -> Result<String> {
+    match value {
+        Some(v) if !v.is_empty() && !v.chars().any(|c| c.is_control()) => Ok(v.clone()),
+        Some(_) => bail!("{key}: must be one line of text"),
+        None => bail!("{key}: required with database.endpoint"),
+    }
+}
+
+fn database(d: DatabaseFile, esp: &Path) -> Result<Option<ExternalDatabase>> {
+    let Some(endpoint) = d.endpoint else {
+        for (key, set) in [
+            ("user", d.user.is_some()),
+            ("password", d.password.is_some()),
+            ("admin_user", d.admin_user.is_some()),
+            ("admin_password", d.admin_password.is_some()),
+            ("ca", d.ca.is_some()),
+        ] {
+            if set {
+                bail!("database.{key}: set database.endpoint too, or remove this");
+            }
+        }
+        return Ok(None);
+    };
+    let (host, port) = host_and_port("database.endpoint", &endpoint, 3306)?;
+    let user = d.user.ok_or_else(|| {
+        anyhow!(
+            "database.user: required with database.endpoint (the API's user; Pulumi's migrations make `pulumi_service`)"
+        )
+    })?;
+    let admin_user = d.admin_user.unwrap_or_else(|| "root".to_string());
+    for (key, name) in [("database.user", &user), ("database.admin_user", &admin_user)] {
+        if name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || name.is_empty() {
+            bail!("{key}: `{name}` is not a MySQL user name (1-32 of a-z, A-Z, 0-9, `_`, `.`, `-`)");
+        }
+    }
+    Ok(Some(ExternalDatabase {
+        host,
+        port,
+        password: check_secret("database.password", &d.password)?,
+        admin_password: check_secret("database.admin_password", &d.admin_password)?,
+        user,
+        admin_user,
+        ca: d.ca.map(|c| esp_path("database.ca", &c, esp)).transpose()?,
+    }))
+}
+
+/// An S3 bucket name: 3-63 of a-z, 0-9, `.`, `-`, starting and ending with a letter or digit.
+fn check_bucket(key: &str, name: &str) -> Result<()> {
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && ends_ok(name.chars().next())
+        && ends_ok(name.chars().last());
+    if !ok {
+        bail!("{key}: `{name}` is not an S3 bucket name (3-63 of a-z, 0-9, `.`, `-`)");
+    }
+    Ok(())
+}
+
+fn object_store(o: ObjectStoreFile, esp: &Path) -> Result<Option<ObjectStore>> {
+    let Some(endpoint) = o.endpoint else {
+        for (key, set) in [
+            ("region", o.region.is_some()),
+            ("checkpoints_bucket", o.checkpoints_bucket.is_some()),
+            ("policy_packs_bucket", o.policy_packs_bucket.is_some()),
+            ("access_key_id", o.access_key_id.is_some()),
+            ("secret_access_key", o.secret_access_key.is_some()),
+            ("ca", o.ca.is_some()),
+        ] {
+            if set {
+                bail!("object_store.{key}: set object_store.endpoint too, or remove this");
+            }
+        }
+        return Ok(None);
+    };
+    let (tls, rest) = match endpoint.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        _ => bail!("object_store.endpoint: `{endpoint}` is not an http:// or https:// URL"),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        bail!("object_store.endpoint: `{endpoint}` names a path; give the store's URL only (buckets are set apart)");
+    }
+    let (host, port) = host_and_port("object_store.endpoint", rest, if tls { 443 } else { 80 })?;
+    let required = |key: &str, v: Option<String>| {
+        v.ok_or_else(|| anyhow!("object_store.{key}: required with object_store.endpoint"))
+    };
+    let region = required("region", o.region)?;
+    check_plain("object_store.region", &region, "a region name (e.g. us-east-1; any value the store accepts)")?;
+    let checkpoints_bucket = required("checkpoints_bucket", o.checkpoints_bucket)?;
+    let policy_packs_bucket = required("policy_packs_bucket", o.policy_packs_bucket)?;
+    check_bucket("object_store.checkpoints_bucket", &checkpoints_bucket)?;
+    check_bucket("object_store.policy_packs_bucket", &policy_packs_bucket)?;
+    if checkpoints_bucket == policy_packs_bucket {
+        bail!(
+            "object_store.policy_packs_bucket: must differ from object_store.checkpoints_bucket (Pulumi keeps them apart)"
+        );
+    }
+    let access_key_id = required("access_key_id", o.access_key_id)?;
+    check_plain("object_store.access_key_id", &access_key_id, "the access key's id")?;
+    let secret_access_key = required("secret_access_key", o.secret_access_key)?;
+    if secret_access_key.is_empty() || secret_access_key.chars().any(|c| c.is_control()) {
+        bail!("object_store.secret_access_key: must be one line of text");
+    }
+    if o.ca.is_some() && !tls {
+        bail!("object_store.ca: only used with an https:// endpoint");
+    }
+    Ok(Some(ObjectStore {
+        host,
+        port,
+        tls,
+        region,
+        checkpoints_bucket,
+        policy_packs_bucket,
+        access_key_id,
+        secret_access_key,
+        ca: o.ca.map(|c| esp_path("object_store.ca", &c, esp)).transpose()?,
+    }))
 }
 
 fn network(n: &NetworkFile) -> Result<Network> {
@@ -290,11 +512,9 @@ fn smtp(s: SmtpFile) -> Result<Option<Smtp>> {
         }
         return Ok(None);
     };
-    let (host, port) = server.rsplit_once(':').unwrap_or((server.as_str(), "25"));
-    check_host("smtp.server", host)?;
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
-        bail!("smtp.server: `{server}` has a port that is not a number from 1 to 65535");
-    }
+    // Pulumi takes SMTP_SERVER as <host>:<port> only.
+    let (host, port) = host_and_port("smtp.server", &server, 25)?;
+    let server = format!("{host}:{port}");
     let Some(sender) = s.sender else { bail!("smtp.sender: required when smtp.server is set") };
     if !sender.contains('@') || sender.chars().any(|c| c.is_whitespace() || c.is_control()) {
         bail!("smtp.sender: `{sender}` is not an email address");
@@ -421,6 +641,9 @@ pub fn default_file(hostname: &str) -> String {
 [pulumi]
 # license_key = "..."              # or:
 # license_key_file = "site/pulumi-license.txt"
+# The key Pulumi encrypts secrets with (PULUMI_LOCAL_KEYS): each appliance makes its own. Every
+# appliance that serves one installation (see [database]) must use the same 32 random bytes:
+# encryption_key_file = "site/pulumi-encryption.key"
 
 [smtp]
 # server = "smtp.example.internal:587"
@@ -431,6 +654,27 @@ pub fn default_file(hostname: &str) -> String {
 [saml]
 # certificate = "site/saml.crt"
 # private_key = "site/saml.key"
+
+[database]
+# An external MySQL 8.0 server (with a database named `pulumi`) instead of the appliance's
+# own, so that several appliances built from one image serve one installation. Requires
+# pulumi.encryption_key_file.
+# endpoint = "mysql.example.internal:3306"
+# user = "pulumi_service"          # the API's user
+# password = "..."
+# admin_user = "root"              # the migrations' user
+# admin_password = "..."
+# ca = "site/mysql-ca.crt"         # TLS to the server, trusting this CA
+
+[object_store]
+# An S3-compatible store for checkpoints and policy packs instead of the data partition.
+# endpoint = "https://s3.example.internal:9000"
+# region = "us-east-1"
+# checkpoints_bucket = "pulumi-checkpoints"
+# policy_packs_bucket = "pulumi-policy-packs"
+# access_key_id = "..."
+# secret_access_key = "..."
+# ca = "site/s3-ca.crt"            # https only
 "#
     )
 }
@@ -496,6 +740,63 @@ sender = "pulumi@corp.internal"
     }
 
     #[test]
+    fn smtp_servers_get_a_port() {
+        let site = parse("[smtp]\nserver = \"mail.corp.internal\"\nsender = \"p@corp.internal\"\n", Path::new("/efi"));
+        assert_eq!(site.unwrap().smtp.unwrap().server, "mail.corp.internal:25", "Pulumi takes host:port only");
+    }
+
+    #[test]
+    fn an_external_database_and_object_store_are_read() {
+        let site = parse(
+            r#"[pulumi]
+encryption_key_file = "site/pulumi.key"
+[database]
+endpoint = "mysql.corp.internal"
+user = "pulumi_api"
+password = "db p4ss"
+admin_password = "r00t"
+ca = "site/mysql-ca.crt"
+[object_store]
+endpoint = "https://s3.corp.internal:9000/"
+region = "us-east-1"
+checkpoints_bucket = "pulumi-checkpoints"
+policy_packs_bucket = "pulumi-policy-packs"
+access_key_id = "AKIDTEST"
+secret_access_key = "s3cr3t/key+"
+ca = "site/s3-ca.crt"
+"#,
+            Path::new("/efi"),
+        )
+        .unwrap();
+        assert_eq!(site.encryption_key.as_deref(), Some(Path::new("/efi/site/pulumi.key")));
+        assert_eq!(
+            site.database,
+            Some(ExternalDatabase {
+                host: "mysql.corp.internal".into(),
+                port: 3306,
+                user: "pulumi_api".into(),
+                password: "db p4ss".into(),
+                admin_user: "root".into(),
+                admin_password: "r00t".into(),
+                ca: Some("/efi/site/mysql-ca.crt".into()),
+            })
+        );
+        let store = site.object_store.unwrap();
+        assert_eq!((store.host.as_str(), store.port, store.tls), ("s3.corp.internal", 9000, true));
+        assert_eq!(store.ca.as_deref(), Some(Path::new("/efi/site/s3-ca.crt")));
+        assert_eq!((store.checkpoints_bucket.as_str(), store.region.as_str()), ("pulumi-checkpoints", "us-east-1"));
+        let plain = parse(
+            "[object_store]\nendpoint = \"http://minio\"\nregion = \"r\"\ncheckpoints_bucket = \"c-c\"\n\
+             policy_packs_bucket = \"p-p\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+            Path::new("/efi"),
+        )
+        .unwrap()
+        .object_store
+        .unwrap();
+        assert_eq!((plain.port, plain.tls), (80, false));
+    }
+
+    #[test]
     fn errors_name_the_key_and_why() {
         let cases: &[(&str, &str)] = &[
             ("hostname = \"Bad_Name\"", "hostname: `Bad_Name` is not a host name"),
@@ -532,6 +833,38 @@ sender = "pulumi@corp.internal"
             ("[smtp]\nserver = \"mail\"", "smtp.sender: required"),
             ("[smtp]\npassword = \"x\"", "smtp.password: set smtp.server too"),
             ("[saml]\ncertificate = \"c\"", "saml.private_key: required"),
+            ("[database]\nuser = \"u\"", "database.user: set database.endpoint too"),
+            ("[database]\nendpoint = \"db:3306\"", "database.user: required"),
+            (
+                "[database]\nendpoint = \"db:0\"\nuser = \"u\"\npassword = \"p\"\nadmin_password = \"a\"",
+                "database.endpoint: `db:0` has a port",
+            ),
+            ("[database]\nendpoint = \"db\"\nuser = \"u\"\nadmin_password = \"a\"", "database.password: required"),
+            (
+                "[database]\nendpoint = \"db\"\nuser = \"it's\"\npassword = \"p\"\nadmin_password = \"a\"",
+                "database.user: `it's` is not a MySQL user name",
+            ),
+            (
+                "[database]\nendpoint = \"db\"\nuser = \"u\"\npassword = \"p\"\nadmin_password = \"a\"",
+                "pulumi.encryption_key_file: required with database.endpoint",
+            ),
+            ("[object_store]\nregion = \"x\"", "object_store.region: set object_store.endpoint too"),
+            ("[object_store]\nendpoint = \"s3.internal\"", "object_store.endpoint: `s3.internal` is not an http"),
+            ("[object_store]\nendpoint = \"https://s3/b\"", "object_store.endpoint: `https://s3/b` names a path"),
+            ("[object_store]\nendpoint = \"https://s3\"", "object_store.region: required"),
+            (
+                "[object_store]\nendpoint = \"https://s3\"\nregion = \"r\"\ncheckpoints_bucket = \"B\"\npolicy_packs_bucket = \"p-p\"",
+                "object_store.checkpoints_bucket: `B` is not an S3 bucket name",
+            ),
+            (
+                "[object_store]\nendpoint = \"https://s3\"\nregion = \"r\"\ncheckpoints_bucket = \"same\"\npolicy_packs_bucket = \"same\"",
+                "object_store.policy_packs_bucket: must differ",
+            ),
+            (
+                "[object_store]\nendpoint = \"http://s3:9000\"\nregion = \"r\"\ncheckpoints_bucket = \"c-c\"\n\
+                 policy_packs_bucket = \"p-p\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\nca = \"ca.crt\"",
+                "object_store.ca: only used with an https:// endpoint",
+            ),
         ];
         for (text, want) in cases {
             let got = err(text);

@@ -64,6 +64,27 @@ pub struct Service {
     pub url: Option<String>,
 }
 
+/// A test build: a production spec with some container images replaced by TEST STAND-INS
+/// (`crate::test_spec`). Announced by the build, recorded in the manifest; never signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestBuild {
+    /// The production spec the test spec builds (its overlays, units and settings, unchanged).
+    pub production_spec: PathBuf,
+    pub production_spec_sha256: String,
+    pub stand_ins: Vec<StandIn>,
+}
+
+/// A container image a test build replaces: its reference stays (so the units run as in
+/// production), its source is the stand-in's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandIn {
+    pub container: String,
+    /// The normalized reference the stand-in plays (`docker.io/pulumi/service:latest`).
+    pub reference: String,
+    /// The stand-in's source, as the test spec wrote it.
+    pub source: String,
+}
+
 /// Everything a build needs, validated.
 #[derive(Debug, Clone)]
 pub struct BuildPlan {
@@ -97,6 +118,8 @@ pub struct BuildPlan {
     pub vm: VmHardware,
     /// The minisign secret key that signs SHA256SUMS.
     pub signing_key: Option<PathBuf>,
+    /// `Some` for a test spec's build: which images are stand-ins.
+    pub test: Option<TestBuild>,
 }
 
 /// Facts of the build host the plan may default to.
@@ -195,6 +218,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         containers,
         supplier,
         lock_path: spec_dir.join(LOCK_FILE_NAME),
+        test: None,
     };
     policy::apply(&mut plan);
     Ok(plan)

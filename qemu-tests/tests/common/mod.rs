@@ -13,8 +13,15 @@ pub const EXT4_PARTITIONS: &[&str] = &["root-x86-64", "data"];
 /// `images/<name>/appliance.toml` with the command channel added (test builds only), from the
 /// test image cache under the target directory.
 pub fn build_test_image(name: &str) -> anyhow::Result<TestImage> {
+    build_spec(&qemu_tests::test_image::Recipe::image(name))
+}
+
+/// Builds a recipe's spec (a spec or a test spec) with the command channel added, from the
+/// test image cache under the target directory: runs its scripts (they make the spec's local
+/// sources), fetches what it lists, and builds its formats (the spec's own when `None`).
+pub fn build_spec(recipe: &qemu_tests::test_image::Recipe) -> anyhow::Result<TestImage> {
     qemu_tests::test_image::test_image(
-        &qemu_tests::test_image::Recipe::image(name),
+        recipe,
         Path::new(env!("CARGO_BIN_EXE_appliance-under-test")),
         Path::new(env!("CARGO_TARGET_TMPDIR")),
     )

@@ -92,12 +92,20 @@ pub struct Secret {
     pub what: &'static str,
 }
 
+/// The size of Pulumi's local encryption key (`PULUMI_LOCAL_KEYS`).
+pub const PULUMI_KEY_BYTES: usize = 32;
+
 /// Every secret an appliance gets. Stacks take the ones they use (bind-mounted files,
 /// `LoadCredential=`, podman secrets).
 pub const SECRETS: &[Secret] = &[
     Secret { name: "db-password", bytes: 24, encoding: Encoding::Hex, what: "database root password" },
     Secret { name: "db-service-password", bytes: 24, encoding: Encoding::Hex, what: "database password of the API" },
-    Secret { name: "pulumi-local-keys", bytes: 32, encoding: Encoding::Raw, what: "PULUMI_LOCAL_KEYS encryption key" },
+    Secret {
+        name: "pulumi-local-keys",
+        bytes: PULUMI_KEY_BYTES,
+        encoding: Encoding::Raw,
+        what: "PULUMI_LOCAL_KEYS encryption key",
+    },
     Secret { name: "registry-password", bytes: 16, encoding: Encoding::Hex, what: "registry password" },
 ];
 
@@ -558,7 +566,15 @@ fn apply_admin_ssh_keys(ctx: &Instance) -> Result<()> {
     Ok(())
 }
 
-/// Secrets the site supplies (license key, SMTP password, SAML key pair) as files next to the
+/// Reads a CA certificate the site names for `key`, checking that it is one.
+fn read_site_ca(key: &str, path: &Path) -> Result<String> {
+    let text = fs::read_to_string(path).with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    tls::fingerprint(&text).with_context(|| format!("{key}: {} is not a PEM certificate", path.display()))?;
+    Ok(text)
+}
+
+/// Secrets the site supplies (license key, SMTP password, SAML key pair, the shared encryption
+/// key, the external database's and object store's credentials and CAs) as files next to the
 /// generated ones; removed when the site stops setting them.
 fn apply_site_secrets(ctx: &Instance) -> Result<()> {
     let dir = ctx.paths.secrets();
@@ -585,16 +601,42 @@ fn apply_site_secrets(ctx: &Instance) -> Result<()> {
         ),
         None => (None, None),
     };
+    let encryption_key = match &ctx.site.encryption_key {
+        Some(p) => {
+            let key =
+                fs::read(p).with_context(|| format!("pulumi.encryption_key_file: cannot read {}", p.display()))?;
+            if key.len() != PULUMI_KEY_BYTES {
+                bail!(
+                    "pulumi.encryption_key_file: {} holds {} bytes; the key is {PULUMI_KEY_BYTES} random bytes",
+                    p.display(),
+                    key.len()
+                );
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let db = ctx.site.database.as_ref();
+    let db_ca = db.and_then(|d| d.ca.as_ref()).map(|p| read_site_ca("database.ca", p)).transpose()?;
+    let store = ctx.site.object_store.as_ref();
+    let store_ca = store.and_then(|s| s.ca.as_ref()).map(|p| read_site_ca("object_store.ca", p)).transpose()?;
     for (name, value) in [
-        ("pulumi-license-key", license),
-        ("smtp-password", smtp),
-        ("saml-certificate", saml_cert),
-        ("saml-private-key", saml_key),
+        ("pulumi-license-key", license.map(String::into_bytes)),
+        ("smtp-password", smtp.map(String::into_bytes)),
+        ("saml-certificate", saml_cert.map(String::into_bytes)),
+        ("saml-private-key", saml_key.map(String::into_bytes)),
+        ("site-pulumi-local-keys", encryption_key),
+        ("database-password", db.map(|d| d.password.clone().into_bytes())),
+        ("database-admin-password", db.map(|d| d.admin_password.clone().into_bytes())),
+        ("database-ca", db_ca.map(String::into_bytes)),
+        ("object-store-access-key-id", store.map(|s| s.access_key_id.clone().into_bytes())),
+        ("object-store-secret-access-key", store.map(|s| s.secret_access_key.clone().into_bytes())),
+        ("object-store-ca", store_ca.map(String::into_bytes)),
     ] {
         let path = dir.join(name);
         match value {
             Some(v) => {
-                store::write_if_changed(&path, v.as_bytes(), 0o600)?;
+                store::write_if_changed(&path, &v, 0o600)?;
             }
             None => store::remove_durably(&path)?,
         }
@@ -633,6 +675,20 @@ pub fn site_env(ctx: &Instance, ca_fingerprint: &str) -> String {
         }
     }
     vars.push(("SAML_SSO_ENABLED", ctx.site.saml.is_some().to_string()));
+    if let Some(db) = &ctx.site.database {
+        vars.push(("DATABASE_ENDPOINT", format!("{}:{}", db.host, db.port)));
+        vars.push(("DATABASE_HOST", db.host.clone()));
+        vars.push(("DATABASE_PORT", db.port.to_string()));
+        vars.push(("DATABASE_USER", db.user.clone()));
+        vars.push(("DATABASE_ADMIN_USER", db.admin_user.clone()));
+    }
+    if let Some(s) = &ctx.site.object_store {
+        vars.push(("OBJECT_STORE_ENDPOINT", format!("{}:{}", s.host, s.port)));
+        vars.push(("OBJECT_STORE_TLS", s.tls.to_string()));
+        vars.push(("OBJECT_STORE_REGION", s.region.clone()));
+        vars.push(("OBJECT_STORE_CHECKPOINTS_BUCKET", s.checkpoints_bucket.clone()));
+        vars.push(("OBJECT_STORE_POLICY_PACKS_BUCKET", s.policy_packs_bucket.clone()));
+    }
     vars.iter().map(|(k, v)| format!("{k}={}\n", env_value(v))).collect()
 }
 
