@@ -20,13 +20,22 @@ pub fn main() -> std::process::ExitCode {
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_target(false)
-        .format_timestamp(None)
+        .format(|out, record| {
+            use std::io::Write;
+            // Messages quote inputs (paths, entry names, values): no control byte of theirs
+            // reaches the terminal.
+            let text = record.args().to_string();
+            writeln!(out, "[{}] {}", record.level(), crate::printable::escape_keeping_lines(&text))
+        })
         .init();
+    if let Err(err) = crate::interrupt::install() {
+        log::warn!("{err:#}: an interrupted run may leave .partial files for the next one to remove");
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let text = format!("{err:#}");
+            eprintln!("error: {}", crate::printable::escape_keeping_lines(&text));
             std::process::ExitCode::FAILURE
         }
     }
@@ -382,16 +391,22 @@ fn spool_dir(out: &Path) -> PathBuf {
     }
 }
 
-fn load(input: &Path, spool: &Path) -> Result<Tree> {
+/// A tree from a folder or tar that goes to a partition of `capacity` bytes.
+fn load(input: &Path, spool: &Path, capacity: u64) -> Result<Tree> {
     let mut t = Tree::new();
-    tree::apply_path(&mut t, input, spool).with_context(|| format!("loading {}", input.display()))?;
+    tree::apply_path(&mut t, input, spool, capacity).with_context(|| format!("loading {}", input.display()))?;
     Ok(t)
 }
 
 fn run_disk(args: DiskArgs) -> Result<()> {
     let clock = BuildClock::from_env()?;
     let spool = spool_dir(&args.out);
-    let esp = load(&args.esp, &spool)?;
+    if !spool.is_dir() {
+        anyhow::bail!("output directory {} does not exist", spool.display());
+    }
+    crate::output_file::clean_stale(&spool)?;
+    let disk_size = args.size.bytes();
+    let esp = load(&args.esp, &spool, args.esp_size.map_or(disk_size, ByteSize::bytes))?;
     let alone = args.root.is_none() && args.data.is_none();
     let esp_size = match args.esp_size {
         Some(s) => Some(s.bytes()),
@@ -404,7 +419,7 @@ fn run_disk(args: DiskArgs) -> Result<()> {
         fs: Filesystem::Fat32 { tree: esp, label: "ESP".into() },
     }];
     if let Some(root) = &args.root {
-        let tree = load(root, &spool)?;
+        let tree = load(root, &spool, args.root_size.map_or(disk_size, ByteSize::bytes))?;
         // Without --root-size the root takes the rest; with it, the rest stays unpartitioned.
         let size = args.root_size.map(ByteSize::bytes);
         requests.push(PartitionRequest {

@@ -2,6 +2,7 @@
 //! whiteouts, and each hostile input rejected with its specific error.
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
+use airlock::expansion::ExpansionLimit;
 use airlock::tree::tar_input::{TarOptions, apply_tar};
 use airlock::tree::{InputError, NodeKind, Problem, Tree};
 use std::io::Write;
@@ -91,7 +92,12 @@ impl Fixture {
     }
 
     fn load(&self, tree: &mut Tree, archive: &Path) -> anyhow::Result<()> {
-        apply_tar(tree, archive, &TarOptions { whiteouts: true, spool_dir: self.dir.path() }).map(|_| ())
+        apply_tar(
+            tree,
+            archive,
+            &TarOptions { whiteouts: true, spool_dir: self.dir.path(), limit: ExpansionLimit::ratio_only() },
+        )
+        .map(|_| ())
     }
 
     fn problem(&self, bytes: &[u8]) -> (Option<String>, Problem) {

@@ -149,6 +149,8 @@ pub enum Problem {
     UnsupportedType { kind: String },
     #[error("malformed entry: {detail}")]
     Malformed { detail: String },
+    #[error("input too large: {detail}")]
+    TooLarge { detail: String },
 }
 
 /// An input (a tar archive, a host directory) had a bad entry.
@@ -455,14 +457,23 @@ impl Tree {
 }
 
 /// Applies a host directory or a tar archive (plain, gzip, zstd) at `input` as a new layer.
-/// Tar spool files go to `spool_dir`.
-pub fn apply_path(tree: &mut Tree, input: &std::path::Path, spool_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Tar spool files go to `spool_dir`; the tree's destination holds `capacity` bytes (which
+/// bounds decompression, see [`crate::expansion`]). Anything else (a FIFO, a device) is refused.
+pub fn apply_path(
+    tree: &mut Tree,
+    input: &std::path::Path,
+    spool_dir: &std::path::Path,
+    capacity: u64,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let md = std::fs::metadata(input).with_context(|| format!("reading input {}", input.display()))?;
     if md.is_dir() {
         host_dir::apply_dir(tree, input, host_dir::HostDirOptions::default())?;
+    } else if md.is_file() {
+        let limit = crate::expansion::ExpansionLimit::capacity(capacity);
+        tar_input::apply_tar(tree, input, &tar_input::TarOptions { whiteouts: true, spool_dir, limit })?;
     } else {
-        tar_input::apply_tar(tree, input, &tar_input::TarOptions { whiteouts: true, spool_dir })?;
+        anyhow::bail!("input {} is neither a directory nor a regular file (a tar archive)", input.display());
     }
     Ok(())
 }
