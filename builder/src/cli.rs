@@ -89,6 +89,10 @@ pub struct VerifyArgs {
     /// The public key: a minisign .pub file or its one-line base64 form.
     #[arg(long, value_name = "PREFIX.pub|KEY")]
     pub pubkey: String,
+    /// Fail when the directory holds files that SHA256SUMS does not list (otherwise a warning
+    /// names them).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,7 +249,7 @@ fn formats(names: &[String]) -> Result<Option<Vec<Format>>> {
 
 fn run_verify(args: VerifyArgs) -> Result<()> {
     let key = crate::signing::read_public_key(&args.pubkey)?;
-    let report = crate::verify::verify(&args.path, &key)?;
+    let report = crate::verify::verify(&args.path, &key, &crate::verify::VerifyOptions { strict: args.strict })?;
     print!("{report}");
     Ok(())
 }

@@ -216,7 +216,7 @@ impl Manifest {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::input_file::read_capped_text(path, crate::verify::MAX_MANIFEST, "manifest")?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 }
