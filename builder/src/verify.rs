@@ -104,11 +104,7 @@ impl fmt::Display for VerifyReport {
             None => writeln!(f, "image: no .raw or .raw.zst to look inside (checksums only)")?,
         }
         if !self.unlisted.is_empty() {
-            writeln!(
-                f,
-                "warning: not covered by SHA256SUMS, so not verified: {}",
-                escape(&self.unlisted.join(", "))
-            )?;
+            writeln!(f, "warning: not covered by SHA256SUMS, so not verified: {}", escape(&self.unlisted.join(", ")))?;
         }
         writeln!(f, "OK")
     }
@@ -149,7 +145,9 @@ fn authenticate(dir: &Path, key: &PublicKey) -> Result<(Vec<(String, [u8; 32])>,
                 Some(VerifyError::BadSignature) => fail(
                     dir,
                     SUMS_FILE,
-                    format!("does not match its signature {SIGNATURE_FILE}: modified after signing; nothing else was checked"),
+                    format!(
+                        "does not match its signature {SIGNATURE_FILE}: modified after signing; nothing else was checked"
+                    ),
                 ),
                 _ => fail(dir, SIGNATURE_FILE, format!("{e:#}; nothing else was checked")),
             });
@@ -178,11 +176,8 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
     }
 
     let mut problems = Problems::default();
-    let to_check: Vec<(String, [u8; 32])> = signed
-        .iter()
-        .filter(|(n, _)| only.as_ref().is_none_or(|o| n == o || n == MANIFEST_FILE))
-        .cloned()
-        .collect();
+    let to_check: Vec<(String, [u8; 32])> =
+        signed.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n == o || n == MANIFEST_FILE)).cloned().collect();
     let mut passed = BTreeSet::new();
     match signing::check_entries(&dir, &to_check) {
         Ok(names) => passed.extend(names),
@@ -215,9 +210,8 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
                 None => vec![format!("{}.raw", m.appliance.name), format!("{}.raw.zst", m.appliance.name)],
             };
             // Only an image whose checksum matched is opened: anything else is unauthenticated.
-            if let Some(name) = candidates
-                .into_iter()
-                .find(|n| (n.ends_with(".raw") || n.ends_with(".raw.zst")) && passed.contains(n))
+            if let Some(name) =
+                candidates.into_iter().find(|n| (n.ends_with(".raw") || n.ends_with(".raw.zst")) && passed.contains(n))
             {
                 let before = problems.0.len();
                 check_image(&dir.join(&name), &name, &m, &mut problems);
@@ -267,11 +261,8 @@ fn authenticated_manifest(dir: &Path, signed: &[(String, [u8; 32])]) -> Result<M
 /// Names in `dir` that the signed listing does not cover (besides `SHA256SUMS` and its
 /// signature), sorted.
 fn unlisted_files(dir: &Path, signed: &[(String, [u8; 32])]) -> Result<Vec<String>> {
-    let covered: BTreeSet<&str> = signed
-        .iter()
-        .map(|(n, _)| n.split('/').next().unwrap_or(n))
-        .chain([SUMS_FILE, SIGNATURE_FILE])
-        .collect();
+    let covered: BTreeSet<&str> =
+        signed.iter().map(|(n, _)| n.split('/').next().unwrap_or(n)).chain([SUMS_FILE, SIGNATURE_FILE]).collect();
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
@@ -291,6 +282,11 @@ fn check_manifest_ranges(m: &Manifest) -> Result<(), String> {
     if parts.len() > 128 {
         return Err(format!("lists {} partitions; a GPT holds at most 128", parts.len()));
     }
+    let mut numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+    numbers.sort_unstable();
+    if numbers.windows(2).any(|w| w[0] == w[1]) {
+        return Err("lists a partition number twice".into());
+    }
     let mut ranges: Vec<(u64, u64, u32)> = Vec::with_capacity(parts.len());
     for p in parts {
         let end = p.start.checked_add(p.size).filter(|e| *e <= m.disk.size).ok_or_else(|| {
@@ -303,11 +299,6 @@ fn check_manifest_ranges(m: &Manifest) -> Result<(), String> {
         if pair[1].0 < pair[0].1 {
             return Err(format!("partitions {} and {} overlap", pair[0].2, pair[1].2));
         }
-    }
-    let mut numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
-    numbers.sort_unstable();
-    if numbers.windows(2).any(|w| w[0] == w[1]) {
-        return Err("lists a partition number twice".into());
     }
     Ok(())
 }

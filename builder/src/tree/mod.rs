@@ -151,7 +151,14 @@ pub enum Problem {
     Malformed { detail: String },
     #[error("input too large: {detail}")]
     TooLarge { detail: String },
+    #[error("path is {len} bytes long; a path in an image is at most {MAX_PATH} bytes (PATH_MAX)")]
+    PathTooLong { len: usize },
 }
+
+/// The longest path a tree holds, in bytes: Linux's `PATH_MAX` less its NUL. A longer one could
+/// not be opened by its path on the appliance, and the limit bounds what a deep tree costs (at
+/// most 2,048 levels).
+pub const MAX_PATH: usize = 4095;
 
 /// An input (a tar archive, a host directory) had a bad entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +351,9 @@ impl Tree {
     /// re-declared as a directory keeps its entries and takes the new metadata; anything else at
     /// that path is replaced (with its subtree).
     pub fn insert(&mut self, path: &[u8], meta: Meta, kind: NodeKind) -> Result<NodeId, Problem> {
+        if path.len() > MAX_PATH {
+            return Err(Problem::PathTooLong { len: path.len() });
+        }
         let components = path::components(path);
         if components.is_empty() {
             if !kind.is_dir() {
@@ -383,6 +393,9 @@ impl Tree {
             .ok_or_else(|| Problem::HardLinkTargetMissing { target: path::display(target) })?;
         if self.node(target_id).kind.is_dir() {
             return Err(Problem::HardLinkToDirectory { target: path::display(target) });
+        }
+        if path.len() > MAX_PATH {
+            return Err(Problem::PathTooLong { len: path.len() });
         }
         let components = path::components(path);
         if components.is_empty() {
@@ -450,6 +463,9 @@ impl Tree {
 
     /// The directory at `dir`, created if missing (a whiteout may be the first entry naming it).
     fn parent_dir_for_children(&mut self, dir: &[u8]) -> Result<NodeId, Problem> {
+        if dir.len() > MAX_PATH {
+            return Err(Problem::PathTooLong { len: dir.len() });
+        }
         let mut components = path::components(dir);
         components.push(b"-");
         self.parent_dir(&components)
@@ -551,6 +567,18 @@ mod tests {
         assert_eq!(t.node(t.lookup("d").unwrap()).meta.mode, 0o700);
         file(&mut t, "d", b"now a file");
         assert!(t.lookup("d/f").is_none());
+    }
+
+    #[test]
+    fn paths_longer_than_path_max_are_refused() {
+        let mut t = Tree::new();
+        let deep = vec!["d"; 2048].join("/");
+        assert_eq!(deep.len(), MAX_PATH);
+        file(&mut t, &deep, b"");
+        let deeper = format!("{deep}/x");
+        let err = t.insert(deeper.as_bytes(), Meta::root(0o644), NodeKind::Fifo).unwrap_err();
+        assert_eq!(err, Problem::PathTooLong { len: MAX_PATH + 2 });
+        assert_eq!(t.link(deeper.as_bytes(), deep.as_bytes()).unwrap_err(), Problem::PathTooLong { len: MAX_PATH + 2 });
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! binary, and reading parts of images.
 #![allow(dead_code)]
 
+pub mod raw_tar;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
