@@ -53,5 +53,6 @@ pub mod signing;
 pub mod size;
 pub mod spec;
 pub mod tree;
+pub mod unit_name;
 pub mod units;
 pub mod verify;

@@ -213,10 +213,12 @@ impl Lock {
 
     /// Reads `path`; `None` if there is no such file.
     pub fn read(path: &Path) -> Result<Option<Self>> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, &path.display().to_string()).map(Some),
+        match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            _ => {
+                let text = crate::input_file::read_capped_text(path, MAX_LOCK_FILE, "lock file")?;
+                Self::parse(&text, &path.display().to_string()).map(Some)
+            }
         }
     }
 
@@ -301,6 +303,10 @@ impl Lock {
         Ok(true)
     }
 }
+
+/// The most of `appliance.lock` that is read: one line per pinned file; the demo's, with
+/// thousands of mirrored packages, is a few hundred KiB.
+pub const MAX_LOCK_FILE: u64 = 64 * 1024 * 1024;
 
 impl Default for Lock {
     fn default() -> Self {

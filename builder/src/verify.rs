@@ -127,9 +127,12 @@ fn fail(dir: &Path, subject: &str, message: impl Into<String>) -> anyhow::Error 
     .into()
 }
 
+/// The entries of a signed `SHA256SUMS`: name and SHA-256, in the listing's order.
+type SignedEntries = Vec<(String, [u8; 32])>;
+
 /// The signature over `SHA256SUMS`, checked before anything else is read: the authenticated
 /// entries and the trusted comment, or the one problem that stops verification.
-fn authenticate(dir: &Path, key: &PublicKey) -> Result<(Vec<(String, [u8; 32])>, String)> {
+fn authenticate(dir: &Path, key: &PublicKey) -> Result<(SignedEntries, String)> {
     let sums_path = dir.join(SUMS_FILE);
     let sums = crate::input_file::read_capped(&sums_path, MAX_SUMS, SUMS_FILE)
         .context("a release without a readable SHA256SUMS cannot be verified")?;

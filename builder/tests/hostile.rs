@@ -680,3 +680,102 @@ fn hostile_release_directories() {
 
     eprintln!("hostile release directories: {count} cases");
 }
+
+/// Property tests: generated input for the tar reader.
+mod properties {
+    use super::*;
+    use airlock::expansion::ExpansionLimit;
+    use airlock::tree::tar_input::{TarOptions, apply_tar};
+    use airlock::tree::{NodeKind, Tree};
+    use proptest::prelude::*;
+
+    /// A valid archive with every kind of entry the reader handles.
+    fn seed_archive() -> Vec<u8> {
+        RawTar::default()
+            .entry("etc/", b'5', b"", "")
+            .entry("etc/hostname", b'0', b"appliance\n", "")
+            .entry("etc/alias", b'1', b"", "etc/hostname")
+            .entry("bin", b'2', b"", "usr/bin")
+            .entry("dev/null", b'3', b"", "")
+            .entry("run/fifo", b'6', b"", "")
+            .pax(&[("mtime", b"1700000000.5"), ("SCHILY.xattr.user.x", b"1")])
+            .entry("usr/lib/data", b'0', &[0xab; 1500], "")
+            .finish()
+    }
+
+    /// Reads every file of the tree to its end: contents must be where the tree says.
+    fn read_all(tree: &Tree) {
+        let mut reader = tree.content_reader();
+        for (_, id) in tree.walk() {
+            if let NodeKind::File { size, content } = &tree.node(id).kind {
+                let mut buf = vec![0u8; usize::try_from(*size).unwrap().min(1 << 20)];
+                reader.read_at(content, *size, 0, &mut buf).unwrap();
+            }
+        }
+    }
+
+    fn apply(bytes: &[u8]) -> anyhow::Result<Tree> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.tar");
+        fs::write(&path, bytes).unwrap();
+        let mut tree = Tree::new();
+        let opts = TarOptions { whiteouts: true, spool_dir: dir.path(), limit: ExpansionLimit::capacity(64 << 20) };
+        apply_tar(&mut tree, &path, &opts)?;
+        Ok(tree)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any corruption of a valid archive is either read consistently or refused with an
+        /// error; it never panics, and an accepted tree's contents are all readable.
+        #[test]
+        fn corrupted_archives_are_read_or_refused(
+            flips in proptest::collection::vec((0usize..8192, 1u8..=255), 1..8),
+            cut in proptest::option::of(0usize..8192),
+        ) {
+            let mut bytes = seed_archive();
+            for (at, mask) in flips {
+                let at = at % bytes.len();
+                bytes[at] ^= mask;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            if let Ok(tree) = apply(&bytes) {
+                read_all(&tree);
+            }
+        }
+
+        /// Arbitrary bytes, raw or as a gzip or zstd stream, never panic the reader.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), kind in 0u8..3) {
+            let input = match kind {
+                0 => bytes,
+                1 => gzip(&bytes),
+                _ => zstd(&bytes),
+            };
+            if let Ok(tree) = apply(&input) {
+                read_all(&tree);
+            }
+        }
+
+        /// Names of any bytes: accepted names stay inside the tree, and errors print no raw
+        /// control character.
+        #[test]
+        fn entry_names_stay_inside_or_are_refused(name in proptest::collection::vec(any::<u8>(), 1..100)) {
+            let bytes = RawTar::default().entry_bytes(&name, b'0', b"x", "", 0o644, 0, 0).finish();
+            match apply(&bytes) {
+                Ok(tree) => {
+                    for (path, _) in tree.walk() {
+                        prop_assert!(!path.split(|&b| b == b'/').any(|c| c == b".." || c.is_empty()), "{path:?}");
+                    }
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    prop_assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+                }
+            }
+        }
+    }
+}

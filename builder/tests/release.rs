@@ -485,7 +485,9 @@ fn flash_fails_when_the_image_changes_in_place_after_verification() {
     let len = fs::metadata(&raw).unwrap().len();
     let zst_len = fs::metadata(&zst).unwrap().len();
     let empty_frame = zstd::encode_all(&[][..], 3).unwrap();
-    let changes: [(&Path, Box<dyn Fn()>, Box<dyn Fn()>); 2] = [
+    // (the image, how it is changed, how the change is undone)
+    type Change<'a> = (&'a Path, Box<dyn Fn() + 'a>, Box<dyn Fn() + 'a>);
+    let changes: [Change<'_>; 2] = [
         (&raw, Box::new(|| flip(&raw, len / 2, 0x01)), Box::new(|| flip(&raw, len / 2, 0x01))),
         (
             &zst,
