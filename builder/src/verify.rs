@@ -8,8 +8,8 @@
 //!    on, so that one run names every culprit;
 //! 3. inside the raw image (`.raw`, or `.raw.zst` decompressed into an anonymous sparse file no
 //!    larger than the manifest's disk) the partition table and each partition's SHA-256 against
-//!    `manifest.json`. Only an image and a manifest whose checksums matched are looked into, and
-//!    the manifest is parsed from the very bytes that were hashed.
+//!    `manifest.json`. Only an image the signed listing names is looked into, only against a
+//!    manifest whose checksum matched, parsed from the very bytes that were hashed.
 //!
 //! Files in the directory that `SHA256SUMS` does not list are named in the report: nothing
 //! vouches for them. `--strict` makes them an error.
@@ -181,9 +181,8 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
     let mut problems = Problems::default();
     let to_check: Vec<(String, [u8; 32])> =
         signed.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n == o || n == MANIFEST_FILE)).cloned().collect();
-    let mut passed = BTreeSet::new();
     match signing::check_entries(&dir, &to_check) {
-        Ok(names) => passed.extend(names),
+        Ok(_) => {}
         Err(e) => match e.downcast_ref::<ChecksumFailures>() {
             Some(failures) => {
                 for f in &failures.failures {
@@ -196,8 +195,6 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
                     };
                     problems.add(f.name.as_str(), message);
                 }
-                let failed: BTreeSet<&str> = failures.failures.iter().map(|f| f.name.as_str()).collect();
-                passed.extend(to_check.iter().map(|(n, _)| n.clone()).filter(|n| !failed.contains(n.as_str())));
             }
             None => problems.add(SUMS_FILE, format!("{e:#}")),
         },
@@ -212,9 +209,11 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
                 Some(name) => vec![name.clone()],
                 None => vec![format!("{}.raw", m.appliance.name), format!("{}.raw.zst", m.appliance.name)],
             };
-            // Only an image whose checksum matched is opened: anything else is unauthenticated.
+            // Only an image the signed listing names is opened (even if its checksum failed:
+            // the signed manifest bounds the work, and names the partition that changed).
+            let is_image = |n: &String| n.ends_with(".raw") || n.ends_with(".raw.zst");
             if let Some(name) =
-                candidates.into_iter().find(|n| (n.ends_with(".raw") || n.ends_with(".raw.zst")) && passed.contains(n))
+                candidates.into_iter().find(|n| is_image(n) && listed(n) && dir.join(n).symlink_metadata().is_ok())
             {
                 let before = problems.0.len();
                 check_image(&dir.join(&name), &name, &m, &mut problems);
