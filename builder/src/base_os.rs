@@ -60,6 +60,13 @@ impl BaseOs {
         }
     }
 
+    /// Adds packages (kept sorted, without duplicates, as [`BaseOs::new`] keeps them).
+    pub fn add_packages(&mut self, extra: &[String]) {
+        self.packages.extend(extra.iter().cloned());
+        self.packages.sort();
+        self.packages.dedup();
+    }
+
     /// The cache key: SHA-256 over a canonical rendering of every input.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();

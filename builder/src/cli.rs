@@ -479,6 +479,7 @@ fn release_disk(
             name: name.to_string(),
             version: version.to_string(),
             description: String::new(),
+            supplier: None,
         },
         formats,
         vm: crate::outputs::VmHardware { cpus: 2, memory_mib: 2048 },
@@ -488,6 +489,7 @@ fn release_disk(
         kernel: None,
         packages: &[],
         package_source: String::new(),
+        contents: &crate::manifest::Contents::default(),
     };
     let files = release::derive_outputs(raw, &opts)?;
     let files = release::write_manifest(raw, files, &opts)?;

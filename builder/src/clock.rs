@@ -51,7 +51,7 @@ impl BuildClock {
     pub fn rfc3339(&self) -> String {
         let days = self.epoch.div_euclid(86_400);
         let secs = self.epoch.rem_euclid(86_400);
-        let (y, m, d) = crate::fat::timestamp::civil_from_days(days);
+        let (y, m, d) = civil_from_days(days);
         format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
     }
 
@@ -62,6 +62,21 @@ impl BuildClock {
             MtimePolicy::KeepClamped => meta.mtime.min(self.epoch()),
         }
     }
+}
+
+/// The civil date `(year, month, day)` of a day number since 1970-01-01 (proleptic Gregorian;
+/// the inverse of `fat::timestamp::days_from_civil`).
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ fn read_quadlets(tree: &Tree) -> Result<Vec<Quadlet>> {
                 continue;
             }
             let path = format!("{dir}/{name}");
-            let Some(text) = units::read_text(tree, &path)? else { continue };
+            let Some(text) = tree.read_text(&path)? else { continue };
             out.push(Quadlet {
                 origin: origin(tree, &path),
                 path,

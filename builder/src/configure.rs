@@ -63,36 +63,12 @@ pub struct PartitionIds {
     pub data: uuid::Uuid,
 }
 
-fn put(tree: &mut Tree, path: &str, mode: u32, content: impl Into<Vec<u8>>) -> Result<()> {
-    let bytes: Vec<u8> = content.into();
-    tree.insert(
-        path.as_bytes(),
-        Meta::root(mode),
-        NodeKind::File { size: bytes.len() as u64, content: Content::Bytes(bytes.into()) },
-    )
-    .map_err(|p| anyhow!("writing {path}: {p}"))?;
-    Ok(())
-}
-
-fn put_symlink(tree: &mut Tree, path: &str, target: &str) -> Result<()> {
-    tree.insert(path.as_bytes(), Meta::root(0o777), NodeKind::Symlink { target: target.as_bytes().to_vec() })
-        .map_err(|p| anyhow!("writing {path}: {p}"))?;
-    Ok(())
-}
-
-fn put_dir(tree: &mut Tree, path: &str, mode: u32) -> Result<()> {
-    tree.insert(path.as_bytes(), Meta::root(mode), NodeKind::Directory { entries: BTreeMap::new() })
-        .map_err(|p| anyhow!("creating {path}: {p}"))?;
-    Ok(())
-}
-
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
 pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -> Result<()> {
     root.begin_layer();
-    put(root, "etc/hostname", 0o644, format!("{}\n", plan.hostname))?;
+    root.put_file("etc/hostname", 0o644, format!("{}\n", plan.hostname))?;
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
-    put(
-        root,
+    root.put_file(
         "etc/hosts",
         0o644,
         format!(
@@ -105,9 +81,7 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
     // data included. With the default (data=ordered and delayed allocation) a program that
     // records "done" without fsyncing what it wrote — podman extracting a pulled layer — can
     // come back with the record and empty files (found by the power-cut test).
-    put(
-        root,
-        "etc/fstab",
+    root.put_file("etc/fstab",
         0o644,
         format!(
             "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
@@ -120,13 +94,12 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
             esp = ids.esp,
         ),
     )?;
-    put_dir(root, DATA_MOUNT.trim_start_matches('/'), 0o755)?;
-    put_dir(root, "var/log/journal", 0o2755)?;
-    put_dir(root, "efi", 0o700)?;
-    put_symlink(root, "etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
+    root.put_dir(DATA_MOUNT.trim_start_matches('/'), 0o755)?;
+    root.put_dir("var/log/journal", 0o2755)?;
+    root.put_dir("efi", 0o700)?;
+    root.put_symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
 
-    put(
-        root,
+    root.put_file(
         "usr/lib/airlock/appliance.env",
         0o644,
         format!("APPLIANCE_NAME={}\nAPPLIANCE_VERSION={}\n", shell_quote(&plan.name), shell_quote(&plan.version)),
@@ -134,12 +107,12 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan, ids: &PartitionIds) -
     // `-` stands for "no URL": the banner waits for the unit but lists no line for it.
     let services: String =
         plan.services.iter().map(|s| format!("{} {} {}\n", s.name, s.unit, s.url.as_deref().unwrap_or("-"))).collect();
-    put(root, "usr/lib/airlock/services", 0o644, services)?;
+    root.put_file("usr/lib/airlock/services", 0o644, services)?;
     let mut ready = String::from("# Written by airlock from the spec's services.\n[Unit]\n");
     for s in &plan.services {
         ready.push_str(&format!("Requires={0}\nAfter={0}\n", s.unit));
     }
-    put(root, "usr/lib/systemd/system/airlock-ready.target.d/services.conf", 0o644, ready)?;
+    root.put_file("usr/lib/systemd/system/airlock-ready.target.d/services.conf", 0o644, ready)?;
 
     let registry: &[&str] = if plan.containers.is_empty() { &[] } else { &["docker-registry.service"] };
     for unit in ALWAYS_ENABLED.iter().chain(registry).copied().chain(plan.enable.iter().map(String::as_str)) {
@@ -177,7 +150,7 @@ pub fn install_provisioner(root: &mut Tree, exe: &std::path::Path) -> Result<()>
 /// `/var/.updated` so the "needs update" units (ldconfig, catalog, sysusers) stay quiet.
 pub fn prepare_first_boot(root: &mut Tree, clock: &BuildClock) -> Result<()> {
     root.begin_layer();
-    put(root, "etc/machine-id", 0o444, Vec::new())?;
+    root.put_file("etc/machine-id", 0o444, Vec::new())?;
     for path in ["var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret"] {
         root.remove(path.as_bytes()).map_err(|p| anyhow!("removing {path}: {p}"))?;
     }
@@ -191,8 +164,8 @@ pub fn prepare_first_boot(root: &mut Tree, clock: &BuildClock) -> Result<()> {
         }
     }
     let stamp = format!("# airlock\nTIMESTAMP_NSEC={}\n", i128::from(clock.epoch) * 1_000_000_000);
-    put(root, "etc/.updated", 0o644, stamp.clone())?;
-    put(root, "var/.updated", 0o644, stamp)?;
+    root.put_file("etc/.updated", 0o644, stamp.clone())?;
+    root.put_file("var/.updated", 0o644, stamp)?;
     Ok(())
 }
 
@@ -207,10 +180,10 @@ mod tests {
     #[test]
     fn first_boot_slate_is_clean() {
         let mut t = Tree::new();
-        put(&mut t, "etc/machine-id", 0o444, "0123456789abcdef\n").unwrap();
-        put(&mut t, "etc/ssh/ssh_host_ed25519_key", 0o600, "secret").unwrap();
-        put(&mut t, "etc/ssh/sshd_config", 0o644, "x").unwrap();
-        put(&mut t, "var/lib/systemd/random-seed", 0o600, "seed").unwrap();
+        t.put_file("etc/machine-id", 0o444, "0123456789abcdef\n").unwrap();
+        t.put_file("etc/ssh/ssh_host_ed25519_key", 0o600, "secret").unwrap();
+        t.put_file("etc/ssh/sshd_config", 0o644, "x").unwrap();
+        t.put_file("var/lib/systemd/random-seed", 0o600, "seed").unwrap();
         prepare_first_boot(&mut t, &BuildClock::fixed(1_700_000_000)).unwrap();
         let id = t.lookup("etc/machine-id").unwrap();
         assert!(matches!(&t.node(id).kind, NodeKind::File { size: 0, .. }));

@@ -72,6 +72,8 @@ pub struct DiskPlan {
     pub clock: BuildClock,
 }
 
+pub const MAX_DISK: u64 = 16 << 40;
+
 /// Lays partitions out in order from 1 MiB, each on a 1 MiB boundary; at most one partition
 /// has no size and takes the rest.
 pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, requests: Vec<PartitionRequest>) -> Result<DiskPlan> {

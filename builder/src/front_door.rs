@@ -2,17 +2,13 @@
 //! instance's CA certificate (`/ca.crt`, which clients fetch before they trust anything, and
 //! whose fingerprint the console banner prints); on 443 it serves TLS with the instance's
 //! certificate (made on first boot by `airlock firstboot`, or the site's own) for
-//! `registry.<domain>` and, on an appliance with mirrors, for the mirrors (`mirror::site`,
+//! `registry.<domain>` and, on an appliance with mirrors, for the mirrors (`mirror_site`,
 //! nginx's default server then). Images add their own names (`api.`, `app.`) in their overlays.
 //! This is the build's "configure front door" stage.
 
-use crate::mirror::site::put;
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, has_front_door};
 use crate::tree::Tree;
 use anyhow::{Result, anyhow};
-
-/// The front door's unit (it serves the mirrors too).
-pub const WEB_UNIT: &str = "nginx.service";
 
 /// nginx's default server: port 80 and, with the instance's certificate, 443, for any name;
 /// `/ca.crt` over either; then `locations` (the mirrors' site, or nothing but 404s).
@@ -57,15 +53,10 @@ server {
 }
 "#;
 
-/// Whether the plan's appliance has a front door.
-pub fn wanted(plan: &BuildPlan) -> bool {
-    !plan.containers.is_empty() || !plan.mirrors.is_empty()
-}
-
 /// Configures nginx as the front door (after the mirrors, whose site is the default server
 /// when there is one).
 pub fn install(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
-    if !wanted(plan) {
+    if !has_front_door(plan) {
         return Ok(());
     }
     if root.lookup("etc/nginx/conf.d").is_none() {
@@ -78,10 +69,10 @@ pub fn install(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
             "the appliance's front door (no mirrors here).",
             "    location / {\n        return 404;\n    }\n",
         );
-        put(root, "etc/nginx/conf.d/airlock-default.conf", conf.into_bytes())?;
+        root.put_file("etc/nginx/conf.d/airlock-default.conf", 0o644, conf)?;
     }
     if !plan.containers.is_empty() {
-        put(root, "etc/nginx/conf.d/airlock-registry.conf", REGISTRY_CONF.as_bytes().to_vec())?;
+        root.put_file("etc/nginx/conf.d/airlock-registry.conf", 0o644, REGISTRY_CONF)?;
     }
     Ok(())
 }

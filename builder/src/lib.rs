@@ -1,15 +1,26 @@
 //! airlock: builds signed, bootable appliance disk images for air-gapped networks.
 //!
-//! See `docs/ARCHITECTURE.md` for the flow from spec to image. The modules, in the order data
-//! flows through them:
-//! - [`tree`]: the in-memory filesystem model, filled from tars and host directories;
-//! - [`fat`]: writes a tree as a FAT32 filesystem (the EFI system partition);
-//! - [`gpt`]: the partition table: layout, validation, writing;
-//! - [`disk`]: `airlock disk`, assembling partitions into one sparse image;
+//! See `docs/ARCHITECTURE.md` for the flow from spec to image and the layers (each imports only
+//! from the ones below; `tests/layers.rs` checks it). The modules, from the bottom up:
+//! - foundations: [`tree`] (the in-memory filesystem model, filled from tars and host
+//!   directories), [`oci`] (container images and the blob store), [`command`] (the one way to
+//!   run a program), [`http`], [`output_file`], [`region`], [`seed`], [`size`], [`clock`],
+//!   [`cache`], [`signing`], [`gpt`], [`block_device`], [`apt_sources`], [`units`],
+//!   [`base_os`], [`embedded`];
+//! - [`spec`]: `appliance.toml` as written;
+//! - [`mirror`]: the mirror ecosystems (PyPI, npm, Go, NuGet, the Pulumi CLI), one
+//!   [`mirror::Ecosystem`] each in one registry;
+//! - [`plan`]: the spec validated once into a [`plan::BuildPlan`];
+//! - [`lock`]: `appliance.lock`'s format; [`lock_check`]: the lock against the plan and cache;
+//! - `airlock fetch`: [`fetch`] (registries, local sources, the mirrors' resolvers);
+//! - the stages of `airlock build`, in [`pipeline`]'s order: [`preload`], [`mirror_site`],
+//!   [`front_door`], [`configure`], [`coherence`], [`esp`], [`disk`] (with the writers [`fat`]
+//!   and [`ext4`]), [`contents`];
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
 //!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
-//! - [`verify`], [`flash`] (with [`block_device`]), [`diff`]: checking and using a release;
-//! - [`output_file`], [`region`], [`seed`], [`size`], [`clock`]: shared building blocks.
+//! - [`verify`], [`flash`], [`diff`]: checking and using a release;
+//! - [`firstboot`]: what the appliance runs on itself at boot;
+//! - [`cli`]: the commands.
 
 pub mod apt_sources;
 pub mod base_os;
@@ -20,6 +31,7 @@ pub mod clock;
 pub mod coherence;
 pub mod command;
 pub mod configure;
+pub mod contents;
 pub mod diff;
 pub mod disk;
 pub mod embedded;
@@ -32,12 +44,15 @@ pub mod firstboot;
 pub mod flash;
 pub mod front_door;
 pub mod gpt;
+pub mod http;
 pub mod input_file;
 pub mod inspect;
 pub mod interrupt;
 pub mod lock;
+pub mod lock_check;
 pub mod manifest;
 pub mod mirror;
+pub mod mirror_site;
 pub mod oci;
 pub mod output_file;
 pub mod outputs;

@@ -36,18 +36,20 @@
 //! ]
 //! ```
 
-use crate::oci::image::{self, CheckedManifest, Image, ParsedManifest};
-use crate::oci::{BlobStore, Digest, Limits, Platform};
+use crate::oci::image::{self, Image};
+use crate::oci::{Digest, Limits};
 use crate::output_file::PartialFile;
-use crate::plan::{BuildPlan, ContainerPlan};
+use crate::plan::ContainerPlan;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// The lock's file name, next to the spec.
-pub const LOCK_FILE_NAME: &str = "appliance.lock";
+/// A mirrored file's line: its format belongs to the mirror ecosystems, which make them.
+pub use crate::mirror::LockedFile;
+/// The lock's file name, next to the spec (the plan decides where the lock is).
+pub use crate::plan::LOCK_FILE_NAME;
 /// The format version this airlock writes and reads.
 const VERSION: u32 = 1;
 
@@ -66,34 +68,12 @@ pub struct Lock {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedMirrorSet {
-    /// `pulumi`, `pypi`, `npm`, `go` or `nuget`.
+    /// The ecosystem's name (`pypi`): one of [`crate::mirror::ECOSYSTEMS`].
     pub set: String,
     /// A digest of the spec's settings the set was resolved from: when they change, the set is
     /// resolved again.
     pub inputs: String,
     pub files: Vec<LockedFile>,
-}
-
-/// A mirrored file: where the appliance serves it, where it came from, what it is.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockedFile {
-    /// Relative to the mirror's root (`pypi/files/x.whl`): checked like an archive entry.
-    pub path: String,
-    /// The URL it was downloaded from, or a path relative to the spec.
-    pub origin: String,
-    /// SHA-256, 64 lower-case hex characters.
-    pub sha256: String,
-    pub size: u64,
-    /// PyPI only: the wheel's `Requires-Python`.
-    #[serde(default)]
-    pub requires_python: Option<String>,
-}
-
-impl LockedFile {
-    pub fn digest(&self) -> Result<Digest> {
-        Digest::from_hex(&self.sha256).map_err(|e| anyhow::anyhow!("{}: {e}", self.path))
-    }
 }
 
 /// One container's image, pinned.
@@ -189,9 +169,7 @@ impl Lock {
         }
         let mut sets: Vec<&str> = Vec::new();
         for m in &lock.mirrors {
-            if !crate::mirror::SETS.contains(&m.set.as_str()) {
-                bail!("{origin}: mirror set `{}` is not one of {}", m.set, crate::mirror::SETS.join(", "));
-            }
+            crate::mirror::ecosystem(&m.set).map_err(|e| anyhow::anyhow!("{origin}: mirror set {e}"))?;
             if sets.contains(&m.set.as_str()) {
                 bail!("{origin}: mirror set `{}` is locked twice", m.set);
             }
@@ -213,11 +191,18 @@ impl Lock {
 
     /// Reads `path`; `None` if there is no such file.
     pub fn read(path: &Path) -> Result<Option<Self>> {
+        Ok(Self::read_with_sha256(path)?.map(|(lock, _)| lock))
+    }
+
+    /// Reads `path` with the SHA-256 of the bytes read (what the manifest records as the
+    /// build's input); `None` if there is no such file.
+    pub fn read_with_sha256(path: &Path) -> Result<Option<(Self, String)>> {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             _ => {
                 let text = crate::input_file::read_capped_text(path, MAX_LOCK_FILE, "lock file")?;
-                Self::parse(&text, &path.display().to_string()).map(Some)
+                let lock = Self::parse(&text, &path.display().to_string())?;
+                Ok(Some((lock, Digest::of_bytes(text.as_bytes()).hex().to_string())))
             }
         }
     }
@@ -336,157 +321,6 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// Reads the lock a build needs: it must exist.
-pub fn read_for_build(plan: &BuildPlan) -> Result<Lock> {
-    match Lock::read(&plan.lock_path)? {
-        Some(lock) => Ok(lock),
-        None => bail!(
-            "{} does not exist: run `airlock fetch {}` (on a connected host) to resolve and download the spec's container images",
-            plan.lock_path.display(),
-            plan.spec_path.display()
-        ),
-    }
-}
-
-/// `airlock build --check`'s look at the lock: none yet is a note (fetching is the next step); an
-/// entry that is missing or was made for another reference or source is an error naming it.
-pub fn check_against_spec(plan: &BuildPlan) -> Result<Option<String>> {
-    if plan.containers.is_empty() && plan.mirrors.is_empty() {
-        return Ok(None);
-    }
-    let Some(lock) = Lock::read(&plan.lock_path)? else {
-        return Ok(Some(format!(
-            "{} does not exist yet: `airlock fetch {}` resolves and downloads the {} container images and the mirrors",
-            plan.lock_path.display(),
-            plan.spec_path.display(),
-            plan.containers.len()
-        )));
-    };
-    let mut problems = crate::mirror::lock_problems(plan, &lock);
-    for c in &plan.containers {
-        match lock.entry(&c.name) {
-            None => problems.push(format!("container `{}` ({}) is not in the lock", c.name, c.reference)),
-            Some(e) if !e.matches(c) => problems.push(format!(
-                "container `{}`: the lock has {} from `{}`, the spec asks for {} from `{}`",
-                c.name, e.image, e.source, c.reference, c.source
-            )),
-            Some(_) => {}
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "{} does not match the spec (run `airlock fetch {}`):\n  - {}",
-            plan.lock_path.display(),
-            plan.spec_path.display(),
-            problems.join("\n  - ")
-        );
-    }
-    Ok(Some(format!("{}: every container and mirror set is pinned", plan.lock_path.display())))
-}
-
-/// Checks that the cache holds every blob `lock` pins for the plan's containers, each with its
-/// digest and size, and returns the images ready for
-/// [`write_registry_storage`](crate::oci::write_registry_storage) in the spec's order. Fails
-/// naming the container, image and blob when anything is missing, corrupt or stale.
-pub fn verify_cached(plan: &BuildPlan, lock: &Lock, store: &BlobStore) -> Result<Vec<Image>> {
-    let mut images = Vec::with_capacity(plan.containers.len());
-    // Every container is checked, so one message lists all that a fetch has to repair.
-    let mut problems = Vec::new();
-    for c in &plan.containers {
-        let result = match lock.entry(&c.name) {
-            Some(entry) => verify_container(c, entry, store),
-            None => Err(anyhow::anyhow!("{} has no entry for it", plan.lock_path.display())),
-        };
-        match result {
-            Ok(image) => images.push(image),
-            Err(e) => problems.push(format!("container `{}` ({}): {e:#}", c.name, c.reference)),
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "the cache does not hold the container images appliance.lock pins; run `airlock fetch {}`:\n  {}",
-            plan.spec_path.display(),
-            problems.join("\n  ")
-        );
-    }
-    Ok(images)
-}
-
-/// Checks one container's locked blobs in the cache and rebuilds its [`Image`] from them.
-pub fn verify_container(c: &ContainerPlan, entry: &LockedContainer, store: &BlobStore) -> Result<Image> {
-    if !entry.matches(c) {
-        bail!(
-            "appliance.lock pins `{}` from source `{}`, but the spec now says `{}` from `{}`",
-            entry.image,
-            entry.source,
-            c.reference,
-            c.source
-        );
-    }
-    let platform = Platform::linux_amd64();
-    if entry.platform != platform.to_string() {
-        bail!("appliance.lock pins a {} image; the appliance needs {platform}", entry.platform);
-    }
-    if let Some(pinned) = c.reference.digest() {
-        let resolved = entry.index.as_ref().unwrap_or(&entry.manifest);
-        if &resolved.digest != pinned {
-            bail!("the reference pins {pinned}, but appliance.lock has {}", resolved.digest);
-        }
-    }
-    if let Some(index) = &entry.index {
-        cached_path(store, &index.digest, index.size, "image index")?;
-    }
-    check_present(store, &entry.manifest.digest, "manifest")?;
-    let manifest_bytes = store.read_verified(&entry.manifest.digest, entry.manifest.size, "manifest")?;
-    let manifest = ParsedManifest::parse(
-        entry.manifest.digest.clone(),
-        entry.manifest.media_type.clone(),
-        manifest_bytes,
-        &Limits::default(),
-    )?;
-
-    // The lock lists the blobs for people to read; the manifest is what the registry serves.
-    // They must agree, or a hand edit has made the lock lie.
-    let refs = &manifest.refs;
-    let config = LockedBlob {
-        digest: refs.config_digest.clone(),
-        size: refs.config_size,
-        media_type: refs.config_media_type.clone(),
-    };
-    let layers: Vec<LockedBlob> = refs
-        .layers
-        .iter()
-        .map(|l| LockedBlob { digest: l.digest.clone(), size: l.size, media_type: l.media_type.clone() })
-        .collect();
-    if config != entry.config || layers != entry.layers {
-        bail!("appliance.lock's config and layers disagree with manifest {}", entry.manifest.digest);
-    }
-
-    check_present(store, &entry.config.digest, "config")?;
-    let config_bytes = store.read_verified(&entry.config.digest, entry.config.size, "config")?;
-    let checked = CheckedManifest::with_config(manifest, &config_bytes, &platform)?;
-    // The manifest's layers are the lock's (checked above): each must be in the cache, intact.
-    checked.into_image(&c.reference.to_string(), platform, |layer, what| {
-        cached_path(store, &layer.digest, layer.size, what).map(drop)
-    })
-}
-
-/// A missing blob gets its own message: the usual cause is a cache that was cleaned, not an
-/// attack, and the fix is a fetch.
-fn check_present(store: &BlobStore, digest: &Digest, what: &str) -> Result<PathBuf> {
-    let path = store.path(digest);
-    if !path.is_file() {
-        bail!("{what} {digest} is not in the cache (no {})", path.display());
-    }
-    Ok(path)
-}
-
-/// The verified cache file of a blob (re-hashed on first use in this process).
-fn cached_path(store: &BlobStore, digest: &Digest, size: u64, what: &str) -> Result<PathBuf> {
-    check_present(store, digest, what)?;
-    store.verified_path(digest, size, what)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,7 +411,10 @@ mod tests {
             (text.replace("pypi/files/a-1", "pypi/files/../../etc/a-1"), "`..`"),
             (text.replace("pypi/files/a-1", "npm/a-1"), "outside"),
             (text.replace("set = \"pypi\"", "set = \"npm\""), "mirror set `npm` is locked twice"),
-            (text.replace("set = \"npm\"", "set = \"maven\""), "mirror set `maven` is not one of"),
+            (
+                text.replace("set = \"npm\"", "set = \"maven\""),
+                "mirror set `maven` is not a mirror ecosystem airlock knows",
+            ),
             (text.replace("pypi/files/b-1", "pypi/files/a-1"), "locks `pypi/files/a-1-py3-none-any.whl` twice"),
         ];
         for (bad, expected) in cases {

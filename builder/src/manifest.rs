@@ -1,11 +1,14 @@
 //! `manifest.json`: what an image is and what is inside it, listed in (and so signed through)
 //! `SHA256SUMS`.
 //!
-//! The appliance, the digests of its inputs, the partition table with every partition's
-//! SHA-256, and every artifact inside with its version, digest and source. Sections for
-//! artifacts airlock does not put into images yet (container images, mirrored packages, the CLI
-//! and its plugins) are typed and empty, never placeholders. The same data feeds the SPDX SBOM
-//! ([`crate::sbom`]). Serialisation is deterministic: fixed field order, sorted lists.
+//! The appliance, the digests of its inputs (spec and lock), the partition table with every
+//! partition's SHA-256, and everything inside: the OS packages, every container image with its
+//! manifest, config and layer digests, every mirrored file with its package, version and
+//! SHA-256, and the Pulumi CLI archives and plugins among them. What the appliance carries
+//! besides its OS packages is read from `appliance.lock` and the verified blob store
+//! ([`crate::contents`]); an image without a lock (`airlock disk`) has empty lists. The same
+//! data feeds the SPDX SBOM ([`crate::sbom`]). Serialisation is deterministic: fixed field
+//! order, sorted lists.
 
 use crate::base_os::Package;
 use crate::clock::BuildClock;
@@ -32,8 +35,9 @@ pub struct Manifest {
     pub disk: Disk,
     pub os_packages: Vec<OsPackage>,
     pub container_images: Vec<ContainerImage>,
+    /// Every file of every mirror, sorted by ecosystem and path.
     pub mirrored_packages: Vec<MirroredPackage>,
-    pub cli: Vec<CliArtifact>,
+    pub cli: Cli,
     /// Every file of the release besides `manifest.json`, `SHA256SUMS` and its signature.
     pub outputs: Vec<OutputEntry>,
 }
@@ -44,6 +48,8 @@ pub struct Appliance {
     pub name: String,
     pub version: String,
     pub description: String,
+    /// Who supplies it, in SPDX's form (`Organization: Example Corp`); `None`: not said.
+    pub supplier: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,31 +103,101 @@ pub struct OsPackage {
     pub source: String,
 }
 
+/// A container image the appliance's registry serves, as `appliance.lock` pins it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerImage {
+    /// The spec's local name.
+    pub name: String,
+    /// The normalized reference (`docker.io/library/mysql:8.0`).
     pub reference: String,
-    pub digest: String,
+    /// The reference as the spec wrote it (`mysql:8.0`): what the appliance's units name.
+    pub image: String,
+    /// Where `airlock fetch` got it: `registry`, or the spec's local source.
     pub source: String,
+    /// `os/architecture`.
+    pub platform: String,
+    /// The multi-platform index the reference resolved to, if it was one.
+    pub index: Option<Blob>,
+    pub manifest: Blob,
+    pub config: Blob,
+    pub layers: Vec<Blob>,
+    /// Bytes the appliance stores for it: manifest, config and layers.
+    pub size: u64,
 }
 
+/// A content-addressed blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// A file the appliance's mirror serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirroredPackage {
+    /// The mirror ecosystem (`pypi`, `npm`, `go`, `nuget`, `pulumi`).
     pub ecosystem: String,
+    /// The package the file belongs to, as its ecosystem spells it.
     pub name: String,
     pub version: String,
+    /// `package` (an artifact a client installs), `metadata` (a protocol document about one),
+    /// `cli-archive` or `plugin`.
+    pub kind: String,
+    /// The path the appliance serves it at, below its mirror's root.
+    pub path: String,
     pub sha256: String,
-    pub source: String,
+    pub size: u64,
+    /// Where `airlock fetch` got it: a URL, or a path relative to the spec.
+    pub origin: String,
+    /// The package URL of an artifact (`None` for metadata).
+    pub purl: Option<String>,
+}
+
+/// The Pulumi CLI archives and plugins the appliance serves (and installs its own from).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cli {
+    pub archives: Vec<CliArchive>,
+    pub plugins: Vec<CliPlugin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CliArtifact {
+pub struct CliArchive {
+    /// `linux-x64`, ...
+    pub platform: String,
+    pub version: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliPlugin {
+    /// `resource`, `language`, ...
+    pub kind: String,
     pub name: String,
     pub version: String,
+    /// `linux-amd64`, ...
+    pub platform: String,
+    pub path: String,
     pub sha256: String,
-    pub source: String,
+}
+
+/// What the appliance carries besides its OS packages, and who supplies it: read from the
+/// lock and the blob store by [`crate::contents`]; empty for an image without a lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// SHA-256 of `appliance.lock` as read.
+    pub lock_sha256: Option<String>,
+    pub container_images: Vec<ContainerImage>,
+    pub mirrored_packages: Vec<MirroredPackage>,
+    pub cli: Cli,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +217,7 @@ pub struct ManifestInputs<'a> {
     pub packages: &'a [Package],
     /// The packages' origin, e.g. `debian:trixie`.
     pub package_source: String,
+    pub contents: &'a Contents,
     pub clock: BuildClock,
 }
 
@@ -173,7 +250,10 @@ impl Manifest {
                 source_date_epoch: inputs.clock.epoch,
                 time: inputs.clock.rfc3339(),
             },
-            inputs: Inputs { spec_sha256: inputs.spec_sha256.clone(), lock_sha256: None },
+            inputs: Inputs {
+                spec_sha256: inputs.spec_sha256.clone(),
+                lock_sha256: inputs.contents.lock_sha256.clone(),
+            },
             kernel: inputs.kernel.clone(),
             disk: Disk {
                 size: disk_size,
@@ -193,9 +273,9 @@ impl Manifest {
                     .collect(),
             },
             os_packages,
-            container_images: Vec::new(),
-            mirrored_packages: Vec::new(),
-            cli: Vec::new(),
+            container_images: inputs.contents.container_images.clone(),
+            mirrored_packages: inputs.contents.mirrored_packages.clone(),
+            cli: inputs.contents.cli.clone(),
             outputs,
         }
     }
@@ -216,10 +296,14 @@ impl Manifest {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = crate::input_file::read_capped_text(path, crate::verify::MAX_MANIFEST, "manifest")?;
+        let text = crate::input_file::read_capped_text(path, MAX_MANIFEST, "manifest")?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 }
+
+/// The most of `manifest.json` that is read (the demo's, with every mirrored file, is a few
+/// hundred KiB).
+pub const MAX_MANIFEST: u64 = 64 * 1024 * 1024;
 
 pub(crate) fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()

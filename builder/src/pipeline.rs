@@ -9,7 +9,7 @@ use crate::disk::{self, Filesystem, PartitionRequest, Role};
 use crate::embedded;
 use crate::esp::{self, Kernel, LoaderEntry};
 use crate::lock::Lock;
-use crate::manifest::Appliance;
+use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
 use crate::outputs::{self, Format};
@@ -93,8 +93,8 @@ impl Stages {
 pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut stages = Stages { done: Vec::new() };
     let ids = partition_ids(plan);
-    // First, so a build without its locked images stops before any work. The registry storage
-    // stage (to come) writes these images into the root filesystem from the store.
+    // First, so a build without its locked images stops before any work; "preload container
+    // images" writes these images into the root filesystem from the store.
     let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
     stages.run("clean leftovers", || clean_leftovers(opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
@@ -104,7 +104,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
     stages.run("build mirrors", || {
-        crate::mirror::site::build(&mut root, plan, &lock, &store, &opts.out_dir, &opts.clock)
+        crate::mirror_site::build(&mut root, plan, &lock.lock, &store, &opts.out_dir, &opts.clock)
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
     stages.run("install provisioner", || configure::install_provisioner(&mut root, &opts.provisioner))?;
@@ -116,8 +116,9 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
     let size = stages.run("assemble disk", || assemble_disk(plan, opts, esp, root, &image))?;
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
+    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
-    let release = release_options(plan, opts, formats, &kernel.version, &packages);
+    let release = release_options(plan, opts, formats, &kernel.version, &packages, &contents);
     let mut files = stages.run("derive outputs", || release::derive_outputs(&image, &release))?;
     files.push(("packages".to_string(), packages_file));
     let files = stages.run("write manifest", || release::write_manifest(&image, files, &release))?;
@@ -134,6 +135,7 @@ fn release_options<'a>(
     formats: &'a [Format],
     kernel: &str,
     packages: &'a [Package],
+    contents: &'a Contents,
 ) -> ReleaseOptions<'a> {
     ReleaseOptions {
         out_dir: &opts.out_dir,
@@ -141,6 +143,7 @@ fn release_options<'a>(
             name: plan.name.clone(),
             version: plan.version.clone(),
             description: plan.description.clone(),
+            supplier: plan.supplier.clone(),
         },
         formats,
         vm: plan.vm,
@@ -150,6 +153,7 @@ fn release_options<'a>(
         kernel: Some(kernel.to_string()),
         packages,
         package_source: format!("debian:{}", plan.base.suite),
+        contents,
     }
 }
 
@@ -166,16 +170,28 @@ fn partition_ids(plan: &BuildPlan) -> PartitionIds {
     }
 }
 
-/// The images `appliance.lock` pins for the plan's containers, checked blob by blob in the
-/// cache; an error tells the user to run `airlock fetch`.
-fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, Lock, Vec<Image>)> {
+/// The lock (with its file's SHA-256, `None` when the spec needs no lock) and the images it pins
+/// for the plan's containers, checked blob by blob in the cache; an error tells the user to
+/// run `airlock fetch`.
+fn verify_container_images(plan: &BuildPlan, opts: &BuildOptions) -> Result<(BlobStore, PinnedLock, Vec<Image>)> {
     let store = crate::fetch::blob_store(&opts.cache_dir)?;
     if plan.containers.is_empty() && plan.mirrors.is_empty() {
-        return Ok((store, Lock::new(), Vec::new()));
+        return Ok((store, PinnedLock { lock: Lock::new(), sha256: None }, Vec::new()));
     }
-    let lock = crate::lock::read_for_build(plan)?;
-    let images = crate::lock::verify_cached(plan, &lock, &store)?;
-    Ok((store, lock, images))
+    let (lock, sha256) = crate::lock_check::read_pinned(plan)?;
+    let images = crate::lock_check::verify_cached(plan, &lock, &store)?;
+    Ok((store, PinnedLock { lock, sha256: Some(sha256) }, images))
+}
+
+/// The lock a build uses, with the digest of its file.
+struct PinnedLock {
+    lock: Lock,
+    sha256: Option<String>,
+}
+
+/// Every container image and mirrored file the appliance carries, for the manifest and SBOM.
+fn record_contents(plan: &BuildPlan, pinned: &PinnedLock, store: &BlobStore) -> Result<Contents> {
+    crate::contents::record(plan, &pinned.lock, pinned.sha256.clone(), store)
 }
 
 /// What interrupted builds left in the output directory (unlocked `.partial` files) goes
@@ -233,7 +249,7 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     let mut tree = Tree::new();
     apply_overlays(&mut tree, plan, &[], &spool)?;
     let mut notes = coherence::check(plan, &tree, Scope::OverlaysOnly)?;
-    notes.extend(crate::lock::check_against_spec(plan)?);
+    notes.extend(crate::lock_check::check_against_spec(plan)?);
     Ok(notes)
 }
 

@@ -9,7 +9,7 @@ use crate::oci::registry_names::{RepositoryName, Tag};
 use crate::oci::registry_storage::{Preload, StorageOwner, write_registry_storage};
 use crate::oci::{BlobStore, Image};
 use crate::plan::BuildPlan;
-use crate::tree::{Content, Meta, NodeKind, Tree};
+use crate::tree::Tree;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeSet;
 
@@ -73,18 +73,10 @@ fn tag(image: &crate::oci::ImageReference, manifest: &crate::oci::Digest) -> Res
     Tag::parse(&text).map_err(|e| anyhow!("registry tag `{text}`: {e}"))
 }
 
-fn read_text(tree: &Tree, path: &str) -> Result<String> {
-    let id = tree.lookup(path).with_context(|| format!("the root filesystem has no /{path}"))?;
-    let NodeKind::File { size, content } = &tree.node(id).kind else { bail!("/{path} is not a regular file") };
-    let mut buf = vec![0u8; usize::try_from(*size).context("file too large")?];
-    tree.content_reader().read_at(content, *size, 0, &mut buf)?;
-    String::from_utf8(buf).with_context(|| format!("/{path} is not UTF-8"))
-}
-
 /// Numeric fields (`fields`, 0-based) of `name`'s entry in one of the tree's colon-separated
 /// account databases (`etc/passwd`, `etc/group`); `None` when it has no such entry.
 pub fn account_ids(tree: &Tree, file: &str, name: &str, fields: &[usize]) -> Result<Option<Vec<u32>>> {
-    let text = read_text(tree, file)?;
+    let text = tree.read_required_text(file)?;
     let Some(entry) = text.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f[0] == name) else {
         return Ok(None);
     };
@@ -104,17 +96,6 @@ fn user_ids(tree: &Tree, user: &str) -> Result<(u32, u32)> {
         Some(&[uid, gid]) => Ok((uid, gid)),
         _ => bail!("no user {user} in the root filesystem's /etc/passwd (is the docker-registry package installed?)"),
     }
-}
-
-fn put(tree: &mut Tree, path: &str, text: String) -> Result<()> {
-    let bytes = text.into_bytes();
-    tree.insert(
-        path.as_bytes(),
-        Meta::root(0o644),
-        NodeKind::File { size: bytes.len() as u64, content: Content::Bytes(bytes.into()) },
-    )
-    .map_err(|p| anyhow!("writing {path}: {p}"))?;
-    Ok(())
 }
 
 /// The `registries.conf` drop-in that sends every preloaded domain to the local registry, so
@@ -187,10 +168,12 @@ pub fn check_data_capacity(plan: &BuildPlan, images: &[Image], store: &BlobStore
     let mut unpacked = 0u64;
     for layer in images.iter().flat_map(|i| &i.layers) {
         if seen.insert(layer.diff_id.clone()) {
-            unpacked += unpacked_size(store, layer)?;
+            // Saturating: a layer's recorded size is the image author's to state.
+            unpacked = unpacked.saturating_add(unpacked_size(store, layer)?);
         }
     }
-    let need = unpacked + unpacked * DATA_OVERHEAD_PERCENT / 100;
+    let need =
+        unpacked.saturating_add(unpacked / 100 * DATA_OVERHEAD_PERCENT + unpacked % 100 * DATA_OVERHEAD_PERCENT / 100);
     log::info!(
         "container images unpacked: {} ({} with overhead) for a {} data partition",
         crate::size::ByteSize(unpacked),
@@ -237,8 +220,8 @@ pub fn preload_images(
     }
     let owner = StorageOwner { uid, gid, mtime: clock.epoch() };
     write_registry_storage(root, STORAGE, &preloads, store, &owner).context("writing the registry's storage")?;
-    put(root, "etc/docker/registry/config.yml", REGISTRY_CONFIG.to_string())?;
-    put(root, "etc/containers/registries.conf.d/50-airlock-mirror.conf", registries_conf(&domains))?;
+    root.put_file("etc/docker/registry/config.yml", 0o644, REGISTRY_CONFIG)?;
+    root.put_file("etc/containers/registries.conf.d/50-airlock-mirror.conf", 0o644, registries_conf(&domains))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 
 use crate::base_os::Package;
 use crate::clock::BuildClock;
-use crate::manifest::{self, Appliance, MANIFEST_FILE, Manifest, ManifestInputs, OutputEntry};
+use crate::manifest::{self, Appliance, Contents, MANIFEST_FILE, Manifest, ManifestInputs, OutputEntry};
 use crate::outputs::{self, DeriveOptions, Format, VmHardware};
 use crate::seed::Seed;
 use crate::signing::{self, KeyPair};
@@ -31,6 +31,8 @@ pub struct ReleaseOptions<'a> {
     pub kernel: Option<String>,
     pub packages: &'a [Package],
     pub package_source: String,
+    /// Container images, mirrored files and the lock's digest ([`crate::contents`]).
+    pub contents: &'a Contents,
 }
 
 /// Every file of a release, in the order they were written.
@@ -87,6 +89,7 @@ pub fn write_manifest(
         kernel: opts.kernel.clone(),
         packages: opts.packages,
         package_source: opts.package_source.clone(),
+        contents: opts.contents,
         clock: opts.clock,
     };
     let m = Manifest::new(&inputs, layout.disk_size, layout.disk_guid, &partitions, entries);

@@ -1,12 +1,26 @@
 //! `<name>.spdx.json`: the manifest as an SPDX 2.3 SBOM, for scanners that read SPDX.
 //!
-//! One package for the appliance (with the image's partitions as packages carrying their
-//! SHA-256) and one per installed OS package with its purl. Deterministic: the document
-//! namespace derives from the appliance, version and spec digest, `created` is the build time
-//! (`SOURCE_DATE_EPOCH`), and every list is in the manifest's sorted order.
+//! The document DESCRIBES the appliance, which CONTAINS one package for each of: its
+//! partitions (with their SHA-256), every installed OS package, every container image, every
+//! mirrored artifact (one per file a client installs: each wheel, npm tarball, Go module zip,
+//! NuGet package, Pulumi CLI archive and plugin archive), each with its version, supplier,
+//! SHA-256, download location and purl. A mirror's protocol documents (Go's `.info` and `.mod`,
+//! the CLI's checksums file) are in the manifest but are no packages.
+//!
+//! Suppliers: Debian for the packages Debian built and airlock installed from its archive; for
+//! the appliance, its partitions and everything it redistributes as fetched bytes (images,
+//! mirrored files, the CLI), the spec's `supplier`, who chose, pinned and ships those bytes
+//! (SPDX 2.3 §7.5: "the actual distribution source"); the purl names the upstream. Without a
+//! `supplier` these say `NOASSERTION`, which SPDX allows and NTIA's minimum elements do not.
+//!
+//! Deterministic: the document namespace derives from the appliance, version and spec digest,
+//! `created` is the build time (`SOURCE_DATE_EPOCH`), and every list is in the manifest's
+//! sorted order.
 
-use crate::manifest::Manifest;
+use crate::manifest::{ContainerImage, Manifest, MirroredPackage};
+use crate::mirror::ecosystem::purl_escape;
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 
 pub fn sbom_file_name(name: &str) -> String {
     format!("{name}.spdx.json")
@@ -22,17 +36,65 @@ fn spdx_id(kind: &str, parts: &[&str]) -> String {
     id
 }
 
-/// Percent-encodes a purl component (everything but unreserved characters).
-fn purl_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// The fields every package shares: what airlock does not assert (licenses, copyright) and
+/// does not analyse (files).
+fn package(id: &str, name: &str, version: &str, supplier: &str, purpose: &str) -> serde_json::Map<String, Value> {
+    let Value::Object(map) = json!({
+        "SPDXID": id,
+        "name": name,
+        "versionInfo": version,
+        "supplier": supplier,
+        "primaryPackagePurpose": purpose,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    map
+}
+
+fn sha256(hex: &str) -> Value {
+    json!([{ "algorithm": "SHA256", "checksumValue": hex }])
+}
+
+fn purl_ref(purl: &str) -> Value {
+    json!([{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl }])
+}
+
+/// `pkg:oci/<name>@sha256:<hex>?arch=..&repository_url=<domain>/<path>&tag=..`: the image the
+/// appliance carries is the platform's manifest, whose digest is the purl's version.
+fn oci_purl(c: &ContainerImage) -> String {
+    let reference = c.reference.split('@').next().unwrap_or(&c.reference);
+    // The tag follows the last `:` after the last `/` (a registry's port has a `/` after it).
+    let (repository, tag) = match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+        _ => (reference, None),
+    };
+    let name = repository.rsplit('/').next().unwrap_or(repository);
+    let arch = c.platform.split_once('/').map_or(c.platform.as_str(), |(_, a)| a);
+    let mut purl = format!(
+        "pkg:oci/{}@{}?arch={}&repository_url={}",
+        purl_escape(&name.to_lowercase()),
+        purl_escape(&c.manifest.digest),
+        purl_escape(arch),
+        // `/` separates a repository's parts; qualifier values keep it (the purl spec's own
+        // examples: `repository_url=docker.io/library/debian`).
+        repository.split('/').map(purl_escape).collect::<Vec<_>>().join("/")
+    );
+    if let Some(tag) = tag {
+        purl.push_str(&format!("&tag={}", purl_escape(tag)));
     }
-    out
+    purl
+}
+
+fn purpose(m: &MirroredPackage) -> &'static str {
+    match m.kind.as_str() {
+        "cli-archive" | "plugin" => "APPLICATION",
+        _ => "LIBRARY",
+    }
 }
 
 pub fn sbom(m: &Manifest) -> Value {
@@ -45,26 +107,28 @@ pub fn sbom(m: &Manifest) -> Value {
         digest,
         m.build.source_date_epoch
     );
+    let supplier = a.supplier.clone().unwrap_or_else(|| "NOASSERTION".to_string());
     let appliance_id = spdx_id("Appliance", &[&a.name]);
-    let mut packages = vec![json!({
-        "SPDXID": appliance_id,
-        "name": a.name,
-        "versionInfo": a.version,
-        "description": a.description,
-        "primaryPackagePurpose": "OPERATING-SYSTEM",
-        "supplier": "NOASSERTION",
-        "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": false,
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": "NOASSERTION",
-        "copyrightText": "NOASSERTION",
-    })];
+    let mut root = package(&appliance_id, &a.name, &a.version, &supplier, "OPERATING-SYSTEM");
+    root.insert("description".into(), json!(a.description));
+    let mut packages = vec![Value::Object(root)];
+    let mut ids = BTreeSet::from([appliance_id.clone()]);
     let mut relationships = vec![json!({
         "spdxElementId": "SPDXRef-DOCUMENT",
         "relationshipType": "DESCRIBES",
         "relatedSpdxElement": appliance_id,
     })];
-    let mut contains = |id: &str| {
+    // Every package is contained in the appliance, under an id no other package has.
+    let mut add = |mut p: serde_json::Map<String, Value>| {
+        let base = p["SPDXID"].as_str().unwrap_or_default().to_string();
+        let mut id = base.clone();
+        let mut n = 1;
+        while !ids.insert(id.clone()) {
+            n += 1;
+            id = format!("{base}-{n}");
+        }
+        p.insert("SPDXID".into(), json!(id));
+        packages.push(Value::Object(p));
         relationships.push(json!({
             "spdxElementId": appliance_id,
             "relationshipType": "CONTAINS",
@@ -73,62 +137,69 @@ pub fn sbom(m: &Manifest) -> Value {
     };
     for p in &m.disk.partitions {
         let id = spdx_id("Partition", &[&p.number.to_string(), &p.name]);
-        packages.push(json!({
-            "SPDXID": id,
-            "name": format!("partition {} ({})", p.number, p.name),
-            "description": format!(
+        let name = format!("{} partition {} ({})", a.name, p.number, p.name);
+        let mut pkg = package(&id, &name, &a.version, &supplier, "ARCHIVE");
+        pkg.insert(
+            "description".into(),
+            json!(format!(
                 "GPT partition, type {}, GUID {}, {} bytes at {}, {:?}",
                 p.type_guid, p.guid, p.size, p.start, p.filesystem
-            ),
-            "primaryPackagePurpose": "ARCHIVE",
-            "supplier": "NOASSERTION",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "checksums": [{ "algorithm": "SHA256", "checksumValue": p.sha256 }],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-        }));
-        contains(&id);
+            )),
+        );
+        pkg.insert("checksums".into(), sha256(&p.sha256));
+        add(pkg);
     }
     for p in &m.os_packages {
         let id = spdx_id("deb", &[&p.name, &p.architecture]);
         let distro = p.source.strip_prefix("debian:").map(|s| format!("&distro=debian-{s}")).unwrap_or_default();
-        packages.push(json!({
-            "SPDXID": id,
-            "name": p.name,
-            "versionInfo": p.version,
-            "primaryPackagePurpose": "LIBRARY",
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "sourceInfo": format!("installed from {}", p.source),
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": format!(
-                    "pkg:deb/debian/{}@{}?arch={}{distro}",
-                    purl_escape(&p.name),
-                    purl_escape(&p.version),
-                    purl_escape(&p.architecture)
-                ),
-            }],
-        }));
-        contains(&id);
+        let mut pkg = package(&id, &p.name, &p.version, "Organization: Debian", "LIBRARY");
+        pkg.insert("sourceInfo".into(), json!(format!("installed from {}", p.source)));
+        pkg.insert(
+            "externalRefs".into(),
+            purl_ref(&format!(
+                "pkg:deb/debian/{}@{}?arch={}{distro}",
+                purl_escape(&p.name),
+                purl_escape(&p.version),
+                purl_escape(&p.architecture)
+            )),
+        );
+        add(pkg);
     }
     for c in &m.container_images {
-        let id = spdx_id("Container", &[&c.reference]);
-        packages.push(json!({
-            "SPDXID": id, "name": c.reference, "supplier": "NOASSERTION",
-            "downloadLocation": "NOASSERTION", "filesAnalyzed": false,
-            "sourceInfo": c.source, "primaryPackagePurpose": "CONTAINER",
-            "licenseConcluded": "NOASSERTION", "licenseDeclared": "NOASSERTION", "copyrightText": "NOASSERTION",
-            "checksums": [{ "algorithm": "SHA256", "checksumValue": c.digest.trim_start_matches("sha256:") }],
-        }));
-        contains(&id);
+        let id = spdx_id("Container", &[&c.name]);
+        // A normalized reference ends in a digest (`@sha256:…`) or a tag.
+        let version = match c.reference.split_once('@') {
+            Some((_, digest)) => digest,
+            None => c.reference.rsplit_once(':').map_or(c.manifest.digest.as_str(), |(_, tag)| tag),
+        };
+        let mut pkg = package(&id, &c.reference, version, &supplier, "CONTAINER");
+        pkg.insert(
+            "sourceInfo".into(),
+            json!(format!("container `{}` ({}), from {}, {}", c.name, c.image, c.source, c.platform)),
+        );
+        pkg.insert("checksums".into(), sha256(c.manifest.digest.trim_start_matches("sha256:")));
+        pkg.insert("externalRefs".into(), purl_ref(&oci_purl(c)));
+        add(pkg);
+    }
+    for f in &m.mirrored_packages {
+        let Some(purl) = &f.purl else { continue };
+        // The served path starts with the ecosystem's folder and is unique.
+        let id = spdx_id("Mirrored", &[&f.path]);
+        let mut pkg = package(&id, &f.name, &f.version, &supplier, purpose(f));
+        if f.origin.starts_with("https://") || f.origin.starts_with("http://") {
+            pkg.insert("downloadLocation".into(), json!(f.origin));
+        }
+        pkg.insert("packageFileName".into(), json!(f.path.rsplit('/').next().unwrap_or(&f.path)));
+        pkg.insert(
+            "sourceInfo".into(),
+            json!(format!(
+                "served by the appliance's {} mirror at /{}, fetched from {}",
+                f.ecosystem, f.path, f.origin
+            )),
+        );
+        pkg.insert("checksums".into(), sha256(&f.sha256));
+        pkg.insert("externalRefs".into(), purl_ref(purl));
+        add(pkg);
     }
     json!({
         "spdxVersion": "SPDX-2.3",
@@ -150,9 +221,36 @@ pub fn sbom(m: &Manifest) -> Value {
 mod tests {
     use super::*;
 
+    fn blob(digest: &str) -> crate::manifest::Blob {
+        crate::manifest::Blob { digest: digest.into(), size: 1, media_type: String::new() }
+    }
+
+    #[test]
+    fn container_purls_name_the_manifest_the_appliance_carries() {
+        let image = |reference: &str| ContainerImage {
+            name: "db".into(),
+            reference: reference.into(),
+            image: reference.into(),
+            source: "registry".into(),
+            platform: "linux/amd64".into(),
+            index: Some(blob("sha256:99")),
+            manifest: blob("sha256:ab"),
+            config: blob("sha256:cd"),
+            layers: Vec::new(),
+            size: 3,
+        };
+        assert_eq!(
+            oci_purl(&image("docker.io/library/MySQL:8.0")),
+            "pkg:oci/mysql@sha256%3Aab?arch=amd64&repository_url=docker.io/library/MySQL&tag=8.0"
+        );
+        assert_eq!(
+            oci_purl(&image("registry.example.test:5000/team/api@sha256:ab")),
+            "pkg:oci/api@sha256%3Aab?arch=amd64&repository_url=registry.example.test%3A5000/team/api"
+        );
+    }
+
     #[test]
     fn ids_and_purls_are_well_formed() {
         assert_eq!(spdx_id("deb", &["libstdc++6", "amd64"]), "SPDXRef-deb-libstdc--6-amd64");
-        assert_eq!(purl_escape("1:2.3+dfsg-1~deb13u1"), "1%3A2.3%2Bdfsg-1~deb13u1");
     }
 }

@@ -6,7 +6,28 @@
 
 use crate::size::ByteSize;
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
+
+/// A spec value that is not acceptable: the file, the key (`mirrors.pypi.platforms`,
+/// `containers[1].image`) and why. Validation ([`crate::plan`] and the mirror ecosystems it asks)
+/// returns it; it lives here, beside the file's types, so that every layer that checks a part
+/// of the spec can name the key without importing the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: `{}`: {}", self.file, self.key, self.message)
+    }
+}
+
+impl std::error::Error for PlanError {}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,9 +40,13 @@ pub struct Spec {
     pub os: OsSpec,
     pub disk: DiskSpec,
     /// Folders (relative to the spec) copied into the root filesystem at their target paths,
-    /// after airlock's own `overlay/`.
+    /// after airlock's own `overlay/`. They must lie inside the spec's folder.
     #[serde(default)]
     pub overlays: Vec<PathBuf>,
+    /// Lets `overlays` and `units.dirs` name folders outside the spec's folder (`/etc`,
+    /// `../shared`): their contents are copied into the image as they are on the build host.
+    #[serde(default)]
+    pub allow_overlays_outside_the_spec_folder: bool,
     #[serde(default)]
     pub units: UnitsSpec,
     /// What the console banner lists once the appliance is ready, and what readiness waits for.
@@ -35,117 +60,19 @@ pub struct Spec {
     /// Container images the appliance carries, pinned in `appliance.lock` by `airlock fetch`.
     #[serde(default)]
     pub containers: Vec<ContainerSpec>,
-    /// The Pulumi CLI the appliance installs and serves, and the plugins it mirrors.
+    /// The Pulumi CLI the appliance installs and serves, and the plugins it mirrors: the
+    /// `pulumi` mirror ecosystem's section, whose keys `mirror/pulumi.rs` owns and checks.
     #[serde(default)]
-    pub pulumi: Option<PulumiSpec>,
-    /// Language package mirrors the appliance serves.
+    pub pulumi: Option<toml::Value>,
+    /// Language package mirrors the appliance serves, `[mirrors.<ecosystem>]`: each section's
+    /// keys are owned and checked by its ecosystem in `mirror/` (an unknown ecosystem is an
+    /// error there, naming the ones airlock has).
     #[serde(default)]
-    pub mirrors: MirrorsSpec,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PulumiSpec {
-    /// The CLI version (`3.140.0`), as in the release file names.
-    pub version: String,
-    /// The release's `pulumi-<version>-checksums.txt` (URL or path relative to the spec); every
-    /// archive's SHA-256 is checked against it too, and it is served next to them.
+    pub mirrors: BTreeMap<String, toml::Value>,
+    /// Who supplies the appliance (`Organization: Example Corp (ops@example.com)` or `Person:
+    /// ...`): the SBOM's supplier of the appliance, its partitions and what it redistributes.
     #[serde(default)]
-    pub checksums: Option<String>,
-    /// One release archive per platform the enclave uses.
-    pub archives: Vec<PulumiArchiveSpec>,
-    #[serde(default)]
-    pub plugins: Vec<PulumiPluginSpec>,
-    /// The backend the appliance's own CLI logs in to (`PULUMI_BACKEND_URL`).
-    #[serde(default)]
-    pub backend_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PulumiArchiveSpec {
-    /// `linux-x64`, `linux-arm64`, `darwin-x64`, `darwin-arm64` or `windows-x64`.
-    pub platform: String,
-    /// Where the archive is: an http(s) URL or a path relative to the spec.
-    pub source: String,
-    /// Its SHA-256 (64 hex characters).
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PulumiPluginSpec {
-    /// `resource`, `language`, `analyzer`, `converter` or `tool`.
-    pub kind: String,
-    pub name: String,
-    /// Without the `v` (`6.66.0`).
-    pub version: String,
-    /// `<os>-<arch>` as in plugin file names: `linux-amd64`, `darwin-arm64`, `windows-amd64`...
-    pub platforms: Vec<String>,
-    /// Where `pulumi-<kind>-<name>-v<version>-<os>-<arch>.tar.gz` is: an http(s) URL prefix or a
-    /// folder relative to the spec. Default: Pulumi's official plugin download location.
-    #[serde(default = "default_plugin_source")]
-    pub source: String,
-}
-
-/// The official plugin download location: the one registry host airlock knows, as the
-/// documented default of `[[pulumi.plugins]] source`.
-pub const OFFICIAL_PLUGIN_SOURCE: &str = "https://get.pulumi.com/releases/plugins";
-
-fn default_plugin_source() -> String {
-    OFFICIAL_PLUGIN_SOURCE.to_string()
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MirrorsSpec {
-    #[serde(default)]
-    pub pypi: Option<PypiSpec>,
-    #[serde(default)]
-    pub npm: Option<NpmSpec>,
-    #[serde(default)]
-    pub go: Option<GoSpec>,
-    #[serde(default)]
-    pub nuget: Option<NugetSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PypiSpec {
-    /// Requirement specifiers as pip takes them (`pulumi>=3`, `requests==2.32.3`).
-    pub requirements: Vec<String>,
-    /// Target Python versions (`3.11`): each is resolved on its own.
-    pub python_versions: Vec<String>,
-    /// Target platform tags as pip takes them (`manylinux2014_x86_64`, `win_amd64`,
-    /// `macosx_11_0_arm64`); pure-Python wheels come along for every target.
-    pub platforms: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NpmSpec {
-    /// Package specs as npm takes them (`@pulumi/pulumi`, `typescript@5.6.3`).
-    pub packages: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GoSpec {
-    /// `module@version` (`github.com/pulumi/pulumi/sdk/v3@v3.140.0`).
-    pub modules: Vec<String>,
-    /// The module proxy to fetch from: an http(s) URL, a folder in the GOPROXY layout relative
-    /// to the spec, or `host` for the first proxy URL of the build host's `go env GOPROXY`.
-    pub proxy: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NugetSpec {
-    /// `Id@Version` (`Pulumi@3.71.0`).
-    pub packages: Vec<String>,
-    /// A NuGet v3 service index URL (`https://host/v3/index.json`), or a folder relative to the
-    /// spec in the flat container layout (`<id>/<version>/<id>.<version>.nupkg`, lower case).
-    pub source: String,
+    pub supplier: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

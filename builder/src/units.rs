@@ -2,7 +2,7 @@
 //! the same symlinks `systemctl enable --root` would create.
 
 use crate::tree::{Meta, NodeKind, Tree};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 pub const SYSTEM_UNIT_DIR: &str = "usr/lib/systemd/system";
 const ETC_UNIT_DIR: &str = "etc/systemd/system";
@@ -93,35 +93,11 @@ pub fn parse_install(text: &str) -> InstallSection {
     s
 }
 
-/// The text of the regular file (or the file a symlink chain names) at `path`, if any.
-pub fn read_text(tree: &Tree, path: &str) -> Result<Option<String>> {
-    let Some(id) = tree.lookup(path) else { return Ok(None) };
-    match &tree.node(id).kind {
-        NodeKind::File { size, content } => {
-            let mut buf = vec![0u8; usize::try_from(*size).context("unit file too large")?];
-            tree.content_reader().read_at(content, *size, 0, &mut buf)?;
-            Ok(Some(String::from_utf8(buf).with_context(|| format!("{path} is not UTF-8"))?))
-        }
-        NodeKind::Symlink { target } => {
-            // Units in /usr/lib are sometimes aliases of one another (relative symlinks).
-            let target = String::from_utf8_lossy(target).into_owned();
-            let resolved = if let Some(abs) = target.strip_prefix('/') {
-                abs.to_string()
-            } else {
-                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-                format!("{dir}/{target}")
-            };
-            if resolved == path { Ok(None) } else { read_text(tree, &resolved) }
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Where a unit's file is: `/etc/systemd/system` wins over `/usr/lib/systemd/system`.
 pub fn unit_file(tree: &Tree, unit: &str) -> Result<Option<(String, String)>> {
     for dir in [ETC_UNIT_DIR, SYSTEM_UNIT_DIR] {
         let path = format!("{dir}/{unit}");
-        if let Some(text) = read_text(tree, &path)? {
+        if let Some(text) = tree.read_text(&path)? {
             return Ok(Some((path, text)));
         }
     }

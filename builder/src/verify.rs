@@ -19,7 +19,7 @@
 
 use crate::gpt::GptLayout;
 use crate::inspect::sha256_range;
-use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST, Manifest};
 use crate::printable::escape;
 use crate::release::{SIGNATURE_FILE, SUMS_FILE};
 use crate::signing::{self, ChecksumFailures, ChecksumProblem, PublicKey, VerifyError};
@@ -35,9 +35,6 @@ use std::path::{Path, PathBuf};
 pub const MAX_SUMS: u64 = MIB;
 /// The most of `SHA256SUMS.minisig` that is read (a real one is about 300 bytes).
 pub const MAX_SIGNATURE: u64 = 64 * KIB;
-/// The most of `manifest.json` that is read (the demo's, with every mirrored file, is a few
-/// hundred KiB).
-pub const MAX_MANIFEST: u64 = 64 * MIB;
 
 /// One thing that failed, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

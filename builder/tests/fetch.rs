@@ -311,9 +311,9 @@ impl Workspace {
     fn verify_cached(&self) -> anyhow::Result<Vec<airlock::oci::Image>> {
         let host = airlock::plan::HostContext { etc_apt: PathBuf::from("/nonexistent") };
         let plan = airlock::plan::plan(&self.spec(), &host)?;
-        let lock = airlock::lock::read_for_build(&plan)?;
+        let lock = airlock::lock_check::read_for_build(&plan)?;
         let store = BlobStore::new(&self.cache().join("blobs"))?;
-        airlock::lock::verify_cached(&plan, &lock, &store)
+        airlock::lock_check::verify_cached(&plan, &lock, &store)
     }
 }
 

@@ -681,6 +681,163 @@ fn hostile_release_directories() {
     eprintln!("hostile release directories: {count} cases");
 }
 
+/// A spec that `airlock build --check` accepts, with `{services}` and `{extra}` to fill.
+const SPEC: &str = r#"
+name = "hostile"
+version = "1.0.0"
+{top}
+[os]
+suite = "trixie"
+mirror = "http://mirror.example/debian/"
+hostname = "hostile.local"
+[disk]
+size = "2GiB"
+data_size = "256MiB"
+{disk}
+[[services]]
+name = "web"
+unit = "{unit}"
+url = "{url}"
+"#;
+
+fn spec(top: &str, disk: &str, unit: &str, url: &str) -> String {
+    SPEC.replace("{top}", top).replace("{disk}", disk).replace("{unit}", unit).replace("{url}", url)
+}
+
+/// Specs made to hurt: each `airlock build --check` must refuse, naming the key.
+#[test]
+fn hostile_specs_are_refused_by_check() {
+    let sb = Sandbox::new();
+    let folder = sb.input("spec");
+    fs::create_dir_all(folder.join("overlay/etc")).unwrap();
+    let ok = spec("", "", "nginx.service", "http://{address}/");
+    let path = folder.join("appliance.toml");
+    fs::write(&path, &ok).unwrap();
+    let check = |text: &str| {
+        fs::write(&path, text).unwrap();
+        vec!["build".to_string(), "--check".into(), s(&path).to_string()]
+    };
+    // The base spec passes, so each refusal below is the one change's doing.
+    let out = sb.run(&check(&ok).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "data size that wraps the sum",
+            spec("", "", "nginx.service", "http://x/")
+                .replace("data_size = \"256MiB\"", "data_size = \"18446744073709551615\""),
+            "`disk.data_size`: 16.0EiB is larger than the largest disk airlock builds (16TiB)",
+        ),
+        (
+            "disk size past 16 TiB",
+            spec("", "", "nginx.service", "http://x/").replace("size = \"2GiB\"", "size = \"18446744073708503040\""),
+            "`disk.size`: 16.0EiB is larger than the largest disk airlock builds (16TiB)",
+        ),
+        (
+            "newline in a unit injects directives",
+            spec("", "", "db.service\\nExecStartPre=/bin/sh -c evil\\nRequires=x.service", "http://x/"),
+            "`services[0].unit`: `db.service\\nExecStartPre=/bin/sh -c evil\\nRequires=x.service` is not a systemd unit name",
+        ),
+        (
+            "unit without a type",
+            spec("", "", "nginx", "http://x/"),
+            "`services[0].unit`: `nginx` is not a systemd unit name",
+        ),
+        ("unit that is a template", spec("", "", "getty@.service", "http://x/"), "is a template"),
+        (
+            "url with a newline",
+            spec("", "", "nginx.service", "http://x/\\nweb2 evil.service http://y/"),
+            "`services[0].url`: ",
+        ),
+        ("url with a space", spec("", "", "nginx.service", "http://x/ y"), "holds a space or a control character"),
+        (
+            "url that is not http",
+            spec("", "", "nginx.service", "file:///etc/shadow"),
+            "must start with http:// or https://",
+        ),
+        (
+            "overlay at /etc",
+            spec("overlays = [\"/etc\"]", "", "nginx.service", "http://x/"),
+            "`overlays`: /etc is outside the spec's folder",
+        ),
+        (
+            "overlay up and out",
+            spec("overlays = [\"../../../../../../../../etc\"]", "", "nginx.service", "http://x/"),
+            "is outside the spec's folder",
+        ),
+        (
+            "units.dirs outside",
+            spec("units = { dirs = [\"/etc\"] }", "", "nginx.service", "http://x/"),
+            "`units.dirs`: /etc is outside",
+        ),
+        (
+            "mirror with a newline",
+            spec("", "", "nginx.service", "http://x/").replace(
+                "mirror = \"http://mirror.example/debian/\"",
+                "mirror = \"http://mirror.example/debian/\\ndeb http://evil/ trixie main\"",
+            ),
+            "`os.mirror`: ",
+        ),
+        (
+            "terminal escape in a value",
+            spec("", "", "nginx.service", "http://x/")
+                .replace("name = \"hostile\"", "name = \"a\\u001b]0;owned\\u0007\""),
+            "`name`: `a\\u{1b}]0;owned\\u{7}` must be 1-63 lower-case letters",
+        ),
+        (
+            "description with control characters",
+            spec("description = \"a\\u0007b\"", "", "nginx.service", "http://x/"),
+            "`description`: must be one line",
+        ),
+    ];
+    for (case, text, expected) in &cases {
+        sb.refused(case, &check(text).iter().map(String::as_str).collect::<Vec<_>>(), expected);
+    }
+    // A symlink inside the spec's folder that leads out is outside too.
+    std::os::unix::fs::symlink("/etc", folder.join("sneaky")).unwrap();
+    sb.refused(
+        "overlay through a symlink",
+        &check(&spec("overlays = [\"sneaky\"]", "", "nginx.service", "http://x/"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "it is /etc",
+    );
+    // The loud setting allows a folder outside.
+    fs::create_dir_all(sb.input("outside/etc")).unwrap();
+    let allowed = spec(
+        "overlays = [\"../outside\"]\nallow_overlays_outside_the_spec_folder = true",
+        "",
+        "nginx.service",
+        "http://x/",
+    );
+    let out = sb.run(&check(&allowed).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A spec that is not a small text file.
+    let fifo = sb.input("fifo.toml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    sb.refused("FIFO as spec", &["build", "--check", s(&fifo)], "is a FIFO (named pipe), not a regular file");
+    sb.refused("/dev/zero as spec", &["build", "--check", "/dev/zero"], "is a character device, not a regular file");
+    let huge = sb.input("huge.toml");
+    fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
+    sb.refused("a gigabyte spec", &["build", "--check", s(&huge)], "is larger than 1MiB");
+    // `airlock disk` sizes that would wrap.
+    let esp = sb.input("esp");
+    fs::create_dir(&esp).unwrap();
+    let out = sb.out().join("x.raw");
+    sb.refused(
+        "--data that wraps",
+        &["disk", "--size", "2GiB", "--seed", "h", "--esp", s(&esp), "--data", "18446744073708503040", s(&out)],
+        "partition data of 16.0EiB does not fit a 2GiB disk",
+    );
+    sb.refused(
+        "--size past 16 TiB",
+        &["disk", "--size", "18446744073709550592", "--seed", "h", "--esp", s(&esp), s(&out)],
+        "is larger than the largest disk airlock builds (16TiB)",
+    );
+    eprintln!("hostile specs and sizes: {} cases", cases.len() + 8);
+}
+
 /// Property tests: generated input for the tar reader.
 mod properties {
     use super::*;
@@ -724,8 +881,71 @@ mod properties {
         Ok(tree)
     }
 
+    /// Sizes near 2^64: the ones that wrap a sum or an alignment.
+    fn near_max() -> impl Strategy<Value = u64> {
+        (0u64..=8192).prop_map(|k| u64::MAX - k * 512)
+    }
+
+    /// Disk sizes: mostly real ones (64 MiB to 16 GiB), some from anywhere, some near 2^64.
+    fn disk_size() -> impl Strategy<Value = u64> {
+        prop_oneof![3 => (64u64..(1 << 14)).prop_map(|k| k << 20), 1 => any::<u64>(), 1 => near_max()]
+    }
+
+    /// Partition sizes: real ones, and as many near 2^64.
+    fn partition_size() -> impl Strategy<Value = u64> {
+        prop_oneof![2 => (1u64..4096).prop_map(|k| k << 20), 2 => near_max(), 1 => any::<u64>()]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A disk plan either fails or lays every partition inside the disk's usable area,
+        /// aligned, none overlapping: no size, however large, wraps into a small one.
+        #[test]
+        fn disk_plans_never_wrap(
+            disk in disk_size(),
+            sizes in proptest::collection::vec(proptest::option::weighted(0.8, partition_size()), 1..4),
+        ) {
+            use airlock::disk::{Filesystem, PartitionRequest, Role};
+            let roles = [Role::Esp, Role::Root, Role::Data];
+            let requests: Vec<PartitionRequest> = sizes
+                .iter()
+                .zip(roles)
+                .map(|(size, role)| PartitionRequest {
+                    role,
+                    size: *size,
+                    fs: Filesystem::Ext4 { tree: Tree::new(), label: "x".into(), reserved_percent: 0 },
+                })
+                .collect();
+            let clock = airlock::clock::BuildClock::fixed(0);
+            if let Ok(plan) = airlock::disk::plan(disk, airlock::seed::Seed::new("p"), clock, requests) {
+                let mut end_before = 0u64;
+                for p in &plan.layout.partitions {
+                    let end = p.start.checked_add(p.size);
+                    prop_assert!(end.is_some_and(|e| e <= disk), "{p:?} on a {disk}-byte disk");
+                    prop_assert!(p.start >= end_before, "overlap at {p:?}");
+                    prop_assert!(p.size > 0 && p.start % (1 << 20) == 0);
+                    end_before = end.unwrap_or(u64::MAX);
+                }
+                for (asked, got) in sizes.iter().zip(&plan.layout.partitions) {
+                    if let Some(asked) = asked {
+                        prop_assert!(got.size >= *asked, "asked {asked}, got {}", got.size);
+                    }
+                }
+            }
+        }
+
+        /// Sizes as users write them: parsing never panics, and what parses prints back to the
+        /// same number when it is a whole number of its unit.
+        #[test]
+        fn byte_sizes_parse_or_fail_cleanly(text in "[0-9]{0,22}(\\.[0-9]{0,8})? ?(B|K|KiB|M|MiB|G|GiB|T|TiB|KB|MB|GB|TB|XB)?") {
+            if let Ok(size) = text.parse::<airlock::size::ByteSize>() {
+                let shown = size.to_string();
+                if !shown.contains('.') {
+                    prop_assert_eq!(shown.parse::<airlock::size::ByteSize>().ok(), Some(size));
+                }
+            }
+        }
 
         /// Any corruption of a valid archive is either read consistently or refused with an
         /// error; it never panics, and an accepted tree's contents are all readable.

@@ -234,11 +234,11 @@ fn mirror_tree_serves_pip_and_go_and_installs_the_cli() {
     assert!(!second.lock_changed && second.downloaded_bytes == 0, "{second:?}");
     assert_eq!(std::fs::read_to_string(&plan.lock_path).unwrap(), lock_text);
 
-    let lock = airlock::lock::read_for_build(&plan).unwrap();
+    let lock = airlock::lock_check::read_for_build(&plan).unwrap();
     let store = airlock::fetch::blob_store(&cache).unwrap();
     let mut root = Tree::new();
     let clock = airlock::clock::BuildClock::fixed(1_700_000_000);
-    airlock::mirror::site::build(&mut root, &plan, &lock, &store, tmp.path(), &clock).unwrap();
+    airlock::mirror_site::build(&mut root, &plan, &lock, &store, tmp.path(), &clock).unwrap();
     let out = tmp.path().join("root");
     export(&root, &out);
     let mirror = out.join(airlock::mirror::ROOT);
@@ -289,7 +289,7 @@ fn mirror_tree_serves_pip_and_go_and_installs_the_cli() {
     let blob = store.path(&plugin.digest().unwrap());
     std::fs::write(&blob, b"tampered").unwrap();
     let fresh_store = airlock::fetch::blob_store(&cache).unwrap();
-    let e = airlock::mirror::site::build(&mut Tree::new(), &plan, &lock, &fresh_store, tmp.path(), &clock).unwrap_err();
+    let e = airlock::mirror_site::build(&mut Tree::new(), &plan, &lock, &fresh_store, tmp.path(), &clock).unwrap_err();
     let text = format!("{e:#}");
     assert!(
         text.contains("pulumi/plugins/pulumi-resource-fixture-v1.0.0-linux-amd64.tar.gz")

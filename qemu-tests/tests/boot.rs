@@ -88,7 +88,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "the registry does not answer plain HTTP");
     let catalog = host("curl", &["-sfk", "-u", &creds, &catalog_url]);
-    let lock = airlock::lock::read_for_build(&built.plan).unwrap();
+    let lock = airlock::lock_check::read_for_build(&built.plan).unwrap();
     for c in &lock.containers {
         let reference = airlock::oci::ImageReference::parse(&c.image).unwrap();
         let repo = format!("{}/{}", reference.domain(), reference.path());

@@ -161,7 +161,7 @@ fn demo_mirrors_serve_real_clients_through_a_port_forward() {
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
     assert!(banner.contains("mirror: http://10.0.2.15/"), "banner: {banner}");
     let base = format!("http://127.0.0.1:{}", vm.host_port(80));
-    let lock = airlock::lock::read_for_build(&built.plan).unwrap();
+    let lock = airlock::lock_check::read_for_build(&built.plan).unwrap();
 
     // The appliance's own CLI: installed from the linux-x64 archive, pointed at the mirror,
     // its plugin cache seeded.

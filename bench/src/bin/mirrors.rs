@@ -44,7 +44,7 @@ fn main() -> Result<()> {
 
     let (cold, report) = timed(|| airlock::fetch::fetch(&plan, &opts))?;
     let (warm, again) = timed(|| airlock::fetch::fetch(&plan, &opts))?;
-    let lock = airlock::lock::read_for_build(&plan)?;
+    let lock = airlock::lock_check::read_for_build(&plan)?;
     let store = airlock::fetch::blob_store(&cache)?;
 
     // Baseline: read every locked byte once.
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     let fresh = airlock::fetch::blob_store(&cache)?;
     let (build, tree) = timed(|| {
         let mut tree = Tree::new();
-        airlock::mirror::site::build(&mut tree, &plan, &lock, &fresh, work.path(), &clock)?;
+        airlock::mirror_site::build(&mut tree, &plan, &lock, &fresh, work.path(), &clock)?;
         Ok(tree)
     })?;
     let prefix = format!("{}/", airlock::mirror::ROOT);
@@ -84,10 +84,8 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("demo mirror set (PyPI for {} targets, npm, Go, NuGet, Pulumi CLI + plugin)", {
-        let p = plan.mirrors.pypi.as_ref().context("the demo mirrors PyPI")?;
-        p.python_versions.len() * p.platforms.len()
-    });
+    let sets: Vec<&str> = plan.mirrors.sets.iter().map(|s| s.name()).collect();
+    println!("demo mirror sets: {}", sets.join(", "));
     for (set, _, n) in &report.mirrors {
         let bytes: u64 = lock.mirror_set(set).map_or(0, |s| s.files.iter().map(|f| f.size).sum());
         println!("  {set:<7} {n:>4} files  {}", mib(bytes));

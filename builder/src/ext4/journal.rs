@@ -4,7 +4,6 @@
 //! there is nothing to replay.
 
 use super::csum::crc32c;
-use super::layout::BLOCK;
 
 const JBD2_MAGIC: u32 = 0xC03B_3998;
 const JBD2_SUPERBLOCK_V2: u32 = 4;
@@ -38,13 +37,15 @@ pub(crate) fn smaller(blocks: u64) -> Option<u64> {
     [131_072, 65_536, 32_768, 16_384, 8192, 4096, MIN_BLOCKS].into_iter().find(|&b| b < blocks)
 }
 
-/// The jbd2 superblock (big-endian, unlike the rest of ext4) of a journal of `blocks` blocks.
-pub(crate) fn superblock(blocks: u32, uuid: &[u8; 16]) -> [u8; 1024] {
+/// The jbd2 superblock (big-endian, unlike the rest of ext4) of a journal of `blocks` blocks of
+/// `block_size` bytes (the filesystem's: the layout asks this module for the journal's size, so
+/// the block size is handed down rather than imported back).
+pub(crate) fn superblock(blocks: u32, block_size: u32, uuid: &[u8; 16]) -> [u8; 1024] {
     let mut sb = [0u8; 1024];
     let mut put = |off: usize, v: u32| sb[off..off + 4].copy_from_slice(&v.to_be_bytes());
     put(0x00, JBD2_MAGIC);
     put(0x04, JBD2_SUPERBLOCK_V2);
-    put(0x0C, BLOCK as u32);
+    put(0x0C, block_size);
     put(0x10, blocks);
     put(0x14, 1); // s_first: the first log block, right after this superblock
     put(0x18, 1); // s_sequence: the first transaction id
@@ -73,7 +74,8 @@ mod tests {
 
     #[test]
     fn superblock_fields() {
-        let sb = superblock(4096, &[7; 16]);
+        let sb = superblock(4096, 4096, &[7; 16]);
+        assert_eq!(&sb[0x0C..0x10], &4096u32.to_be_bytes());
         assert_eq!(&sb[..4], &[0xC0, 0x3B, 0x39, 0x98]);
         assert_eq!(&sb[0x10..0x14], &4096u32.to_be_bytes());
         let mut zeroed = sb;

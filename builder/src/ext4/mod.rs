@@ -324,6 +324,7 @@ impl<'a> Build<'a> {
             let first = extents.iter().next().expect("the journal has blocks").start;
             let jsb = journal::superblock(
                 u32::try_from(blocks).expect("journals are at most 2^18 blocks"),
+                BLOCK_SIZE as u32,
                 self.ids.uuid.as_bytes(),
             );
             io.region.write_at(first * BLOCK, &jsb).context("writing the journal superblock")?;

@@ -37,7 +37,7 @@ impl FatTime {
         };
         let days = secs.div_euclid(SECS_PER_DAY);
         let in_day = secs.rem_euclid(SECS_PER_DAY);
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = crate::clock::civil_from_days(days);
         let (hour, minute, second) = (in_day / 3600, in_day / 60 % 60, in_day % 60);
         // The clamp above keeps every field inside its bit width, so the casts are exact.
         let date = (((year - 1980) as u16) << 9) | ((month as u16) << 5) | day as u16;
@@ -56,20 +56,6 @@ const fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`]: `(year, month, day)`.
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -95,11 +81,11 @@ mod tests {
     #[test]
     fn civil_round_trips() {
         for days in [-719_468, -1, 0, 1, 3652, 11_016, 19_782, 50_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
+            let (y, m, d) = crate::clock::civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
         }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(crate::clock::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(crate::clock::civil_from_days(11_016), (2000, 2, 29));
     }
 
     #[test]

@@ -10,9 +10,11 @@
 
 pub mod challenge;
 pub mod credentials;
+pub mod mirrors;
 pub mod registry;
 
-use crate::lock::{self, Lock, LockedContainer};
+use crate::lock::{Lock, LockedContainer};
+use crate::lock_check;
 use crate::oci::{self, BlobStore, ReadOptions};
 use crate::plan::{BuildPlan, ContainerPlan, ContainerSource};
 use anyhow::{Context, Result, bail};
@@ -48,27 +50,9 @@ pub struct FetchReport {
     /// Per container, in the spec's order: its name, what happened, its manifest digest.
     pub containers: Vec<(String, Outcome, oci::Digest)>,
     /// Per mirror set: its name, what happened, how many files it pins.
-    pub mirrors: Vec<(String, crate::mirror::SetOutcome, usize)>,
+    pub mirrors: Vec<(String, mirrors::SetOutcome, usize)>,
     /// Bytes downloaded from registries and mirrors' origins.
     pub downloaded_bytes: u64,
-}
-
-/// The HTTP client of every online step: rustls with the system's CA store, `HTTPS_PROXY`,
-/// status codes handed to the caller (a registry's 401 starts authentication; a 404 may mean
-/// "no such thing"), and timeouts for a dead connection rather than a slow one (a layer may
-/// take an hour on a slow link; a connection silent for two minutes is dead).
-pub fn http_agent() -> ureq::Agent {
-    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .user_agent(format!("airlock/{}", env!("CARGO_PKG_VERSION")))
-        .tls_config(tls)
-        .timeout_connect(Some(std::time::Duration::from_secs(30)))
-        .timeout_recv_response(Some(std::time::Duration::from_secs(120)))
-        .timeout_per_read(Some(std::time::Duration::from_secs(120)))
-        .max_redirects(10)
-        .build()
-        .new_agent()
 }
 
 /// The blob store under a cache directory: `<cache>/blobs/sha256/<hex>`.
@@ -86,7 +70,7 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
     for c in &plan.containers {
         let pinned = old.entry(&c.name).filter(|e| e.matches(c) && !opts.update);
         let (entry, outcome) = match pinned {
-            Some(entry) => match lock::verify_container(c, entry, &store) {
+            Some(entry) => match lock_check::verify_container(c, entry, &store) {
                 Ok(_) => (entry.clone(), Outcome::Cached),
                 Err(e) => {
                     log::info!("{}: {e:#}; fetching its pinned digests again", c.name);
@@ -106,7 +90,7 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
         report.push((c.name.clone(), outcome, entry.manifest.digest.clone()));
         entries.push(entry);
     }
-    let mirrored = crate::mirror::fetch(plan, &old, &store, opts.update)?;
+    let mirrored = mirrors::fetch(plan, &old, &store, opts.update)?;
     let lock = Lock { containers: entries, mirrors: mirrored.sets, ..Lock::new() };
     // A spec without containers or mirrors gets no lock file unless it had one (which then
     // empties).

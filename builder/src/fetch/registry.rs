@@ -98,7 +98,7 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(opts: RegistryOptions) -> Self {
-        let agent = super::http_agent();
+        let agent = crate::http::agent();
         Self { agent, opts, pings: HashMap::new(), auth: HashMap::new(), downloaded: 0 }
     }
 

@@ -44,7 +44,7 @@ pub struct Downloader {
 
 impl Downloader {
     pub fn new(base_dir: &Path) -> Self {
-        Self { agent: crate::fetch::http_agent(), base_dir: base_dir.to_path_buf(), downloaded: 0 }
+        Self { agent: crate::http::agent(), base_dir: base_dir.to_path_buf(), downloaded: 0 }
     }
 
     /// Bytes downloaded over HTTP so far.

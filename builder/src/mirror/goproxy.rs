@@ -17,12 +17,163 @@
 //! `GOPROXY=<mirror>/go,off GOSUMDB=off` (the checksum database is not mirrored).
 
 use super::download::{Downloader, Expect};
-use super::plan::{GoPlan, GoProxy, Source, is_module_path, is_module_version};
+use super::ecosystem::{
+    Ecosystem, FileKind, Identity, IndexEntry, LockedFile, PLACEHOLDER, Settings, SpecContext, StoredFile,
+    check_served_path, is_module_version, purl_escape,
+};
+use super::source::Source;
 use crate::command::Cmd;
-use crate::lock::LockedFile;
 use crate::oci::BlobStore;
+use crate::spec::PlanError;
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The Go module ecosystem (`[mirrors.go]`, served at `go/`).
+#[derive(Debug)]
+pub struct GoModules;
+
+/// `[mirrors.go]` as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GoSpec {
+    /// `module@version` (`github.com/pulumi/pulumi/sdk/v3@v3.140.0`).
+    modules: Vec<String>,
+    /// The module proxy to fetch from: an http(s) URL, a folder in the GOPROXY layout relative
+    /// to the spec, or `host` for the first proxy URL of the build host's `go env GOPROXY`.
+    proxy: String,
+}
+
+/// Where Go modules come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoProxy {
+    Source(Source),
+    /// The first proxy URL of the build host's `go env GOPROXY` (looked up at fetch).
+    Host,
+}
+
+impl fmt::Display for GoProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Source(s) => s.fmt(f),
+            Self::Host => f.write_str("host"),
+        }
+    }
+}
+
+/// `[mirrors.go]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoPlan {
+    /// (module path, version).
+    pub modules: Vec<(String, String)>,
+    pub proxy: GoProxy,
+}
+
+/// A Go module path: slash-separated elements of letters, digits and `-._~`, none `.` or `..`,
+/// the first with a dot (a domain) or a single element.
+pub fn is_module_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 400
+        && !s.starts_with('/')
+        && !s.ends_with('/')
+        && s.split('/').all(|e| {
+            !e.is_empty()
+                && e != "."
+                && e != ".."
+                && !e.starts_with('.')
+                && e.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+".contains(&b))
+        })
+}
+
+/// nginx: the protocol's documents are text; module zips are zips.
+const NGINX_LOCATIONS: &str = r#"    location /go/ {
+        types { }
+        default_type text/plain;
+        location ~ "\.zip$" {
+            types { }
+            default_type application/zip;
+        }
+    }
+"#;
+
+impl Ecosystem for GoModules {
+    fn name(&self) -> &'static str {
+        "go"
+    }
+
+    fn spec_key(&self) -> &'static str {
+        "mirrors.go"
+    }
+
+    fn validate(&self, section: toml::Value, spec: &SpecContext<'_>) -> Result<Arc<dyn Settings>, PlanError> {
+        let g: GoSpec = spec.section(self.spec_key(), section)?;
+        let mut modules = Vec::new();
+        for m in &g.modules {
+            let ok = m.rsplit_once('@').filter(|(p, v)| is_module_path(p) && is_module_version(v));
+            let Some((path, version)) = ok else {
+                return Err(spec.err("mirrors.go.modules", format!("`{m}` is not `module/path@vX.Y.Z`")));
+            };
+            modules.push((path.to_string(), version.to_string()));
+        }
+        if modules.is_empty() {
+            return Err(spec.err("mirrors.go.modules", "lists nothing"));
+        }
+        let proxy = if g.proxy == "host" {
+            GoProxy::Host
+        } else {
+            GoProxy::Source(Source::parse(&g.proxy, spec.spec_dir).map_err(|e| spec.err("mirrors.go.proxy", e))?)
+        };
+        Ok(Arc::new(GoPlan { modules, proxy }))
+    }
+
+    fn render(&self, files: &[StoredFile<'_>]) -> Result<Vec<(String, String)>> {
+        let locked: Vec<LockedFile> = files.iter().map(|f| f.file.clone()).collect();
+        Ok(render(&locked))
+    }
+
+    fn nginx_locations(&self) -> &'static str {
+        NGINX_LOCATIONS
+    }
+
+    fn index_entry(&self) -> IndexEntry {
+        IndexEntry { heading: "Go modules", usage: format!("<code>GOPROXY={PLACEHOLDER}/go,off GOSUMDB=off</code>") }
+    }
+
+    /// `go/<escaped module>/@v/<escaped version>.<info|mod|zip>`: the `.zip` is the module's
+    /// code, the SBOM package; `.info` and `.mod` are the protocol's documents about it (a
+    /// module Go needed only the `go.mod` of has no zip here, and no code on the appliance).
+    fn identity(&self, file: &LockedFile, _stored: &Path) -> Result<Identity> {
+        let rel = super::ecosystem::below(&file.path, "go/")?;
+        let shape = || format!("`{}` is not go/<module>/@v/<version>.<info|mod|zip>", file.path);
+        let (module, file_name) = rel.split_once("/@v/").with_context(shape)?;
+        let (version, ext) = file_name.rsplit_once('.').with_context(shape)?;
+        let (module, version) = (unescape(module), unescape(version));
+        if !is_module_path(&module) || !is_module_version(&version) {
+            bail!("{}", shape());
+        }
+        let kind = match ext {
+            "zip" => {
+                let purl_path: Vec<String> = module.split('/').map(purl_escape).collect();
+                FileKind::Package { purl: format!("pkg:golang/{}@{}", purl_path.join("/"), purl_escape(&version)) }
+            }
+            "info" | "mod" => FileKind::Metadata,
+            _ => bail!("{}", shape()),
+        };
+        Ok(Identity { name: module, version, kind })
+    }
+}
+
+impl Settings for GoPlan {
+    fn inputs(&self) -> String {
+        inputs(self)
+    }
+
+    fn resolve(&self, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+        resolve(self, dl, store)
+    }
+}
 
 /// The protocol's case escaping: every upper-case letter becomes `!` and its lower case.
 pub fn escape(path: &str) -> String {
@@ -101,7 +252,7 @@ fn host_proxy() -> Result<String> {
 
 /// Fetches the module graph: with the host's Go when there is one, else with the protocol
 /// client.
-pub fn resolve(p: &GoPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+fn resolve(p: &GoPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
     let base = match &p.proxy {
         GoProxy::Source(s) => s.clone(),
         GoProxy::Host => Source::Url(host_proxy()?),
@@ -117,7 +268,8 @@ pub fn resolve(p: &GoPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec
 
 /// `go mod download -json all` in a scratch module, then every file it needed from the proxy.
 fn resolve_with_go(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
-    let tmp = tempfile::tempdir().context("creating a scratch Go module")?;
+    // Removed when done, and on SIGINT/SIGTERM (a module cache is large).
+    let tmp = crate::interrupt::ScratchDir::new("airlock-go-")?;
     let module = tmp.path().join("resolve");
     std::fs::create_dir_all(&module)?;
     let mut go_mod = String::from("module airlock.mirror/resolve\n\ngo 1.19\n\nrequire (\n");
@@ -171,7 +323,7 @@ fn resolve_with_go(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &BlobS
                         bail!("{rel}: the proxy served other bytes than Go downloaded and verified");
                     }
                 }
-                files.push(super::locked(format!("go/{rel}"), src.origin(), &fetched));
+                files.push(LockedFile::fetched(format!("go/{rel}"), src.origin(), &fetched));
             }
         }
         Ok(files)
@@ -182,7 +334,7 @@ fn resolve_with_go(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &BlobS
 }
 
 /// The `(<escaped module>/@v, version, zip downloaded)` of every `.mod` in Go's download cache.
-fn collect_cached(top: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String, bool)>) -> Result<()> {
+fn collect_cached(top: &Path, dir: &Path, out: &mut Vec<(String, String, bool)>) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
         let path = entry.path();
@@ -200,7 +352,7 @@ fn collect_cached(top: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(S
                 continue;
             }
             // Escaped paths (`!` + lower case) in the cache: checked as the served path they become.
-            super::check_served_path(&format!("go/{rel}/{version}.mod"), "go")
+            check_served_path(&format!("go/{rel}/{version}.mod"), "go")
                 .map_err(|e| anyhow::anyhow!("Go's module cache: {e}"))?;
             let has_zip = path.with_file_name(format!("{version}.zip")).is_file();
             out.push((rel, version.to_string(), has_zip));
@@ -247,7 +399,7 @@ pub fn resolve_protocol(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &
                     }
                 }
             }
-            files.push(super::locked(format!("go/{dir}/{ver}.{ext}"), src.origin(), &fetched));
+            files.push(LockedFile::fetched(format!("go/{dir}/{ver}.{ext}"), src.origin(), &fetched));
         }
     }
     Ok(files)
@@ -266,13 +418,14 @@ pub fn render(files: &[LockedFile]) -> Vec<(String, String)> {
     lists
         .into_iter()
         .map(|(dir, versions)| {
-            let text: String = versions.into_iter().map(|(_, v)| unescape_version(&v) + "\n").collect();
+            let text: String = versions.into_iter().map(|(_, v)| unescape(&v) + "\n").collect();
             (format!("{dir}/list"), text)
         })
         .collect()
 }
 
-fn unescape_version(v: &str) -> String {
+/// The protocol's case escaping undone: `!` + a lower-case letter is that letter upper case.
+fn unescape(v: &str) -> String {
     let mut out = String::new();
     let mut bang = false;
     for c in v.chars() {
@@ -295,7 +448,7 @@ mod tests {
     #[test]
     fn escapes_upper_case() {
         assert_eq!(escape("github.com/Azure/azure-sdk"), "github.com/!azure/azure-sdk");
-        assert_eq!(unescape_version("v1.0.0-!r!c1"), "v1.0.0-RC1");
+        assert_eq!(unescape("v1.0.0-!r!c1"), "v1.0.0-RC1");
     }
 
     #[test]

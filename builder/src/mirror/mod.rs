@@ -1,256 +1,312 @@
-//! The Pulumi CLI, its plugins and language package mirrors: resolved and downloaded by
-//! `airlock fetch` (online), pinned file by file in `appliance.lock`, and laid out by the build
-//! as a static tree nginx serves on the appliance (offline).
+//! The mirror ecosystems: the Pulumi CLI and its plugins, PyPI, npm, Go modules and NuGet. Each
+//! is one file implementing [`Ecosystem`] (see `ecosystem.rs` for what one owns), registered in
+//! [`ECOSYSTEMS`]; adding an ecosystem is one file and one entry there (plus its lines in the
+//! client setup scripts, `mirror_site/setup/`).
 //!
-//! Each ecosystem is one *set* of files. A file's lock entry names the path the appliance serves
-//! it at (relative to [`ROOT`]), its origin, SHA-256 and size; the build reads it from the blob
-//! store and generates the indexes (PEP 503 pages, npm packuments, Go `@v/list`, NuGet flat
-//! container indexes) from the files themselves.
+//! This folder is a layer below the plan: the plan validates the spec's sections through
+//! [`validate`], `airlock fetch` (`fetch/mirrors.rs`) resolves each set with its settings, the
+//! lock checks set names and served paths here, the build's "build mirrors" stage
+//! (`mirror_site/`) renders and places the files, and the manifest asks for each file's
+//! identity. Nothing here imports those layers.
 
 pub mod download;
+pub mod ecosystem;
 pub mod goproxy;
 pub mod npm;
 pub mod nuget;
-pub mod plan;
 pub mod pulumi;
 pub mod pypi;
-pub mod site;
+pub mod source;
 
-use crate::lock::{Lock, LockedFile, LockedMirrorSet};
-use crate::oci::BlobStore;
-use crate::plan::BuildPlan;
-use anyhow::{Context, Result, bail};
-use download::{Downloader, Expect};
-pub use plan::MirrorPlan;
-use sha2::{Digest as _, Sha256};
+pub use ecosystem::{
+    Ecosystem, FileKind, Identity, IndexEntry, LockedFile, MirrorPlan, MirrorSet, PLACEHOLDER, ROOT, Settings,
+    SpecContext, StoredFile, check_file_name, check_served_path,
+};
+pub use source::Source;
 
-/// The sets, in the lock's order.
-pub const SETS: &[&str] = &["go", "npm", "nuget", "pulumi", "pypi"];
-/// Where the served tree lives in the root filesystem (read-only, owned by root).
-pub const ROOT: &str = "usr/share/airlock/mirror";
-/// Stands for `scheme://host[:port]` of the request in served documents that need absolute URLs
-/// (npm's `dist.tarball`, NuGet's service index, the setup scripts); nginx's `sub_filter`
-/// replaces it with `$scheme://$http_host`, so the documents are right for whatever address or
-/// port forward a client reached the appliance through.
-pub const PLACEHOLDER: &str = "@AIRLOCK_MIRROR_URL@";
+use crate::spec::PlanError;
+use std::collections::BTreeMap;
 
-/// Checks a served path from the lock: relative, below the set's own folder, no `.`/`..` or
-/// empty components, no characters a web server or shell would read specially.
-pub fn check_served_path(path: &str, set: &str) -> Result<(), String> {
-    if !path.starts_with(&format!("{set}/")) {
-        return Err(format!("`{path}` is outside the set's folder `{set}/`"));
-    }
-    for c in path.split('/') {
-        if c.is_empty() || c == "." || c == ".." {
-            return Err(format!("`{path}` has an empty, `.` or `..` component"));
-        }
-        if c.starts_with('.') {
-            return Err(format!("`{path}` has a hidden component"));
-        }
-    }
-    if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+~@!".contains(&b)) {
-        return Err(format!("`{path}` has characters other than letters, digits and /._-+~@!"));
-    }
-    Ok(())
+/// Every ecosystem airlock mirrors, in the order the listing page shows them.
+pub static ECOSYSTEMS: &[&dyn Ecosystem] =
+    &[&pulumi::Pulumi, &pypi::Pypi, &npm::Npm, &goproxy::GoModules, &nuget::Nuget];
+
+/// The ecosystem named `name` (a lock's set), or an error listing the known ones.
+pub fn ecosystem(name: &str) -> Result<&'static dyn Ecosystem, String> {
+    ECOSYSTEMS.iter().copied().find(|e| e.name() == name).ok_or_else(|| {
+        let known: Vec<&str> = ECOSYSTEMS.iter().map(|e| e.name()).collect();
+        format!("`{name}` is not a mirror ecosystem airlock knows ({})", known.join(", "))
+    })
 }
 
-/// One file name out of a URL or index: checked so it cannot escape its folder.
-pub fn check_file_name(name: &str, what: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+~!".contains(&b));
-    if !ok {
-        bail!("{what}: `{name}` is not a plain file name");
+/// Validates the spec's ecosystem sections: `[pulumi]` and every `[mirrors.<name>]`. A section
+/// no ecosystem owns is an error naming it.
+pub fn validate(
+    pulumi: Option<toml::Value>,
+    mirrors: BTreeMap<String, toml::Value>,
+    spec: &SpecContext<'_>,
+) -> Result<MirrorPlan, PlanError> {
+    let mut sections: BTreeMap<String, toml::Value> =
+        mirrors.into_iter().map(|(name, section)| (format!("mirrors.{name}"), section)).collect();
+    if let Some(p) = pulumi {
+        sections.insert("pulumi".to_string(), p);
     }
-    Ok(())
-}
-
-/// What happened to one set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetOutcome {
-    /// Pinned and complete in the cache.
-    Cached,
-    /// Pinned; missing files were downloaded again and matched the lock.
-    Restored,
-    /// Resolved afresh (new, changed settings, or `--update`).
-    Resolved,
-}
-
-/// A set resolved afresh: its files in the store, with their lock entries.
-pub(crate) type Resolved = Vec<LockedFile>;
-
-/// What [`fetch`] did.
-#[derive(Debug)]
-pub struct Fetched {
-    /// The lock's sets.
-    pub sets: Vec<LockedMirrorSet>,
-    /// Per set: its name, what happened, how many files it pins.
-    pub report: Vec<(String, SetOutcome, usize)>,
-    /// Bytes downloaded over HTTP.
-    pub downloaded: u64,
-}
-
-/// Fetches every set of the plan, reusing the old lock's pins where the spec is unchanged.
-pub fn fetch(plan: &BuildPlan, old: &Lock, store: &BlobStore, update: bool) -> Result<Fetched> {
-    let m = &plan.mirrors;
-    let mut dl = Downloader::new(&plan.spec_dir);
-    // `add` hashes the inputs text the same way `wanted_sets` does.
-    let mut sets = Vec::new();
-    let mut report = Vec::new();
-    let mut add = |name: &str,
-                   inputs: String,
-                   dl: &mut Downloader,
-                   resolve: &mut dyn FnMut(&mut Downloader) -> Result<Resolved>|
-     -> Result<()> {
-        let inputs = format!("sha256:{}", hex::encode(Sha256::digest(inputs.as_bytes())));
-        let pinned = old.mirror_set(name).filter(|s| s.inputs == inputs && !update);
-        let (files, outcome) = match pinned {
-            Some(set) => {
-                let restored = restore(set, dl, store).with_context(|| format!("mirror set `{name}`"))?;
-                (set.files.clone(), if restored { SetOutcome::Restored } else { SetOutcome::Cached })
-            }
-            None => {
-                let mut files = resolve(dl).with_context(|| format!("mirror set `{name}`: resolving"))?;
-                files.sort();
-                files.dedup();
-                if let Some(w) = files.windows(2).find(|w| w[0].path == w[1].path) {
-                    bail!(
-                        "mirror set `{name}`: two different files for `{}` ({} and {})",
-                        w[0].path,
-                        w[0].origin,
-                        w[1].origin
-                    );
-                }
-                (files, SetOutcome::Resolved)
-            }
-        };
-        log::info!("mirror {name}: {} files ({outcome:?})", files.len());
-        report.push((name.to_string(), outcome, files.len()));
-        sets.push(LockedMirrorSet { set: name.to_string(), inputs, files });
-        Ok(())
-    };
-    if let Some(p) = &m.pulumi {
-        add("pulumi", pulumi::inputs(p), &mut dl, &mut |dl| pulumi::resolve(p, dl, store))?;
-    }
-    if let Some(p) = &m.pypi {
-        add("pypi", format!("{p:?}"), &mut dl, &mut |dl| pypi::resolve(p, dl, store))?;
-    }
-    if let Some(p) = &m.npm {
-        add("npm", format!("{p:?}"), &mut dl, &mut |dl| npm::resolve(p, dl, store))?;
-    }
-    if let Some(p) = &m.go {
-        add("go", goproxy::inputs(p), &mut dl, &mut |dl| goproxy::resolve(p, dl, store))?;
-    }
-    if let Some(p) = &m.nuget {
-        add("nuget", nuget::inputs(p), &mut dl, &mut |dl| nuget::resolve(p, dl, store))?;
-    }
-    let downloaded = dl.downloaded_bytes();
-    Ok(Fetched { sets, report, downloaded })
-}
-
-/// Makes sure the store holds every file of a pinned set, downloading missing ones from their
-/// origins; returns whether anything had to be downloaded.
-fn restore(set: &LockedMirrorSet, dl: &mut Downloader, store: &BlobStore) -> Result<bool> {
-    let mut any = false;
-    for f in &set.files {
-        let digest = f.digest()?;
-        if store.find(&digest, &f.path)? == Some(f.size) {
-            continue;
-        }
-        any = true;
-        dl.fetch(&f.origin, &Expect { sha256: Some(digest), size: Some(f.size) }, store)
-            .with_context(|| format!("`{}` as pinned in the lock", f.path))?;
-    }
-    Ok(any)
-}
-
-/// A lock entry for a file just fetched.
-pub(crate) fn locked(path: String, origin: &str, fetched: &download::Fetched) -> LockedFile {
-    LockedFile {
-        path,
-        origin: origin.to_string(),
-        sha256: fetched.digest.hex().to_string(),
-        size: fetched.size,
-        requires_python: None,
-    }
-}
-
-/// The sets the plan needs, each with the digest of the spec settings it is resolved from.
-fn wanted_sets(plan: &BuildPlan) -> Vec<(&'static str, String)> {
-    let m = &plan.mirrors;
-    [
-        m.pulumi.as_ref().map(|p| ("pulumi", pulumi::inputs(p))),
-        m.pypi.as_ref().map(|p| ("pypi", format!("{p:?}"))),
-        m.npm.as_ref().map(|p| ("npm", format!("{p:?}"))),
-        m.go.as_ref().map(|p| ("go", goproxy::inputs(p))),
-        m.nuget.as_ref().map(|p| ("nuget", nuget::inputs(p))),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|(name, inputs)| (name, format!("sha256:{}", hex::encode(Sha256::digest(inputs.as_bytes())))))
-    .collect()
-}
-
-/// What is wrong between the lock and the plan's mirrors (missing sets, changed settings),
-/// without looking at the cache: `airlock build --check`'s view.
-pub fn lock_problems(plan: &BuildPlan, lock: &Lock) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, inputs) in wanted_sets(plan) {
-        match lock.mirror_set(name) {
-            None => problems.push(format!("mirror set `{name}`: appliance.lock has no entry for it")),
-            Some(set) if set.inputs != inputs => {
-                problems.push(format!("mirror set `{name}`: the spec's settings changed since it was locked"))
-            }
-            Some(_) => {}
+    let mut plan = MirrorPlan::default();
+    for e in ECOSYSTEMS {
+        if let Some(section) = sections.remove(e.spec_key()) {
+            plan.sets.push(MirrorSet { ecosystem: *e, settings: e.validate(section, spec)? });
         }
     }
-    problems
-}
-
-/// The lock's sets for the plan, each checked to be there (an error says to run `airlock
-/// fetch`), and every file verified in the store. Returns the store path of each file.
-pub fn verify_cached<'a>(
-    plan: &BuildPlan,
-    lock: &'a Lock,
-    store: &BlobStore,
-) -> Result<Vec<(&'a LockedMirrorSet, Vec<std::path::PathBuf>)>> {
-    let mut out = Vec::new();
-    let mut problems = lock_problems(plan, lock);
-    for (name, inputs) in wanted_sets(plan) {
-        let Some(set) = lock.mirror_set(name).filter(|s| s.inputs == inputs) else { continue };
-        let mut paths = Vec::new();
-        for f in &set.files {
-            match f.digest().and_then(|d| store.verified_path(&d, f.size, &f.path)) {
-                Ok(p) => paths.push(p),
-                Err(e) => problems.push(format!("mirror set `{name}`: {}: {e:#}", f.path)),
-            }
-        }
-        out.push((set, paths));
+    if let Some(key) = sections.keys().next() {
+        let known: Vec<&str> = ECOSYSTEMS.iter().map(|e| e.spec_key()).filter(|k| k.starts_with("mirrors.")).collect();
+        return Err(spec.err(key, format!("airlock mirrors no such ecosystem (it has {})", known.join(", "))));
     }
-    if !problems.is_empty() {
-        bail!(
-            "the cache does not hold the mirrored files appliance.lock pins; run `airlock fetch {}`:\n  {}",
-            plan.spec_path.display(),
-            problems.join("\n  ")
-        );
-    }
-    Ok(out)
+    Ok(plan)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// Every registered ecosystem owns all it must: a name that is its folder and its lock
+    /// set, a spec key ending in that name, a listing-page entry, valid nginx locations, and an
+    /// identity for its files; and names are unique.
+    #[test]
+    fn every_ecosystem_in_the_registry_is_complete() {
+        let mut names = Vec::new();
+        for e in ECOSYSTEMS {
+            let name = e.name();
+            assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase()), "{name}");
+            assert!(!names.contains(&name), "{name} is registered twice");
+            names.push(name);
+            assert!(e.spec_key() == name || e.spec_key() == format!("mirrors.{name}"), "{name}: {}", e.spec_key());
+            assert_eq!(ecosystem(name).map(|found| found.spec_key()), Ok(e.spec_key()));
+            assert!(check_served_path(&format!("{name}/x"), name).is_ok(), "{name}");
+            let entry = e.index_entry();
+            assert!(!entry.heading.is_empty() && !entry.usage.is_empty(), "{name}");
+            // Locations, if any, are whole nginx blocks.
+            let locations = e.nginx_locations();
+            assert_eq!(locations.matches('{').count(), locations.matches('}').count(), "{name}");
+            let first = locations.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+            assert!(first.is_none_or(|l| l.starts_with("location ")), "{name}: {locations}");
+            // A file outside the ecosystem's own layout has no identity: the function is real.
+            let stranger = LockedFile {
+                path: format!("{name}/not-a-package-file"),
+                origin: String::new(),
+                sha256: "00".repeat(32),
+                size: 0,
+                requires_python: None,
+            };
+            assert!(e.identity(&stranger, Path::new("/nonexistent")).is_err(), "{name}");
+            // An empty section is never silently accepted as "mirror nothing".
+            let ctx = SpecContext { file: "a.toml", spec_dir: Path::new(".") };
+            let empty = toml::Value::Table(toml::map::Map::new());
+            assert!(e.validate(empty, &ctx).is_err(), "{name} accepts an empty section");
+        }
+        let unknown = ecosystem("maven").unwrap_err();
+        assert!(unknown.contains("`maven` is not a mirror ecosystem airlock knows (pulumi, pypi"), "{unknown}");
+    }
+
+    const GOOD: &str = r#"
+[pulumi]
+version = "3.140.0"
+checksums = "fixtures/pulumi-3.140.0-checksums.txt"
+archives = [
+  { platform = "linux-x64", source = "https://example.test/pulumi-v3.140.0-linux-x64.tar.gz", sha256 = "0000000000000000000000000000000000000000000000000000000000000000" },
+]
+[[pulumi.plugins]]
+kind = "resource"
+name = "random"
+version = "4.16.0"
+platforms = ["linux-amd64", "windows-amd64"]
+[mirrors.pypi]
+requirements = ["pulumi>=3"]
+python_versions = ["3.11"]
+platforms = ["manylinux2014_x86_64"]
+[mirrors.npm]
+packages = ["@pulumi/pulumi"]
+[mirrors.go]
+modules = ["example.test/Fixture/mod@v1.2.0"]
+proxy = "fixtures/goproxy"
+[mirrors.nuget]
+packages = ["Airlock.Fixture@1.0.0"]
+source = "https://nuget.example.test/v3/index.json"
+"#;
+
+    /// The spec's sections as `Spec` hands them over.
+    fn parse(text: &str) -> Result<MirrorPlan, PlanError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Part {
+            pulumi: Option<toml::Value>,
+            #[serde(default)]
+            mirrors: BTreeMap<String, toml::Value>,
+        }
+        let part: Part = toml::from_str(text).expect("test TOML parses");
+        validate(part.pulumi, part.mirrors, &SpecContext { file: "a.toml", spec_dir: Path::new("/spec") })
+    }
 
     #[test]
-    fn served_paths_stay_in_their_set() {
-        assert!(check_served_path("npm/@pulumi/pulumi/-/pulumi-3.0.0.tgz", "npm").is_ok());
-        assert!(check_served_path("go/example.test/!fixture/@v/v1.0.0.zip", "go").is_ok());
-        for bad in ["pypi/../etc/passwd", "pypi//x", "pypi/./x", "/pypi/x", "npm/x", "pypi/.hidden", "pypi/a b"] {
-            assert!(check_served_path(bad, "pypi").is_err(), "{bad}");
+    fn good_sections_validate_in_registry_order() {
+        let p = parse(GOOD).unwrap();
+        let names: Vec<&str> = p.sets.iter().map(MirrorSet::name).collect();
+        assert_eq!(names, ["pulumi", "pypi", "npm", "go", "nuget"]);
+        let pulumi = format!("{:?}", p.get("pulumi").unwrap().settings);
+        assert!(pulumi.contains(pulumi::OFFICIAL_PLUGIN_SOURCE), "the default plugin source: {pulumi}");
+        let go = format!("{:?}", p.get("go").unwrap().settings);
+        assert!(go.contains("(\"example.test/Fixture/mod\", \"v1.2.0\")"), "{go}");
+        // The lock's inputs digests stay what earlier airlocks wrote for the same settings.
+        let pypi = p.get("pypi").unwrap().settings.inputs();
+        assert_eq!(
+            pypi,
+            "PypiPlan { requirements: [\"pulumi>=3\"], python_versions: [\"3.11\"], platforms: [\"manylinux2014_x86_64\"] }"
+        );
+        assert_eq!(p.get("npm").unwrap().settings.inputs(), "NpmPlan { packages: [\"@pulumi/pulumi\"] }");
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases = [
+            ("version = \"3.140.0\"", "version = \"3 140\"", "pulumi.version"),
+            ("platform = \"linux-x64\"", "platform = \"linux-x86\"", "pulumi.archives[0].platform"),
+            ("sha256 = \"0000", "sha256 = \"00", "pulumi.archives[0].sha256"),
+            ("source = \"https://example.test/", "source = \"../outside/", "pulumi.archives[0].source"),
+            ("source = \"https://example.test/", "source = \"ftp://example.test/", "pulumi.archives[0].source"),
+            ("checksums = \"fixtures", "checksums = \"/etc", "pulumi.checksums"),
+            ("kind = \"resource\"", "kind = \"provider\"", "pulumi.plugins[0].kind"),
+            ("name = \"random\"", "name = \"../random\"", "pulumi.plugins[0].name"),
+            ("\"windows-amd64\"]", "\"windows-x64\"]", "pulumi.plugins[0].platforms"),
+            ("version = \"3.140.0\"", "version = \"3.140.0\"\nlicense = \"x\"", "pulumi"),
+            ("\"pulumi>=3\"", "\"--index-url=http://evil\"", "mirrors.pypi.requirements"),
+            ("[\"3.11\"]", "[\"three\"]", "mirrors.pypi.python_versions"),
+            ("[\"manylinux2014_x86_64\"]", "[\"linux x86\"]", "mirrors.pypi.platforms"),
+            ("[\"@pulumi/pulumi\"]", "[\"--registry=http://evil\"]", "mirrors.npm.packages"),
+            ("mod@v1.2.0", "mod@1.2.0", "mirrors.go.modules"),
+            ("example.test/Fixture/mod@", "example.test/../mod@", "mirrors.go.modules"),
+            ("proxy = \"fixtures/goproxy\"", "proxy = \"/abs\"", "mirrors.go.proxy"),
+            ("Airlock.Fixture@1.0.0", "../x@1.0.0", "mirrors.nuget.packages"),
+            ("Airlock.Fixture@1.0.0", "Airlock.Fixture", "mirrors.nuget.packages"),
+            ("[mirrors.nuget]", "[mirrors.maven]\nx = 1\n[mirrors.nuget]", "mirrors.maven"),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "replacement of `{from}` did not apply");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
         }
-        assert!(check_file_name("../x", "t").is_err());
-        assert!(check_file_name("x%2f..", "t").is_err());
-        assert!(check_file_name("dill-0.4.1-py3-none-any.whl", "t").is_ok());
+        let without_linux = GOOD.replace("linux-x64", "darwin-arm64");
+        assert_eq!(parse(&without_linux).unwrap_err().key, "pulumi.archives");
+    }
+
+    fn identity_of(ecosystem: &dyn Ecosystem, path: &str) -> Result<Identity, String> {
+        let file = LockedFile {
+            path: path.into(),
+            origin: String::new(),
+            sha256: "00".repeat(32),
+            size: 1,
+            requires_python: None,
+        };
+        ecosystem.identity(&file, Path::new("/nonexistent")).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn served_paths_name_their_packages() {
+        let package = |name: &str, version: &str, purl: &str| Identity {
+            name: name.into(),
+            version: version.into(),
+            kind: FileKind::Package { purl: purl.into() },
+        };
+        let cases: [(&dyn Ecosystem, &str, Identity); 8] = [
+            (
+                &pypi::Pypi,
+                "pypi/files/typing_extensions-4.16.0-py3-none-any.whl",
+                package(
+                    "typing-extensions",
+                    "4.16.0",
+                    "pkg:pypi/typing-extensions@4.16.0?file_name=typing_extensions-4.16.0-py3-none-any.whl",
+                ),
+            ),
+            (
+                &npm::Npm,
+                "npm/@pulumi/pulumi/-/pulumi-3.248.0.tgz",
+                package("@pulumi/pulumi", "3.248.0", "pkg:npm/%40pulumi/pulumi@3.248.0"),
+            ),
+            (&npm::Npm, "npm/ms/-/ms-2.1.3.tgz", package("ms", "2.1.3", "pkg:npm/ms@2.1.3")),
+            (
+                &goproxy::GoModules,
+                "go/example.test/!fixture/greeting/@v/v1.0.0-!r!c1.zip",
+                package(
+                    "example.test/Fixture/greeting",
+                    "v1.0.0-RC1",
+                    "pkg:golang/example.test/Fixture/greeting@v1.0.0-RC1",
+                ),
+            ),
+            (
+                &goproxy::GoModules,
+                "go/example.test/words/@v/v0.1.0.mod",
+                Identity { name: "example.test/words".into(), version: "v0.1.0".into(), kind: FileKind::Metadata },
+            ),
+            (
+                &pulumi::Pulumi,
+                "pulumi/releases/pulumi-v3.0.0-fixture-linux-x64.tar.gz",
+                Identity {
+                    name: "pulumi".into(),
+                    version: "3.0.0-fixture".into(),
+                    kind: FileKind::CliArchive {
+                        platform: "linux-x64".into(),
+                        purl: "pkg:generic/pulumi@3.0.0-fixture?file_name=pulumi-v3.0.0-fixture-linux-x64.tar.gz".into(),
+                    },
+                },
+            ),
+            (
+                &pulumi::Pulumi,
+                "pulumi/releases/pulumi-3.0.0-fixture-checksums.txt",
+                Identity { name: "pulumi".into(), version: "3.0.0-fixture".into(), kind: FileKind::Metadata },
+            ),
+            (
+                // A plugin whose name holds `-v`: the version starts at the last one, as the CLI
+                // reads it.
+                &pulumi::Pulumi,
+                "pulumi/plugins/pulumi-resource-aws-v2-v6.66.0-darwin-arm64.tar.gz",
+                Identity {
+                    name: "pulumi-resource-aws-v2".into(),
+                    version: "6.66.0".into(),
+                    kind: FileKind::Plugin {
+                        kind: "resource".into(),
+                        plugin: "aws-v2".into(),
+                        platform: "darwin-arm64".into(),
+                        purl: "pkg:generic/pulumi-resource-aws-v2@6.66.0?file_name=pulumi-resource-aws-v2-v6.66.0-darwin-arm64.tar.gz".into(),
+                    },
+                },
+            ),
+        ];
+        for (ecosystem, path, expected) in cases {
+            assert_eq!(identity_of(ecosystem, path), Ok(expected), "{path}");
+        }
+        for (ecosystem, path) in [
+            (&pypi::Pypi as &dyn Ecosystem, "pypi/files/x.tar.gz"),
+            (&npm::Npm, "npm/ms/-/other-2.1.3.tgz"),
+            (&goproxy::GoModules, "go/example.test/x/@v/1.0.0.zip"),
+            (&pulumi::Pulumi, "pulumi/plugins/pulumi-provider-x-v1.0.0-linux-amd64.tar.gz"),
+        ] {
+            assert!(identity_of(ecosystem, path).is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_section_no_ecosystem_owns_is_an_error() {
+        let ctx = SpecContext { file: "a.toml", spec_dir: Path::new(".") };
+        let maven: toml::Value = toml::from_str("artifacts = [\"x\"]").unwrap();
+        let e = validate(None, BTreeMap::from([("maven".to_string(), maven)]), &ctx).unwrap_err();
+        assert_eq!(e.key, "mirrors.maven");
+        assert!(e.message.contains("mirrors.pypi"), "{e}");
+        let pypi: toml::Value =
+            toml::from_str("requirements = [\"x\"]\npython_versions = [\"3.12\"]\nplatforms = [\"any\"]\nextra = 1")
+                .unwrap();
+        let e = validate(None, BTreeMap::from([("pypi".to_string(), pypi)]), &ctx).unwrap_err();
+        assert_eq!(e.key, "mirrors.pypi");
+        assert!(e.message.contains("unknown field `extra`"), "{e}");
     }
 }

@@ -9,14 +9,17 @@
 //! Served: `npm/<name>/-/<file>.tgz` and `npm/<name>/index.json`, the packument, written at
 //! build time from each tarball's own `package.json`. nginx answers `GET /npm/<name>` and
 //! `GET /npm/@scope%2fname` (which it decodes to `/npm/@scope/name`) with that file.
-//! `dist.tarball` must be an absolute URL: it is written with [`super::PLACEHOLDER`], which
+//! `dist.tarball` must be an absolute URL: it is written with [`PLACEHOLDER`], which
 //! nginx replaces with the URL the client used.
 
 use super::download::{Downloader, Expect};
-use super::plan::NpmPlan;
+use super::ecosystem::{
+    Ecosystem, FileKind, Identity, IndexEntry, LockedFile, PLACEHOLDER, Settings, SpecContext, StoredFile,
+    check_file_name, is_client_argument, is_module_version, purl_escape,
+};
 use crate::command::Cmd;
-use crate::lock::LockedFile;
 use crate::oci::BlobStore;
+use crate::spec::PlanError;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -24,6 +27,110 @@ use sha2::{Digest as _, Sha512};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
+
+/// The npm ecosystem (`[mirrors.npm]`, served at `npm/`).
+#[derive(Debug)]
+pub struct Npm;
+
+/// `[mirrors.npm]` as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NpmSpec {
+    /// Package specs as npm takes them (`@pulumi/pulumi`, `typescript@5.6.3`).
+    packages: Vec<String>,
+}
+
+/// `[mirrors.npm]`, validated. (Its `Debug` text is what the lock's inputs digest covers.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpmPlan {
+    pub packages: Vec<String>,
+}
+
+/// nginx: `GET /npm/<name>` and `/npm/@scope%2fname` (nginx decodes `%2f`) answer with the
+/// packument, whose tarball URLs `sub_filter` completes; tarballs are served as bytes.
+const NGINX_LOCATIONS: &str = r#"    # npm: GET /npm/<name> and /npm/@scope%2fname (nginx decodes %2f) answer with the packument.
+    location /npm/ {
+        sub_filter_types application/json;
+        try_files $uri/index.json =404;
+    }
+    location ~ "^/npm/.+/-/[^/]+\.tgz$" {
+        types { }
+        default_type application/octet-stream;
+    }
+"#;
+
+impl Ecosystem for Npm {
+    fn name(&self) -> &'static str {
+        "npm"
+    }
+
+    fn spec_key(&self) -> &'static str {
+        "mirrors.npm"
+    }
+
+    fn validate(&self, section: toml::Value, spec: &SpecContext<'_>) -> Result<Arc<dyn Settings>, PlanError> {
+        let n: NpmSpec = spec.section(self.spec_key(), section)?;
+        if n.packages.is_empty() {
+            return Err(spec.err("mirrors.npm.packages", "lists nothing"));
+        }
+        for p in &n.packages {
+            if !is_client_argument(p) || p.contains(char::is_whitespace) {
+                return Err(spec.err("mirrors.npm.packages", format!("`{p}` is not a package spec")));
+            }
+        }
+        Ok(Arc::new(NpmPlan { packages: n.packages }))
+    }
+
+    /// One packument per package, from each tarball's own `package.json`.
+    fn render(&self, files: &[StoredFile<'_>]) -> Result<Vec<(String, String)>> {
+        let mut versions = Vec::new();
+        for f in files {
+            let pj = read_package_json(f.stored).with_context(|| f.file.path.clone())?;
+            versions.push((f.file, pj, integrity_of(f.stored)?));
+        }
+        render(&versions)
+    }
+
+    fn nginx_locations(&self) -> &'static str {
+        NGINX_LOCATIONS
+    }
+
+    fn index_entry(&self) -> IndexEntry {
+        IndexEntry { heading: "npm", usage: format!("<code>npm config set registry {PLACEHOLDER}/npm/</code>") }
+    }
+
+    /// `npm/<name>/-/<unscoped name>-<version>.tgz`, as every npm registry names tarballs.
+    fn identity(&self, file: &LockedFile, _stored: &Path) -> Result<Identity> {
+        let rel = super::ecosystem::below(&file.path, "npm/")?;
+        let (name, tarball) =
+            rel.split_once("/-/").with_context(|| format!("`{}` is not npm/<name>/-/<file>", file.path))?;
+        let unscoped = name.rsplit('/').next().unwrap_or(name);
+        let version = tarball
+            .strip_suffix(".tgz")
+            .and_then(|stem| stem.strip_prefix(&format!("{unscoped}-")))
+            .filter(|v| is_package_name(name) && is_module_version(&format!("v{v}")))
+            .with_context(|| format!("`{}` is not npm/<name>/-/<name>-<version>.tgz", file.path))?
+            .to_string();
+        let purl = match name.split_once('/') {
+            Some((scope, bare)) => {
+                format!("pkg:npm/{}/{}@{}", purl_escape(scope), purl_escape(bare), purl_escape(&version))
+            }
+            None => format!("pkg:npm/{}@{}", purl_escape(name), purl_escape(&version)),
+        };
+        Ok(Identity { name: name.to_string(), version, kind: FileKind::Package { purl } })
+    }
+}
+
+impl Settings for NpmPlan {
+    fn inputs(&self) -> String {
+        format!("{self:?}")
+    }
+
+    fn resolve(&self, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+        resolve(self, dl, store)
+    }
+}
 
 /// A valid npm package name (optionally scoped): lower-case URL-safe characters, no leading
 /// `.` or `_`, at most 214 characters.
@@ -80,7 +187,7 @@ pub fn parse_package_lock(json: &[u8]) -> Result<Vec<LockedPackage>> {
         else {
             bail!("package-lock.json: `{key}` lacks version, resolved or integrity");
         };
-        if !super::plan::is_module_version(&format!("v{version}")) {
+        if !is_module_version(&format!("v{version}")) {
             bail!("package-lock.json: `{key}` has version `{version}`");
         }
         out.push(LockedPackage { name, version, resolved, integrity });
@@ -105,8 +212,8 @@ pub fn check_integrity(path: &Path, integrity: &str, what: &str) -> Result<()> {
 }
 
 /// Resolves the packages with npm and downloads every tarball.
-pub fn resolve(p: &NpmPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
-    let tmp = tempfile::tempdir().context("creating a temporary project for npm")?;
+fn resolve(p: &NpmPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+    let tmp = crate::interrupt::ScratchDir::new("airlock-npm-")?;
     std::fs::write(
         tmp.path().join("package.json"),
         "{\"name\": \"airlock-mirror\", \"version\": \"0.0.0\", \"private\": true}\n",
@@ -125,10 +232,10 @@ pub fn resolve(p: &NpmPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Ve
     let mut files = Vec::new();
     for pkg in parse_package_lock(&lock)? {
         let file_name = pkg.resolved.rsplit('/').next().unwrap_or_default();
-        super::check_file_name(file_name, &format!("{}@{}", pkg.name, pkg.version))?;
+        check_file_name(file_name, &format!("{}@{}", pkg.name, pkg.version))?;
         let fetched = dl.fetch(&pkg.resolved, &Expect::default(), store)?;
         check_integrity(&fetched.path, &pkg.integrity, &format!("{}@{} from {}", pkg.name, pkg.version, pkg.resolved))?;
-        files.push(super::locked(format!("npm/{}/-/{file_name}", pkg.name), &pkg.resolved, &fetched));
+        files.push(LockedFile::fetched(format!("npm/{}/-/{file_name}", pkg.name), &pkg.resolved, &fetched));
     }
     Ok(files)
 }
@@ -204,7 +311,7 @@ pub fn render(versions: &[(&LockedFile, Value, String)]) -> Result<Vec<(String, 
         let mut latest: Option<String> = None;
         for (f, pj, integrity) in list {
             let version = pj.get("version").and_then(Value::as_str).unwrap_or_default().to_string();
-            if !super::plan::is_module_version(&format!("v{version}")) {
+            if !is_module_version(&format!("v{version}")) {
                 bail!("{}: package.json has version `{version}`", f.path);
             }
             let mut doc = Map::new();
@@ -224,7 +331,7 @@ pub fn render(versions: &[(&LockedFile, Value, String)]) -> Result<Vec<(String, 
             }
             doc.insert(
                 "dist".into(),
-                json!({ "tarball": format!("{}/{}", super::PLACEHOLDER, f.path), "integrity": integrity }),
+                json!({ "tarball": format!("{}/{}", PLACEHOLDER, f.path), "integrity": integrity }),
             );
             // The highest release; a pre-release only when nothing else is mirrored.
             if latest.as_ref().is_none_or(|l| latest_key(&version) > latest_key(l)) {
@@ -322,7 +429,7 @@ mod tests {
         let doc: Value = serde_json::from_str(&out[0].1).unwrap();
         assert_eq!(doc["dist-tags"]["latest"], "1.10.0");
         let v = &doc["versions"]["1.9.0"];
-        assert_eq!(v["dist"]["tarball"], format!("{}/npm/@scope/pkg/-/pkg-1.9.0.tgz", crate::mirror::PLACEHOLDER));
+        assert_eq!(v["dist"]["tarball"], format!("{}/npm/@scope/pkg/-/pkg-1.9.0.tgz", PLACEHOLDER));
         assert_eq!(v["dist"]["integrity"], "sha512-B");
         assert_eq!(v["dependencies"]["x"], "^1");
         assert_eq!(v["os"][0], "linux");

@@ -9,16 +9,146 @@
 //! only when the range's lower bound is one; transitively.
 //!
 //! Served: `nuget/v3/index.json` (the service index, with absolute URLs through
-//! [`super::PLACEHOLDER`]), `nuget/v3/flat/<id>/index.json` (`{"versions": [...]}`) and the
+//! [`PLACEHOLDER`]), `nuget/v3/flat/<id>/index.json` (`{"versions": [...]}`) and the
 //! packages under `nuget/v3/flat/`.
 
 use super::download::{Downloader, Expect};
-use super::plan::{NugetPlan, Source, is_nuget_id};
-use crate::lock::LockedFile;
+use super::ecosystem::{
+    Ecosystem, FileKind, Identity, IndexEntry, LockedFile, PLACEHOLDER, Settings, SpecContext, StoredFile,
+    is_module_version, is_version, purl_escape,
+};
+use super::source::Source;
 use crate::oci::BlobStore;
+use crate::spec::PlanError;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The NuGet ecosystem (`[mirrors.nuget]`, served at `nuget/`).
+#[derive(Debug)]
+pub struct Nuget;
+
+/// `[mirrors.nuget]` as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NugetSpec {
+    /// `Id@Version` (`Pulumi@3.71.0`).
+    packages: Vec<String>,
+    /// A NuGet v3 service index URL (`https://host/v3/index.json`), or a folder relative to the
+    /// spec in the flat container layout (`<id>/<version>/<id>.<version>.nupkg`, lower case).
+    source: String,
+}
+
+/// `[mirrors.nuget]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NugetPlan {
+    /// (id, version) as written.
+    pub packages: Vec<(String, String)>,
+    pub source: Source,
+}
+
+/// A NuGet package id.
+pub fn is_nuget_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !s.contains("..")
+}
+
+/// nginx: the feed's JSON documents carry absolute URLs (`sub_filter` completes them);
+/// packages are served as bytes.
+const NGINX_LOCATIONS: &str = r#"    location /nuget/ {
+        sub_filter_types application/json;
+    }
+    location ~ "\.nupkg$" {
+        types { }
+        default_type application/octet-stream;
+    }
+"#;
+
+impl Ecosystem for Nuget {
+    fn name(&self) -> &'static str {
+        "nuget"
+    }
+
+    fn spec_key(&self) -> &'static str {
+        "mirrors.nuget"
+    }
+
+    fn validate(&self, section: toml::Value, spec: &SpecContext<'_>) -> Result<Arc<dyn Settings>, PlanError> {
+        let n: NugetSpec = spec.section(self.spec_key(), section)?;
+        let mut packages = Vec::new();
+        for p in &n.packages {
+            let ok = p.split_once('@').filter(|(id, v)| is_nuget_id(id) && is_version(v));
+            let Some((id, version)) = ok else {
+                return Err(spec.err("mirrors.nuget.packages", format!("`{p}` is not `Id@Version`")));
+            };
+            packages.push((id.to_string(), version.to_string()));
+        }
+        if packages.is_empty() {
+            return Err(spec.err("mirrors.nuget.packages", "lists nothing"));
+        }
+        let source = Source::parse(&n.source, spec.spec_dir).map_err(|e| spec.err("mirrors.nuget.source", e))?;
+        Ok(Arc::new(NugetPlan { packages, source }))
+    }
+
+    fn render(&self, files: &[StoredFile<'_>]) -> Result<Vec<(String, String)>> {
+        let locked: Vec<LockedFile> = files.iter().map(|f| f.file.clone()).collect();
+        render(&locked)
+    }
+
+    fn nginx_locations(&self) -> &'static str {
+        NGINX_LOCATIONS
+    }
+
+    fn index_entry(&self) -> IndexEntry {
+        IndexEntry { heading: "NuGet", usage: format!("source <code>{PLACEHOLDER}/nuget/v3/index.json</code>") }
+    }
+
+    /// The flat container's path has the id and version in lower case; the package's own
+    /// `.nuspec` spells them as published (`Pulumi.Aws`), which is what purls use. The two must
+    /// agree.
+    fn identity(&self, file: &LockedFile, stored: &Path) -> Result<Identity> {
+        let rel = super::ecosystem::below(&file.path, "nuget/v3/flat/")?;
+        let parts: Vec<&str> = rel.split('/').collect();
+        let [id, version, name] = parts[..] else {
+            bail!("`{}` is not nuget/v3/flat/<id>/<version>/<file>", file.path)
+        };
+        if name != format!("{id}.{version}.nupkg") {
+            bail!("`{}` is not nuget/v3/flat/<id>/<version>/<id>.<version>.nupkg", file.path);
+        }
+        let nuspec = read_nuspec(stored, &file.path)?;
+        let (Some(spelled), Some(published)) = (element(&nuspec, "id"), element(&nuspec, "version")) else {
+            bail!("{}: its .nuspec names no id or version", file.path);
+        };
+        if spelled.to_lowercase() != id || published.to_lowercase() != version {
+            bail!("{}: its .nuspec says {spelled} {published}", file.path);
+        }
+        let purl = format!("pkg:nuget/{}@{}", purl_escape(&spelled), purl_escape(&published));
+        Ok(Identity { name: spelled, version: published, kind: FileKind::Package { purl } })
+    }
+}
+
+impl Settings for NugetPlan {
+    fn inputs(&self) -> String {
+        inputs(self)
+    }
+
+    fn resolve(&self, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+        resolve(self, dl, store)
+    }
+}
+
+/// The text of the first element `<name>` of an XML document (no attributes on it, as in a
+/// `.nuspec`'s metadata).
+fn element(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(xml[start..end].trim().to_string())
+}
 
 /// The resource type of the flat container.
 pub const PACKAGE_BASE_ADDRESS: &str = "PackageBaseAddress/3.0.0";
@@ -168,11 +298,10 @@ impl Range {
     }
 }
 
-/// The `(id, range)` dependencies a package's `.nuspec` (at the archive's top) declares.
-pub fn nuspec_dependencies(nupkg: &std::path::Path, what: &str) -> Result<Vec<(String, String)>> {
+/// The `.nuspec` at the top of a `.nupkg`, as text.
+fn read_nuspec(nupkg: &Path, what: &str) -> Result<String> {
     let file = std::fs::File::open(nupkg).with_context(|| format!("opening {}", nupkg.display()))?;
     let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{what}: not a valid .nupkg (zip) file"))?;
-    let mut nuspec = None;
     for i in 0..zip.len() {
         let entry = zip.by_index(i).with_context(|| format!("{what}: reading the archive"))?;
         let name = entry.name().to_string();
@@ -180,11 +309,15 @@ pub fn nuspec_dependencies(nupkg: &std::path::Path, what: &str) -> Result<Vec<(S
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::Read::take(entry, super::download::MAX_METADATA), &mut text)
                 .with_context(|| format!("{what}: {name} is not UTF-8 text"))?;
-            nuspec = Some(text);
-            break;
+            return Ok(text);
         }
     }
-    let text = nuspec.with_context(|| format!("{what}: the package holds no .nuspec"))?;
+    bail!("{what}: the package holds no .nuspec")
+}
+
+/// The `(id, range)` dependencies a package's `.nuspec` (at the archive's top) declares.
+pub fn nuspec_dependencies(nupkg: &Path, what: &str) -> Result<Vec<(String, String)>> {
+    let text = read_nuspec(nupkg, what)?;
     let mut deps = Vec::new();
     for tag in text.split("<dependency").skip(1) {
         let tag = tag.split('>').next().unwrap_or("");
@@ -232,7 +365,7 @@ fn listed_versions(base: &Source, id: &str, dl: &mut Downloader) -> Result<Vec<S
 }
 
 /// Downloads every listed package and its dependencies.
-pub fn resolve(p: &NugetPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+fn resolve(p: &NugetPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
     let base = match &p.source {
         Source::Url(index) => {
             let doc = dl.get(index)?;
@@ -247,7 +380,7 @@ pub fn resolve(p: &NugetPlan, dl: &mut Downloader, store: &BlobStore) -> Result<
         if !done.insert((id.to_lowercase(), version.to_lowercase())) {
             continue;
         }
-        if !is_nuget_id(&id) || !super::plan::is_module_version(&format!("v{version}")) {
+        if !is_nuget_id(&id) || !is_module_version(&format!("v{version}")) {
             bail!("`{id}` `{version}` is not a package id and version");
         }
         let rel = package_path(&id, &version);
@@ -268,7 +401,7 @@ pub fn resolve(p: &NugetPlan, dl: &mut Downloader, store: &BlobStore) -> Result<
                 .with_context(|| format!("{what}: no version of {dep} in `{range}` (the feed lists {listed:?})"))?;
             todo.push((dep, chosen.clone()));
         }
-        files.push(super::locked(format!("nuget/v3/flat/{rel}"), src.origin(), &fetched));
+        files.push(LockedFile::fetched(format!("nuget/v3/flat/{rel}"), src.origin(), &fetched));
     }
     Ok(files)
 }
@@ -286,7 +419,7 @@ pub fn render(files: &[LockedFile]) -> Result<Vec<(String, String)>> {
     let index = json!({
         "version": "3.0.0",
         "resources": [
-            { "@id": format!("{}/nuget/v3/flat/", super::PLACEHOLDER), "@type": PACKAGE_BASE_ADDRESS,
+            { "@id": format!("{PLACEHOLDER}/nuget/v3/flat/"), "@type": PACKAGE_BASE_ADDRESS,
               "comment": "Base URL of where NuGet packages are stored, in the format https://{host}/{id}/{version}/{id}.{version}.nupkg" }
         ]
     });
@@ -329,6 +462,28 @@ mod tests {
         );
         std::io::Write::write_all(&mut w, nuspec.as_bytes()).unwrap();
         w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn identity_comes_from_the_nuspec_and_must_match_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stored = tmp.path().join("blob");
+        std::fs::write(&stored, nupkg("Airlock.Fixture", "1.0.0-Beta", &[])).unwrap();
+        let file = |path: &str| LockedFile {
+            path: path.into(),
+            origin: String::new(),
+            sha256: "00".repeat(32),
+            size: 1,
+            requires_python: None,
+        };
+        let id = Nuget
+            .identity(&file("nuget/v3/flat/airlock.fixture/1.0.0-beta/airlock.fixture.1.0.0-beta.nupkg"), &stored)
+            .unwrap();
+        assert_eq!((id.name.as_str(), id.version.as_str()), ("Airlock.Fixture", "1.0.0-Beta"));
+        assert_eq!(id.kind.purl(), Some("pkg:nuget/Airlock.Fixture@1.0.0-Beta"));
+        let other = file("nuget/v3/flat/other/1.0.0-beta/other.1.0.0-beta.nupkg");
+        let e = Nuget.identity(&other, &stored).unwrap_err().to_string();
+        assert!(e.contains("its .nuspec says Airlock.Fixture 1.0.0-Beta"), "{e}");
     }
 
     #[test]

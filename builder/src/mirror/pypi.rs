@@ -11,13 +11,133 @@
 //! `#sha256=` fragments and `data-requires-python`; `pypi/simple/index.html` lists projects.
 
 use super::download::{Downloader, Expect};
-use super::plan::PypiPlan;
+use super::ecosystem::{
+    Ecosystem, FileKind, Identity, IndexEntry, LockedFile, PLACEHOLDER, Settings, SpecContext, StoredFile,
+    is_client_argument, purl_escape,
+};
 use crate::command::Cmd;
-use crate::lock::LockedFile;
 use crate::oci::{BlobStore, Digest};
+use crate::spec::PlanError;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The PyPI ecosystem (`[mirrors.pypi]`, served at `pypi/`).
+#[derive(Debug)]
+pub struct Pypi;
+
+/// `[mirrors.pypi]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PypiSpec {
+    /// Requirement specifiers as pip takes them (`pulumi>=3`, `requests==2.32.3`).
+    requirements: Vec<String>,
+    /// Target Python versions (`3.11`): each is resolved on its own.
+    python_versions: Vec<String>,
+    /// Target platform tags as pip takes them (`manylinux2014_x86_64`, `win_amd64`,
+    /// `macosx_11_0_arm64`); pure-Python wheels come along for every target.
+    platforms: Vec<String>,
+}
+
+/// `[mirrors.pypi]`, validated. (Its `Debug` text is what the lock's inputs digest covers.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PypiPlan {
+    pub requirements: Vec<String>,
+    pub python_versions: Vec<String>,
+    pub platforms: Vec<String>,
+}
+
+impl Ecosystem for Pypi {
+    fn name(&self) -> &'static str {
+        "pypi"
+    }
+
+    fn spec_key(&self) -> &'static str {
+        "mirrors.pypi"
+    }
+
+    fn validate(&self, section: toml::Value, spec: &SpecContext<'_>) -> Result<Arc<dyn Settings>, PlanError> {
+        let p: PypiSpec = spec.section(self.spec_key(), section)?;
+        if p.requirements.is_empty() {
+            return Err(spec.err("mirrors.pypi.requirements", "lists nothing"));
+        }
+        for r in &p.requirements {
+            if !is_client_argument(r) {
+                return Err(spec.err("mirrors.pypi.requirements", format!("`{r}` is not a requirement specifier")));
+            }
+        }
+        if p.python_versions.is_empty() {
+            return Err(spec.err("mirrors.pypi.python_versions", "lists nothing"));
+        }
+        for v in &p.python_versions {
+            let ok = v.split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && (a.bytes().chain(b.bytes())).all(|c| c.is_ascii_digit())
+            });
+            if !ok {
+                return Err(
+                    spec.err("mirrors.pypi.python_versions", format!("`{v}` is not a Python version like `3.12`"))
+                );
+            }
+        }
+        if p.platforms.is_empty() {
+            return Err(spec.err("mirrors.pypi.platforms", "lists nothing"));
+        }
+        for t in &p.platforms {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                return Err(spec.err("mirrors.pypi.platforms", format!("`{t}` is not a platform tag like `win_amd64`")));
+            }
+        }
+        Ok(Arc::new(PypiPlan {
+            requirements: p.requirements,
+            python_versions: p.python_versions,
+            platforms: p.platforms,
+        }))
+    }
+
+    fn render(&self, files: &[StoredFile<'_>]) -> Result<Vec<(String, String)>> {
+        let locked: Vec<LockedFile> = files.iter().map(|f| f.file.clone()).collect();
+        render(&locked)
+    }
+
+    fn nginx_locations(&self) -> &'static str {
+        ""
+    }
+
+    fn index_entry(&self) -> IndexEntry {
+        IndexEntry {
+            heading: "PyPI",
+            usage: format!("<code>pip install --index-url {PLACEHOLDER}/pypi/simple/ ...</code>"),
+        }
+    }
+
+    /// A wheel's project and version are its file name's first two fields (PEP 427); each wheel
+    /// is an SBOM package of its own, told apart by the purl's `file_name`.
+    fn identity(&self, file: &LockedFile, _stored: &Path) -> Result<Identity> {
+        let name = super::ecosystem::below(&file.path, "pypi/files/")?;
+        let project = wheel_project(name).with_context(|| format!("`{name}` is not a wheel file name"))?;
+        let version = name
+            .strip_suffix(".whl")
+            .and_then(|stem| stem.split('-').nth(1))
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("`{name}` names no version"))?
+            .to_string();
+        let purl =
+            format!("pkg:pypi/{}@{}?file_name={}", purl_escape(&project), purl_escape(&version), purl_escape(name));
+        Ok(Identity { name: project, version, kind: FileKind::Package { purl } })
+    }
+}
+
+impl Settings for PypiPlan {
+    fn inputs(&self) -> String {
+        format!("{self:?}")
+    }
+
+    fn resolve(&self, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+        resolve(self, dl, store)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct Report {
@@ -67,7 +187,7 @@ pub fn parse_report(json: &[u8]) -> Result<Vec<Chosen>> {
     for item in report.install {
         let url = item.download_info.url;
         let name = url.rsplit('/').next().unwrap_or_default().split(['#', '?']).next().unwrap_or_default();
-        super::check_file_name(name, &format!("{} from {url}", item.metadata.name))?;
+        super::ecosystem::check_file_name(name, &format!("{} from {url}", item.metadata.name))?;
         if !name.ends_with(".whl") {
             bail!("{}: pip chose {name}, which is not a wheel", item.metadata.name);
         }
@@ -85,11 +205,11 @@ pub fn parse_report(json: &[u8]) -> Result<Vec<Chosen>> {
 }
 
 /// Resolves and downloads every target's files.
-pub fn resolve(p: &PypiPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
+fn resolve(p: &PypiPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
     let mut files: BTreeMap<String, LockedFile> = BTreeMap::new();
     for python in &p.python_versions {
         for platform in &p.platforms {
-            let tmp = tempfile::tempdir().context("creating a temporary folder for pip")?;
+            let tmp = crate::interrupt::ScratchDir::new("airlock-pip-")?;
             let report = tmp.path().join("report.json");
             Cmd::new("pip")
                 .args(["install", "--dry-run", "--ignore-installed", "--quiet", "--only-binary=:all:"])
@@ -112,7 +232,7 @@ pub fn resolve(p: &PypiPlan, dl: &mut Downloader, store: &BlobStore) -> Result<V
                     continue;
                 }
                 let fetched = dl.fetch(&c.url, &Expect { sha256: Some(c.sha256.clone()), size: None }, store)?;
-                let mut entry = super::locked(path.clone(), &c.url, &fetched);
+                let mut entry = LockedFile::fetched(path.clone(), &c.url, &fetched);
                 entry.requires_python = c.requires_python;
                 files.insert(path, entry);
             }

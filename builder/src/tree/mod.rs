@@ -12,6 +12,7 @@
 //! override earlier ones, and OCI whiteouts remove what lower layers put there.
 
 pub mod content;
+mod generated;
 pub mod host_dir;
 pub mod path;
 pub mod tar_input;

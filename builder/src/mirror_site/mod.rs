@@ -1,16 +1,18 @@
-//! The served tree as a whole: the locked files in place, the generated indexes, the listing
-//! page, the `/setup/` scripts and nginx's configuration. This is the build's "build mirrors"
-//! stage.
+//! The served tree as a whole: the locked files in place, the documents each ecosystem
+//! generates from them, the listing page, the `/setup/` scripts and nginx's configuration. This
+//! is the build's "build mirrors" stage; what is particular to an ecosystem comes from it
+//! through [`crate::mirror::ECOSYSTEMS`].
 
-use super::{PLACEHOLDER, ROOT};
 use crate::clock::BuildClock;
-use crate::lock::{Lock, LockedFile, LockedMirrorSet};
+use crate::lock::Lock;
+use crate::lock_check::{self, VerifiedSet};
+use crate::mirror::ecosystem::stored;
+use crate::mirror::{ECOSYSTEMS, IndexEntry, PLACEHOLDER, ROOT};
 use crate::oci::BlobStore;
 use crate::plan::BuildPlan;
 use crate::tree::{Content, Meta, NodeKind, Tree};
 use anyhow::{Context, Result, anyhow};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// nginx's site: the mirror on port 80 and, with the instance's certificate (made on first boot
@@ -18,62 +20,33 @@ use std::sync::Arc;
 /// HTML and the setup scripts become the URL the client used (its scheme and `Host`), so every
 /// document is right through any address, name or port forward. `/ca.crt` is the CA clients
 /// fetch over plain HTTP before they trust anything (its fingerprint is on the console).
-/// These are the mirrors' locations inside nginx's default server ([`nginx_conf`]).
-const NGINX_LOCATIONS: &str = r#"    root /usr/share/airlock/mirror;
+/// These are the mirror's own settings inside nginx's default server ([`nginx_conf`]); each
+/// ecosystem adds its locations.
+const NGINX_SITE: &str = r#"    root /usr/share/airlock/mirror;
     index index.html;
     default_type application/octet-stream;
     sub_filter '@AIRLOCK_MIRROR_URL@' '$scheme://$http_host';
     sub_filter_once off;
 
-    # npm: GET /npm/<name> and /npm/@scope%2fname (nginx decodes %2f) answer with the packument.
-    location /npm/ {
-        sub_filter_types application/json;
-        try_files $uri/index.json =404;
-    }
-    location ~ "^/npm/.+/-/[^/]+\.tgz$" {
-        types { }
-        default_type application/octet-stream;
-    }
-    location /nuget/ {
-        sub_filter_types application/json;
-    }
-    location ~ "\.nupkg$" {
-        types { }
-        default_type application/octet-stream;
-    }
-    location /setup/ {
+"#;
+
+/// The setup scripts are text whose URLs `sub_filter` completes.
+const SETUP_LOCATION: &str = r#"    location /setup/ {
         types { }
         default_type text/plain;
         sub_filter_types text/plain;
     }
-    location /go/ {
-        types { }
-        default_type text/plain;
-        location ~ "\.zip$" {
-            types { }
-            default_type application/zip;
-        }
-    }
 "#;
 
 /// nginx's configuration of the mirror site: the front door's default server
-/// (`front_door::default_server`) with the mirrors' locations.
+/// (`front_door::default_server`) with the mirror's settings and every ecosystem's locations.
 pub fn nginx_conf() -> String {
-    crate::front_door::default_server(
-        "the appliance's mirrors (/usr/share/airlock/mirror), read-only.",
-        NGINX_LOCATIONS,
-    )
-}
-
-/// Puts a generated file (`0644 root:root`) into the tree.
-pub fn put(root: &mut Tree, path: &str, bytes: Vec<u8>) -> Result<()> {
-    root.insert(
-        path.as_bytes(),
-        Meta::root(0o644),
-        NodeKind::File { size: bytes.len() as u64, content: Content::Bytes(bytes.into()) },
-    )
-    .map_err(|p| anyhow!("writing {path}: {p}"))?;
-    Ok(())
+    let mut locations = NGINX_SITE.to_string();
+    for e in ECOSYSTEMS {
+        locations.push_str(e.nginx_locations());
+    }
+    locations.push_str(SETUP_LOCATION);
+    crate::front_door::default_server("the appliance's mirrors (/usr/share/airlock/mirror), read-only.", &locations)
 }
 
 fn human(bytes: u64) -> String {
@@ -90,7 +63,7 @@ fn escape(s: &str) -> String {
 }
 
 /// The listing page: what the appliance carries (versions, sizes) and how clients use it.
-pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
+pub fn index_page(plan: &BuildPlan, sets: &[VerifiedSet<'_>]) -> String {
     let title = escape(if plan.description.is_empty() { &plan.name } else { &plan.description });
     let mut h = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n<h1>{title}</h1>\n<p>{} {} &mdash; mirrors served by this appliance at <code>{PLACEHOLDER}/</code>.</p>\n",
@@ -100,21 +73,10 @@ pub fn index_page(plan: &BuildPlan, sets: &[&LockedMirrorSet]) -> String {
     h.push_str(&format!(
         "<h2>Set up a client</h2>\n<p>Linux and macOS: <code>curl -fsS {PLACEHOLDER}/setup/airlock-setup.sh | sh</code><br>\nWindows: <code>irm {PLACEHOLDER}/setup/airlock-setup.ps1 | iex</code><br>\nThey configure pip, npm, Go, NuGet and the Pulumi CLI for this appliance (<a href=\"setup/airlock-setup.sh\">sh</a>, <a href=\"setup/airlock-setup.ps1\">PowerShell</a>) and make them trust its CA (<a href=\"ca.crt\">ca.crt</a>) once it matches the fingerprint on the appliance's console (<code>ca sha256: ...</code>), given as <code>AIRLOCK_CA_SHA256</code>: required over https.</p>\n"
     ));
-    for set in sets {
+    for verified in sets {
+        let set = verified.locked;
         let total: u64 = set.files.iter().map(|f| f.size).sum();
-        let (heading, use_it) = match set.set.as_str() {
-            "pulumi" => (
-                "Pulumi CLI and plugins",
-                format!(
-                    "<code>PULUMI_PLUGIN_DOWNLOAD_URL_OVERRIDES='.*={PLACEHOLDER}/pulumi/plugins'</code>; CLI archives in <a href=\"pulumi/releases/\">pulumi/releases/</a>"
-                ),
-            ),
-            "pypi" => ("PyPI", format!("<code>pip install --index-url {PLACEHOLDER}/pypi/simple/ ...</code>")),
-            "npm" => ("npm", format!("<code>npm config set registry {PLACEHOLDER}/npm/</code>")),
-            "go" => ("Go modules", format!("<code>GOPROXY={PLACEHOLDER}/go,off GOSUMDB=off</code>")),
-            "nuget" => ("NuGet", format!("source <code>{PLACEHOLDER}/nuget/v3/index.json</code>")),
-            other => (other, String::new()),
-        };
+        let IndexEntry { heading, usage: use_it } = verified.planned.ecosystem.index_entry();
         h.push_str(&format!(
             "<h2>{heading}</h2>\n<p>{} files, {}. {use_it}</p>\n<table>\n",
             set.files.len(),
@@ -156,7 +118,8 @@ pub fn setup_ps1() -> String {
 }
 
 /// The build stage: every locked file of the plan's sets verified and placed, the indexes
-/// generated, the CLI installed, the site and nginx configured.
+/// generated, what an ecosystem installs on the appliance (the Pulumi CLI) installed, the site
+/// and nginx configured.
 pub fn build(
     root: &mut Tree,
     plan: &BuildPlan,
@@ -170,58 +133,33 @@ pub fn build(
     }
     root.begin_layer();
     std::fs::create_dir_all(spool).with_context(|| format!("creating {}", spool.display()))?;
-    let sets = super::verify_cached(plan, lock, store)?;
+    let sets = lock_check::verify_mirrors(plan, lock, store)?;
     let mut meta = Meta::root(0o644);
     meta.mtime = clock.epoch();
     let mut generated: Vec<(String, String)> = Vec::new();
-    let mut by_set: BTreeMap<&str, Vec<(LockedFile, PathBuf)>> = BTreeMap::new();
-    for (set, paths) in &sets {
-        for (f, p) in set.files.iter().zip(paths) {
+    for set in &sets {
+        for (f, p) in set.locked.files.iter().zip(&set.paths) {
             let at = format!("{ROOT}/{}", f.path);
             root.insert(
                 at.as_bytes(),
                 meta.clone(),
                 NodeKind::File { size: f.size, content: Content::Host(Arc::from(p.as_path())) },
             )
-            .map_err(|e| anyhow!("placing {at}: {e}"))?;
-            by_set.entry(set.set.as_str()).or_default().push((f.clone(), p.clone()));
+            .map_err(|e| anyhow!("placing /{at}: {e}"))?;
         }
+        let files = stored(&set.locked.files, &set.paths);
+        let name = set.planned.name();
+        generated.extend(set.planned.ecosystem.render(&files).with_context(|| format!("mirror set `{name}`"))?);
+        set.planned.settings.install(root, &files, spool).with_context(|| format!("mirror set `{name}`"))?;
     }
-    for (set, files) in &by_set {
-        let locked: Vec<LockedFile> = files.iter().map(|(f, _)| f.clone()).collect();
-        match *set {
-            "pypi" => generated.extend(super::pypi::render(&locked)?),
-            "go" => generated.extend(super::goproxy::render(&locked)),
-            "nuget" => generated.extend(super::nuget::render(&locked)?),
-            "npm" => {
-                let mut versions = Vec::new();
-                for (f, p) in files {
-                    let pj = super::npm::read_package_json(p).with_context(|| f.path.clone())?;
-                    versions.push((f, pj, super::npm::integrity_of(p)?));
-                }
-                generated.extend(super::npm::render(&versions)?);
-            }
-            _ => {}
-        }
-    }
-    if let Some(p) = &plan.mirrors.pulumi {
-        super::pulumi::install(root, p, by_set.get("pulumi").map(Vec::as_slice).unwrap_or(&[]), spool)?;
-    }
-    let set_refs: Vec<&LockedMirrorSet> = sets.iter().map(|(s, _)| *s).collect();
-    generated.push(("index.html".into(), index_page(plan, &set_refs)));
+    generated.push(("index.html".into(), index_page(plan, &sets)));
     generated.push(("setup/airlock-setup.sh".into(), setup_sh()));
     generated.push(("setup/airlock-setup.ps1".into(), setup_ps1()));
     for (path, text) in generated {
-        let at = format!("{ROOT}/{path}");
-        root.insert(
-            at.as_bytes(),
-            meta.clone(),
-            NodeKind::File { size: text.len() as u64, content: Content::Bytes(text.into_bytes().into()) },
-        )
-        .map_err(|e| anyhow!("writing {at}: {e}"))?;
+        root.put_file_with(&format!("{ROOT}/{path}"), meta.clone(), text)?;
     }
     // The mirror is nginx's default site (`front_door` removes Debian's).
-    put(root, "etc/nginx/conf.d/airlock-mirror.conf", nginx_conf().into_bytes())?;
+    root.put_file("etc/nginx/conf.d/airlock-mirror.conf", 0o644, nginx_conf())?;
     Ok(())
 }
 
@@ -246,6 +184,7 @@ mod tests {
 
     use crate::firstboot::tls;
     use crate::mirror::download::tests::serve;
+    use std::path::PathBuf;
     use std::process::{Command, Output};
 
     /// A test CA and its fingerprint as the banner prints it.

@@ -1,32 +1,30 @@
 //! Validation: a raw [`Spec`] becomes a [`BuildPlan`] once, with every error naming its key.
 //! Everything after this point trusts the plan.
+//!
+//! [`validate`] only checks and converts (containers in `containers.rs`, the mirror ecosystems'
+//! sections through [`crate::mirror::validate`]); what airlock adds on its own account — the
+//! registry and podman for an appliance with containers, nginx as the front door, the
+//! `registry` and `mirror` services — is `policy.rs`, applied to the checked plan.
+
+mod containers;
+mod policy;
 
 use crate::base_os::BaseOs;
-use crate::oci::{ImageReference, ImageSource, SourceKind};
+use crate::mirror::{MirrorPlan, SpecContext};
 use crate::outputs::{Format, VmHardware};
 use crate::seed::Seed;
 use crate::size::{ByteSize, MIB};
-use crate::spec::Spec;
+use crate::spec::{DiskSpec, OsSpec, ServiceSpec, Spec, UnitsSpec, VmSpec};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A spec value that is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanError {
-    pub file: String,
-    pub key: String,
-    pub message: String,
-}
+pub use crate::spec::PlanError;
+pub use containers::{ContainerPlan, ContainerSource};
+pub use policy::{WEB_UNIT, has_front_door};
 
-impl fmt::Display for PlanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: `{}`: {}", self.file, self.key, self.message)
-    }
-}
-
-impl std::error::Error for PlanError {}
+/// The lock's file name, next to the spec: where `airlock fetch` pins what it resolved.
+pub const LOCK_FILE_NAME: &str = "appliance.lock";
 
 /// Sizes of the disk and its partitions, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,81 +45,6 @@ pub struct Service {
     pub url: Option<String>,
 }
 
-/// A container image the appliance carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerPlan {
-    /// Local name: names the container's unit and banner line.
-    pub name: String,
-    /// The image's reference as the spec wrote it (`mysql:8.0`): what the appliance's units
-    /// name, for podman to resolve through the appliance's registries.conf.
-    pub image: String,
-    /// The same reference, normalized (`docker.io/library/mysql:8.0`): what the lock records.
-    pub reference: ImageReference,
-    pub source: ContainerSource,
-}
-
-/// Where `airlock fetch` gets a container image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerSource {
-    /// The registry the reference names, over the distribution protocol.
-    Registry,
-    /// An OCI layout, OCI archive or docker-archive on the build host.
-    Local {
-        /// The path resolved against the spec's folder.
-        source: ImageSource,
-        /// As the spec wrote it (relative to the spec): what the lock file records, so it stays
-        /// valid wherever the checkout is.
-        written: String,
-    },
-}
-
-impl ContainerSource {
-    /// The spec's syntax: `registry`, `oci:<dir>[:<name>]`, `oci-archive:<file>[:<name>]`,
-    /// `docker-archive:<file>[:<tag>]`. The first `:` after the transport ends the path.
-    pub fn parse(text: &str, spec_dir: &Path) -> Result<Self, String> {
-        if text == "registry" {
-            return Ok(Self::Registry);
-        }
-        let Some((transport, rest)) = text.split_once(':') else {
-            return Err(format!(
-                "`{text}` is not `registry`, `oci:<dir>`, `oci-archive:<file>` or `docker-archive:<file>`"
-            ));
-        };
-        let kind = match transport {
-            "oci" => SourceKind::OciLayout,
-            "oci-archive" => SourceKind::OciArchive,
-            "docker-archive" => SourceKind::DockerArchive,
-            other => {
-                return Err(format!(
-                    "`{other}` is not a source airlock reads (use registry, oci, oci-archive or docker-archive)"
-                ));
-            }
-        };
-        let (path, select) = match rest.split_once(':') {
-            Some((path, select)) => (path, Some(select)),
-            None => (rest, None),
-        };
-        if path.is_empty() {
-            return Err(format!("`{text}` names no path"));
-        }
-        if select == Some("") {
-            return Err(format!("`{text}` ends in `:` but names no image after it"));
-        }
-        let source = ImageSource { kind, path: spec_dir.join(path), select: select.map(str::to_string) };
-        Ok(Self::Local { source, written: text.to_string() })
-    }
-}
-
-impl fmt::Display for ContainerSource {
-    /// As the spec wrote it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Registry => f.write_str("registry"),
-            Self::Local { written, .. } => f.write_str(written),
-        }
-    }
-}
-
 /// Everything a build needs, validated.
 #[derive(Debug, Clone)]
 pub struct BuildPlan {
@@ -140,8 +63,11 @@ pub struct BuildPlan {
     pub mask: Vec<String>,
     pub services: Vec<Service>,
     pub containers: Vec<ContainerPlan>,
-    /// The Pulumi CLI, plugins and language package mirrors the appliance carries and serves.
-    pub mirrors: crate::mirror::MirrorPlan,
+    /// The Pulumi CLI, plugins and language package mirrors the appliance carries and serves:
+    /// one set per ecosystem the spec configures.
+    pub mirrors: MirrorPlan,
+    /// Who supplies the appliance (`Organization: ...`), for the SBOM; `None`: not said.
+    pub supplier: Option<String>,
     /// The spec's folder: relative sources in the lock resolve against it.
     pub spec_dir: PathBuf,
     /// `<spec dir>/appliance.lock`: the containers' pinned digests.
@@ -167,14 +93,6 @@ impl Default for HostContext {
     }
 }
 
-/// Packages an appliance with container images needs: the registry that serves them and the
-/// runtime that runs them (netavark needs nftables for its firewall rules, and aardvark-dns to
-/// let containers find each other by name).
-const CONTAINER_PACKAGES: &[&str] = &["docker-registry", "podman", "netavark", "aardvark-dns", "nftables"];
-
-/// Debian's nginx flavours: any of them is the front door.
-const WEB_SERVERS: &[&str] = &["nginx", "nginx-light", "nginx-full", "nginx-extras", "nginx-core"];
-
 /// Smallest data partition the ext4 writer and first boot's growth are happy with.
 const MIN_DATA: u64 = 32 * MIB;
 /// Smallest root partition worth building.
@@ -184,11 +102,12 @@ const GPT_OVERHEAD: u64 = 2 * MIB;
 /// What a Debian appliance needs to boot to its services (and hypervisors accept).
 const MIN_VM_MEMORY: u64 = 256 * MIB;
 const MAX_CPUS: u32 = 256;
-const UNIT_SUFFIXES: &[&str] = &[".service", ".target", ".socket", ".timer", ".mount", ".path", ".automount", ".slice"];
+/// The most of a spec that is read (a real one is a few KiB).
+pub const MAX_SPEC_FILE: u64 = 1 << 20;
 
 /// Reads, parses and validates `spec_path`.
 pub fn plan(spec_path: &Path, host: &HostContext) -> Result<BuildPlan> {
-    let text = std::fs::read(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    let text = crate::input_file::read_capped(spec_path, MAX_SPEC_FILE, "spec")?;
     let origin = spec_path.display().to_string();
     let spec = Spec::parse(std::str::from_utf8(&text).with_context(|| format!("{origin} is not UTF-8"))?, &origin)?;
     let spec_dir = spec_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -198,7 +117,7 @@ pub fn plan(spec_path: &Path, host: &HostContext) -> Result<BuildPlan> {
     Ok(plan)
 }
 
-fn is_name(s: &str, max: usize) -> bool {
+pub(super) fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -209,18 +128,131 @@ fn is_name(s: &str, max: usize) -> bool {
 /// Validates a parsed spec; relative paths resolve against `spec_dir`.
 pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -> Result<BuildPlan, PlanError> {
     let err = |key: &str, message: String| PlanError { file: origin.to_string(), key: key.to_string(), message };
+    let err: Err<'_> = &err;
+    check_identity(&spec, err)?;
+    let supplier = check_supplier(spec.supplier.as_deref(), err)?;
+    let mirror = check_os(&spec.os, host, err)?;
+    let disk = check_disk(&spec.disk, err)?;
+    let confined = !spec.allow_overlays_outside_the_spec_folder;
+    let dirs = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, PlanError> {
+        list.iter().map(|p| overlay_dir(spec_dir, p, confined).map_err(|why| err(key, why))).collect()
+    };
+    let overlays = dirs("overlays", &spec.overlays)?;
+    let unit_dirs = dirs("units.dirs", &spec.units.dirs)?;
+    check_unit_lists(&spec.units, err)?;
+    let services = check_services(&spec.services, err)?;
+    let formats = crate::outputs::parse_formats(&spec.outputs.formats).map_err(|m| err("outputs.formats", m))?;
+    let vm = check_vm(&spec.outputs.vm, err)?;
+    let signing_key = match &spec.signing.key {
+        Some(k) if !spec_dir.join(k).is_file() => {
+            return Err(err("signing.key", format!("{} is not a file", spec_dir.join(k).display())));
+        }
+        Some(k) => Some(spec_dir.join(k)),
+        None => None,
+    };
+    let containers = containers::validate(&spec.containers, spec_dir, err)?;
+    let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
 
+    let mut plan = BuildPlan {
+        mirrors,
+        spec_dir: spec_dir.to_path_buf(),
+        formats,
+        vm,
+        signing_key,
+        seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
+        base: BaseOs::new(&spec.os.suite, &mirror, &spec.os.packages, &spec.os.refresh),
+        name: spec.name,
+        version: spec.version,
+        description: spec.description,
+        spec_path: PathBuf::new(),
+        spec_sha256: String::new(),
+        hostname: spec.os.hostname,
+        kernel_cmdline: spec.os.kernel_cmdline,
+        disk,
+        overlays,
+        unit_dirs,
+        enable: spec.units.enable,
+        mask: spec.units.mask,
+        services,
+        containers,
+        supplier,
+        lock_path: spec_dir.join(LOCK_FILE_NAME),
+    };
+    policy::apply(&mut plan);
+    Ok(plan)
+}
+
+/// Makes the error for a key.
+type Err<'a> = &'a dyn Fn(&str, String) -> PlanError;
+
+/// An overlay (or unit) folder named in the spec: a directory, inside the spec's folder unless
+/// `confined` is off. Symlinks are resolved before the check, so a link in the spec's folder
+/// cannot lead outside it either.
+fn overlay_dir(spec_dir: &Path, p: &Path, confined: bool) -> Result<PathBuf, String> {
+    let full = spec_dir.join(p);
+    let shown = crate::printable::escape(&full.display().to_string()).into_owned();
+    if !full.is_dir() {
+        return Err(format!("{shown} is not a directory"));
+    }
+    if confined {
+        let base = spec_dir.canonicalize().map_err(|e| format!("resolving the spec's folder: {e}"))?;
+        let real = full.canonicalize().map_err(|e| format!("resolving {shown}: {e}"))?;
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "{shown} is outside the spec's folder {} (it is {}); its files would be copied from the build host into \
+                 the image. Move it inside, or set allow_overlays_outside_the_spec_folder = true",
+                base.display(),
+                real.display()
+            ));
+        }
+    }
+    Ok(full)
+}
+
+fn check_identity(spec: &Spec, err: Err<'_>) -> Result<(), PlanError> {
     if !is_name(&spec.name, 63) {
         return Err(err("name", format!("`{}` must be 1-63 lower-case letters, digits or `-`", spec.name)));
     }
     if spec.version.is_empty() || !spec.version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)) {
         return Err(err("version", format!("`{}` must be letters, digits and . _ + - ~", spec.version)));
     }
-    let os = &spec.os;
+    // Written into the OVF (XML, which has no way to carry most control characters) and the
+    // mirror's listing page.
+    if spec.description.chars().any(char::is_control) || spec.description.len() > 1000 {
+        return Err(err(
+            "description",
+            "must be one line of at most 1000 characters, without control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `Organization: <name>` or `Person: <name>`, as SPDX writes a supplier.
+fn check_supplier(supplier: Option<&str>, err: Err<'_>) -> Result<Option<String>, PlanError> {
+    let Some(s) = supplier else { return Ok(None) };
+    let named = ["Organization: ", "Person: "]
+        .iter()
+        .find_map(|prefix| s.strip_prefix(prefix))
+        .is_some_and(|name| !name.trim().is_empty() && !name.chars().any(char::is_control));
+    if !named {
+        return Err(err("supplier", format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)")));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Checks `[os]`; returns the Debian mirror (the spec's, or the build host's).
+fn check_os(os: &OsSpec, host: &HostContext, err: Err<'_>) -> Result<String, PlanError> {
     if os.suite.is_empty() || !os.suite.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
         return Err(err("os.suite", format!("`{}` is not a Debian suite name", os.suite)));
     }
     let mirror = match &os.mirror {
+        // mmdebstrap writes the mirror into the image's sources.list: one line, no spaces.
+        Some(m) if m.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(err(
+                "os.mirror",
+                format!("`{}` holds a space or a control character", crate::printable::escape(m)),
+            ));
+        }
         Some(m) if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/") => {
             m.trim_end_matches('/').to_string()
         }
@@ -238,7 +270,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         }
     }
     for a in &os.kernel_cmdline {
-        if a.is_empty() || a.contains(char::is_whitespace) {
+        if a.is_empty() || a.contains(char::is_whitespace) || a.contains(char::is_control) {
             return Err(err("os.kernel_cmdline", format!("`{a}` must be one argument without spaces")));
         }
         if a.starts_with("root=") || a.starts_with("console=") {
@@ -248,8 +280,10 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
     if !os.hostname.split('.').all(|label| is_name(label, 63)) || os.hostname.len() > 253 {
         return Err(err("os.hostname", format!("`{}` is not a valid host name", os.hostname)));
     }
+    Ok(mirror)
+}
 
-    let d = &spec.disk;
+fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskSizes, PlanError> {
     let esp_min = crate::fat::min_fat32_size();
     if d.esp_size.bytes() < esp_min {
         return Err(err("disk.esp_size", format!("{} is below FAT32's minimum of {}", d.esp_size, ByteSize(esp_min))));
@@ -262,8 +296,23 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
     {
         return Err(err("disk.root_size", format!("{r} is below the minimum of {}", ByteSize(MIN_ROOT))));
     }
+    // No size may exceed the largest disk: then the sum below cannot overflow either.
+    let sizes = [("disk.size", Some(d.size)), ("disk.esp_size", Some(d.esp_size)), ("disk.root_size", d.root_size)];
+    for (key, size) in sizes.into_iter().chain([("disk.data_size", Some(d.data_size))]) {
+        if let Some(size) = size
+            && size.bytes() > crate::disk::MAX_DISK
+        {
+            return Err(err(
+                key,
+                format!("{size} is larger than the largest disk airlock builds ({})", ByteSize(crate::disk::MAX_DISK)),
+            ));
+        }
+    }
     let root_need = d.root_size.map_or(MIN_ROOT, ByteSize::bytes);
-    let need = d.esp_size.bytes() + root_need + d.data_size.bytes() + GPT_OVERHEAD;
+    let need = [d.esp_size.bytes(), root_need, d.data_size.bytes(), GPT_OVERHEAD]
+        .into_iter()
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(|| err("disk.size", "the partition sizes add up past what a 64-bit size holds".into()))?;
     if d.size.bytes() < need {
         return Err(err(
             "disk.size",
@@ -277,46 +326,73 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
             ),
         ));
     }
+    Ok(DiskSizes {
+        size: d.size.bytes(),
+        esp: d.esp_size.bytes(),
+        root: d.root_size.map(ByteSize::bytes),
+        data: d.data_size.bytes(),
+    })
+}
 
-    let dir_list = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, PlanError> {
-        list.iter()
-            .map(|p| {
-                let full = spec_dir.join(p);
-                if full.is_dir() { Ok(full) } else { Err(err(key, format!("{} is not a directory", full.display()))) }
-            })
-            .collect()
-    };
-    let overlays = dir_list("overlays", &spec.overlays)?;
-    let unit_dirs = dir_list("units.dirs", &spec.units.dirs)?;
-    for (key, list) in [("units.enable", &spec.units.enable), ("units.mask", &spec.units.mask)] {
+/// `name` as a unit name systemd accepts (see [`crate::unit_name`]), or the error for `key`.
+fn check_unit_name(key: &str, name: &str, allow_template: bool, err: Err<'_>) -> Result<(), PlanError> {
+    match crate::unit_name::problem(name, allow_template) {
+        None => Ok(()),
+        Some(why) => Err(err(key, format!("`{}` is not a systemd unit name: {why}", crate::printable::escape(name)))),
+    }
+}
+
+fn check_unit_lists(units: &UnitsSpec, err: Err<'_>) -> Result<(), PlanError> {
+    for (key, list) in [("units.enable", &units.enable), ("units.mask", &units.mask)] {
         for u in list {
-            if !UNIT_SUFFIXES.iter().any(|s| u.ends_with(s)) || u.contains('/') {
-                return Err(err(key, format!("`{u}` is not a systemd unit name")));
-            }
+            check_unit_name(key, u, true, err)?;
         }
     }
-    let mut services = Vec::new();
-    for (i, s) in spec.services.iter().enumerate() {
+    Ok(())
+}
+
+/// A service's URL as the banner shows it: `http://` or `https://`, then printable characters
+/// without spaces (the banner's services file is space-separated, one service per line). The
+/// placeholders `{address}`, `{domain}` and `{hostname}` are filled in at boot.
+fn url_problem(url: &str) -> Option<&'static str> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Some("it must start with http:// or https://");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it holds a space or a control character");
+    }
+    if url.len() > 2048 {
+        return Some("it is longer than 2048 characters");
+    }
+    let host = url.split("://").nth(1).unwrap_or("");
+    if host.is_empty() || host.starts_with('/') {
+        return Some("it names no host");
+    }
+    None
+}
+
+fn check_services(list: &[ServiceSpec], err: Err<'_>) -> Result<Vec<Service>, PlanError> {
+    let mut services: Vec<Service> = Vec::new();
+    for (i, s) in list.iter().enumerate() {
         let key = |k: &str| format!("services[{i}].{k}");
         if !is_name(&s.name, 32) {
             return Err(err(&key("name"), format!("`{}` must be lower-case letters, digits or `-`", s.name)));
         }
-        if services.iter().any(|x: &Service| x.name == s.name) {
+        if services.iter().any(|x| x.name == s.name) {
             return Err(err(&key("name"), format!("`{}` is listed twice", s.name)));
         }
-        if !UNIT_SUFFIXES.iter().any(|x| s.unit.ends_with(x)) {
-            return Err(err(&key("unit"), format!("`{}` is not a systemd unit name", s.unit)));
-        }
+        check_unit_name(&key("unit"), &s.unit, false, err)?;
         if let Some(url) = &s.url
-            && !url.contains("://")
+            && let Some(why) = url_problem(url)
         {
-            return Err(err(&key("url"), format!("`{url}` is not a URL")));
+            return Err(err(&key("url"), format!("`{}` is not a URL: {why}", crate::printable::escape(url))));
         }
         services.push(Service { name: s.name.clone(), unit: s.unit.clone(), url: s.url.clone() });
     }
+    Ok(services)
+}
 
-    let formats = crate::outputs::parse_formats(&spec.outputs.formats).map_err(|m| err("outputs.formats", m))?;
-    let vm = &spec.outputs.vm;
+fn check_vm(vm: &VmSpec, err: Err<'_>) -> Result<VmHardware, PlanError> {
     if !(1..=MAX_CPUS).contains(&vm.cpus) {
         return Err(err("outputs.vm.cpus", format!("{} must be 1 to {MAX_CPUS}", vm.cpus)));
     }
@@ -326,118 +402,13 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
             format!("{} must be whole MiB and at least {}", vm.memory, ByteSize(MIN_VM_MEMORY)),
         ));
     }
-    let signing_key = match &spec.signing.key {
-        Some(k) => {
-            let full = spec_dir.join(k);
-            if !full.is_file() {
-                return Err(err("signing.key", format!("{} is not a file", full.display())));
-            }
-            Some(full)
-        }
-        None => None,
-    };
-    let containers = validate_containers(&spec.containers, spec_dir, &err)?;
-    let mirrors = crate::mirror::plan::validate(spec.pulumi.as_ref(), &spec.mirrors, spec_dir, &err)?;
-    // An appliance that carries container images serves them from its own registry (and runs
-    // them with podman): both come with the base OS, and the registry is one of its services.
-    let mut packages = os.packages.clone();
-    if !containers.is_empty() {
-        packages.extend(CONTAINER_PACKAGES.iter().map(|p| p.to_string()));
-        if !services.iter().any(|s| s.name == "registry") {
-            services.push(Service {
-                name: "registry".into(),
-                unit: "docker-registry.service".into(),
-                url: Some("https://registry.{domain}/".into()),
-            });
-        }
-    }
-
-    // nginx is the front door of an appliance with a registry or mirrors: the CA over plain
-    // HTTP (`/ca.crt`), TLS with the instance's certificate for `registry.<domain>`, and the
-    // mirrors on 80 and 443 (`front_door.rs`).
-    let mut enable = spec.units.enable;
-    if !containers.is_empty() || !mirrors.is_empty() {
-        if !packages.iter().any(|p| WEB_SERVERS.contains(&p.as_str())) {
-            packages.push("nginx-light".to_string());
-        }
-        if !enable.iter().any(|u| u == crate::front_door::WEB_UNIT) {
-            enable.push(crate::front_door::WEB_UNIT.to_string());
-        }
-    }
-    if !mirrors.is_empty() && !services.iter().any(|s| s.name == "mirror") {
-        services.push(Service {
-            name: "mirror".into(),
-            unit: crate::front_door::WEB_UNIT.into(),
-            url: Some("http://{address}/".into()),
-        });
-    }
-
-    Ok(BuildPlan {
-        mirrors,
-        spec_dir: spec_dir.to_path_buf(),
-        formats,
-        vm: VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB },
-        signing_key,
-        seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
-        base: BaseOs::new(&os.suite, &mirror, &packages, &os.refresh),
-        name: spec.name,
-        version: spec.version,
-        description: spec.description,
-        spec_path: PathBuf::new(),
-        spec_sha256: String::new(),
-        hostname: spec.os.hostname,
-        kernel_cmdline: spec.os.kernel_cmdline,
-        disk: DiskSizes {
-            size: d.size.bytes(),
-            esp: d.esp_size.bytes(),
-            root: d.root_size.map(ByteSize::bytes),
-            data: d.data_size.bytes(),
-        },
-        overlays,
-        unit_dirs,
-        enable,
-        mask: spec.units.mask,
-        services,
-        containers,
-        lock_path: spec_dir.join(crate::lock::LOCK_FILE_NAME),
-    })
-}
-
-fn validate_containers(
-    list: &[crate::spec::ContainerSpec],
-    spec_dir: &Path,
-    err: &dyn Fn(&str, String) -> PlanError,
-) -> Result<Vec<ContainerPlan>, PlanError> {
-    let mut containers: Vec<ContainerPlan> = Vec::new();
-    for (i, c) in list.iter().enumerate() {
-        let key = |k: &str| format!("containers[{i}].{k}");
-        if !is_name(&c.name, 63) {
-            return Err(err(&key("name"), format!("`{}` must be 1-63 lower-case letters, digits or `-`", c.name)));
-        }
-        if containers.iter().any(|x| x.name == c.name) {
-            return Err(err(&key("name"), format!("`{}` is listed twice", c.name)));
-        }
-        let reference = ImageReference::parse(&c.image).map_err(|e| err(&key("image"), e.to_string()))?;
-        let source = ContainerSource::parse(&c.source, spec_dir).map_err(|e| err(&key("source"), e))?;
-        // One reference is one image on the appliance's registry; two sources for it would make
-        // which one it serves depend on the order of the list.
-        if let Some(other) = containers.iter().find(|x| x.reference == reference && x.source != source) {
-            return Err(err(
-                &key("image"),
-                format!(
-                    "`{reference}` is also container `{}`'s image, from source `{}`; one reference needs one source",
-                    other.name, other.source
-                ),
-            ));
-        }
-        containers.push(ContainerPlan { name: c.name.clone(), image: c.image.clone(), reference, source });
-    }
-    Ok(containers)
+    Ok(VmHardware { cpus: vm.cpus, memory_mib: vm.memory.bytes() / MIB })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::SourceKind;
 
     const GOOD: &str = r#"
 name = "demo"
@@ -521,6 +492,19 @@ url = "http://{address}/"
         assert_eq!(check(&cmdline).unwrap_err().key, "os.kernel_cmdline");
         let overlay = GOOD.replace("[os]", "overlays = [\"no-such-dir\"]\n[os]");
         assert_eq!(check(&overlay).unwrap_err().key, "overlays");
+        let supplier = |s: &str| check(&GOOD.replace("[os]", &format!("supplier = \"{s}\"\n[os]")));
+        assert_eq!(
+            supplier("Organization: Example Corp").unwrap().supplier.as_deref(),
+            Some("Organization: Example Corp")
+        );
+        assert_eq!(
+            supplier("Person: Jane Doe (jane@example.test)").unwrap().supplier.as_deref(),
+            Some("Person: Jane Doe (jane@example.test)")
+        );
+        for bad in ["Example Corp", "Organization: ", "Tool: airlock"] {
+            assert_eq!(supplier(bad).unwrap_err().key, "supplier", "{bad}");
+        }
+        assert_eq!(check(GOOD).unwrap().supplier, None);
     }
 
     const CONTAINERS: &str = r#"
