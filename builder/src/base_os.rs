@@ -90,8 +90,11 @@ impl BaseOs {
             log::info!("base OS: cached {} ({} packages requested)", tar.display(), self.packages.len());
             return Ok(tar);
         }
-        let partial = dir.join(format!(".{key}.tar.partial"));
-        let _ = std::fs::remove_file(&partial);
+        // Created exclusively and locked (a leftover of a killed run is replaced, a link
+        // planted there is not followed, a concurrent build of the same base is refused);
+        // mmdebstrap then writes into this very file.
+        let output = crate::output_file::PartialFile::create(&tar)?;
+        let partial = output.partial_path().to_path_buf();
         let log_path = dir.join(format!("{key}.log"));
         log::info!("base OS: running mmdebstrap for {} (log: {})", self.suite, log_path.display());
         let result = Cmd::new("mmdebstrap")
@@ -105,15 +108,9 @@ impl BaseOs {
             .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
             .run_logged(&log_path);
         if let Err(e) = result {
-            let _ = std::fs::remove_file(&partial);
             return Err(e.context(format!("building the {} base OS", self.suite)));
         }
-        std::fs::File::open(&partial)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {}", partial.display()))?;
-        std::fs::rename(&partial, &tar)
-            .with_context(|| format!("renaming {} to {}", partial.display(), tar.display()))?;
-        Ok(tar)
+        output.commit()
     }
 }
 

@@ -21,13 +21,22 @@ pub fn main() -> std::process::ExitCode {
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_target(false)
-        .format_timestamp(None)
+        .format(|out, record| {
+            use std::io::Write;
+            // Messages quote inputs (paths, entry names, values): no control byte of theirs
+            // reaches the terminal.
+            let text = record.args().to_string();
+            writeln!(out, "[{}] {}", record.level(), crate::printable::escape_keeping_lines(&text))
+        })
         .init();
+    if let Err(err) = crate::interrupt::install() {
+        log::warn!("{err:#}: an interrupted run may leave .partial files for the next one to remove");
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let text = format!("{err:#}");
+            eprintln!("error: {}", crate::printable::escape_keeping_lines(&text));
             std::process::ExitCode::FAILURE
         }
     }
@@ -73,6 +82,10 @@ pub struct VerifyArgs {
     /// The public key: a minisign .pub file or its one-line base64 form.
     #[arg(long, value_name = "PREFIX.pub|KEY")]
     pub pubkey: String,
+    /// Fail when the directory holds files that SHA256SUMS does not list (otherwise a warning
+    /// names them).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,7 +244,7 @@ fn formats(names: &[String]) -> Result<Option<Vec<Format>>> {
 
 fn run_verify(args: VerifyArgs) -> Result<()> {
     let key = crate::signing::read_public_key(&args.pubkey)?;
-    let report = crate::verify::verify(&args.path, &key)?;
+    let report = crate::verify::verify(&args.path, &key, &crate::verify::VerifyOptions { strict: args.strict })?;
     print!("{report}");
     Ok(())
 }
@@ -390,14 +403,20 @@ fn spool_dir(out: &Path) -> PathBuf {
     }
 }
 
-fn load(input: &Path, spool: &Path) -> Result<Tree> {
+/// A tree from a folder or tar that goes to a partition of `capacity` bytes.
+fn load(input: &Path, spool: &Path, capacity: u64) -> Result<Tree> {
     let mut t = Tree::new();
-    tree::apply_path(&mut t, input, spool).with_context(|| format!("loading {}", input.display()))?;
+    tree::apply_path(&mut t, input, spool, capacity).with_context(|| format!("loading {}", input.display()))?;
     Ok(t)
 }
 
 fn run_disk(args: DiskArgs) -> Result<()> {
     let clock = BuildClock::from_env()?;
+    let spool = spool_dir(&args.out);
+    if !spool.is_dir() {
+        anyhow::bail!("output directory {} does not exist", spool.display());
+    }
+    crate::output_file::clean_stale(&spool)?;
     let formats = formats(&args.format)?;
     let key = args.sign_key.as_deref().map(signing_key).transpose()?;
     let release = match (formats, key) {
@@ -414,7 +433,7 @@ fn run_disk(args: DiskArgs) -> Result<()> {
         }),
     };
     let job = DiskJob {
-        partitions: disk_partitions(&args, &spool_dir(&args.out))?,
+        partitions: disk_partitions(&args, &spool)?,
         image: args.out,
         size: args.size.bytes(),
         seed: Seed::new(args.seed),
@@ -445,12 +464,15 @@ fn disk_partitions(args: &DiskArgs, spool: &Path) -> Result<Vec<PartitionRequest
         None if alone => None,
         None => table_default(Role::Esp),
     };
-    let mut partitions = vec![PartitionRequest { role: Role::Esp, size: esp_size, tree: load(&args.esp, spool)? }];
+    // No input may unpack to more than the partition (or the disk) it goes to.
+    let disk_size = args.size.bytes();
+    let esp_tree = load(&args.esp, spool, esp_size.unwrap_or(disk_size))?;
+    let mut partitions = vec![PartitionRequest { role: Role::Esp, size: esp_size, tree: esp_tree }];
     if let Some(root) = &args.root {
         // Without --root-size the root takes the rest; with it, the rest stays unpartitioned.
         let role = Role::Root(Slot::A);
         let size = args.root_size.map(ByteSize::bytes).or_else(|| table_default(role));
-        partitions.push(PartitionRequest { role, size, tree: load(root, spool)? });
+        partitions.push(PartitionRequest { role, size, tree: load(root, spool, size.unwrap_or(disk_size))? });
     }
     if let Some(data) = args.data {
         partitions.push(PartitionRequest { role: Role::Data, size: Some(data.bytes()), tree: Tree::new() });

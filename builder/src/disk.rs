@@ -34,6 +34,10 @@ pub struct DiskPlan {
     pub clock: BuildClock,
 }
 
+/// The largest disk airlock builds (16 TiB): every size in a spec or on the command line is
+/// checked against it before any arithmetic.
+pub const MAX_DISK: u64 = 16 << 40;
+
 /// Lays partitions out in the table's order from 1 MiB, each on a 1 MiB boundary; at most one
 /// partition has no size and takes the rest.
 pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<PartitionRequest>) -> Result<DiskPlan> {

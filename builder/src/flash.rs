@@ -1,13 +1,21 @@
 //! `airlock flash`: an image onto a USB stick or disk, safely.
 //!
-//! 1. verify the release (signature, checksums, partitions; unless `--no-verify`);
-//! 2. refuse a target that is not a block device or regular file, that is mounted (itself, a
+//! 1. open the image once: every later step reads that one open file, whatever its path names
+//!    by then;
+//! 2. verify the release (signature, checksums, partitions; unless `--no-verify`) and keep the
+//!    image's SHA-256 from the signed `SHA256SUMS`;
+//! 3. refuse a target that is not a block device or regular file, that is mounted (itself, a
 //!    partition, or something stacked on it), that holds the running system, or that is
 //!    smaller than the image ([`check_target`]);
-//! 3. ask for confirmation unless `--yes` (and refuse without a terminal to ask on);
-//! 4. write every byte (holes too: the target's old contents must not show through), with
-//!    progress, hashing as it goes; fsync;
-//! 5. drop the target's cached pages and read it back, comparing the SHA-256.
+//! 4. ask for confirmation unless `--yes` (and refuse without a terminal to ask on);
+//! 5. write every byte (holes too: the target's old contents must not show through), with
+//!    progress, hashing the image's bytes as they are read (the compressed ones for `.raw.zst`)
+//!    and what is written; fsync. The image's hash must equal the signed one before anything
+//!    is called a success: a file changed in place after the check, or a source that reads
+//!    differently the second time, is caught here, and the error says the target holds
+//!    unverified bytes;
+//! 6. drop the target's cached pages and read it back, comparing its SHA-256 with what was
+//!    written (for a `.raw`, the signed digest itself).
 
 use crate::block_device::{self, DevNum, Sysfs};
 use crate::manifest::{MANIFEST_FILE, Manifest};
@@ -36,7 +44,11 @@ pub struct FlashReport {
     pub image: PathBuf,
     pub target: PathBuf,
     pub bytes: u64,
+    /// SHA-256 of the bytes on the target (read back).
     pub sha256: String,
+    /// The image file's SHA-256 as read while writing, equal to the signed one; `None` with
+    /// `--no-verify`.
+    pub signed_sha256: Option<String>,
     pub seconds: f64,
 }
 
@@ -44,13 +56,23 @@ impl fmt::Display for FlashReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "wrote {} ({}) to {} in {:.1}s; read back identical (sha256 {})",
+            "wrote {} ({}) to {} in {:.1}s; ",
             self.image.display(),
             ByteSize(self.bytes),
             self.target.display(),
             self.seconds,
-            self.sha256
-        )
+        )?;
+        match &self.signed_sha256 {
+            Some(signed) if *signed == self.sha256 => {
+                write!(f, "the bytes written have the signed sha256 {signed} and read back identical")
+            }
+            Some(signed) => write!(
+                f,
+                "the image read had the signed sha256 {signed}; its decompressed bytes read back identical (sha256 {})",
+                self.sha256
+            ),
+            None => write!(f, "NOT verified (--no-verify); read back identical (sha256 {})", self.sha256),
+        }
     }
 }
 
@@ -92,20 +114,21 @@ fn is_zst(image: &Path) -> bool {
     image.extension().is_some_and(|e| e == "zst")
 }
 
-/// How many bytes the image puts on the target.
-pub fn image_size(image: &Path) -> Result<u64> {
+/// How many bytes the image (open as `file`) puts on the target.
+pub fn image_size(image: &Path, file: &File) -> Result<u64> {
     if is_zst(image) {
-        crate::outputs::zst::content_size(image)?
+        crate::outputs::zst::content_size_of(file)
+            .with_context(|| format!("reading {}", image.display()))?
             .with_context(|| format!("{} does not record its decompressed size", image.display()))
     } else {
-        Ok(std::fs::metadata(image).with_context(|| format!("reading {}", image.display()))?.len())
+        Ok(file.metadata().with_context(|| format!("reading {}", image.display()))?.len())
     }
 }
 
-/// Refuses unsafe targets; returns the target's capacity.
+/// Refuses unsafe targets; returns the target's capacity. `image` is the open image.
 pub fn check_target(
     target: &Path,
-    image: &Path,
+    image: &File,
     needed: u64,
     mounts: &[block_device::Mount],
     sysfs: &Sysfs,
@@ -126,7 +149,7 @@ pub fn check_target(
         let mut f = File::open(target).with_context(|| format!("opening {}", target.display()))?;
         f.seek(SeekFrom::End(0)).with_context(|| format!("finding the size of {}", target.display()))?
     } else if meta.file_type().is_file() {
-        let img = std::fs::metadata(image).with_context(|| format!("reading {}", image.display()))?;
+        let img = image.metadata().context("reading the image's metadata")?;
         if img.dev() == meta.dev() && img.ino() == meta.ino() {
             return Err(Refusal::IsTheImage { target: target.to_path_buf() }.into());
         }
@@ -164,28 +187,55 @@ fn confirm(target: &Path, capacity: u64, image: &Path, size: u64) -> Result<()> 
 
 pub fn flash(image_arg: &Path, target: &Path, opts: &FlashOptions) -> Result<FlashReport> {
     let image = resolve_image(image_arg)?;
-    if let Some(key) = &opts.pubkey {
-        let report = crate::verify::verify(&image, key)
-            .with_context(|| format!("refusing to flash {}: it does not verify", image.display()))?;
-        log::info!("{}: verified ({})", image.display(), report.trusted_comment.replace('\t', " "));
-    }
-    let size = image_size(&image)?;
+    let source = crate::input_file::open_regular(&image, "image")?;
+    let signed = match &opts.pubkey {
+        None => None,
+        Some(key) => {
+            let report = crate::verify::verify(&image, key, &crate::verify::VerifyOptions::default())
+                .with_context(|| format!("refusing to flash {}: it does not verify", image.display()))?;
+            log::info!("{}: verified ({})", image.display(), report.trusted_comment.replace('\t', " "));
+            let name = crate::manifest::file_name(&image);
+            // verify() succeeds for a single image only when SHA256SUMS lists it.
+            Some(report.signed_digest(&name).with_context(|| format!("SHA256SUMS does not list {name}"))?)
+        }
+    };
+    let size = image_size(&image, &source)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let mounts = block_device::parse_mountinfo(&mountinfo)?;
-    let capacity = check_target(target, &image, size, &mounts, &Sysfs::system())?;
+    let capacity = check_target(target, &source, size, &mounts, &Sysfs::system())?;
     if !opts.assume_yes {
         confirm(target, capacity, &image, size)?;
     }
     let start = Instant::now();
-    let sha256 = write(&image, target, size)?;
+    let written = write(source, is_zst(&image), &image, target, size)?;
+    if let Some(signed) = signed
+        && written.source != signed
+    {
+        bail!(
+            "{} changed after it was verified: the bytes just written have sha256 {}, the signed SHA256SUMS lists {}. \
+             {} now holds an image that nothing vouches for: do not use it; flash again from a release that verifies",
+            image.display(),
+            hex::encode(written.source),
+            hex::encode(signed),
+            target.display()
+        );
+    }
     let back = read_back(target, size)?;
+    let sha256 = hex::encode(written.target);
     if back != sha256 {
         bail!(
             "{} reads back differently from what was written (sha256 {back}, written {sha256}): the medium may be failing",
             target.display()
         );
     }
-    Ok(FlashReport { image, target: target.to_path_buf(), bytes: size, sha256, seconds: start.elapsed().as_secs_f64() })
+    Ok(FlashReport {
+        image,
+        target: target.to_path_buf(),
+        bytes: size,
+        sha256,
+        signed_sha256: signed.map(hex::encode),
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 fn progress(size: u64, what: &str) -> indicatif::ProgressBar {
@@ -198,14 +248,34 @@ fn progress(size: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Writes the image's bytes; returns their SHA-256.
-fn write(image: &Path, target: &Path, size: u64) -> Result<String> {
-    let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let mut source: Box<dyn Read> = if is_zst(image) {
-        Box::new(zstd::stream::read::Decoder::new(file).context("starting zstd")?)
-    } else {
-        Box::new(file)
-    };
+/// The digests of one write.
+struct Written {
+    /// Of the image file's bytes as they were read (compressed, for `.raw.zst`).
+    source: [u8; 32],
+    /// Of the bytes written to the target.
+    target: [u8; 32],
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes the image's bytes from the open `source` (decompressing a `.raw.zst`), exactly `size`
+/// of them; returns the digests of what was read and what was written.
+fn write(source: File, zst: bool, image: &Path, target: &Path, size: u64) -> Result<Written> {
+    let mut source = source;
+    source.seek(SeekFrom::Start(0)).with_context(|| format!("reading {}", image.display()))?;
+    let mut hashing = HashingReader { inner: source, hasher: Sha256::new() };
     let is_block = std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device());
     let mut options = OpenOptions::new();
     options.write(true);
@@ -216,26 +286,47 @@ fn write(image: &Path, target: &Path, size: u64) -> Result<String> {
     }
     let mut out = options.open(target).with_context(|| format!("opening {} for writing", target.display()))?;
     let bar = progress(size, "writing");
-    let mut hasher = Sha256::new();
+    let mut written = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
-    loop {
-        let n =
-            crate::verify::read_full(&mut source, &mut buf).with_context(|| format!("reading {}", image.display()))?;
-        if n == 0 {
-            break;
+    {
+        // At most one byte more than the image's size is taken: enough to tell that the source
+        // is longer than the size the target was checked for, never written past it.
+        let mut decoded: Box<dyn Read + '_> = if zst {
+            // The decoder's read-ahead goes through the hasher too: every byte of the file is
+            // hashed exactly once, here or in the copy after the loop.
+            Box::new(zstd::stream::read::Decoder::new(&mut hashing).context("starting zstd")?)
+        } else {
+            Box::new(&mut hashing)
+        };
+        let mut limited = (&mut decoded).take(size.saturating_add(1));
+        loop {
+            let n = crate::verify::read_full(&mut limited, &mut buf)
+                .with_context(|| format!("reading {}", image.display()))?;
+            if n == 0 {
+                break;
+            }
+            if done + n as u64 > size {
+                bail!(
+                    "{} gives more than the {size} bytes it announced; {} holds a partial write",
+                    image.display(),
+                    target.display()
+                );
+            }
+            written.update(&buf[..n]);
+            out.write_all(&buf[..n]).with_context(|| format!("writing {} at byte {done}", target.display()))?;
+            done += n as u64;
+            bar.set_position(done);
         }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).with_context(|| format!("writing {} at byte {done}", target.display()))?;
-        done += n as u64;
-        bar.set_position(done);
     }
     bar.finish_and_clear();
     if done != size {
         bail!("{} gave {done} bytes, expected {size}", image.display());
     }
+    // The rest of the file (past a zstd frame, if anything) counts for its digest too.
+    std::io::copy(&mut hashing, &mut std::io::sink()).with_context(|| format!("reading {}", image.display()))?;
     out.sync_all().with_context(|| format!("syncing {}", target.display()))?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(Written { source: hashing.hasher.finalize().into(), target: written.finalize().into() })
 }
 
 /// Reads the first `size` bytes of the target back, past the page cache where the kernel

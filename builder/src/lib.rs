@@ -29,7 +29,9 @@
 
 // Shared with the appliance's own program; re-exported so the builder's modules and tests name
 // them as before.
-pub use airlock_common::{command, gpt, local_registry, output_file, partition, seed, signing, size};
+pub use airlock_common::{
+    command, gpt, input_file, interrupt, local_registry, output_file, partition, seed, signing, size,
+};
 
 pub mod apt_sources;
 pub mod base_os;
@@ -44,6 +46,7 @@ pub mod diff;
 pub mod disk;
 pub mod embedded;
 pub mod esp;
+pub mod expansion;
 pub mod ext4;
 pub mod fat;
 pub mod fetch;
@@ -62,6 +65,7 @@ pub mod pe;
 pub mod pipeline;
 pub mod plan;
 pub mod preload;
+pub mod printable;
 pub mod region;
 pub mod release;
 pub mod sbom;
@@ -70,6 +74,7 @@ pub mod spec;
 pub mod test_spec;
 pub mod tree;
 pub mod uki;
+pub mod unit_name;
 pub mod units;
 pub mod verify;
 pub mod verity;

@@ -197,14 +197,13 @@ impl Lock {
     /// Reads `path` with the SHA-256 of the bytes read (what the manifest records as the
     /// build's input); `None` if there is no such file.
     pub fn read_with_sha256(path: &Path) -> Result<Option<(Self, String)>> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => {
+                let text = crate::input_file::read_capped_text(path, MAX_LOCK_FILE, "lock file")?;
                 let lock = Self::parse(&text, &path.display().to_string())?;
                 Ok(Some((lock, Digest::of_bytes(text.as_bytes()).hex().to_string())))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 
@@ -289,6 +288,10 @@ impl Lock {
         Ok(true)
     }
 }
+
+/// The most of `appliance.lock` that is read: one line per pinned file; the demo's, with
+/// thousands of mirrored packages, is a few hundred KiB.
+pub const MAX_LOCK_FILE: u64 = 64 * 1024 * 1024;
 
 impl Default for Lock {
     fn default() -> Self {

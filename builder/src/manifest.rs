@@ -325,10 +325,14 @@ impl Manifest {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::input_file::read_capped_text(path, MAX_MANIFEST, "manifest")?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 }
+
+/// The most of `manifest.json` that is read (the demo's, with every mirrored file, is a few
+/// hundred KiB).
+pub const MAX_MANIFEST: u64 = 64 * 1024 * 1024;
 
 pub(crate) fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()

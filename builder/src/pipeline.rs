@@ -137,8 +137,9 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     // First, so a build without its locked images stops before any work; "preload container
     // images" writes these images into the root filesystem from the store.
     let (store, lock, images) = stages.run("verify container images", || verify_container_images(plan, opts))?;
+    stages.run("clean leftovers", || clean_leftovers(opts))?;
     let base_tar = stages.run("install base OS", || install_base_os(plan, opts))?;
-    let mut root = stages.run("load root tree", || load_root_tree(&base_tar, opts))?;
+    let mut root = stages.run("load root tree", || load_root_tree(&base_tar, plan, opts))?;
     let packages = base_os::installed_packages(&root)?;
     stages.run("apply overlays", || apply_overlays(&mut root, plan, &opts.test_overlays, &opts.out_dir))?;
     stages
@@ -350,13 +351,21 @@ fn record_contents(plan: &BuildPlan, pinned: &PinnedLock, store: &BlobStore) -> 
     crate::contents::record(plan, &pinned.lock, pinned.sha256.clone(), store)
 }
 
+/// What interrupted builds left in the output directory (unlocked `.partial` files) goes
+/// before this build adds its own.
+fn clean_leftovers(opts: &BuildOptions) -> Result<()> {
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    crate::output_file::clean_stale(&opts.out_dir)?;
+    Ok(())
+}
+
 fn install_base_os(plan: &BuildPlan, opts: &BuildOptions) -> Result<PathBuf> {
     plan.base.ensure_tarball(&opts.cache_dir, opts.clock.epoch)
 }
 
-fn load_root_tree(base_tar: &Path, opts: &BuildOptions) -> Result<Tree> {
+fn load_root_tree(base_tar: &Path, plan: &BuildPlan, opts: &BuildOptions) -> Result<Tree> {
     let mut root = Tree::new();
-    tree::apply_path(&mut root, base_tar, &opts.out_dir)?;
+    tree::apply_path(&mut root, base_tar, &opts.out_dir, plan.disk.size)?;
     Ok(root)
 }
 
@@ -365,15 +374,16 @@ fn load_root_tree(base_tar: &Path, opts: &BuildOptions) -> Result<Tree> {
 fn apply_overlays(root: &mut Tree, plan: &BuildPlan, test_overlays: &[PathBuf], spool: &Path) -> Result<()> {
     embedded::apply(root, embedded::OVERLAY, "")?;
     embedded::apply(root, embedded::SYSTEMD, SYSTEM_UNIT_DIR)?;
+    // An overlay may be a tar: nothing it holds can outgrow the disk.
     for dir in &plan.overlays {
-        tree::apply_path(root, dir, spool)?;
+        tree::apply_path(root, dir, spool, plan.disk.size)?;
     }
     for dir in &plan.unit_dirs {
         tree::host_dir::apply_dir_at(root, dir, SYSTEM_UNIT_DIR.as_bytes(), Default::default())?;
     }
     for dir in test_overlays {
         log::warn!("applying test-only overlay {}: this image is for tests", dir.display());
-        tree::apply_path(root, dir, spool)?;
+        tree::apply_path(root, dir, spool, plan.disk.size)?;
     }
     Ok(())
 }
@@ -390,9 +400,11 @@ fn check_coherence(plan: &BuildPlan, root: &Tree) -> Result<()> {
 /// the spec (already a plan), the overlays' units and quadlet files against it, and the lock if
 /// there is one. Returns notes on what only a build can check.
 pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
-    let spool = tempfile::tempdir().context("creating a temporary directory")?;
+    // Spools are anonymous files: the system's temporary directory holds them while the check
+    // runs and nothing stays behind.
+    let spool = std::env::temp_dir();
     let mut tree = Tree::new();
-    apply_overlays(&mut tree, plan, &[], spool.path())?;
+    apply_overlays(&mut tree, plan, &[], &spool)?;
     let mut notes = coherence::check(plan, &tree, Scope::OverlaysOnly)?;
     notes.extend(crate::lock_check::check_against_spec(plan)?);
     Ok(notes)

@@ -168,10 +168,12 @@ pub fn check_data_capacity(plan: &BuildPlan, images: &[Image], store: &BlobStore
     let mut unpacked = 0u64;
     for layer in images.iter().flat_map(|i| &i.layers) {
         if seen.insert(layer.diff_id.clone()) {
-            unpacked += unpacked_size(store, layer)?;
+            // Saturating: a layer's recorded size is the image author's to state.
+            unpacked = unpacked.saturating_add(unpacked_size(store, layer)?);
         }
     }
-    let need = unpacked + unpacked * DATA_OVERHEAD_PERCENT / 100;
+    let need =
+        unpacked.saturating_add(unpacked / 100 * DATA_OVERHEAD_PERCENT + unpacked % 100 * DATA_OVERHEAD_PERCENT / 100);
     let data = plan.disk.size_of(Role::Data).context("the disk has no data partition for podman's storage")?;
     log::info!(
         "container images unpacked: {} ({} with overhead) for a {} data partition",

@@ -41,9 +41,13 @@ pub struct Spec {
     pub os: OsSpec,
     pub disk: DiskSpec,
     /// Folders (relative to the spec) copied into the root filesystem at their target paths,
-    /// after airlock's own `overlay/`.
+    /// after airlock's own `overlay/`. They must lie inside the spec's folder.
     #[serde(default)]
     pub overlays: Vec<PathBuf>,
+    /// Lets `overlays` and `units.dirs` name folders outside the spec's folder (`/etc`,
+    /// `../shared`): their contents are copied into the image as they are on the build host.
+    #[serde(default)]
+    pub allow_overlays_outside_the_spec_folder: bool,
     #[serde(default)]
     pub units: UnitsSpec,
     /// What the console banner lists once the appliance is ready, and what readiness waits for.

@@ -1,25 +1,40 @@
 //! `airlock verify`: is this release exactly what was built and signed?
 //!
-//! In order, each step recording what fails and going on, so that one run names every culprit:
-//! 1. the signature `SHA256SUMS.minisig` over `SHA256SUMS`, with the operator's public key;
-//! 2. every file listed in `SHA256SUMS` against its checksum (for a single image: that image
-//!    and `manifest.json`);
-//! 3. inside the raw image (`.raw`, or `.raw.zst` decompressed to a sparse temporary file) the
-//!    partition table and each partition's SHA-256 against `manifest.json`.
+//! 1. the signature `SHA256SUMS.minisig` over `SHA256SUMS`, with the operator's public key. If
+//!    it fails, verification stops there: nothing else in the directory is vouched for, so
+//!    nothing else is opened, decompressed or parsed;
+//! 2. every file listed in the (now authenticated) `SHA256SUMS` against its checksum (for a
+//!    single image: that image and `manifest.json`), each problem recorded and the check going
+//!    on, so that one run names every culprit;
+//! 3. inside the raw image (`.raw`, or `.raw.zst` decompressed into an anonymous sparse file no
+//!    larger than the manifest's disk) the partition table and each partition's SHA-256 against
+//!    `manifest.json`. Only an image the signed listing names is looked into, only against a
+//!    manifest whose checksum matched, parsed from the very bytes that were hashed.
+//!
+//! Files in the directory that `SHA256SUMS` does not list are named in the report: nothing
+//! vouches for them. `--strict` makes them an error.
 //!
 //! Step 3 is what still names the partition when the checksums were regenerated and re-signed
 //! by someone holding the key, or when an image was damaged in a way the manifest explains.
 
 use crate::gpt::GptLayout;
 use crate::inspect::sha256_range;
-use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST, Manifest};
+use crate::printable::escape;
 use crate::release::{SIGNATURE_FILE, SUMS_FILE};
 use crate::signing::{self, ChecksumFailures, ChecksumProblem, PublicKey, VerifyError};
+use crate::size::{ByteSize, KIB, MIB};
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// The most of `SHA256SUMS` that is read: one line per file, a release has a handful.
+pub const MAX_SUMS: u64 = MIB;
+/// The most of `SHA256SUMS.minisig` that is read (a real one is about 300 bytes).
+pub const MAX_SIGNATURE: u64 = 64 * KIB;
 
 /// One thing that failed, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +55,17 @@ impl fmt::Display for VerifyFailures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "verification of {} failed:", self.dir.display())?;
         for p in &self.problems {
-            write!(f, "\n  {}: {}", p.subject, p.message)?;
+            write!(f, "\n  {}: {}", escape(&p.subject), escape(&p.message))?;
         }
         Ok(())
     }
+}
+
+/// How strict `verify` is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Files in the directory that `SHA256SUMS` does not list are an error, not a warning.
+    pub strict: bool,
 }
 
 /// What was checked, when everything passed.
@@ -54,18 +76,32 @@ pub struct VerifyReport {
     pub files: Vec<String>,
     /// The image looked inside, and how many partitions matched.
     pub image: Option<(String, usize)>,
+    /// Files in the directory that `SHA256SUMS` does not list (nothing vouches for them).
+    pub unlisted: Vec<String>,
+    /// Every entry of the signed `SHA256SUMS`: name and SHA-256.
+    pub signed: Vec<(String, [u8; 32])>,
+}
+
+impl VerifyReport {
+    /// The SHA-256 the signed `SHA256SUMS` lists for `name`.
+    pub fn signed_digest(&self, name: &str) -> Option<[u8; 32]> {
+        self.signed.iter().find(|(n, _)| n == name).map(|(_, d)| *d)
+    }
 }
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "signature: good, key {} ({})", self.key_id, self.trusted_comment.replace('\t', " "))?;
-        writeln!(f, "checksums: {} files match SHA256SUMS: {}", self.files.len(), self.files.join(", "))?;
+        writeln!(f, "signature: good, key {} ({})", self.key_id, escape(&self.trusted_comment.replace('\t', " ")))?;
+        writeln!(f, "checksums: {} files match SHA256SUMS: {}", self.files.len(), escape(&self.files.join(", ")))?;
         match &self.image {
             Some((name, n)) => {
                 let noun = if *n == 1 { "partition" } else { "partitions" };
-                writeln!(f, "image: {name}: partition table and {n} {noun} match {MANIFEST_FILE}")?
+                writeln!(f, "image: {}: partition table and {n} {noun} match {MANIFEST_FILE}", escape(name))?
             }
             None => writeln!(f, "image: no .raw or .raw.zst to look inside (checksums only)")?,
+        }
+        if !self.unlisted.is_empty() {
+            writeln!(f, "warning: not covered by SHA256SUMS, so not verified: {}", escape(&self.unlisted.join(", ")))?;
         }
         writeln!(f, "OK")
     }
@@ -80,8 +116,50 @@ impl Problems {
     }
 }
 
+fn fail(dir: &Path, subject: &str, message: impl Into<String>) -> anyhow::Error {
+    VerifyFailures {
+        dir: dir.to_path_buf(),
+        problems: vec![Problem { subject: subject.to_string(), message: message.into() }],
+    }
+    .into()
+}
+
+/// The entries of a signed `SHA256SUMS`: name and SHA-256, in the listing's order.
+type SignedEntries = Vec<(String, [u8; 32])>;
+
+/// The signature over `SHA256SUMS`, checked before anything else is read: the authenticated
+/// entries and the trusted comment, or the one problem that stops verification.
+fn authenticate(dir: &Path, key: &PublicKey) -> Result<(SignedEntries, String)> {
+    let sums_path = dir.join(SUMS_FILE);
+    let sums = crate::input_file::read_capped(&sums_path, MAX_SUMS, SUMS_FILE)
+        .context("a release without a readable SHA256SUMS cannot be verified")?;
+    let sig_path = dir.join(SIGNATURE_FILE);
+    let sig = match crate::input_file::read_capped_text(&sig_path, MAX_SIGNATURE, SIGNATURE_FILE) {
+        Ok(s) => s,
+        Err(e) => return Err(fail(dir, SIGNATURE_FILE, format!("cannot be read ({e:#}): the release is not signed"))),
+    };
+    let comment = match signing::verify(key, &sums, &sig) {
+        Ok(comment) => comment,
+        Err(e) => {
+            return Err(match e.downcast_ref::<VerifyError>() {
+                Some(VerifyError::BadSignature) => fail(
+                    dir,
+                    SUMS_FILE,
+                    format!(
+                        "does not match its signature {SIGNATURE_FILE}: modified after signing; nothing else was checked"
+                    ),
+                ),
+                _ => fail(dir, SIGNATURE_FILE, format!("{e:#}; nothing else was checked")),
+            });
+        }
+    };
+    let text = std::str::from_utf8(&sums).map_err(|_| fail(dir, SUMS_FILE, "is not UTF-8 text"))?;
+    let entries = signing::parse_sha256sums(text).map_err(|e| fail(dir, SUMS_FILE, format!("{e:#}")))?;
+    Ok((entries, comment))
+}
+
 /// Verifies an output directory, or one image (`.raw`, `.raw.zst`, `.qcow2`, ...) inside one.
-pub fn verify(path: &Path, key: &PublicKey) -> Result<VerifyReport> {
+pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<VerifyReport> {
     let (dir, only) = if path.is_dir() {
         (path.to_path_buf(), None)
     } else {
@@ -89,42 +167,19 @@ pub fn verify(path: &Path, key: &PublicKey) -> Result<VerifyReport> {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         (dir.to_path_buf(), Some(name.to_string()))
     };
-    let mut problems = Problems::default();
-    let sums_path = dir.join(SUMS_FILE);
-    let sums = std::fs::read(&sums_path)
-        .with_context(|| format!("reading {}: a release without SHA256SUMS cannot be verified", sums_path.display()))?;
-
-    let mut trusted_comment = String::new();
-    match std::fs::read_to_string(dir.join(SIGNATURE_FILE)) {
-        Err(e) => problems.add(SIGNATURE_FILE, format!("cannot be read ({e}): the release is not signed")),
-        Ok(sig) => match signing::verify(key, &sums, &sig) {
-            Ok(comment) => trusted_comment = comment,
-            Err(e) => match e.downcast_ref::<VerifyError>() {
-                Some(VerifyError::BadSignature) => problems
-                    .add(SUMS_FILE, format!("does not match its signature {SIGNATURE_FILE}: modified after signing")),
-                _ => problems.add(SIGNATURE_FILE, format!("{e:#}")),
-            },
-        },
+    let (signed, trusted_comment) = authenticate(&dir, key)?;
+    let listed = |name: &str| signed.iter().any(|(n, _)| n == name);
+    if let Some(name) = &only
+        && !listed(name)
+    {
+        return Err(fail(&dir, name, "is not listed in SHA256SUMS: nothing vouches for it, so it was not read"));
     }
 
-    let sums_text = String::from_utf8_lossy(&sums).into_owned();
-    let listed = |name: &str| sums_text.lines().any(|l| l.get(66..) == Some(name));
-    let to_check = match &only {
-        None => sums_text.clone(),
-        Some(name) => {
-            if !listed(name) {
-                problems.add(name.as_str(), "is not listed in SHA256SUMS");
-            }
-            sums_text
-                .lines()
-                .filter(|l| matches!(l.get(66..), Some(n) if n == name || n == MANIFEST_FILE))
-                .map(|l| format!("{l}\n"))
-                .collect()
-        }
-    };
-    let mut files = Vec::new();
-    match signing::check_sha256sums(&dir, &to_check) {
-        Ok(names) => files = names,
+    let mut problems = Problems::default();
+    let to_check: Vec<(String, [u8; 32])> =
+        signed.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n == o || n == MANIFEST_FILE)).cloned().collect();
+    match signing::check_entries(&dir, &to_check) {
+        Ok(_) => {}
         Err(e) => match e.downcast_ref::<ChecksumFailures>() {
             Some(failures) => {
                 for f in &failures.failures {
@@ -141,21 +196,21 @@ pub fn verify(path: &Path, key: &PublicKey) -> Result<VerifyReport> {
             None => problems.add(SUMS_FILE, format!("{e:#}")),
         },
     }
+    let files: Vec<String> = to_check.iter().map(|(n, _)| n.clone()).collect();
 
     let mut image = None;
-    if !listed(MANIFEST_FILE) {
-        problems.add(MANIFEST_FILE, "is not listed in SHA256SUMS");
-    }
-    match Manifest::read(&dir.join(MANIFEST_FILE)) {
+    match authenticated_manifest(&dir, &signed) {
         Err(e) => problems.add(MANIFEST_FILE, format!("{e:#}")),
         Ok(m) => {
             let candidates = match &only {
                 Some(name) => vec![name.clone()],
                 None => vec![format!("{}.raw", m.appliance.name), format!("{}.raw.zst", m.appliance.name)],
             };
-            if let Some(name) = candidates
-                .into_iter()
-                .find(|n| (n.ends_with(".raw") || n.ends_with(".raw.zst")) && dir.join(n).is_file())
+            // Only an image the signed listing names is opened (even if its checksum failed:
+            // the signed manifest bounds the work, and names the partition that changed).
+            let is_image = |n: &String| n.ends_with(".raw") || n.ends_with(".raw.zst");
+            if let Some(name) =
+                candidates.into_iter().find(|n| is_image(n) && listed(n) && dir.join(n).symlink_metadata().is_ok())
             {
                 let before = problems.0.len();
                 check_image(&dir.join(&name), &name, &m, &mut problems);
@@ -166,30 +221,103 @@ pub fn verify(path: &Path, key: &PublicKey) -> Result<VerifyReport> {
         }
     }
 
+    let unlisted = unlisted_files(&dir, &signed)?;
+    if !unlisted.is_empty() {
+        if opts.strict {
+            for name in &unlisted {
+                problems.add(name.as_str(), "is not covered by SHA256SUMS (--strict)");
+            }
+        } else {
+            log::warn!(
+                "{}: not covered by SHA256SUMS, so not verified: {}",
+                dir.display(),
+                escape(&unlisted.join(", "))
+            );
+        }
+    }
+
     if !problems.0.is_empty() {
         return Err(VerifyFailures { dir, problems: problems.0 }.into());
     }
-    Ok(VerifyReport { key_id: key.key_id().to_string(), trusted_comment, files, image })
+    Ok(VerifyReport { key_id: key.key_id().to_string(), trusted_comment, files, image, unlisted, signed })
+}
+
+/// `manifest.json`, parsed from the bytes whose SHA-256 matched the signed listing (never from a
+/// second read that could differ).
+fn authenticated_manifest(dir: &Path, signed: &[(String, [u8; 32])]) -> Result<Manifest> {
+    let Some((_, digest)) = signed.iter().find(|(n, _)| n == MANIFEST_FILE) else {
+        anyhow::bail!("is not listed in SHA256SUMS, so the image cannot be checked against it");
+    };
+    let bytes = crate::input_file::read_capped(&dir.join(MANIFEST_FILE), MAX_MANIFEST, MANIFEST_FILE)?;
+    let actual: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+    if actual != *digest {
+        anyhow::bail!("does not match SHA256SUMS, so the image was not checked against it");
+    }
+    let text = std::str::from_utf8(&bytes).context("is not UTF-8")?;
+    Manifest::parse(text)
+}
+
+/// Names in `dir` that the signed listing does not cover (besides `SHA256SUMS` and its
+/// signature), sorted.
+fn unlisted_files(dir: &Path, signed: &[(String, [u8; 32])]) -> Result<Vec<String>> {
+    let covered: BTreeSet<&str> =
+        signed.iter().map(|(n, _)| n.split('/').next().unwrap_or(n)).chain([SUMS_FILE, SIGNATURE_FILE]).collect();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !covered.contains(name.as_str()) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks that the manifest's partitions can be hashed with bounded work: at most 128, each
+/// inside the disk, none overlapping another (so all of them together are at most the disk).
+fn check_manifest_ranges(m: &Manifest) -> Result<(), String> {
+    let parts = &m.disk.partitions;
+    if parts.len() > 128 {
+        return Err(format!("lists {} partitions; a GPT holds at most 128", parts.len()));
+    }
+    let mut numbers: Vec<u32> = parts.iter().map(|p| p.number).collect();
+    numbers.sort_unstable();
+    if numbers.windows(2).any(|w| w[0] == w[1]) {
+        return Err("lists a partition number twice".into());
+    }
+    let mut ranges: Vec<(u64, u64, u32)> = Vec::with_capacity(parts.len());
+    for p in parts {
+        let end = p.start.checked_add(p.size).filter(|e| *e <= m.disk.size).ok_or_else(|| {
+            format!("partition {} ({}) lies outside the {}-byte disk", p.number, escape(&p.name), m.disk.size)
+        })?;
+        ranges.push((p.start, end, p.number));
+    }
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(format!("partitions {} and {} overlap", pair[0].2, pair[1].2));
+        }
+    }
+    Ok(())
 }
 
 /// Compares the partition table and partitions of the raw image (or `.raw.zst`) at `path`
 /// with the manifest.
 fn check_image(path: &Path, name: &str, m: &Manifest, problems: &mut Problems) {
-    let decompressed;
-    let raw = if name.ends_with(".zst") {
-        match decompress_sparse(path) {
-            Ok(tmp) => {
-                decompressed = tmp;
-                decompressed.path().to_path_buf()
-            }
+    if let Err(why) = check_manifest_ranges(m) {
+        return problems.add(MANIFEST_FILE, why);
+    }
+    let file = if name.ends_with(".zst") {
+        match decompress_sparse(path, m.disk.size) {
+            Ok(tmp) => tmp,
             Err(e) => return problems.add(name, format!("cannot be decompressed: {e:#}")),
         }
     } else {
-        path.to_path_buf()
-    };
-    let file = match File::open(&raw) {
-        Ok(f) => f,
-        Err(e) => return problems.add(name, format!("cannot be opened: {e}")),
+        match crate::input_file::open_regular(path, "image") {
+            Ok(f) => f,
+            Err(e) => return problems.add(name, format!("cannot be opened: {e:#}")),
+        }
     };
     let layout = match GptLayout::read(&file) {
         Ok(l) => l,
@@ -242,11 +370,13 @@ fn check_image(path: &Path, name: &str, m: &Manifest, problems: &mut Problems) {
     }
 }
 
-/// Decompresses a `.raw.zst` into a sparse temporary file (all-zero blocks become holes).
-pub fn decompress_sparse(path: &Path) -> Result<tempfile::NamedTempFile> {
-    let input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// Decompresses a `.raw.zst` into an anonymous sparse temporary file (all-zero blocks become
+/// holes; the file is gone when dropped or when the process ends, however it ends), stopping
+/// past `max` bytes: the image the signed manifest describes is no larger.
+pub fn decompress_sparse(path: &Path, max: u64) -> Result<File> {
+    let input = crate::input_file::open_regular(path, "image")?;
     let mut decoder = zstd::stream::read::Decoder::new(input).context("starting zstd")?;
-    let mut tmp = tempfile::Builder::new().prefix("airlock-verify-").suffix(".raw").tempfile()?;
+    let mut tmp = tempfile::tempfile().context("creating a temporary image")?;
     let mut buf = vec![0u8; 1 << 16];
     let mut len = 0u64;
     loop {
@@ -254,15 +384,17 @@ pub fn decompress_sparse(path: &Path) -> Result<tempfile::NamedTempFile> {
         if n == 0 {
             break;
         }
-        let f = tmp.as_file_mut();
-        if buf[..n].iter().all(|&b| b == 0) {
-            f.seek(SeekFrom::Current(n as i64)).context("seeking in the temporary image")?;
-        } else {
-            f.write_all(&buf[..n]).context("writing the temporary image")?;
-        }
         len += n as u64;
+        if len > max {
+            anyhow::bail!("it expands past {} ({max} bytes), the disk size {MANIFEST_FILE} states", ByteSize(max));
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            tmp.seek(SeekFrom::Current(n as i64)).context("seeking in the temporary image")?;
+        } else {
+            tmp.write_all(&buf[..n]).context("writing the temporary image")?;
+        }
     }
-    tmp.as_file().set_len(len).context("sizing the temporary image")?;
+    tmp.set_len(len).context("sizing the temporary image")?;
     Ok(tmp)
 }
 

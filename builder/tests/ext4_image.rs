@@ -497,7 +497,12 @@ fn big_tree() -> BigTree {
     let mut tree = Tree::new();
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
-    apply_tar(&mut tree, &tar_path, &TarOptions { whiteouts: true, spool_dir: &spool }).unwrap();
+    apply_tar(
+        &mut tree,
+        &tar_path,
+        &TarOptions { whiteouts: true, spool_dir: &spool, limit: airlock::expansion::ExpansionLimit::ratio_only() },
+    )
+    .unwrap();
 
     let random = dir.path().join("random.bin");
     pseudo_random(&random, 100 * MIB, 1);

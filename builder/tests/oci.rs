@@ -12,6 +12,8 @@
 
 mod support;
 
+use airlock::expansion::ExpansionLimit;
+
 use airlock::oci::media_type::{self, Compression};
 use airlock::oci::{
     BlobStore, Digest, Image, ImageError, ImageSource, Limits, Preload, ReadOptions, RepositoryName, SourceKind,
@@ -278,7 +280,7 @@ fn snapshot(tree: &Tree) -> BTreeMap<String, String> {
 
 fn unpack(image: &Image, store: &BlobStore, spool: &Path) -> Tree {
     let mut tree = Tree::new();
-    apply_layers(&mut tree, image, store, spool).unwrap();
+    apply_layers(&mut tree, image, store, spool, ExpansionLimit::ratio_only()).unwrap();
     tree
 }
 
@@ -808,7 +810,7 @@ fn layer_with_dotdot_paths_is_refused_when_applied() {
     let store = BlobStore::new(&v.dir.path().join("store")).unwrap();
     let image = read_image(&v.source(), &store, &ReadOptions::default()).unwrap();
     let mut tree = Tree::new();
-    let err = apply_layers(&mut tree, &image, &store, v.dir.path()).unwrap_err();
+    let err = apply_layers(&mut tree, &image, &store, v.dir.path(), ExpansionLimit::ratio_only()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("layer 2"), "{msg}");
     assert!(msg.contains(&v.source().to_string()), "{msg}");
@@ -833,12 +835,12 @@ fn compressed_layer_whose_content_disagrees_with_its_diff_id_is_refused() {
     let store = BlobStore::new(&v.dir.path().join("store")).unwrap();
     let image = read_image(&v.source(), &store, &ReadOptions::default()).unwrap();
     assert_eq!(image.layers[0].compression, Compression::Gzip);
-    apply_layers(&mut Tree::new(), &image, &store, v.dir.path()).unwrap();
+    apply_layers(&mut Tree::new(), &image, &store, v.dir.path(), ExpansionLimit::ratio_only()).unwrap();
 
     // The same blob claimed to decompress to another layer's content.
     let mut lying = image.clone();
     lying.layers[0].diff_id = lying.layers[1].diff_id.clone();
-    let err = apply_layers(&mut Tree::new(), &lying, &store, v.dir.path()).unwrap_err();
+    let err = apply_layers(&mut Tree::new(), &lying, &store, v.dir.path(), ExpansionLimit::ratio_only()).unwrap_err();
     assert!(
         err.chain().any(|e| matches!(e.downcast_ref::<ImageError>(), Some(ImageError::DigestMismatch { .. }))),
         "{err:#}"
@@ -853,7 +855,7 @@ fn layer_whose_bytes_contradict_its_media_type_is_refused() {
     v.edit_manifest(|m| m["layers"][0]["mediaType"] = json!(media_type::OCI_LAYER_GZIP));
     let store = BlobStore::new(&v.dir.path().join("store")).unwrap();
     let image = read_image(&v.source(), &store, &ReadOptions::default()).unwrap();
-    let err = apply_layers(&mut Tree::new(), &image, &store, v.dir.path()).unwrap_err();
+    let err = apply_layers(&mut Tree::new(), &image, &store, v.dir.path(), ExpansionLimit::ratio_only()).unwrap_err();
     assert!(format!("{err:#}").contains("media type"), "{err:#}");
 }
 

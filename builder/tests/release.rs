@@ -8,6 +8,7 @@ mod support;
 
 use airlock::gpt::GptLayout;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -450,6 +451,69 @@ fn flash_refuses_unsafe_targets_and_unverified_images() {
     assert!(err.contains("does not verify") && err.contains("small.raw: checksum mismatch"), "{err}");
     assert_eq!(sha256(&target), before, "a refused flash writes nothing");
     flip(&r.file("small.raw"), len / 2, 1);
+}
+
+/// A file replaced under the image's name after `flash` verified it (while it asks for
+/// confirmation): the verified bytes are written, from the file opened before the check.
+#[test]
+fn flash_writes_the_file_it_verified_even_if_the_name_is_replaced() {
+    let r = release();
+    let raw = r.file("small.raw");
+    let len = fs::metadata(&raw).unwrap().len();
+    let signed = sha256(&raw);
+    let target = junk_target(r.dir.path(), "usb.img", len);
+    let impostor = r.dir.path().join("impostor.raw");
+    fs::copy(&raw, &impostor).unwrap();
+    flip(&impostor, len / 2, 0x55);
+    let out = airlock_answering(
+        &["flash", s(&raw), s(&target), "--pubkey", s(&r.public)],
+        "Type `yes`",
+        || fs::rename(&impostor, &raw).unwrap(),
+        "yes\n",
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("the bytes written have the signed sha256 {signed}")), "{text}");
+    assert_eq!(prefix_sha256(&target, len), signed, "the target holds the image that was verified");
+}
+
+/// The image changed in place after it was verified (same file): the write is not called a
+/// success, and the error says the target holds unverified bytes. For the `.raw`, a flipped
+/// byte; for the `.raw.zst`, an empty zstd frame appended, which decompresses to nothing (the
+/// target gets the same bytes) yet makes the file another than the one signed.
+#[test]
+fn flash_fails_when_the_image_changes_in_place_after_verification() {
+    let r = release();
+    let raw = r.file("small.raw");
+    let zst = r.file("small.raw.zst");
+    let len = fs::metadata(&raw).unwrap().len();
+    let zst_len = fs::metadata(&zst).unwrap().len();
+    let empty_frame = zstd::encode_all(&[][..], 3).unwrap();
+    // (the image, how it is changed, how the change is undone)
+    type Change<'a> = (&'a Path, Box<dyn Fn() + 'a>, Box<dyn Fn() + 'a>);
+    let changes: [Change<'_>; 2] = [
+        (&raw, Box::new(|| flip(&raw, len / 2, 0x01)), Box::new(|| flip(&raw, len / 2, 0x01))),
+        (
+            &zst,
+            Box::new(|| fs::OpenOptions::new().append(true).open(&zst).unwrap().write_all(&empty_frame).unwrap()),
+            Box::new(|| fs::OpenOptions::new().write(true).open(&zst).unwrap().set_len(zst_len).unwrap()),
+        ),
+    ];
+    for (source, change, undo) in changes {
+        let target = junk_target(r.dir.path(), "usb.img", len);
+        let out = airlock_answering(
+            &["flash", s(source), s(&target), "--pubkey", s(&r.public)],
+            "Type `yes`",
+            &*change,
+            "yes\n",
+        );
+        undo();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "a changed image was flashed as verified:\n{err}");
+        let name = source.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(&format!("{name} changed after it was verified")), "{err}");
+        assert!(err.contains("holds an image that nothing vouches for"), "{err}");
+    }
 }
 
 /// The block device `/` is mounted from on this machine.

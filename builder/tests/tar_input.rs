@@ -2,78 +2,14 @@
 //! whiteouts, and each hostile input rejected with its specific error.
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
+use airlock::expansion::ExpansionLimit;
 use airlock::tree::tar_input::{TarOptions, apply_tar};
 use airlock::tree::{InputError, NodeKind, Problem, Tree};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// A hand-rolled tar writer: the `tar` crate refuses to write the hostile entries tested here.
-#[derive(Default)]
-struct RawTar(Vec<u8>);
-
-impl RawTar {
-    fn entry(&mut self, name: &str, typeflag: u8, data: &[u8], link: &str) -> &mut Self {
-        self.entry_with(name, typeflag, data, link, 0o644, 0, 0)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn entry_with(
-        &mut self,
-        name: &str,
-        typeflag: u8,
-        data: &[u8],
-        link: &str,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> &mut Self {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        octal(&mut h[100..108], u64::from(mode));
-        octal(&mut h[108..116], u64::from(uid));
-        octal(&mut h[116..124], u64::from(gid));
-        octal(&mut h[124..136], data.len() as u64);
-        octal(&mut h[136..148], 1_600_000_000);
-        h[156] = typeflag;
-        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        let s = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(s.as_bytes());
-        self.0.extend_from_slice(&h);
-        self.0.extend_from_slice(data);
-        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
-        self
-    }
-
-    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
-        let mut body = Vec::new();
-        for (k, v) in records {
-            let mut len = k.len() + v.len() + 3;
-            len += len.to_string().len();
-            if (len).to_string().len() + k.len() + v.len() + 3 != len {
-                len += 1;
-            }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
-            body.extend_from_slice(v);
-            body.push(b'\n');
-        }
-        self.entry("PaxHeader", b'x', &body, "")
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = self.0.clone();
-        out.extend_from_slice(&[0u8; 1024]);
-        out
-    }
-}
-
-fn octal(field: &mut [u8], v: u64) {
-    let s = format!("{v:0width$o}\0", width = field.len() - 1);
-    field.copy_from_slice(s.as_bytes());
-}
+mod support;
+use support::raw_tar::RawTar;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -91,7 +27,12 @@ impl Fixture {
     }
 
     fn load(&self, tree: &mut Tree, archive: &Path) -> anyhow::Result<()> {
-        apply_tar(tree, archive, &TarOptions { whiteouts: true, spool_dir: self.dir.path() }).map(|_| ())
+        apply_tar(
+            tree,
+            archive,
+            &TarOptions { whiteouts: true, spool_dir: self.dir.path(), limit: ExpansionLimit::ratio_only() },
+        )
+        .map(|_| ())
     }
 
     fn problem(&self, bytes: &[u8]) -> (Option<String>, Problem) {

@@ -6,6 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -106,7 +107,14 @@ impl Cmd {
     /// Runs with stderr sent to `log` (for long tools whose progress is worth keeping).
     pub fn run_logged(&self, log: &Path) -> Result<()> {
         log::debug!("running {} (log: {})", self.display(), log.display());
-        let file = std::fs::File::create(log).with_context(|| format!("creating log {}", log.display()))?;
+        // O_NOFOLLOW: a link planted at the log's name is not written through.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(log)
+            .with_context(|| format!("creating log {}", log.display()))?;
         let status = self
             .command()
             .stdout(file.try_clone().context("duplicating a log file handle")?)

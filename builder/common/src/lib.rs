@@ -12,11 +12,14 @@
 //! - [`gpt`]: the GUID partition table: layout, validation, writing and reading;
 //! - [`local_registry`]: where the appliance's own registry listens;
 //! - [`command`] (the one way to run an external program), [`output_file`] (files that appear
-//!   only complete), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
+//!   only complete, removed on SIGINT/SIGTERM through [`interrupt`]), [`input_file`] (inputs read
+//!   as regular files, capped), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
 //!   them): building blocks.
 
 pub mod command;
 pub mod gpt;
+pub mod input_file;
+pub mod interrupt;
 pub mod local_registry;
 pub mod output_file;
 pub mod partition;

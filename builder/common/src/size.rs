@@ -10,6 +10,7 @@ pub struct ByteSize(pub u64);
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 pub const GIB: u64 = 1024 * MIB;
+pub const TIB: u64 = 1024 * GIB;
 
 impl ByteSize {
     pub fn bytes(self) -> u64 {
@@ -69,7 +70,9 @@ impl fmt::Display for ByteSize {
     /// Exact when the size is a whole number of a binary unit, otherwise one decimal.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, name) in [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+        for (unit, name) in
+            [(1024 * 1024 * TIB, "EiB"), (1024 * TIB, "PiB"), (TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
+        {
             if b >= unit {
                 return if b % unit == 0 {
                     write!(f, "{}{name}", b / unit)
@@ -125,5 +128,7 @@ mod tests {
         assert_eq!(ByteSize(512 * MIB).to_string(), "512MiB");
         assert_eq!(ByteSize(3 * GIB / 2).to_string(), "1.5GiB");
         assert_eq!(ByteSize(100).to_string(), "100B");
+        assert_eq!(ByteSize(16 * TIB).to_string(), "16TiB");
+        assert_eq!(ByteSize(u64::MAX).to_string(), "16.0EiB");
     }
 }

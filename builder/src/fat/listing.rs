@@ -20,8 +20,10 @@ pub(super) struct Listing<'t> {
 
 #[derive(Debug)]
 pub(super) struct Directory<'t> {
-    /// Path inside the tree (empty for the root), for messages.
-    pub path: Vec<u8>,
+    /// Name in its parent (empty for the root). Only the name is kept, not the path: paths of
+    /// a deep tree would cost memory growing with the square of its depth. Messages rebuild the
+    /// path from the parents ([`Listing::path`]).
+    pub name: &'t [u8],
     pub node: NodeId,
     /// Index of the parent in [`Listing::dirs`]; `None` for the root.
     pub parent: Option<usize>,
@@ -54,27 +56,27 @@ impl<'t> Listing<'t> {
     /// Lists `tree`, refusing what FAT cannot store. `with_label` reserves the root's volume
     /// label entry.
     pub fn from_tree(tree: &'t Tree, with_label: bool) -> Result<Self> {
-        let mut dirs =
-            vec![Directory { path: Vec::new(), node: tree.root(), parent: None, entries: Vec::new(), slots: 0 }];
+        let mut dirs = vec![Directory { name: b"", node: tree.root(), parent: None, entries: Vec::new(), slots: 0 }];
         let mut files = 0;
         // `dirs` doubles as the breadth-first queue: a directory is listed when the loop
         // reaches it, and its subdirectories are appended behind.
         let mut index = 0;
         while index < dirs.len() {
-            let dir_path = dirs[index].path.clone();
+            // Built for this directory's messages and dropped after it.
+            let dir_path = path_in(&dirs, index);
             let children: Vec<(&[u8], NodeId)> = tree.entries(dirs[index].node).collect();
             let raw_names: Vec<&[u8]> = children.iter().map(|(name, _)| *name).collect();
             let fat_names = names::name_directory(&dir_path, &raw_names)?;
             let mut entries = Vec::with_capacity(children.len());
             for ((raw, id), name) in children.into_iter().zip(fat_names) {
-                let child_path = join(&dir_path, raw);
+                let child_path = || join(&dir_path, raw);
                 let kind = match &tree.node(id).kind {
                     NodeKind::File { size, content } => {
                         let Ok(size) = u32::try_from(*size) else {
                             bail!(
                                 "`{}` is {size} bytes; a FAT32 file holds at most {} bytes \
                                  (4 GiB - 1)",
-                                path::display(&child_path),
+                                path::display(&child_path()),
                                 u32::MAX
                             );
                         };
@@ -83,7 +85,7 @@ impl<'t> Listing<'t> {
                     }
                     NodeKind::Directory { .. } => {
                         dirs.push(Directory {
-                            path: child_path,
+                            name: raw,
                             node: id,
                             parent: Some(index),
                             entries: Vec::new(),
@@ -94,7 +96,7 @@ impl<'t> Listing<'t> {
                     other => bail!(
                         "`{}` is a {}, which FAT cannot store (it holds only regular files and \
                          directories)",
-                        path::display(&child_path),
+                        path::display(&child_path()),
                         other.describe()
                     ),
                 };
@@ -119,11 +121,30 @@ impl<'t> Listing<'t> {
     }
 }
 
-impl Directory<'_> {
-    /// Path of one of this directory's entries, for messages.
-    pub fn entry_path(&self, entry: &Entry<'_>) -> String {
-        path::display(&join(&self.path, entry.raw_name))
+impl Listing<'_> {
+    /// Path of directory `index` (empty for the root), for messages.
+    pub fn path(&self, index: usize) -> String {
+        path::display(&path_in(&self.dirs, index))
     }
+
+    /// Path of one of directory `index`'s entries, for messages.
+    pub fn entry_path(&self, index: usize, entry: &Entry<'_>) -> String {
+        path::display(&join(&path_in(&self.dirs, index), entry.raw_name))
+    }
+}
+
+/// The path of `dirs[index]`, from its parents' names.
+fn path_in(dirs: &[Directory<'_>], index: usize) -> Vec<u8> {
+    let mut names = Vec::new();
+    let mut at = Some(index);
+    while let Some(i) = at {
+        if !dirs[i].name.is_empty() {
+            names.push(dirs[i].name);
+        }
+        at = dirs[i].parent;
+    }
+    names.reverse();
+    names.join(&b'/')
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -158,7 +179,7 @@ mod tests {
         t.insert(b"empty", Meta::root(0o755), NodeKind::Directory { entries: BTreeMap::new() }).unwrap();
         t.link(b"loader/again.conf", b"loader/loader.conf").unwrap();
         let listing = Listing::from_tree(&t, true).unwrap();
-        let paths: Vec<String> = listing.dirs.iter().map(|d| path::display(&d.path)).collect();
+        let paths: Vec<String> = (0..listing.dirs.len()).map(|i| listing.path(i)).collect();
         assert_eq!(paths, ["", "EFI", "empty", "loader", "EFI/BOOT"]);
         let parents: Vec<Option<usize>> = listing.dirs.iter().map(|d| d.parent).collect();
         assert_eq!(parents, [None, Some(0), Some(0), Some(0), Some(1)]);

@@ -19,7 +19,7 @@ pub use layout::min_fat32_size;
 
 use crate::clock::BuildClock;
 use crate::region::Region;
-use crate::tree::{NodeId, Tree, path};
+use crate::tree::{NodeId, Tree};
 use allocation::{Allocation, clusters_needed};
 use anyhow::{Context, Result, bail};
 use boot_sector::{MEDIA_FIXED_DISK, VolumeIdentity};
@@ -204,7 +204,7 @@ fn write_directories(
         // The rest of the last cluster stays zero: a zero first byte ends a directory.
         region
             .write_at(g.cluster_offset(allocation.dirs[index].first), &bytes)
-            .with_context(|| format!("writing directory `/{}`", path::display(&dir.path)))?;
+            .with_context(|| format!("writing directory `/{}`", listing.path(index)))?;
     }
     Ok(())
 }
@@ -219,7 +219,7 @@ fn write_file_data(
 ) -> Result<()> {
     let mut reader = tree.content_reader();
     let mut buf = vec![0u8; COPY_CHUNK];
-    for (dir, firsts) in listing.dirs.iter().zip(&allocation.first_clusters) {
+    for (index, (dir, firsts)) in listing.dirs.iter().zip(&allocation.first_clusters).enumerate() {
         for (entry, &first_cluster) in dir.entries.iter().zip(firsts) {
             let EntryKind::File { size, content } = entry.kind else {
                 continue;
@@ -235,12 +235,12 @@ fn write_file_data(
                 let chunk = &mut buf[..n];
                 reader
                     .read_at(content, size, pos, chunk)
-                    .with_context(|| format!("reading `{}` for the FAT32 volume", dir.entry_path(entry)))?;
+                    .with_context(|| format!("reading `{}` for the FAT32 volume", listing.entry_path(index, entry)))?;
                 // The region reads as zeros already; skipping zero runs keeps the image sparse.
                 if chunk.iter().any(|&b| b != 0) {
-                    region
-                        .write_at(start + pos, chunk)
-                        .with_context(|| format!("writing `{}` into the FAT32 volume", dir.entry_path(entry)))?;
+                    region.write_at(start + pos, chunk).with_context(|| {
+                        format!("writing `{}` into the FAT32 volume", listing.entry_path(index, entry))
+                    })?;
                 }
                 pos += n as u64;
             }

@@ -346,11 +346,12 @@ mod tests {
         ] {
             let err = names(&[name]).unwrap_err();
             assert_eq!(err.problem, problem, "{name}");
-            assert_eq!(err.path, format!("dir/{name}"));
+            // Paths in messages show control characters escaped.
+            assert_eq!(err.path, format!("dir/{}", crate::printable::escape(name)));
         }
         let err = name_directory(b"", &[b"bad\xff"]).unwrap_err();
         assert_eq!(err.problem, NameProblem::NotUtf8);
-        assert!(err.to_string().starts_with("`bad\u{fffd}`: "), "{err}");
+        assert!(err.to_string().starts_with("`bad\\xff`: "), "{err}");
     }
 
     #[test]

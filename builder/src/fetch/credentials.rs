@@ -99,11 +99,13 @@ impl Credentials {
 }
 
 fn lookup_in(file: &Path, host: &str, path: &str) -> Result<Option<Login>> {
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading registry credentials {}", file.display())),
-    };
+    if let Err(e) = std::fs::symlink_metadata(file)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Ok(None);
+    }
+    // A login file is a few KiB; more is not read.
+    let bytes = crate::input_file::read_capped(file, 1 << 20, "registry credentials")?;
     let parsed: AuthFile =
         serde_json::from_slice(&bytes).with_context(|| format!("parsing registry credentials {}", file.display()))?;
     let entries: BTreeMap<String, &AuthEntry> = parsed.auths.iter().map(|(k, v)| (normalize_key(k), v)).collect();

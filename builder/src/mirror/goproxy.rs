@@ -268,7 +268,8 @@ fn resolve(p: &GoPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<Loc
 
 /// `go mod download -json all` in a scratch module, then every file it needed from the proxy.
 fn resolve_with_go(p: &GoPlan, base: &Source, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
-    let tmp = tempfile::tempdir().context("creating a scratch Go module")?;
+    // Removed when done, and on SIGINT/SIGTERM (a module cache is large).
+    let tmp = crate::interrupt::ScratchDir::new("airlock-go-")?;
     let module = tmp.path().join("resolve");
     std::fs::create_dir_all(&module)?;
     let mut go_mod = String::from("module airlock.mirror/resolve\n\ngo 1.19\n\nrequire (\n");

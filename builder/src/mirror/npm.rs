@@ -213,7 +213,7 @@ pub fn check_integrity(path: &Path, integrity: &str, what: &str) -> Result<()> {
 
 /// Resolves the packages with npm and downloads every tarball.
 fn resolve(p: &NpmPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<LockedFile>> {
-    let tmp = tempfile::tempdir().context("creating a temporary project for npm")?;
+    let tmp = crate::interrupt::ScratchDir::new("airlock-npm-")?;
     std::fs::write(
         tmp.path().join("package.json"),
         "{\"name\": \"airlock-mirror\", \"version\": \"0.0.0\", \"private\": true}\n",

@@ -409,7 +409,10 @@ fn check_gzip(path: &Path, name: &str) -> Result<()> {
 /// archive's (spooled) bytes, nothing is copied now. Returns the names installed.
 fn install_files(root: &mut Tree, archive: &Path, prefix: &str, dest: &str, spool: &Path) -> Result<Vec<String>> {
     let mut scratch = Tree::new();
-    tar_input::apply_tar(&mut scratch, archive, &tar_input::TarOptions { whiteouts: false, spool_dir: spool })?;
+    // Pinned by digest in the lock, yet still bounded: the ratio alone, since the root
+    // filesystem's size is checked when the disk is written.
+    let limit = crate::expansion::ExpansionLimit::ratio_only();
+    tar_input::apply_tar(&mut scratch, archive, &tar_input::TarOptions { whiteouts: false, spool_dir: spool, limit })?;
     let mut installed = Vec::new();
     for (path, id) in scratch.walk() {
         let path = String::from_utf8_lossy(&path).into_owned();

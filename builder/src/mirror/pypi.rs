@@ -209,7 +209,7 @@ fn resolve(p: &PypiPlan, dl: &mut Downloader, store: &BlobStore) -> Result<Vec<L
     let mut files: BTreeMap<String, LockedFile> = BTreeMap::new();
     for python in &p.python_versions {
         for platform in &p.platforms {
-            let tmp = tempfile::tempdir().context("creating a temporary folder for pip")?;
+            let tmp = crate::interrupt::ScratchDir::new("airlock-pip-")?;
             let report = tmp.path().join("report.json");
             Cmd::new("pip")
                 .args(["install", "--dry-run", "--ignore-installed", "--quiet", "--only-binary=:all:"])

@@ -38,10 +38,12 @@ enum Existing {
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) the store rooted at `dir`.
+    /// Opens (creating if needed) the store rooted at `dir`, removing the partial blobs that
+    /// killed processes left (those no running process holds locked).
     pub fn new(dir: &Path) -> Result<Self> {
         let sha256 = dir.join("sha256");
         fs::create_dir_all(&sha256).with_context(|| format!("creating the blob store {}", sha256.display()))?;
+        crate::output_file::clean_stale(&sha256)?;
         Ok(Self { dir: dir.to_path_buf(), sha256, verified: Mutex::new(HashMap::new()) })
     }
 
@@ -244,14 +246,19 @@ impl BlobStore {
         Ok(Existing::Verified)
     }
 
-    /// A new `.<stem>.<random>.partial` file. The random part lets two builds sharing a store
-    /// ingest the same blob at once; the last rename wins and both carry identical bytes.
+    /// A new `.<stem>.<random>.partial` file, created exclusively (`O_EXCL`: nothing planted
+    /// at its name is followed) and locked while it is written, so that [`BlobStore::new`] tells
+    /// it from the leftover of a killed process. The random part lets two builds sharing a
+    /// store ingest the same blob at once; the last rename wins and both carry identical bytes.
     fn partial_named(&self, stem: &str) -> Result<tempfile::NamedTempFile> {
-        tempfile::Builder::new()
+        let partial = tempfile::Builder::new()
             .prefix(&format!(".{stem}."))
             .suffix(".partial")
             .tempfile_in(&self.sha256)
-            .with_context(|| format!("creating a partial blob in {}", self.sha256.display()))
+            .with_context(|| format!("creating a partial blob in {}", self.sha256.display()))?;
+        rustix::fs::flock(partial.as_file(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .with_context(|| format!("locking {}", partial.path().display()))?;
+        Ok(partial)
     }
 
     fn commit(&self, partial: tempfile::NamedTempFile, digest: &Digest, size: u64) -> Result<()> {
@@ -299,6 +306,20 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".partial"))
             .collect()
+    }
+
+    #[test]
+    fn partial_blobs_of_killed_processes_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(tmp.path()).unwrap();
+        let live = store.partial_named("live").unwrap();
+        fs::write(store.dir().join("sha256/.dead.abc.partial"), b"half").unwrap();
+        let again = BlobStore::new(tmp.path()).unwrap();
+        let left = leftovers(&again);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with(".live."), "{left:?}");
+        drop(live);
+        assert!(leftovers(&again).is_empty());
     }
 
     #[test]

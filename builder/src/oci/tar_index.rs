@@ -177,14 +177,22 @@ fn resolve_symlink(link: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
     Ok(parts.join(&b'/'))
 }
 
+/// Decompresses an archive into an anonymous spool file, no further than [`MAX_RATIO`] times
+/// its size (it goes into the blob store, not an image, so only the ratio bounds it).
+///
+/// [`MAX_RATIO`]: crate::expansion::MAX_RATIO
 fn decompress_to_spool(file: File, compression: Compression, spool_dir: &Path) -> Result<File> {
-    let mut spool = tempfile::tempfile_in(spool_dir)
-        .with_context(|| format!("creating a spool file in {}", spool_dir.display()))?;
+    use crate::expansion::{ExpansionLimit, copy_bounded};
+    let mut spool = crate::tree::tar_input::anonymous_spool(spool_dir)?;
+    let compressed = file.metadata().context("reading the archive's size")?.len();
+    let limit = ExpansionLimit::ratio_only();
+    let bound = limit.bound(compressed);
+    let why = || limit.explain(compressed);
     let reader = BufReader::new(file);
     let copied = match compression {
-        Compression::Gzip => io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut spool),
+        Compression::Gzip => copy_bounded(flate2::read::MultiGzDecoder::new(reader), &mut spool, bound, why),
         Compression::Zstd => {
-            zstd::stream::read::Decoder::with_buffer(reader).and_then(|mut d| io::copy(&mut d, &mut spool))
+            zstd::stream::read::Decoder::with_buffer(reader).and_then(|d| copy_bounded(d, &mut spool, bound, why))
         }
         Compression::None => io::copy(&mut { reader }, &mut spool),
     };

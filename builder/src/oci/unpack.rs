@@ -3,31 +3,47 @@
 //! duplicates within a layer) hold for container layers too, and OCI whiteouts apply.
 //!
 //! An uncompressed layer is applied straight from the blob store (its files then point into the
-//! store, which must outlive the tree). A compressed layer is decompressed into a spool file
-//! while its diff_id is checked, and the spool lives as long as the tree.
+//! store, which must outlive the tree). A compressed layer is decompressed into an anonymous
+//! spool file while its diff_id is checked, no further than its [`ExpansionLimit`], and the
+//! spool lives as long as the tree.
 
 use super::blob_store::BlobStore;
 use super::digest::DigestingReader;
 use super::error::ImageError;
 use super::image::{Image, Layer};
 use super::media_type::Compression;
+use crate::expansion::{self, ExpansionLimit};
 use crate::tree::Tree;
 use crate::tree::tar_input::{self, TarOptions};
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
-/// Applies every layer of `image` to `tree`, each as a new tree layer.
-pub fn apply_layers(tree: &mut Tree, image: &Image, store: &BlobStore, spool_dir: &Path) -> Result<()> {
+/// Applies every layer of `image` to `tree`, each as a new tree layer; `limit` bounds each
+/// layer's decompression.
+pub fn apply_layers(
+    tree: &mut Tree,
+    image: &Image,
+    store: &BlobStore,
+    spool_dir: &Path,
+    limit: ExpansionLimit,
+) -> Result<()> {
     for (i, layer) in image.layers.iter().enumerate() {
-        apply_layer(tree, layer, i + 1, store, spool_dir)
+        apply_layer(tree, layer, i + 1, store, spool_dir, limit)
             .with_context(|| format!("applying layer {} ({}) of {}", i + 1, layer.digest, image.reference))?;
     }
     Ok(())
 }
 
-fn apply_layer(tree: &mut Tree, layer: &Layer, number: usize, store: &BlobStore, spool_dir: &Path) -> Result<()> {
+fn apply_layer(
+    tree: &mut Tree,
+    layer: &Layer,
+    number: usize,
+    store: &BlobStore,
+    spool_dir: &Path,
+    limit: ExpansionLimit,
+) -> Result<()> {
     let what = format!("layer {number}");
     let blob = store.verified_path(&layer.digest, layer.size, &what)?;
     let mut head = [0u8; 4];
@@ -42,7 +58,7 @@ fn apply_layer(tree: &mut Tree, layer: &Layer, number: usize, store: &BlobStore,
         ))
         .into());
     }
-    let opts = TarOptions { whiteouts: true, spool_dir };
+    let opts = TarOptions { whiteouts: true, spool_dir, limit };
     match layer.compression {
         Compression::None => {
             // Verified as diff_id when the image was read (the blob digest is the diff_id).
@@ -57,30 +73,36 @@ fn apply_layer(tree: &mut Tree, layer: &Layer, number: usize, store: &BlobStore,
         }
         Compression::Gzip | Compression::Zstd => {
             // The tree's file nodes own the spool from here on (it is deleted with them).
-            let spool = decompress_verified(&blob, layer, &what, spool_dir)?;
+            let spool = decompress_verified(&blob, layer, &what, spool_dir, limit)?;
             tar_input::apply_spooled_tar(tree, &format!("{what} {}", layer.digest), spool, &opts)?;
         }
     }
     Ok(())
 }
 
-/// Decompresses a layer into a spool file, checking the result against the layer's diff_id.
-fn decompress_verified(blob: &Path, layer: &Layer, what: &str, spool_dir: &Path) -> Result<tempfile::TempPath> {
-    let spool = tempfile::Builder::new()
-        .prefix(".airlock-layer-")
-        .tempfile_in(spool_dir)
-        .with_context(|| format!("creating a spool file in {}", spool_dir.display()))?;
-    let (file, spool_path) = spool.into_parts();
+/// Decompresses a layer into an anonymous spool file, checking the result against the layer's
+/// diff_id.
+fn decompress_verified(
+    blob: &Path,
+    layer: &Layer,
+    what: &str,
+    spool_dir: &Path,
+    limit: ExpansionLimit,
+) -> Result<File> {
+    let mut spool = tar_input::anonymous_spool(spool_dir)?;
     let input = BufReader::new(File::open(blob).with_context(|| format!("opening {}", blob.display()))?);
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut out = BufWriter::with_capacity(1 << 20, &mut spool);
     let decoder: Box<dyn Read> = match layer.compression {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input).context("starting zstd")?),
         Compression::None => Box::new(input),
     };
     let mut reader = DigestingReader::new(decoder);
-    io::copy(&mut reader, &mut out).with_context(|| format!("decompressing {what} {}", layer.digest))?;
-    out.flush().with_context(|| format!("writing {}", spool_path.display()))?;
+    let bound = limit.bound(layer.size);
+    expansion::copy_bounded(&mut reader, &mut out, bound, || limit.explain(layer.size))
+        .with_context(|| format!("decompressing {what} {}", layer.digest))?;
+    out.flush().with_context(|| format!("writing the spool of {what}"))?;
+    drop(out);
     let (actual, _) = reader.finish();
     if actual != layer.diff_id {
         return Err(ImageError::DigestMismatch {
@@ -93,18 +115,17 @@ fn decompress_verified(blob: &Path, layer: &Layer, what: &str, spool_dir: &Path)
     // apply_tar sniffs compression itself; a layer that decompresses to yet another compressed
     // stream would be unpacked twice with only the outer diff_id checked.
     let mut head = [0u8; 4];
-    let got = File::open(&spool_path)
-        .and_then(|f| read_head(f, &mut head))
-        .with_context(|| format!("reading {}", spool_path.display()))?;
+    spool.rewind().context("rewinding the spool")?;
+    let got = read_head(&mut spool, &mut head).with_context(|| format!("reading the spool of {what}"))?;
     if Compression::sniff(&head[..got]) != Compression::None {
         return Err(
             ImageError::Invalid(format!("{what} {} decompresses to another compressed stream", layer.digest)).into()
         );
     }
-    Ok(spool_path)
+    Ok(spool)
 }
 
-fn read_head(mut f: File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_head(mut f: impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         let n = f.read(&mut buf[got..])?;

@@ -41,12 +41,18 @@ fn compress_with(raw: &Path, dest: &Path, workers: u32) -> Result<()> {
 
 /// The decompressed size a `.zst` file's first frame records, if it does.
 pub fn content_size(path: &Path) -> Result<Option<u64>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    content_size_of(&file).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`content_size`] of an open file (read at offset 0, the file position untouched).
+pub fn content_size_of(file: &File) -> Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
     let mut head = [0u8; 18];
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = std::io::Read::read(&mut file, &mut head).with_context(|| format!("reading {}", path.display()))?;
+    let n = file.read_at(&mut head, 0)?;
     match zstd::zstd_safe::get_frame_content_size(&head[..n]) {
         Ok(size) => Ok(size),
-        Err(_) => anyhow::bail!("{} does not start with a zstd frame", path.display()),
+        Err(_) => anyhow::bail!("it does not start with a zstd frame"),
     }
 }
 

@@ -140,11 +140,12 @@ const GPT_OVERHEAD: u64 = 2 * MIB;
 /// What a Debian appliance needs to boot to its services (and hypervisors accept).
 const MIN_VM_MEMORY: u64 = 256 * MIB;
 const MAX_CPUS: u32 = 256;
-const UNIT_SUFFIXES: &[&str] = &[".service", ".target", ".socket", ".timer", ".mount", ".path", ".automount", ".slice"];
+/// The most of a spec that is read (a real one is a few KiB).
+pub const MAX_SPEC_FILE: u64 = 1 << 20;
 
 /// Reads, parses and validates `spec_path`.
 pub fn plan(spec_path: &Path, host: &HostContext) -> Result<BuildPlan> {
-    let text = std::fs::read(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    let text = crate::input_file::read_capped(spec_path, MAX_SPEC_FILE, "spec")?;
     let origin = spec_path.display().to_string();
     let spec = Spec::parse(std::str::from_utf8(&text).with_context(|| format!("{origin} is not UTF-8"))?, &origin)?;
     let spec_dir = spec_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -170,13 +171,9 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
     let supplier = check_supplier(spec.supplier.as_deref(), err)?;
     let mirror = check_os(&spec.os, host, err)?;
     let disk = check_disk(&spec.disk, err)?;
+    let confined = !spec.allow_overlays_outside_the_spec_folder;
     let dirs = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, PlanError> {
-        list.iter()
-            .map(|p| {
-                let full = spec_dir.join(p);
-                if full.is_dir() { Ok(full) } else { Err(err(key, format!("{} is not a directory", full.display()))) }
-            })
-            .collect()
+        list.iter().map(|p| overlay_dir(spec_dir, p, confined).map_err(|why| err(key, why))).collect()
     };
     let overlays = dirs("overlays", &spec.overlays)?;
     let unit_dirs = dirs("units.dirs", &spec.units.dirs)?;
@@ -227,12 +224,44 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
 /// Makes the error for a key.
 type Err<'a> = &'a dyn Fn(&str, String) -> PlanError;
 
+/// An overlay (or unit) folder named in the spec: a directory, inside the spec's folder unless
+/// `confined` is off. Symlinks are resolved before the check, so a link in the spec's folder
+/// cannot lead outside it either.
+fn overlay_dir(spec_dir: &Path, p: &Path, confined: bool) -> Result<PathBuf, String> {
+    let full = spec_dir.join(p);
+    let shown = crate::printable::escape(&full.display().to_string()).into_owned();
+    if !full.is_dir() {
+        return Err(format!("{shown} is not a directory"));
+    }
+    if confined {
+        let base = spec_dir.canonicalize().map_err(|e| format!("resolving the spec's folder: {e}"))?;
+        let real = full.canonicalize().map_err(|e| format!("resolving {shown}: {e}"))?;
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "{shown} is outside the spec's folder {} (it is {}); its files would be copied from the build host into \
+                 the image. Move it inside, or set allow_overlays_outside_the_spec_folder = true",
+                base.display(),
+                real.display()
+            ));
+        }
+    }
+    Ok(full)
+}
+
 fn check_identity(spec: &Spec, err: Err<'_>) -> Result<(), PlanError> {
     if !is_name(&spec.name, 63) {
         return Err(err("name", format!("`{}` must be 1-63 lower-case letters, digits or `-`", spec.name)));
     }
     if spec.version.is_empty() || !spec.version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)) {
         return Err(err("version", format!("`{}` must be letters, digits and . _ + - ~", spec.version)));
+    }
+    // Written into the OVF (XML, which has no way to carry most control characters) and the
+    // mirror's listing page.
+    if spec.description.chars().any(char::is_control) || spec.description.len() > 1000 {
+        return Err(err(
+            "description",
+            "must be one line of at most 1000 characters, without control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -243,7 +272,7 @@ fn check_supplier(supplier: Option<&str>, err: Err<'_>) -> Result<Option<String>
     let named = ["Organization: ", "Person: "]
         .iter()
         .find_map(|prefix| s.strip_prefix(prefix))
-        .is_some_and(|name| !name.trim().is_empty() && !name.contains(['\n', '\r']));
+        .is_some_and(|name| !name.trim().is_empty() && !name.chars().any(char::is_control));
     if !named {
         return Err(err("supplier", format!("`{s}` is not `Organization: <name>` or `Person: <name>` (SPDX's form)")));
     }
@@ -256,6 +285,13 @@ fn check_os(os: &OsSpec, host: &HostContext, err: Err<'_>) -> Result<String, Pla
         return Err(err("os.suite", format!("`{}` is not a Debian suite name", os.suite)));
     }
     let mirror = match &os.mirror {
+        // mmdebstrap writes the mirror into the image's sources.list: one line, no spaces.
+        Some(m) if m.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(err(
+                "os.mirror",
+                format!("`{}` holds a space or a control character", crate::printable::escape(m)),
+            ));
+        }
         Some(m) if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/") => {
             m.trim_end_matches('/').to_string()
         }
@@ -273,7 +309,7 @@ fn check_os(os: &OsSpec, host: &HostContext, err: Err<'_>) -> Result<String, Pla
         }
     }
     for a in &os.kernel_cmdline {
-        if a.is_empty() || a.contains(char::is_whitespace) {
+        if a.is_empty() || a.contains(char::is_whitespace) || a.contains(char::is_control) {
             return Err(err("os.kernel_cmdline", format!("`{a}` must be one argument without spaces")));
         }
         if a.starts_with("root=") || a.starts_with("console=") {
@@ -315,9 +351,20 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
         {
             return Err(err(&key, format!("{} is below {whose} of {}", ByteSize(s), ByteSize(minimum))));
         }
-        need += size.unwrap_or(minimum);
+        // No size may exceed the largest disk: then the sum cannot overflow either.
+        if let Some(s) = size
+            && s > crate::disk::MAX_DISK
+        {
+            return Err(err(&key, too_large(s)));
+        }
+        need = need
+            .checked_add(size.unwrap_or(minimum))
+            .ok_or_else(|| err("disk.size", "the partition sizes add up past what a 64-bit size holds".into()))?;
         parts.push(format!("{} {}", def.role, ByteSize(size.unwrap_or(minimum))));
         partitions.push(PartitionSize { role: def.role, size });
+    }
+    if d.size.bytes() > crate::disk::MAX_DISK {
+        return Err(err("disk.size", too_large(d.size.bytes())));
     }
     if d.size.bytes() < need {
         return Err(err(
@@ -328,15 +375,45 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
     Ok(DiskLayout { size: d.size.bytes(), partitions })
 }
 
+fn too_large(size: u64) -> String {
+    format!("{} is larger than the largest disk airlock builds ({})", ByteSize(size), ByteSize(crate::disk::MAX_DISK))
+}
+
+/// `name` as a unit name systemd accepts (see [`crate::unit_name`]), or the error for `key`.
+fn check_unit_name(key: &str, name: &str, allow_template: bool, err: Err<'_>) -> Result<(), PlanError> {
+    match crate::unit_name::problem(name, allow_template) {
+        None => Ok(()),
+        Some(why) => Err(err(key, format!("`{}` is not a systemd unit name: {why}", crate::printable::escape(name)))),
+    }
+}
+
 fn check_unit_lists(units: &UnitsSpec, err: Err<'_>) -> Result<(), PlanError> {
     for (key, list) in [("units.enable", &units.enable), ("units.mask", &units.mask)] {
         for u in list {
-            if !UNIT_SUFFIXES.iter().any(|s| u.ends_with(s)) || u.contains('/') {
-                return Err(err(key, format!("`{u}` is not a systemd unit name")));
-            }
+            check_unit_name(key, u, true, err)?;
         }
     }
     Ok(())
+}
+
+/// A service's URL as the banner shows it: `http://` or `https://`, then printable characters
+/// without spaces (the banner's services file is space-separated, one service per line). The
+/// placeholders `{address}`, `{domain}` and `{hostname}` are filled in at boot.
+fn url_problem(url: &str) -> Option<&'static str> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Some("it must start with http:// or https://");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it holds a space or a control character");
+    }
+    if url.len() > 2048 {
+        return Some("it is longer than 2048 characters");
+    }
+    let host = url.split("://").nth(1).unwrap_or("");
+    if host.is_empty() || host.starts_with('/') {
+        return Some("it names no host");
+    }
+    None
 }
 
 fn check_services(list: &[ServiceSpec], err: Err<'_>) -> Result<Vec<Service>, PlanError> {
@@ -349,13 +426,11 @@ fn check_services(list: &[ServiceSpec], err: Err<'_>) -> Result<Vec<Service>, Pl
         if services.iter().any(|x| x.name == s.name) {
             return Err(err(&key("name"), format!("`{}` is listed twice", s.name)));
         }
-        if !UNIT_SUFFIXES.iter().any(|x| s.unit.ends_with(x)) {
-            return Err(err(&key("unit"), format!("`{}` is not a systemd unit name", s.unit)));
-        }
+        check_unit_name(&key("unit"), &s.unit, false, err)?;
         if let Some(url) = &s.url
-            && !url.contains("://")
+            && let Some(why) = url_problem(url)
         {
-            return Err(err(&key("url"), format!("`{url}` is not a URL")));
+            return Err(err(&key("url"), format!("`{}` is not a URL: {why}", crate::printable::escape(url))));
         }
         services.push(Service { name: s.name.clone(), unit: s.unit.clone(), url: s.url.clone() });
     }

@@ -4,27 +4,33 @@ use anyhow::{Context, Result, bail};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// An uncompressed tar archive or a spool file that file contents point into. Held by `Arc`
 /// from every file node that uses it, so contents can move between trees (the ESP takes the
-/// kernel from the root filesystem's tar) and a temporary spool lives exactly as long as a node
-/// needs it.
+/// kernel from the root filesystem's tar). It holds the open file: a spool is an anonymous file
+/// (no name, freed by the kernel when the last node using it is gone or the process ends,
+/// however it ends), and an archive on disk is read from the file that was checked, whatever
+/// its path names later.
 #[derive(Debug)]
 pub struct Archive {
-    path: PathBuf,
-    /// Deletes a temporary spool when the last node using it is gone.
-    _spool: Option<tempfile::TempPath>,
+    file: File,
+    /// What it is, for messages: the input's path, or `spool of <input>`.
+    label: String,
 }
 
 impl Archive {
-    pub(crate) fn new(path: PathBuf, spool: Option<tempfile::TempPath>) -> Arc<Self> {
-        Arc::new(Self { path, _spool: spool })
+    pub(crate) fn new(file: File, label: String) -> Arc<Self> {
+        Arc::new(Self { file, label })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -50,12 +56,9 @@ pub enum Content {
     Bytes(Arc<[u8]>),
 }
 
-/// Reads file contents for writers, keeping the most recently used archive open (writers read
-/// one archive's files in a row).
+/// Reads file contents for writers.
 #[derive(Debug, Default)]
-pub struct ContentReader {
-    open: Option<(Arc<Archive>, File)>,
-}
+pub struct ContentReader {}
 
 impl ContentReader {
     pub fn new() -> Self {
@@ -75,8 +78,10 @@ impl ContentReader {
                 buf.copy_from_slice(src);
             }
             Content::Host(path) => {
-                // Host files are opened per call: a build reads each one once, sequentially.
-                let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                // Host files are opened per call: a build reads each one once, sequentially. Only
+                // a regular file is read: one swapped for a FIFO since it was listed must not
+                // hang the build.
+                let file = crate::input_file::open_regular(path, "file")?;
                 let len = file.metadata().with_context(|| format!("reading metadata of {}", path.display()))?.len();
                 if len != size {
                     bail!("{} changed while the image was built: {size} bytes became {len}", path.display());
@@ -84,15 +89,8 @@ impl ContentReader {
                 file.read_exact_at(buf, pos).with_context(|| format!("reading {}", path.display()))?;
             }
             Content::Archive { archive, offset } => {
-                let reuse = matches!(&self.open, Some((a, _)) if Arc::ptr_eq(a, archive));
-                if !reuse {
-                    let file =
-                        File::open(archive.path()).with_context(|| format!("opening {}", archive.path().display()))?;
-                    self.open = Some((archive.clone(), file));
-                }
-                let (_, file) = self.open.as_ref().expect("opened above");
-                file.read_exact_at(buf, offset + pos)
-                    .with_context(|| format!("reading {}", archive.path().display()))?;
+                let at = offset.checked_add(pos).context("file offset overflows")?;
+                archive.file().read_exact_at(buf, at).with_context(|| format!("reading {}", archive.label()))?;
             }
         }
         Ok(())

@@ -150,7 +150,16 @@ pub enum Problem {
     UnsupportedType { kind: String },
     #[error("malformed entry: {detail}")]
     Malformed { detail: String },
+    #[error("input too large: {detail}")]
+    TooLarge { detail: String },
+    #[error("path is {len} bytes long; a path in an image is at most {MAX_PATH} bytes (PATH_MAX)")]
+    PathTooLong { len: usize },
 }
+
+/// The longest path a tree holds, in bytes: Linux's `PATH_MAX` less its NUL. A longer one could
+/// not be opened by its path on the appliance, and the limit bounds what a deep tree costs (at
+/// most 2,048 levels).
+pub const MAX_PATH: usize = 4095;
 
 /// An input (a tar archive, a host directory) had a bad entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +352,9 @@ impl Tree {
     /// re-declared as a directory keeps its entries and takes the new metadata; anything else at
     /// that path is replaced (with its subtree).
     pub fn insert(&mut self, path: &[u8], meta: Meta, kind: NodeKind) -> Result<NodeId, Problem> {
+        if path.len() > MAX_PATH {
+            return Err(Problem::PathTooLong { len: path.len() });
+        }
         let components = path::components(path);
         if components.is_empty() {
             if !kind.is_dir() {
@@ -382,6 +394,9 @@ impl Tree {
             .ok_or_else(|| Problem::HardLinkTargetMissing { target: path::display(target) })?;
         if self.node(target_id).kind.is_dir() {
             return Err(Problem::HardLinkToDirectory { target: path::display(target) });
+        }
+        if path.len() > MAX_PATH {
+            return Err(Problem::PathTooLong { len: path.len() });
         }
         let components = path::components(path);
         if components.is_empty() {
@@ -449,6 +464,9 @@ impl Tree {
 
     /// The directory at `dir`, created if missing (a whiteout may be the first entry naming it).
     fn parent_dir_for_children(&mut self, dir: &[u8]) -> Result<NodeId, Problem> {
+        if dir.len() > MAX_PATH {
+            return Err(Problem::PathTooLong { len: dir.len() });
+        }
         let mut components = path::components(dir);
         components.push(b"-");
         self.parent_dir(&components)
@@ -456,14 +474,23 @@ impl Tree {
 }
 
 /// Applies a host directory or a tar archive (plain, gzip, zstd) at `input` as a new layer.
-/// Tar spool files go to `spool_dir`.
-pub fn apply_path(tree: &mut Tree, input: &std::path::Path, spool_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Tar spool files go to `spool_dir`; the tree's destination holds `capacity` bytes (which
+/// bounds decompression, see [`crate::expansion`]). Anything else (a FIFO, a device) is refused.
+pub fn apply_path(
+    tree: &mut Tree,
+    input: &std::path::Path,
+    spool_dir: &std::path::Path,
+    capacity: u64,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let md = std::fs::metadata(input).with_context(|| format!("reading input {}", input.display()))?;
     if md.is_dir() {
         host_dir::apply_dir(tree, input, host_dir::HostDirOptions::default())?;
+    } else if md.is_file() {
+        let limit = crate::expansion::ExpansionLimit::capacity(capacity);
+        tar_input::apply_tar(tree, input, &tar_input::TarOptions { whiteouts: true, spool_dir, limit })?;
     } else {
-        tar_input::apply_tar(tree, input, &tar_input::TarOptions { whiteouts: true, spool_dir })?;
+        anyhow::bail!("input {} is neither a directory nor a regular file (a tar archive)", input.display());
     }
     Ok(())
 }
@@ -541,6 +568,18 @@ mod tests {
         assert_eq!(t.node(t.lookup("d").unwrap()).meta.mode, 0o700);
         file(&mut t, "d", b"now a file");
         assert!(t.lookup("d/f").is_none());
+    }
+
+    #[test]
+    fn paths_longer_than_path_max_are_refused() {
+        let mut t = Tree::new();
+        let deep = vec!["d"; 2048].join("/");
+        assert_eq!(deep.len(), MAX_PATH);
+        file(&mut t, &deep, b"");
+        let deeper = format!("{deep}/x");
+        let err = t.insert(deeper.as_bytes(), Meta::root(0o644), NodeKind::Fifo).unwrap_err();
+        assert_eq!(err, Problem::PathTooLong { len: MAX_PATH + 2 });
+        assert_eq!(t.link(deeper.as_bytes(), deep.as_bytes()).unwrap_err(), Problem::PathTooLong { len: MAX_PATH + 2 });
     }
 
     #[test]

@@ -33,9 +33,10 @@ pub fn components(path: &[u8]) -> Vec<&[u8]> {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect()
 }
 
-/// A path for messages: lossy UTF-8.
+/// A path for messages: UTF-8 where it is, `\xNN` where it is not, control characters
+/// escaped (an entry name must not reach the terminal as an escape sequence).
 pub fn display(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    crate::printable::escape_bytes(path)
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //!
 //! File contents stay in the archive: a regular file becomes a `(archive, offset)` reference.
 //! Compressed archives are first decompressed into a spool file (so the references have
-//! something to point into); GNU sparse members are expanded into a spool as well.
+//! something to point into); GNU sparse members are expanded into a spool as well. Spools are
+//! anonymous files (gone with the process, however it ends), and both kinds of expansion stop
+//! at the input's [`ExpansionLimit`] before the bytes are written.
 
 use super::{Content, InputError, Meta, NodeKind, Problem, Timestamp, Tree, path};
+use crate::expansion::{self, ExpansionLimit};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -20,8 +23,11 @@ const BLOCK: u64 = 512;
 pub struct TarOptions<'a> {
     /// Honour OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) against earlier layers.
     pub whiteouts: bool,
-    /// Where decompressed or expanded spool files go (they live as long as the tree).
+    /// Where decompressed or expanded spool files go (anonymous: they live as long as the
+    /// tree, or the process).
     pub spool_dir: &'a Path,
+    /// How far decompression and sparse files may expand the input.
+    pub limit: ExpansionLimit,
 }
 
 /// What one tar input contributed.
@@ -57,71 +63,80 @@ fn sniff(file: &mut File) -> io::Result<Compression> {
     })
 }
 
+/// An anonymous spool file in `dir` (`O_TMPFILE` where the filesystem has it, else created
+/// and unlinked at once): nothing is left behind by any exit.
+pub(crate) fn anonymous_spool(dir: &Path) -> Result<File> {
+    tempfile::tempfile_in(dir).with_context(|| format!("creating a spool file in {}", dir.display()))
+}
+
 /// Applies the tar archive at `archive` to `tree` as a new layer.
 pub fn apply_tar(tree: &mut Tree, archive: &Path, opts: &TarOptions<'_>) -> Result<TarStats> {
     let input = archive.display().to_string();
     let whole = |problem| InputError { input: input.clone(), entry: None, problem };
-    let mut file = File::open(archive).with_context(|| format!("opening tar archive {input}"))?;
+    let mut file = crate::input_file::open_regular(archive, "tar archive")?;
     let compression = sniff(&mut file).with_context(|| format!("reading {input}"))?;
 
-    let (tar_path, archive_ref) = match compression {
-        Compression::None => (archive.to_path_buf(), super::Archive::new(archive.to_path_buf(), None)),
+    let tar_file = match compression {
+        Compression::None => file,
         Compression::Gzip | Compression::Zstd => {
-            let spool = tempfile::Builder::new()
-                .prefix(".airlock-spool-")
-                .tempfile_in(opts.spool_dir)
-                .with_context(|| format!("creating a spool file in {}", opts.spool_dir.display()))?;
-            let (spool_file, spool_path) = spool.into_parts();
-            let mut out = io::BufWriter::new(spool_file);
+            let compressed = file.metadata().with_context(|| format!("reading {input}"))?.len();
+            let bound = opts.limit.bound(compressed);
+            let mut spool = anonymous_spool(opts.spool_dir)?;
+            let mut out = io::BufWriter::new(&mut spool);
             let reader = BufReader::new(file);
+            let why = || opts.limit.explain(compressed);
             let copied = match compression {
-                Compression::Gzip => io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut out),
-                _ => zstd::stream::read::Decoder::with_buffer(reader).and_then(|mut d| io::copy(&mut d, &mut out)),
+                Compression::Gzip => {
+                    expansion::copy_bounded(flate2::read::MultiGzDecoder::new(reader), &mut out, bound, why)
+                }
+                _ => zstd::stream::read::Decoder::with_buffer(reader)
+                    .and_then(|d| expansion::copy_bounded(d, &mut out, bound, why)),
             };
             if let Err(e) = copied {
-                let problem = if e.kind() == io::ErrorKind::UnexpectedEof {
+                let problem = if let Some(too_large) = expansion::too_large(&e) {
+                    Problem::TooLarge { detail: too_large.to_string() }
+                } else if e.kind() == io::ErrorKind::UnexpectedEof {
                     Problem::Truncated { detail: "compressed stream ends early".into() }
                 } else {
                     Problem::Malformed { detail: format!("cannot decompress: {e}") }
                 };
                 return Err(whole(problem).into());
             }
-            out.flush().with_context(|| format!("writing spool for {input}"))?;
-            let path = spool_path.to_path_buf();
-            let archive = super::Archive::new(path.clone(), Some(spool_path));
-            (path, archive)
+            out.flush().with_context(|| format!("writing the spool of {input}"))?;
+            drop(out);
+            spool
         }
     };
-    apply_archive(tree, &input, &tar_path, archive_ref, opts)
+    let label = match compression {
+        Compression::None => input.clone(),
+        _ => format!("the decompressed spool of {input}"),
+    };
+    apply_archive(tree, &input, super::Archive::new(tar_file, label), opts)
 }
 
-/// Applies an already uncompressed tar held in a temporary spool (e.g. a container layer
+/// Applies an already uncompressed tar held in an anonymous spool (e.g. a container layer
 /// decompressed while its diff_id was checked); the tree's nodes keep the spool alive.
-pub fn apply_spooled_tar(
-    tree: &mut Tree,
-    input: &str,
-    spool: tempfile::TempPath,
-    opts: &TarOptions<'_>,
-) -> Result<TarStats> {
-    let path = spool.to_path_buf();
-    let archive = super::Archive::new(path.clone(), Some(spool));
-    apply_archive(tree, input, &path, archive, opts)
+pub fn apply_spooled_tar(tree: &mut Tree, input: &str, spool: File, opts: &TarOptions<'_>) -> Result<TarStats> {
+    let archive = super::Archive::new(spool, format!("the decompressed spool of {input}"));
+    apply_archive(tree, input, archive, opts)
 }
 
-/// Applies the uncompressed tar at `tar_path` (whose file contents `archive_ref` stands for)
-/// as a new layer; `input` names it in errors.
+/// Applies the uncompressed tar in `archive_ref` as a new layer; `input` names it in errors.
 fn apply_archive(
     tree: &mut Tree,
     input: &str,
-    tar_path: &Path,
     archive_ref: std::sync::Arc<super::Archive>,
     opts: &TarOptions<'_>,
 ) -> Result<TarStats> {
     let input = input.to_string();
     let whole = |problem| InputError { input: input.clone(), entry: None, problem };
     tree.begin_layer();
-    let tar_file = File::open(tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
-    let archive_len = tar_file.metadata().with_context(|| format!("reading {}", tar_path.display()))?.len();
+    let mut tar_file = archive_ref.file().try_clone().with_context(|| format!("reading {input}"))?;
+    tar_file.seek(SeekFrom::Start(0)).with_context(|| format!("reading {input}"))?;
+    let archive_len = tar_file.metadata().with_context(|| format!("reading {input}"))?.len();
+    // GNU sparse members expand into one spool per input; together they may expand as far as
+    // the input's limit allows for the archive's size.
+    let sparse_bound = opts.limit.bound(archive_len);
     let mut sparse_spool: Option<(File, std::sync::Arc<super::Archive>, u64)> = None;
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut stats = TarStats::default();
@@ -202,18 +217,37 @@ fn apply_archive(
                 let (spool, id, used) = match &mut sparse_spool {
                     Some(s) => s,
                     None => {
-                        let tmp = tempfile::Builder::new()
-                            .prefix(".airlock-sparse-")
-                            .tempfile_in(opts.spool_dir)
-                            .with_context(|| format!("creating a spool file in {}", opts.spool_dir.display()))?;
-                        let (f, p) = tmp.into_parts();
-                        let archive = super::Archive::new(p.to_path_buf(), Some(p));
+                        let f = anonymous_spool(opts.spool_dir)?;
+                        let archive = super::Archive::new(
+                            f.try_clone().context("sharing the sparse spool")?,
+                            format!("the sparse spool of {input}"),
+                        );
                         sparse_spool.insert((f, archive, 0))
                     }
                 };
+                // The declared size is checked before a byte is expanded: a few KB of sparse
+                // map can claim gigabytes.
+                let size = entry.size();
+                let total = used.checked_add(size).filter(|t| *t <= sparse_bound);
+                let Some(total) = total else {
+                    return Err(fail(Problem::TooLarge {
+                        detail: format!(
+                            "sparse file of {} expands to {}",
+                            crate::size::ByteSize(size),
+                            opts.limit.explain(archive_len)
+                        ),
+                    })
+                    .into());
+                };
                 let offset = *used;
-                let size = io::copy(&mut entry, spool).map_err(|e| fail(io_problem(&e)))?;
-                *used += size;
+                let copied = copy_sparse(&mut entry, spool, offset, size).map_err(|e| fail(io_problem(&e)))?;
+                if copied != size {
+                    return Err(fail(Problem::Truncated {
+                        detail: format!("sparse file gives {copied} of its {size} bytes"),
+                    })
+                    .into());
+                }
+                *used = total;
                 stats.file_bytes += size;
                 NodeKind::File { size, content: Content::Archive { archive: id.clone(), offset } }
             }
@@ -252,6 +286,30 @@ fn apply_archive(
     }
     ar_end_check(ar.into_inner(), archive_len).map_err(whole)?;
     Ok(stats)
+}
+
+/// Copies a sparse member's `size` bytes to `spool` at `offset`, leaving all-zero blocks as
+/// holes (a sparse file stays sparse on the build host's disk). Returns the bytes read.
+fn copy_sparse(entry: &mut impl Read, spool: &File, offset: u64, size: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut done = 0u64;
+    while done < size {
+        let want = usize::try_from((size - done).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = entry.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            spool.write_all_at(&buf[..n], offset + done)?;
+        }
+        done += n as u64;
+    }
+    // A trailing hole still counts: the file must be long enough for the last read.
+    if spool.metadata()?.len() < offset + done {
+        spool.set_len(offset + done)?;
+    }
+    Ok(done)
 }
 
 /// After the last entry the tar reader has either consumed an all-zero end-of-archive block or

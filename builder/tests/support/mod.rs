@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod base_files;
+pub mod raw_tar;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -32,9 +33,21 @@ pub fn tool_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The `airlock` binary under test: the one cargo built, or `$AIRLOCK_TEST_BINARY` (to run the
+/// same tests against another build, e.g. to show that a test fails on the code before a fix).
+pub fn airlock_exe() -> PathBuf {
+    match std::env::var_os("AIRLOCK_TEST_BINARY") {
+        Some(other) => {
+            eprintln!("testing {} (AIRLOCK_TEST_BINARY), not this build", Path::new(&other).display());
+            PathBuf::from(other)
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_airlock")),
+    }
+}
+
 /// Runs the `airlock` binary under test with a fixed `SOURCE_DATE_EPOCH`.
 pub fn airlock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_airlock"))
+    Command::new(airlock_exe())
         .args(args)
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .env("RUST_LOG", "warn")
@@ -58,6 +71,49 @@ pub fn airlock_err(args: &[&str]) -> String {
     let out = airlock(args);
     assert!(!out.status.success(), "airlock {} unexpectedly succeeded", args.join(" "));
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `airlock` with its standard input on a pseudo-terminal (so that it asks for
+/// confirmation), waits until it has asked on stderr (`prompt`), runs `meanwhile`, answers
+/// `answer` and returns its output.
+pub fn airlock_answering(args: &[&str], prompt: &str, meanwhile: impl FnOnce(), answer: &str) -> Output {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::{Read, Write};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("opening a pseudo-terminal");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().expect("UTF-8 pty name"))
+        .expect("opening the pty's terminal side");
+    let mut child = Command::new(airlock_exe())
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("RUST_LOG", "warn")
+        .stdin(slave)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting airlock");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains(prompt) {
+        let n = stderr.read(&mut byte).expect("reading airlock's stderr");
+        assert!(n == 1, "airlock ended without asking `{prompt}`: {}", String::from_utf8_lossy(&seen));
+        seen.push(byte[0]);
+    }
+    meanwhile();
+    let mut master = std::fs::File::from(master);
+    master.write_all(answer.as_bytes()).expect("answering on the pty");
+    let mut rest = Vec::new();
+    stderr.read_to_end(&mut rest).expect("reading airlock's stderr");
+    seen.extend(rest);
+    let mut out = child.wait_with_output().expect("waiting for airlock");
+    out.stderr = seen;
+    out
 }
 
 pub fn sha256(path: &Path) -> String {

@@ -214,10 +214,11 @@ pub fn write_key_pair(kp: &KeyPair, prefix: &Path, passphrase: Option<&str>) -> 
 /// Reads a minisign secret key file, ours or `minisign -G`'s.
 ///
 /// `passphrase` is called only if the key is encrypted.
+/// The most of a key file that is read: a minisign key file is two short lines.
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+
 pub fn read_secret_key(path: &Path, passphrase: impl FnOnce() -> Result<String>) -> Result<KeyPair> {
-    let text = Zeroizing::new(
-        fs::read_to_string(path).with_context(|| format!("reading secret key file {}", path.display()))?,
-    );
+    let text = Zeroizing::new(crate::input_file::read_capped_text(path, MAX_KEY_FILE, "secret key file")?);
     let (_comment, payload) =
         comment_and_payload(&text).with_context(|| format!("parsing secret key file {}", path.display()))?;
     let bytes = Zeroizing::new(
@@ -238,15 +239,15 @@ pub fn read_public_key(path_or_base64: &str) -> Result<PublicKey> {
         return PublicKey::from_base64(path_or_base64);
     }
     let path = Path::new(path_or_base64);
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            PublicKey::from_file_text(&text).with_context(|| format!("reading public key file {}", path.display()))
-        }
+    match fs::symlink_metadata(path) {
         Err(err) if err.kind() == ErrorKind::NotFound => bail!(
             "{path_or_base64:?} is neither a base64 minisign public key nor an existing public \
              key file"
         ),
-        Err(err) => Err(err).with_context(|| format!("reading public key file {}", path.display())),
+        _ => {
+            let text = crate::input_file::read_capped_text(path, MAX_KEY_FILE, "public key file")?;
+            PublicKey::from_file_text(&text).with_context(|| format!("reading public key file {}", path.display()))
+        }
     }
 }
 

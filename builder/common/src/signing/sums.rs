@@ -43,30 +43,46 @@ pub fn sha256sums(files: &[(String, PathBuf)]) -> Result<String> {
 /// All files are checked before failing, and the error (a [`ChecksumFailures`]) names every
 /// file that is missing, unreadable or different.
 pub fn check_sha256sums(dir: &Path, sums_text: &str) -> Result<Vec<String>> {
-    let entries = parse(sums_text)?;
+    let entries: Vec<(String, [u8; 32])> =
+        parse(sums_text)?.into_iter().map(|entry| (entry.name, entry.digest)).collect();
+    check_entries(dir, &entries)
+}
+
+/// The entries of a `SHA256SUMS` text: name and SHA-256, in the listing's order (names checked
+/// as [`check_sha256sums`] does, none twice).
+pub fn parse_sha256sums(sums_text: &str) -> Result<Vec<(String, [u8; 32])>> {
+    Ok(parse(sums_text)?.into_iter().map(|entry| (entry.name, entry.digest)).collect())
+}
+
+/// Checks each `(name, sha256)` against the file of that name in `dir` (only regular files are
+/// read: a FIFO or device under a listed name is unreadable, not a hang); returns the names, in
+/// order. Errors as [`check_sha256sums`].
+pub fn check_entries(dir: &Path, entries: &[(String, [u8; 32])]) -> Result<Vec<String>> {
     let mut failures = Vec::new();
-    for entry in &entries {
-        let path = dir.join(&entry.name);
-        let problem = match File::open(&path) {
+    for (name, digest) in entries {
+        let path = dir.join(name);
+        let problem = match std::fs::symlink_metadata(&path) {
             Err(err) if err.kind() == ErrorKind::NotFound => Some(ChecksumProblem::Missing),
-            Err(err) => Some(ChecksumProblem::Unreadable(err.to_string())),
-            Ok(file) => match sha256_of(file) {
-                Err(err) => Some(ChecksumProblem::Unreadable(err.to_string())),
-                Ok(actual) if actual == entry.digest => None,
-                Ok(actual) => {
-                    Some(ChecksumProblem::Mismatch { expected: hex::encode(entry.digest), actual: hex::encode(actual) })
-                }
+            _ => match crate::input_file::open_regular(&path, "file") {
+                Err(err) => Some(ChecksumProblem::Unreadable(format!("{err:#}"))),
+                Ok(file) => match sha256_of(file) {
+                    Err(err) => Some(ChecksumProblem::Unreadable(err.to_string())),
+                    Ok(actual) if actual == *digest => None,
+                    Ok(actual) => {
+                        Some(ChecksumProblem::Mismatch { expected: hex::encode(digest), actual: hex::encode(actual) })
+                    }
+                },
             },
         };
         if let Some(problem) = problem {
-            failures.push(ChecksumFailure { name: entry.name.clone(), problem });
+            failures.push(ChecksumFailure { name: name.clone(), problem });
         }
     }
     if !failures.is_empty() {
         return Err(ChecksumFailures { listed: entries.len(), failures })
             .with_context(|| format!("checking the files in {}", dir.display()));
     }
-    Ok(entries.into_iter().map(|entry| entry.name).collect())
+    Ok(entries.iter().map(|(name, _)| name.clone()).collect())
 }
 
 /// Every file that failed [`check_sha256sums`].
@@ -149,6 +165,10 @@ fn check_name(name: &str) -> Result<()> {
         // sha256sum escapes these with a leading backslash; nothing we produce needs them.
         bail!("{name:?} contains a backslash or line break, which SHA256SUMS cannot list plainly");
     }
+    if name.chars().any(char::is_control) {
+        // A name is printed by verify; control characters would reach the terminal.
+        bail!("{name:?} contains a control character");
+    }
     let path = Path::new(name);
     if !path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
         bail!("{name:?} must be a relative path inside the directory of SHA256SUMS");
@@ -229,7 +249,7 @@ mod tests {
 
     #[test]
     fn unsafe_or_ambiguous_names_are_refused() {
-        for name in ["", "../x", "/etc/passwd", "a\\b", "a\nb"] {
+        for name in ["", "../x", "/etc/passwd", "a\\b", "a\nb", "a\u{1b}[2Jb"] {
             assert!(check_name(name).is_err(), "{name:?}");
         }
         assert!(check_name("images/disk.raw").is_ok());
