@@ -44,6 +44,23 @@ pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<Par
     if disk_size % gpt::SECTOR != 0 {
         bail!("disk size {} is not a multiple of 512 bytes", ByteSize(disk_size));
     }
+    // Every size is checked against the largest disk before any arithmetic: then no sum or
+    // alignment below can wrap into a small number.
+    if disk_size > MAX_DISK {
+        bail!(
+            "disk size {} is larger than the largest disk airlock builds ({})",
+            ByteSize(disk_size),
+            ByteSize(MAX_DISK)
+        );
+    }
+    if let Some(r) = requests.iter().find(|r| r.size.is_some_and(|s| s > MAX_DISK)) {
+        bail!(
+            "the {} partition's size {} is larger than the largest disk airlock builds ({})",
+            r.role,
+            ByteSize(r.size.unwrap_or_default()),
+            ByteSize(MAX_DISK)
+        );
+    }
     requests.sort_by_key(|r| r.role.position());
     if let Some(twice) = requests.windows(2).find(|w| w[0].role == w[1].role) {
         bail!("the {} partition is requested twice", twice[0].role);

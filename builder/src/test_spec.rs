@@ -57,7 +57,8 @@ struct StandInSpec {
 /// Plans `path`: a production spec as [`crate::plan::plan`] does, or a test spec as its
 /// production spec with the stand-ins in place.
 pub fn plan_spec_or_test_spec(path: &Path, host: &HostContext) -> Result<BuildPlan> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Only a regular file, and no larger than a spec may be (a FIFO or a device is refused).
+    let text = crate::input_file::read_capped_text(path, crate::plan::MAX_SPEC_FILE, "spec")?;
     let origin = path.display().to_string();
     let Some(file) = parse(&text, &origin)? else {
         return crate::plan::plan(path, host);
@@ -65,8 +66,8 @@ pub fn plan_spec_or_test_spec(path: &Path, host: &HostContext) -> Result<BuildPl
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let production = dir.join(&file.test.spec);
     let err = |key: &str, message: String| PlanError { file: origin.clone(), key: key.to_string(), message };
-    let production_text = std::fs::read_to_string(&production)
-        .map_err(|e| err("test.spec", format!("cannot read {}: {e}", production.display())))?;
+    let production_text = crate::input_file::read_capped_text(&production, crate::plan::MAX_SPEC_FILE, "spec")
+        .map_err(|e| err("test.spec", format!("cannot read {}: {e:#}", production.display())))?;
     if parse(&production_text, &production.display().to_string())?.is_some() {
         return Err(err("test.spec", format!("{} is itself a test spec", production.display())).into());
     }

@@ -828,7 +828,7 @@ fn hostile_specs_are_refused_by_check() {
     sb.refused(
         "--data that wraps",
         &["disk", "--size", "2GiB", "--seed", "h", "--esp", s(&esp), "--data", "18446744073708503040", s(&out)],
-        "partition data of 16.0EiB does not fit a 2GiB disk",
+        "the data partition's size 16.0EiB is larger than the largest disk airlock builds (16TiB)",
     );
     sb.refused(
         "--size past 16 TiB",
