@@ -247,13 +247,7 @@ pub fn parse(text: &str, esp: &Path) -> Result<Site> {
     site.tls = tls(&file.tls, esp)?;
     site.license_key = match (file.pulumi.license_key, file.pulumi.license_key_file) {
         (Some(_), Some(_)) => bail!("pulumi.license_key_file: set either pulumi.license_key or this, not both"),
-        (Some(k), None) => {
-            let k = k.trim().to_string();
-            if k.is_empty() || k.chars().any(|c| c.is_control()) {
-                bail!("pulumi.license_key: must be the key on one line");
-            }
-            Some(LicenseKey::Inline(k))
-        }
+        (Some(k), None) => Some(LicenseKey::Inline(license_key("pulumi.license_key", &k)?)),
         (None, Some(p)) => Some(LicenseKey::File(esp_path("pulumi.license_key_file", &p, esp)?)),
         (None, None) => None,
     };
@@ -275,6 +269,27 @@ pub fn parse(text: &str, esp: &Path) -> Result<Site> {
     }
     site.object_store = object_store(file.object_store, esp)?;
     Ok(site)
+}
+
+/// The most bytes of a Pulumi license key (keys are a few hundred bytes of base64 text).
+pub const MAX_LICENSE_KEY: usize = 16 * 1024;
+
+/// A license key as the site gives it (inline or the content of `license_key_file`), trimmed:
+/// one word of printable ASCII, at most [`MAX_LICENSE_KEY`] bytes. It reaches the API through a
+/// podman secret; anything else (a second line, a control character, a binary file) is refused
+/// naming `key`.
+pub fn license_key(key: &str, text: &str) -> Result<String> {
+    let k = text.trim();
+    if k.is_empty() {
+        bail!("{key}: the license key is empty");
+    }
+    if k.len() > MAX_LICENSE_KEY {
+        bail!("{key}: {} bytes is not a license key (at most {MAX_LICENSE_KEY})", k.len());
+    }
+    if !k.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("{key}: must be the key on one line, printable characters without spaces");
+    }
+    Ok(k.to_string())
 }
 
 /// `host[:port]` with `default` for a missing port; `key` names the setting in errors.
@@ -522,6 +537,17 @@ fn smtp(s: SmtpFile) -> Result<Option<Smtp>> {
     if s.username.is_some() != s.password.is_some() {
         bail!("smtp.password: smtp.username and smtp.password go together");
     }
+    // The user name lands in the API container's environment file: one plain word (a newline
+    // would add lines of its own, such as another SMTP_SERVER). The password goes through a
+    // podman secret, on one line.
+    if let Some(u) = &s.username {
+        check_plain("smtp.username", u, "the SMTP user name")?;
+    }
+    if let Some(p) = &s.password
+        && (p.is_empty() || p.chars().any(char::is_control))
+    {
+        bail!("smtp.password: must be one line of text");
+    }
     Ok(Some(Smtp { server, username: s.username, password: s.password, sender }))
 }
 
@@ -737,6 +763,29 @@ sender = "pulumi@corp.internal"
         assert_eq!(site.tls.unwrap().key, Path::new("/efi/site/server.key"));
         assert_eq!(site.license_key, Some(LicenseKey::File("/efi/site/license.txt".into())));
         assert_eq!(site.smtp.unwrap().sender, "pulumi@corp.internal");
+    }
+
+    #[test]
+    fn site_values_that_reach_env_files_are_one_plain_word() {
+        let smtp = |user: &str, password: &str| {
+            let text = format!(
+                "[smtp]\nserver = \"mail.corp.internal\"\nsender = \"pulumi@corp.internal\"\nusername = {user:?}\npassword = {password:?}\n"
+            );
+            parse(&text, Path::new("/esp")).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(smtp("pulumi", "pw with spaces"), Ok(()));
+        let injected = smtp("x\nSMTP_SERVER=evil.example:25", "pw").unwrap_err();
+        assert!(injected.starts_with("smtp.username: must be the SMTP user name"), "{injected}");
+        assert!(smtp("a b", "pw").unwrap_err().starts_with("smtp.username"));
+        assert!(smtp("x", "line\nline").unwrap_err().starts_with("smtp.password: must be one line"));
+        let license = |k: &str| parse(&format!("[pulumi]\nlicense_key = {k:?}\n"), Path::new("/esp")).map(|_| ());
+        assert!(license("  KEY-123  ").is_ok());
+        for bad in ["", "a\nb", "a b", "k\u{7}"] {
+            assert!(license(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            license_key("k", &"x".repeat(MAX_LICENSE_KEY + 1)).unwrap_err().to_string().contains("not a license key")
+        );
     }
 
     #[test]

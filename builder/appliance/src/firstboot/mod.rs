@@ -182,19 +182,31 @@ pub fn provision(paths: &Paths, steps: &[(&str, When, StepFn)]) -> Result<()> {
     result
 }
 
+/// The most bytes read of `airlock.toml` (the documented file with every section is under
+/// 8 KiB). Whoever holds the stick can write the ESP: every file read from it is a regular
+/// file, capped, and checked for what it must hold, so a huge or odd file costs nothing.
+pub const MAX_SITE_FILE: u64 = 256 * 1024;
+/// The most bytes read of a PEM file named by `airlock.toml` (certificates, keys, CA bundles).
+pub const MAX_SITE_PEM: u64 = 1024 * 1024;
+
+/// A file on the ESP as text: a regular file of at most `max` bytes, UTF-8; `key` (the setting
+/// that names it) leads any error.
+fn read_esp_text(key: &str, path: &Path, max: u64) -> Result<String> {
+    airlock_common::input_file::read_capped_text(path, max, key).with_context(|| format!("{key}: cannot read it"))
+}
+
 /// Reads `airlock.toml` from the ESP (absent means defaults) and validates it.
 pub fn read_site(paths: &Paths) -> Result<Instance> {
     let file = paths.esp.join("airlock.toml");
-    let site = match fs::read(&file) {
-        Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: is not UTF-8 text", file.display()))?;
-            site::parse(&text, &paths.esp).with_context(|| format!("site configuration {}", file.display()))?
-        }
+    let site = match fs::symlink_metadata(&file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             log::info!("{} does not exist: using the defaults", file.display());
             Site::defaults()
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        _ => {
+            let text = airlock_common::input_file::read_capped_text(&file, MAX_SITE_FILE, "site configuration")?;
+            site::parse(&text, &paths.esp).with_context(|| format!("site configuration {}", file.display()))?
+        }
     };
     let hostname = match &site.hostname {
         Some(h) => h.clone(),
@@ -477,9 +489,7 @@ fn make_server_certificate(ctx: &Instance) -> Result<()> {
 fn install_tls(ctx: &Instance) -> Result<()> {
     let (cert, key, ca) = match &ctx.site.tls {
         Some(t) => {
-            let read = |key: &str, p: &Path| {
-                fs::read_to_string(p).with_context(|| format!("{key}: cannot read {}", p.display()))
-            };
+            let read = |key: &str, p: &Path| read_esp_text(key, p, MAX_SITE_PEM);
             let (cert, key, ca) =
                 (read("tls.certificate", &t.certificate)?, read("tls.key", &t.key)?, read("tls.ca", &t.ca)?);
             // The service names must be covered; the host name and a static address need not be
@@ -568,7 +578,7 @@ fn apply_admin_ssh_keys(ctx: &Instance) -> Result<()> {
 
 /// Reads a CA certificate the site names for `key`, checking that it is one.
 fn read_site_ca(key: &str, path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    let text = read_esp_text(key, path, MAX_SITE_PEM)?;
     tls::fingerprint(&text).with_context(|| format!("{key}: {} is not a PEM certificate", path.display()))?;
     Ok(text)
 }
@@ -582,29 +592,25 @@ fn apply_site_secrets(ctx: &Instance) -> Result<()> {
     let license = match &ctx.site.license_key {
         Some(LicenseKey::Inline(k)) => Some(k.clone()),
         Some(LicenseKey::File(p)) => {
-            let k = fs::read_to_string(p)
-                .with_context(|| format!("pulumi.license_key_file: cannot read {}", p.display()))?
-                .trim()
-                .to_string();
-            if k.is_empty() {
-                bail!("pulumi.license_key_file: {} is empty", p.display());
-            }
-            Some(k)
+            // A little room for surrounding blank lines; the key itself is checked as inline.
+            let text = read_esp_text("pulumi.license_key_file", p, site::MAX_LICENSE_KEY as u64 + 1024)?;
+            Some(site::license_key("pulumi.license_key_file", &text).with_context(|| p.display().to_string())?)
         }
         None => None,
     };
     let smtp = ctx.site.smtp.as_ref().and_then(|s| s.password.clone());
     let (saml_cert, saml_key) = match &ctx.site.saml {
         Some((c, k)) => (
-            Some(fs::read_to_string(c).with_context(|| format!("saml.certificate: cannot read {}", c.display()))?),
-            Some(fs::read_to_string(k).with_context(|| format!("saml.private_key: cannot read {}", k.display()))?),
+            Some(read_esp_text("saml.certificate", c, MAX_SITE_PEM)?),
+            Some(read_esp_text("saml.private_key", k, MAX_SITE_PEM)?),
         ),
         None => (None, None),
     };
     let encryption_key = match &ctx.site.encryption_key {
         Some(p) => {
+            // Never more than the key's size is read: a longer file is refused as too large.
             let key =
-                fs::read(p).with_context(|| format!("pulumi.encryption_key_file: cannot read {}", p.display()))?;
+                airlock_common::input_file::read_capped(p, PULUMI_KEY_BYTES as u64, "pulumi.encryption_key_file")?;
             if key.len() != PULUMI_KEY_BYTES {
                 bail!(
                     "pulumi.encryption_key_file: {} holds {} bytes; the key is {PULUMI_KEY_BYTES} random bytes",

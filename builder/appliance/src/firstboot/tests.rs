@@ -239,3 +239,38 @@ fn addresses_from_the_network_join_the_certificate_once() {
     provision(&p, ADDRESS_STEPS).unwrap();
     assert_eq!(cert(), with_address);
 }
+
+/// Whoever holds the stick can write the ESP: a huge or odd file it names is refused, naming
+/// the setting, without being read whole.
+#[test]
+fn esp_files_are_capped_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    let site = "[pulumi]\nlicense_key_file = \"site/license\"\n";
+    fs::create_dir_all(p.esp.join("site")).unwrap();
+    fs::write(p.esp.join("airlock.toml"), site).unwrap();
+    let license = p.esp.join("site/license");
+    let run = |p: &Paths| format!("{:#}", provision(p, &steps()).unwrap_err());
+
+    // A gigabyte license file (sparse: nothing is written) is not read.
+    fs::File::create(&license).unwrap().set_len(1 << 30).unwrap();
+    let err = run(&p);
+    assert!(err.contains("pulumi.license_key_file") && err.contains("is larger than"), "{err}");
+    // Binary content or a second line is not a license key.
+    fs::write(&license, b"KEY\x00\x01").unwrap();
+    assert!(run(&p).contains("must be the key on one line"), "{}", run(&p));
+    fs::write(&license, "KEY-1\nSECOND-LINE\n").unwrap();
+    assert!(run(&p).contains("must be the key on one line"));
+    fs::write(&license, "\n  KEY-123\n").unwrap();
+    provision(&p, &steps()).unwrap();
+    assert_eq!(fs::read_to_string(p.secrets().join("pulumi-license-key")).unwrap(), "KEY-123");
+
+    // airlock.toml itself: capped, and a directory in its place is refused.
+    fs::File::create(p.esp.join("airlock.toml")).unwrap().set_len(1 << 30).unwrap();
+    let err = format!("{:#}", read_site(&p).unwrap_err());
+    assert!(err.contains("site configuration") && err.contains("is larger than"), "{err}");
+    fs::remove_file(p.esp.join("airlock.toml")).unwrap();
+    fs::create_dir(p.esp.join("airlock.toml")).unwrap();
+    let err = format!("{:#}", read_site(&p).unwrap_err());
+    assert!(err.contains("not a regular file"), "{err}");
+}
