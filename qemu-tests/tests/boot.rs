@@ -19,7 +19,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
     let mut vm = Vm::boot(VmConfig {
-        forwards: vec![80, 5000, 8080, 8081],
+        forwards: vec![80, 443, 5000, 8080, 8081],
         disk_size: Some(8 * GIB),
         ..VmConfig::new("demo", &built.image)
     })
@@ -110,15 +110,27 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let registry_data = vm.succeed("du -sb /var/lib/docker-registry | cut -f1").unwrap();
     assert!(registry_data.trim().parse::<u64>().unwrap() > 1 << 20, "the storage was written at build time");
 
-    // The stack is up: the API answers through a port forward after the migration ran once,
-    // and the console proxies to it.
-    let (status, body) = http_get(vm.host_port(8080), "/api/status").unwrap();
-    assert!(status.contains("200"), "{status} {body}");
+    // The stack is up, served only through the TLS front door: the API answers at its name
+    // after the migration ran once, and the console (at its own name) proxies to it. A client
+    // trusts the CA it fetched from the appliance.
+    let work = tempfile::tempdir().unwrap();
+    let ca = fetch_ca(&vm, work.path(), "ca.crt");
+    let (code, body) = curl_tls(&mut vm, &ca, "api.airlock.internal", "/api/status");
+    assert_eq!(code, "200", "{body}");
     assert!(body.contains("\"migration_runs\": 1"), "{body}");
     // The API reads the database as its own user, with the service password.
     assert!(body.contains("\"database_user\": \"api\""), "{body}");
-    let (status, body) = http_get(vm.host_port(8081), "/api/status").unwrap();
-    assert!(status.contains("200") && body.contains("\"database\": \"ok\""), "console proxy: {status} {body}");
+    let (code, body) = curl_tls(&mut vm, &ca, "app.airlock.internal", "/api/status");
+    assert!(code == "200" && body.contains("\"database\": \"ok\""), "console proxy: {code} {body}");
+    // The containers' own plain-HTTP ports are published on the guest's loopback only: from
+    // outside (the port forward reaches the guest's address) nothing answers there.
+    for port in [8080, 8081] {
+        let direct = http_get(vm.host_port(port), "/api/status");
+        assert!(
+            !matches!(&direct, Ok((status, _)) if status.starts_with("HTTP/")),
+            "port {port} answers from outside the appliance: {direct:?}"
+        );
+    }
     for line in ["api: https://api.airlock.internal/api/status", "console: https://app.airlock.internal/"] {
         assert!(banner_text.contains(line), "banner: {banner_text}");
     }
@@ -164,8 +176,8 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert!(journal.contains("Reached target"), "the journal of this boot was read: {journal}");
     assert_eq!(journal.matches("Trying to pull").count(), 0, "nothing is pulled on the second boot");
     vm.wait_for_unit("api.service", BOOT_TIMEOUT).unwrap();
-    let (status, body) = http_get(vm.host_port(8080), "/api/status").unwrap();
-    assert!(status.contains("200") && body.contains("\"migration_runs\": 1"), "{status} {body}");
+    let (code, body) = curl_tls(&mut vm, &ca, "api.airlock.internal", "/api/status");
+    assert!(code == "200" && body.contains("\"migration_runs\": 1"), "{code} {body}");
 
     // After a clean shutdown the filesystems a real kernel used are clean.
     vm.shutdown(Duration::from_secs(180)).unwrap();

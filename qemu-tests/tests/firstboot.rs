@@ -141,41 +141,6 @@ fn find_in_file(file: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
     found
 }
 
-/// `curl` from the host over TLS, trusting only `ca`, reaching `name` through the VM's port
-/// forward of 443. Returns (HTTP status, body). If curl fails, the test fails with what the
-/// guest's network and nginx look like.
-fn curl_tls(vm: &mut Vm, ca: &Path, name: &str, path: &str) -> (String, String) {
-    curl_tls_as(vm, ca, name, path, None)
-}
-
-/// [`curl_tls`] with basic-auth credentials (`user:password`).
-fn curl_tls_as(vm: &mut Vm, ca: &Path, name: &str, path: &str, creds: Option<&str>) -> (String, String) {
-    let port = vm.host_port(443);
-    let out = std::process::Command::new("curl")
-        .args(creds.map(|c| ["-u", c]).iter().flatten())
-        .args(["-sS", "--max-time", "40", "--cacert", ca.to_str().unwrap(), "--resolve"])
-        .arg(format!("{name}:{port}:127.0.0.1"))
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("https://{name}:{port}{path}"))
-        .output()
-        .expect("running curl (see .ci/install-deps)");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        let state = vm
-            .succeed(
-                "ss -tlnp; systemctl status --no-pager -n 20 nginx.service api.service; nft list ruleset | head -60",
-            )
-            .unwrap_or_else(|e| format!("(the guest's state could not be read: {e:#})"));
-        panic!(
-            "curl https://{name}{path} failed with {}: {}{stdout}\nguest state:\n{state}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let (body, code) = stdout.rsplit_once('\n').unwrap();
-    (code.to_string(), body.to_string())
-}
-
 /// The banner as printed (a file the banner unit writes), and its `ca sha256:` value.
 fn banner_fingerprint(vm: &mut Vm) -> (String, String) {
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
@@ -188,16 +153,6 @@ fn banner_fingerprint(vm: &mut Vm) -> (String, String) {
 fn openssl_fingerprint(pem: &Path) -> String {
     let out = host("openssl", &["x509", "-noout", "-fingerprint", "-sha256", "-in", pem.to_str().unwrap()]);
     out.trim().split_once('=').expect("openssl prints NAME=FINGERPRINT").1.to_string()
-}
-
-/// The CA fetched over plain HTTP from the appliance, as a client does before trusting it.
-fn fetch_ca(vm: &Vm, dir: &Path, name: &str) -> PathBuf {
-    let (status, body) = http_get(vm.host_port(80), "/ca.crt").unwrap();
-    assert!(status.contains("200"), "GET /ca.crt: {status}");
-    assert!(body.starts_with("-----BEGIN CERTIFICATE-----"), "{body}");
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    path
 }
 
 /// Copies the image (sparse) and puts `files` (path on the ESP → content) on its ESP with

@@ -2,7 +2,8 @@
 //! `qemu_tests::test_image`), host programs, and judging a VM's disk from outside.
 #![allow(dead_code)]
 
-use std::path::Path;
+use qemu_tests::Vm;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use qemu_tests::test_image::TestImage;
@@ -114,4 +115,49 @@ fn copy_sparse(src: &Path, offset: u64, len: u64, dest: &Path) {
         }
     }
     output.set_len(len).expect("size the partition file");
+}
+
+/// `curl` from the host over TLS, trusting only `ca`, reaching `name` through the VM's port
+/// forward of 443. Returns (HTTP status, body). If curl fails, the test fails with what the
+/// guest's network and nginx look like.
+pub fn curl_tls(vm: &mut Vm, ca: &Path, name: &str, path: &str) -> (String, String) {
+    curl_tls_as(vm, ca, name, path, None)
+}
+
+/// [`curl_tls`] with basic-auth credentials (`user:password`).
+pub fn curl_tls_as(vm: &mut Vm, ca: &Path, name: &str, path: &str, creds: Option<&str>) -> (String, String) {
+    let port = vm.host_port(443);
+    let out = Command::new("curl")
+        .args(creds.map(|c| ["-u", c]).iter().flatten())
+        .args(["-sS", "--max-time", "40", "--cacert", ca.to_str().unwrap(), "--resolve"])
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("running curl (see .ci/install-deps)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let state = vm
+            .succeed(
+                "ss -tlnp; systemctl status --no-pager -n 20 nginx.service api.service; nft list ruleset | head -60",
+            )
+            .unwrap_or_else(|e| format!("(the guest's state could not be read: {e:#})"));
+        panic!(
+            "curl https://{name}{path} failed with {}: {}{stdout}\nguest state:\n{state}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+/// The CA fetched over plain HTTP from the appliance, as a client does before trusting it.
+pub fn fetch_ca(vm: &Vm, dir: &Path, name: &str) -> PathBuf {
+    let (status, body) = http_get(vm.host_port(80), "/ca.crt").unwrap();
+    assert!(status.contains("200"), "GET /ca.crt: {status}");
+    assert!(body.starts_with("-----BEGIN CERTIFICATE-----"), "{body}");
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
 }
