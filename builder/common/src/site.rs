@@ -537,11 +537,14 @@ fn smtp(s: SmtpFile) -> Result<Option<Smtp>> {
     if s.username.is_some() != s.password.is_some() {
         bail!("smtp.password: smtp.username and smtp.password go together");
     }
-    // The user name lands in the API container's environment file: one plain word (a newline
-    // would add lines of its own, such as another SMTP_SERVER). The password goes through a
-    // podman secret, on one line.
-    if let Some(u) = &s.username {
-        check_plain("smtp.username", u, "the SMTP user name")?;
+    // The user name lands in the API container's environment file, which takes a value to the
+    // end of its line: spaces and backslashes (`DOMAIN\user`) are fine, a line break or another
+    // control character is not (it would add lines of its own, such as another SMTP_SERVER).
+    // The password goes through a podman secret, on one line too.
+    if let Some(u) = &s.username
+        && (u.is_empty() || u.len() > 256 || u.chars().any(char::is_control))
+    {
+        bail!("smtp.username: must be the SMTP user name on one line (at most 256 bytes)");
     }
     if let Some(p) = &s.password
         && (p.is_empty() || p.chars().any(char::is_control))
@@ -766,7 +769,7 @@ sender = "pulumi@corp.internal"
     }
 
     #[test]
-    fn site_values_that_reach_env_files_are_one_plain_word() {
+    fn site_values_that_reach_env_files_are_one_line() {
         let smtp = |user: &str, password: &str| {
             let text = format!(
                 "[smtp]\nserver = \"mail.corp.internal\"\nsender = \"pulumi@corp.internal\"\nusername = {user:?}\npassword = {password:?}\n"
@@ -774,9 +777,10 @@ sender = "pulumi@corp.internal"
             parse(&text, Path::new("/esp")).map(|_| ()).map_err(|e| format!("{e:#}"))
         };
         assert_eq!(smtp("pulumi", "pw with spaces"), Ok(()));
+        assert_eq!(smtp("CORP\\pulumi bot", "pw"), Ok(()));
         let injected = smtp("x\nSMTP_SERVER=evil.example:25", "pw").unwrap_err();
-        assert!(injected.starts_with("smtp.username: must be the SMTP user name"), "{injected}");
-        assert!(smtp("a b", "pw").unwrap_err().starts_with("smtp.username"));
+        assert!(injected.starts_with("smtp.username: must be the SMTP user name on one line"), "{injected}");
+        assert!(smtp("a\tb", "pw").unwrap_err().starts_with("smtp.username"));
         assert!(smtp("x", "line\nline").unwrap_err().starts_with("smtp.password: must be one line"));
         let license = |k: &str| parse(&format!("[pulumi]\nlicense_key = {k:?}\n"), Path::new("/esp")).map(|_| ());
         assert!(license("  KEY-123  ").is_ok());
