@@ -33,6 +33,7 @@ const CUTS: usize = 3;
 /// The first cut lands this many milliseconds (at most) after provisioning starts.
 const PROVISION_CUT_MS: u64 = 2500;
 /// The secrets every instance gets (`airlock_appliance::firstboot::SECRETS`), as files.
+use airlock_appliance::firstboot::SSH_HOST_KEYS;
 const SECRETS_DIR: &str = "/var/lib/airlock/secrets";
 
 /// xorshift64*, seeded from `AIRLOCK_TEST_SEED` or the clock; the seed is printed so a failing
@@ -70,7 +71,7 @@ struct Identity {
 fn read_identity(vm: &mut Vm) -> Identity {
     let machine_id = vm.succeed("cat /etc/machine-id").unwrap().trim().to_string();
     assert_eq!(machine_id.len(), 32, "machine-id: {machine_id}");
-    let ssh_host_keys = ["ed25519", "ecdsa"]
+    let ssh_host_keys = SSH_HOST_KEYS
         .iter()
         .map(|k| vm.succeed(&format!("cat /var/lib/airlock/ssh/ssh_host_{k}_key.pub")).unwrap().trim().to_string())
         .collect();
@@ -98,7 +99,7 @@ fn needles(id: &Identity, vm: &mut Vm) -> Vec<(String, Vec<u8>)> {
             .collect()
     };
     out.extend(pem_lines("CA key", &id.ca_key_pem));
-    for k in ["ed25519", "ecdsa"] {
+    for k in SSH_HOST_KEYS {
         let key = vm.succeed(&format!("cat /var/lib/airlock/ssh/ssh_host_{k}_key")).unwrap();
         out.extend(pem_lines(&format!("ssh host key {k}"), &key));
     }
@@ -234,7 +235,7 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
         .collect();
     files.push(("ca".into(), "/var/lib/airlock/tls/ca.pem".into()));
     files.push(("registry-htpasswd".into(), format!("{SECRETS_DIR}/registry-htpasswd")));
-    for k in ["ed25519", "ecdsa"] {
+    for k in SSH_HOST_KEYS {
         files.push((format!("ssh_host_{k}_key"), format!("/var/lib/airlock/ssh/ssh_host_{k}_key")));
     }
     // The machine-id was committed to /etc before any secret was made; every record of it (a
@@ -385,6 +386,15 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let scanned = host("ssh-keyscan", &["-T", "30", "-t", "ed25519", "-p", &b.host_port(22).to_string(), "127.0.0.1"]);
     let served = b.succeed("cut -d' ' -f2 /var/lib/airlock/ssh/ssh_host_ed25519_key.pub").unwrap();
     assert!(scanned.contains(served.trim()), "ssh-keyscan: {scanned}; the instance's key: {served}");
+    // sshd's effective settings: that one host key, no X11 or agent forwarding, keys only.
+    let effective = b.succeed("sshd -T").unwrap();
+    let setting = |name: &str| -> Vec<&str> {
+        effective.lines().filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).collect()
+    };
+    assert_eq!(setting("hostkey"), ["/var/lib/airlock/ssh/ssh_host_ed25519_key"], "{effective}");
+    assert_eq!(setting("x11forwarding"), ["no"], "{effective}");
+    assert_eq!(setting("allowagentforwarding"), ["no"], "{effective}");
+    assert_eq!(setting("passwordauthentication"), ["no"], "{effective}");
     // The site's certificate is served, the site's CA published, its fingerprint shown.
     let (banner, fp) = banner_fingerprint(&mut b);
     assert!(banner.contains("api: https://api.corp.example.internal/api/status"), "{banner}");

@@ -122,8 +122,9 @@ const REGISTRY_BCRYPT_COST: u32 = 4;
 /// root without one).
 const PODMAN_AUTH: &str = "containers/0/auth.json";
 
-/// The SSH host key types made on first boot.
-pub const SSH_HOST_KEYS: &[&str] = &["ed25519", "ecdsa"];
+/// The SSH host key types made on first boot: Ed25519 only, the one key sshd serves
+/// (`overlay/etc/ssh/sshd_config.d/airlock.conf`), which every current client speaks.
+pub const SSH_HOST_KEYS: &[&str] = &["ed25519"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum When {
