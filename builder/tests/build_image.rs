@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use support::*;
 
 struct Built {
-    _dir: tempfile::TempDir,
     out: PathBuf,
     image: PathBuf,
 }
@@ -31,8 +30,8 @@ fn demo() -> &'static Built {
 
 fn build_demo(tag: &str) -> Result<Built, String> {
     prepare_demo_images().map_err(|text| format!("building the demo's container images failed:\n{text}"))?;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join(format!("out-{tag}"));
+    let dir = process_shared_dir(&format!("build_image-{tag}"));
+    let out = dir.join(format!("out-{tag}"));
     let spec = repo_root().join("images/demo/appliance.toml");
     let res = airlock(&["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&res.stderr);
@@ -42,7 +41,7 @@ fn build_demo(tag: &str) -> Result<Built, String> {
     let stdout = String::from_utf8_lossy(&res.stdout);
     let image = out.join("demo.raw");
     assert!(stdout.contains(image.to_str().unwrap()), "build prints the image path: {stdout}");
-    Ok(Built { _dir: dir, out, image })
+    Ok(Built { out, image })
 }
 
 fn partition(b: &Built, index: usize, name: &str) -> PathBuf {
@@ -169,6 +168,9 @@ fn two_builds_are_identical() {
         fs::read_to_string(b.out.join("SHA256SUMS")).unwrap(),
         "every output (formats, packages, manifest, SBOM) is the same"
     );
+    // The second build is this test's alone (the shared one stays for the other tests).
+    let second = b.out.parent().expect("the build's directory");
+    fs::remove_dir_all(second).unwrap_or_else(|e| panic!("removing {}: {e}", second.display()));
 }
 
 #[test]

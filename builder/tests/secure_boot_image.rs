@@ -16,14 +16,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use support::base_files::boot_files;
-use support::{airlock_err, airlock_ok, tool, tool_ok};
+use support::{airlock_err, airlock_ok, process_shared_dir, tool, tool_ok};
 
 /// One key set for the whole test process (RSA key generation takes seconds).
-fn keys() -> &'static (tempfile::TempDir, PathBuf) {
-    static KEYS: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+fn keys() -> &'static (PathBuf, PathBuf) {
+    static KEYS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = dir.path().join("owner");
+        let dir = process_shared_dir("secure_boot_image-keys");
+        let prefix = dir.join("owner");
         let listed = airlock_ok(&["keygen", "--secure-boot", "--out", prefix.to_str().unwrap()]);
         assert_eq!(listed.lines().count(), 15, "five files for each of PK, KEK, db:\n{listed}");
         (dir, prefix)

@@ -205,3 +205,16 @@ pub fn prepare_demo_images() -> Result<(), String> {
     airlock_ok(&["fetch", "--update", spec.to_str().expect("UTF-8 path")]);
     Ok(())
 }
+
+/// A directory for what a whole test process shares through a `static` (a build, a key set).
+/// Statics are never dropped, so a `TempDir` there would stay in `/tmp` after every run; this
+/// one lives under the target directory (`CARGO_TARGET_TMPDIR`) with a fixed name, and each run
+/// removes the previous run's first, so at most one is ever kept.
+pub fn process_shared_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared").join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing the last run's {}: {e}", dir.display()));
+    }
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
