@@ -20,3 +20,17 @@ pub fn agent() -> ureq::Agent {
         .build()
         .new_agent()
 }
+
+/// Percent-encodes `s` for a URL component or a purl: RFC 3986's unreserved characters
+/// (letters, digits, `-._~`) pass, every other byte becomes `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

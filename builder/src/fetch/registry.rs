@@ -298,7 +298,7 @@ impl RegistryClient {
                 url.push(sep);
                 url.push_str(k);
                 url.push('=');
-                url.push_str(&percent_encode(v));
+                url.push_str(&crate::http::percent_encode(v));
                 sep = '&';
             }
         }
@@ -510,19 +510,6 @@ fn status_error(url: &str, resp: Response<ureq::Body>) -> anyhow::Error {
     anyhow!("GET {url}: {status}{detail}")
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The media types airlock can pull, for messages and tests.
 pub fn accepted_media_types() -> [&'static str; 4] {
     [media_type::OCI_INDEX, media_type::OCI_MANIFEST, media_type::DOCKER_MANIFEST_LIST, media_type::DOCKER_MANIFEST]
@@ -567,7 +554,7 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(percent_encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
-        assert_eq!(percent_encode("local-registry_1.x~"), "local-registry_1.x~");
+        assert_eq!(crate::http::percent_encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+        assert_eq!(crate::http::percent_encode("local-registry_1.x~"), "local-registry_1.x~");
     }
 }

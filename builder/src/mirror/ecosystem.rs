@@ -280,15 +280,7 @@ pub fn is_client_argument(s: &str) -> bool {
 
 /// Percent-encodes a purl component (everything but unreserved characters).
 pub fn purl_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::http::percent_encode(s)
 }
 
 /// The part of `path` below the ecosystem's `prefix` folder, or an error naming both.
