@@ -12,9 +12,14 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Packages every appliance has: a kernel, systemd as init with its network and boot pieces,
-/// and the tools first boot uses to grow the data partition.
+/// the tools first boot uses to grow the data partition, and an initrd able to open the
+/// dm-verity root (dracut with systemd's veritysetup module, which needs systemd-cryptsetup's
+/// generator and dmsetup's udev rules; Debian's default initramfs-tools has no systemd initrd).
 pub const BASE_PACKAGES: &[&str] = &[
     "linux-image-amd64",
+    "dracut",
+    "systemd-cryptsetup",
+    "dmsetup",
     "systemd",
     "systemd-sysv",
     "systemd-boot-efi",
@@ -43,7 +48,22 @@ pub struct BaseOs {
 }
 
 /// Bump when the way the tarball is made changes (options, hooks), to invalidate old entries.
-const RECIPE_VERSION: &str = "airlock-base-v1";
+const RECIPE_VERSION: &str = "airlock-base-v2";
+
+/// dracut's configuration, written before any package is installed so the kernel's postinst
+/// makes the initrd with it: generic (a chroot's host says nothing about the appliance's),
+/// systemd's veritysetup module (only included when asked), dm-verity and the disk drivers of
+/// VMs and common hardware, and `reproducible` (sorted cpio, mtimes from `SOURCE_DATE_EPOCH`).
+pub const DRACUT_CONF: &str = "# Written by airlock: the appliance's initrd opens a dm-verity root.\n\
+hostonly=\"no\"\n\
+hostonly_cmdline=\"no\"\n\
+reproducible=\"yes\"\n\
+add_dracutmodules+=\" systemd-veritysetup \"\n\
+add_drivers+=\" dm_verity virtio_blk virtio_scsi virtio_pci nvme ahci sd_mod usb_storage uas xhci_pci ehci_pci \"\n\
+filesystems+=\" ext4 vfat \"\n";
+
+/// Where [`DRACUT_CONF`] goes in the root filesystem.
+pub const DRACUT_CONF_PATH: &str = "etc/dracut.conf.d/50-airlock.conf";
 
 impl BaseOs {
     pub fn new(suite: &str, mirror: &str, extra: &[String], refresh: &str) -> Self {
@@ -70,7 +90,7 @@ impl BaseOs {
     /// The cache key: SHA-256 over a canonical rendering of every input.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
-        for part in [RECIPE_VERSION, &self.suite, &self.mirror, &self.architecture, &self.refresh] {
+        for part in [RECIPE_VERSION, DRACUT_CONF, &self.suite, &self.mirror, &self.architecture, &self.refresh] {
             h.update(part.as_bytes());
             h.update(b"\n");
         }
@@ -101,6 +121,11 @@ impl BaseOs {
             .arg("--variant=minbase")
             .arg(format!("--architectures={}", self.architecture))
             .arg(format!("--include={}", self.packages.join(",")))
+            // Before the packages: the kernel's postinst runs dracut with it.
+            .arg(format!(
+                "--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\" && printf '%s' '{}' > \"$1/{DRACUT_CONF_PATH}\"",
+                DRACUT_CONF.replace('\'', "")
+            ))
             .arg("--format=tar")
             .arg(&self.suite)
             .arg(&partial)

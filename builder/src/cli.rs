@@ -150,6 +150,11 @@ pub struct BuildArgs {
     /// Sign SHA256SUMS with this minisign secret key (instead of the spec's `[signing] key`).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Sign the boot loader and the UKI with the owner's Secure Boot keys
+    /// (`PREFIX` of `airlock keygen --secure-boot --out PREFIX`; instead of the spec's
+    /// `[signing] secure_boot`).
+    #[arg(long, value_name = "PREFIX")]
+    pub secure_boot_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -310,6 +315,9 @@ fn run_keygen(args: KeygenArgs) -> Result<()> {
 
 fn run_build(args: BuildArgs) -> Result<()> {
     let plan = crate::test_spec::plan_spec_or_test_spec(&args.spec, &crate::plan::HostContext::default())?;
+    // The Secure Boot keys are checked before anything is built (and by --check): missing,
+    // mismatched or expired keys are an error naming the file.
+    let secure_boot = secure_boot_keys(args.secure_boot_key.as_deref(), &plan)?;
     if args.check {
         let notes = crate::pipeline::check(&plan)?;
         println!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version);
@@ -338,6 +346,7 @@ fn run_build(args: BuildArgs) -> Result<()> {
         formats: formats(&args.format)?,
         signing_key,
         appliance: crate::pipeline::ApplianceProgram::NextToExecutable,
+        secure_boot,
     };
     let report = crate::pipeline::build(&plan, &opts)?;
     println!(
@@ -349,6 +358,25 @@ fn run_build(args: BuildArgs) -> Result<()> {
     );
     print_released(&report.released);
     Ok(())
+}
+
+/// The owner's Secure Boot keys a build signs with: `--secure-boot-key`, else the spec's
+/// `[signing] secure_boot`; loaded and checked now (expiry against the real clock).
+fn secure_boot_keys(
+    flag: Option<&Path>,
+    plan: &crate::plan::BuildPlan,
+) -> Result<Option<crate::secure_boot::OwnerKeys>> {
+    let Some(prefix) = flag.or(plan.secure_boot.as_deref()) else { return Ok(None) };
+    let setting = if flag.is_some() { "--secure-boot-key" } else { "[signing] secure_boot" };
+    anyhow::ensure!(
+        plan.disk.verity,
+        "{setting} {}: Secure Boot needs `[disk] verity = true` (a signed UKI over a writable root protects nothing)",
+        prefix.display()
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).context("reading the clock")?;
+    let keys = crate::secure_boot::OwnerKeys::load(prefix, now.as_secs() as i64)
+        .with_context(|| format!("{setting} {}", prefix.display()))?;
+    Ok(Some(keys))
 }
 
 /// One line per released file (`<kind> <path>`), then the checksums and signature.
@@ -456,7 +484,7 @@ fn run_disk(args: DiskArgs) -> Result<()> {
 fn disk_partitions(args: &DiskArgs, spool: &Path) -> Result<Vec<PartitionRequest>> {
     let table_default = |role: Role| match role.definition().size.default {
         SizeDefault::Bytes(b) => Some(b),
-        SizeDefault::Rest | SizeDefault::Required => None,
+        SizeDefault::Rest | SizeDefault::Required | SizeDefault::HashTreeOfRoot => None,
     };
     let alone = args.root.is_none() && args.data.is_none();
     let esp_size = match args.esp_size {

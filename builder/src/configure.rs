@@ -3,7 +3,7 @@
 //! is extracted or run.
 
 use crate::clock::BuildClock;
-use crate::partition::{DATA_MOUNT, FoundBy, Mount, Role};
+use crate::partition::{DATA_MOUNT, FoundBy, Mount, Role, STATE_DIR};
 use crate::plan::BuildPlan;
 use crate::seed::Seed;
 use crate::tree::{Content, Meta, NodeKind, Tree};
@@ -34,45 +34,56 @@ pub const ALWAYS_ENABLED: &[&str] = &[
     "airlock-banner.service",
 ];
 
-/// The persistent journal's folder on the data partition, bind-mounted on `/var/log/journal`:
-/// the audit trail grows with the data partition (journald caps it:
-/// `overlay/etc/systemd/journald.conf.d/airlock.conf`) and never fills the root filesystem.
-pub const JOURNAL_DIR: &str = "journal";
-
-/// The data partition as built: empty but for the journal's folder (`2755 root:systemd-journal`,
-/// as systemd's tmpfiles.d makes `/var/log/journal`), which must exist when it is mounted.
-pub fn data_tree(root: &Tree, clock: &BuildClock) -> Result<Tree> {
+/// The data partition as built: the root filesystem's whole `/var` (the dpkg database, the
+/// state directories packages made, the persistent journal's folder, the appliance's
+/// `/var/lib/airlock` with the image's host name), moved out of the root, whose `/var` stays an
+/// empty mount point. Everything the appliance writes is under `/var`, `/run` or tmpfs: the
+/// root can be read-only (docs/ARCHITECTURE.md, "The state map").
+pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
     let gid = crate::preload::account_ids(root, "etc/group", "systemd-journal", &[2])?
         .and_then(|ids| ids.first().copied())
         .context("no group systemd-journal in the root filesystem's /etc/group")?;
-    let mut tree = Tree::new();
+    let mut data = root.split_off(DATA_MOUNT.trim_start_matches('/')).context("moving /var to the data partition")?;
+    // The persistent journal (2755 root:systemd-journal, as tmpfiles.d makes it): journald
+    // caps it (`overlay/etc/systemd/journald.conf.d/airlock.conf`), and it grows with the data
+    // partition, never filling the root.
     let mut meta = Meta::root(0o2755);
     meta.gid = gid;
     meta.mtime = clock.epoch();
-    tree.insert(JOURNAL_DIR.as_bytes(), meta, NodeKind::Directory { entries: BTreeMap::new() })
-        .map_err(|p| anyhow!("creating {JOURNAL_DIR} on the data partition: {p}"))?;
-    Ok(tree)
+    data.insert(b"log/journal", meta, NodeKind::Directory { entries: BTreeMap::new() })
+        .map_err(|p| anyhow!("creating log/journal on the data partition: {p}"))?;
+    Ok(data)
 }
 
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
 pub fn configure_system(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
     root.begin_layer();
-    root.put_file("etc/hostname", 0o644, format!("{}\n", plan.hostname))?;
+    // The site may rename the host on any boot and the root is read-only: `/etc/hostname` and
+    // `/etc/hosts` link to the appliance's state on the data partition, which starts with the
+    // image's names (`airlock firstboot` rewrites them from airlock.toml).
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
-    root.put_file(
-        "etc/hosts",
-        0o644,
-        format!(
-            "127.0.0.1\tlocalhost\n127.0.1.1\t{} {short}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
-            plan.hostname
-        ),
-    )?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{} {short}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
+        plan.hostname
+    );
+    for (name, text) in [("hostname", format!("{}\n", plan.hostname)), ("hosts", hosts)] {
+        let state = format!("{STATE_DIR}/etc/{name}");
+        root.put_file(state.trim_start_matches('/'), 0o644, text)?;
+        root.put_symlink(&format!("etc/{name}"), &format!("..{state}"))?;
+    }
     root.put_file("etc/fstab", 0o644, fstab(plan.disk.roles(), &plan.seed))?;
+    // The data partition grows on first boot (systemd-repart), and its filesystem after it: the
+    // template orders itself after systemd-repart and binds to var.mount. Not through
+    // `x-systemd.growfs`, which would also run in the initrd (which mounts /var, and has no
+    // systemd-growfs).
+    root.put_symlink(
+        "etc/systemd/system/local-fs.target.wants/systemd-growfs@var.service",
+        "/usr/lib/systemd/system/systemd-growfs@.service",
+    )?;
     for (role, m) in mounts(plan.disk.roles()).filter(|(_, m)| m.path != "/") {
         root.put_dir(m.path.trim_start_matches('/'), m.mode)
             .with_context(|| format!("the {role} partition's mount point"))?;
     }
-    root.put_dir("var/log/journal", 0o2755)?;
     for (path, text) in repart_files(plan.disk.roles()) {
         root.put_file(&path, 0o644, text)?;
     }
@@ -112,13 +123,21 @@ fn mounts(roles: impl Iterator<Item = Role>) -> impl Iterator<Item = (Role, Moun
     mounts.into_iter()
 }
 
-/// `/etc/fstab`: every partition the table mounts, named by its seeded PARTUUID (the root too,
-/// for its options and fsck, though the kernel mounts it from `root=`), then the persistent
-/// journal's bind mount from the data partition.
-pub fn fstab(roles: impl Iterator<Item = Role>, seed: &Seed) -> String {
+/// `/etc/fstab`: every partition the table mounts, named by its seeded PARTUUID. Without verity
+/// the root too, for its options and fsck, though the kernel mounts it from `root=`; with
+/// verity the initrd opens it from `roothash=` (its PARTUUID is half the root hash, which this
+/// file, inside the root, cannot know), read-only and never checked.
+pub fn fstab(roles: impl Iterator<Item = Role> + Clone, seed: &Seed) -> String {
+    let verity = roles.clone().any(|r| matches!(r, Role::RootVerity(_)));
     let mut text = String::from("# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n");
+    if verity {
+        text.push_str("# / is the dm-verity device the initrd opened from roothash= (read-only).\n");
+    }
     for (role, m) in mounts(roles) {
         let def = role.definition();
+        if verity && def.found_by == FoundBy::KernelRoot {
+            continue;
+        }
         text.push_str(&format!(
             "PARTUUID={} {} {} {} 0 {}\n",
             def.partition_guid(seed),
@@ -128,9 +147,6 @@ pub fn fstab(roles: impl Iterator<Item = Role>, seed: &Seed) -> String {
             m.pass
         ));
     }
-    text.push_str(&format!(
-        "{DATA_MOUNT}/{JOURNAL_DIR} /var/log/journal none bind,x-systemd.requires-mounts-for={DATA_MOUNT} 0 0\n"
-    ));
     text
 }
 
@@ -146,7 +162,7 @@ pub fn kernel_root(roles: impl Iterator<Item = Role>, seed: &Seed) -> Result<Str
 
 /// systemd-repart's configuration (`/usr/lib/repart.d`) for each partition that grows into the
 /// rest of the disk on first boot: repart matches it by type and grows it; its filesystem
-/// follows through `x-systemd.growfs` in fstab.
+/// follows (`systemd-growfs@var.service`).
 fn repart_files(roles: impl Iterator<Item = Role>) -> Vec<(String, String)> {
     roles
         .filter_map(|role| role.definition().grows.map(|repart_type| (role, repart_type)))
@@ -156,7 +172,7 @@ fn repart_files(roles: impl Iterator<Item = Role>) -> Vec<(String, String)> {
                 format!(
                     "# The {role} partition ({}) is the last one on the disk and grows into whatever\n\
                      # space the disk has on first boot: one image fits a 16 GB stick and a 500 GB VM disk alike.\n\
-                     # The filesystem follows through x-systemd.growfs in /etc/fstab.\n\
+                     # The filesystem follows (systemd-growfs@var.service).\n\
                      [Partition]\nType={repart_type}\n",
                     role.definition().type_name
                 ),
@@ -249,25 +265,34 @@ mod tests {
         assert!(t.lookup("etc/.updated").is_some());
     }
 
-    /// fstab names each partition the table mounts by its seeded PARTUUID: the root first, the
-    /// ESP (mounted on first access) last, then the journal's bind mount.
+    /// fstab names each partition the table mounts by its seeded PARTUUID: the root first (not
+    /// with verity: the initrd opens it from the root hash), /var (in the initrd too), the ESP
+    /// (mounted on first access) last.
     #[test]
     fn fstab_comes_from_the_partition_table() {
+        use crate::partition::Slot;
         let seed = Seed::new("demo-0.1.0");
-        let roles = [Role::Esp, Role::Root(crate::partition::Slot::A), Role::Data];
+        let roles = [Role::Esp, Role::Root(Slot::A), Role::Data];
         let id = |role: Role| role.definition().partition_guid(&seed);
-        let want = format!(
-            "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
-             PARTUUID={} / ext4 defaults 0 1\n\
-             PARTUUID={} /var/lib/airlock ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service 0 2\n\
-             PARTUUID={} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n\
-             /var/lib/airlock/journal /var/log/journal none bind,x-systemd.requires-mounts-for=/var/lib/airlock 0 0\n",
-            id(roles[1]),
+        let data_and_esp = format!(
+            "PARTUUID={} /var ext4 defaults,data=journal,x-initrd.mount 0 2\n\
+             PARTUUID={} /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n",
             id(Role::Data),
             id(Role::Esp)
         );
+        let want = format!(
+            "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
+             PARTUUID={} / ext4 defaults 0 1\n{data_and_esp}",
+            id(roles[1]),
+        );
         assert_eq!(fstab(roles.into_iter(), &seed), want);
         assert_eq!(id(roles[1]), seed.uuid("partition:root-x86-64"));
+        let verity = [Role::Esp, Role::Root(Slot::A), Role::RootVerity(Slot::A), Role::Data];
+        let want = "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
+                    # / is the dm-verity device the initrd opened from roothash= (read-only).\n"
+            .to_string()
+            + &data_and_esp;
+        assert_eq!(fstab(verity.into_iter(), &seed), want);
     }
 
     #[test]
@@ -293,7 +318,7 @@ mod tests {
             text,
             "# The data partition (Linux variable data) is the last one on the disk and grows into whatever\n\
              # space the disk has on first boot: one image fits a 16 GB stick and a 500 GB VM disk alike.\n\
-             # The filesystem follows through x-systemd.growfs in /etc/fstab.\n\
+             # The filesystem follows (systemd-growfs@var.service).\n\
              [Partition]\nType=var\n"
         );
     }

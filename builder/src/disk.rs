@@ -7,11 +7,12 @@ use crate::ext4::{self, Ext4Options};
 use crate::fat::{self, FatOptions};
 use crate::gpt::{self, ALIGN, GptLayout, PartitionEntry};
 use crate::output_file::PartialFile;
-use crate::partition::{Filesystem, Role};
+use crate::partition::{Filesystem, Role, Slot};
 use crate::region::Region;
 use crate::seed::Seed;
 use crate::size::ByteSize;
 use crate::tree::Tree;
+use crate::verity::RootHash;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,31 @@ pub const MAX_DISK: u64 = 16 << 40;
 /// Lays partitions out in the table's order from 1 MiB, each on a 1 MiB boundary; at most one
 /// partition has no size and takes the rest.
 pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<PartitionRequest>) -> Result<DiskPlan> {
+    let sizes: Vec<(Role, Option<u64>)> = requests.iter().map(|r| (r.role, r.size)).collect();
+    let layout = lay_out(disk_size, &seed, &sizes)?;
+    requests.sort_by_key(|r| r.role.position());
+    let contents = requests.into_iter().map(|r| (r.role, r.tree)).collect();
+    Ok(DiskPlan { layout: layout.gpt, contents, seed, clock })
+}
+
+/// A disk's partition table and the role of each of its partitions, in disk order.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub gpt: GptLayout,
+    pub roles: Vec<Role>,
+}
+
+/// One partition's requested size (`None`: the rest, or for a hash tree, what its root needs).
+#[derive(Debug, Clone, Copy)]
+struct SizeRequest {
+    role: Role,
+    size: Option<u64>,
+}
+
+/// The layout [`plan`] makes, for partitions given by role and size: what the pipeline plans
+/// before the contents of every partition exist (the ESP's UKI needs the root hash).
+pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Result<Layout> {
+    let mut requests: Vec<SizeRequest> = sizes.iter().map(|&(role, size)| SizeRequest { role, size }).collect();
     if disk_size % gpt::SECTOR != 0 {
         bail!("disk size {} is not a multiple of 512 bytes", ByteSize(disk_size));
     }
@@ -67,11 +93,30 @@ pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<Par
     }
     let start = gpt::first_usable_aligned();
     let end = gpt::align_down(gpt::last_usable_end(disk_size), ALIGN);
-    let fills = requests.iter().filter(|r| r.size.is_none()).count();
+    let is_hash_tree = |r: &SizeRequest| matches!(r.role, Role::RootVerity(_));
+    if let Some(r) = requests.iter().find(|r| is_hash_tree(r) && r.size.is_some()) {
+        bail!("the {} partition is sized by its root's hash tree, not given a size", r.role);
+    }
+    for r in requests.iter().filter(|r| is_hash_tree(r)) {
+        if !requests.iter().any(|o| Some(o.role) == root_of(r.role)) {
+            bail!("the {} partition needs its root partition", r.role);
+        }
+    }
+    let fills = requests.iter().filter(|r| r.size.is_none() && !is_hash_tree(r)).count();
     if fills > 1 {
         bail!("only one partition may take the remaining space; give the others a size");
     }
-    let fixed: u64 = requests.iter().filter_map(|r| r.size).map(|s| gpt::align_up(s, ALIGN)).sum();
+    // A hash tree's partition follows its root's size: for a root of fixed size it is fixed
+    // too; for a root that takes the rest, the rest is shared so both fit (the tree of the
+    // whole rest is at least the tree of the root).
+    let hash_of = |root: u64| gpt::align_up(crate::verity::hash_region_len(root), ALIGN);
+    let fixed_roots: u64 = requests
+        .iter()
+        .filter(|r| is_hash_tree(r))
+        .filter_map(|r| requests.iter().find(|o| Some(o.role) == root_of(r.role)).and_then(|o| o.size))
+        .map(|s| hash_of(gpt::align_up(s, ALIGN)))
+        .sum();
+    let fixed: u64 = requests.iter().filter_map(|r| r.size).map(|s| gpt::align_up(s, ALIGN)).sum::<u64>() + fixed_roots;
     let available = end.saturating_sub(start);
     let describe = || {
         requests
@@ -94,28 +139,49 @@ pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<Par
             ByteSize(disk_size + needed - available)
         );
     }
+    let rest_has_tree = requests.iter().any(|r| {
+        r.size.is_none()
+            && !is_hash_tree(r)
+            && requests.iter().any(|v| is_hash_tree(v) && root_of(v.role) == Some(r.role))
+    });
+    let rest = available - fixed;
+    let rest = if rest_has_tree { rest - hash_of(rest) } else { rest };
     let mut cursor = start;
-    let mut partitions = Vec::new();
-    let mut contents = Vec::new();
+    let mut partitions: Vec<PartitionEntry> = Vec::new();
+    let mut roles = Vec::new();
+    let mut sizes: Vec<(Role, u64)> = Vec::new();
     for r in requests {
-        let size = match r.size {
-            Some(s) => gpt::align_up(s, ALIGN),
-            None => available - fixed,
+        let size = match (r.size, root_of(r.role)) {
+            (_, Some(root)) => {
+                let root_size = sizes.iter().find(|(role, _)| *role == root).map(|(_, s)| *s);
+                hash_of(root_size.context("a root's hash tree follows its root")?)
+            }
+            (Some(s), None) => gpt::align_up(s, ALIGN),
+            (None, None) => rest,
         };
+        sizes.push((r.role, size));
         let def = r.role.definition();
         partitions.push(PartitionEntry {
             name: def.gpt_name(),
             type_guid: def.type_guid,
-            guid: def.partition_guid(&seed),
+            guid: def.partition_guid(seed),
             start: cursor,
             size,
         });
-        contents.push((r.role, r.tree));
+        roles.push(r.role);
         cursor += size;
     }
-    let layout = GptLayout { disk_size, disk_guid: seed.uuid("disk"), partitions };
-    layout.validate()?;
-    Ok(DiskPlan { layout, contents, seed, clock })
+    let gpt = GptLayout { disk_size, disk_guid: seed.uuid("disk"), partitions };
+    gpt.validate()?;
+    Ok(Layout { gpt, roles })
+}
+
+/// The root partition whose hash tree a root-verity partition holds.
+fn root_of(role: Role) -> Option<Role> {
+    match role {
+        Role::RootVerity(slot) => Some(Role::Root(slot)),
+        _ => None,
+    }
 }
 
 /// What was written.
@@ -125,74 +191,208 @@ pub struct DiskReport {
     pub size: u64,
     /// One line per partition: what it holds.
     pub partitions: Vec<String>,
+    /// The root hash of each slot written with verity.
+    pub root_hashes: Vec<(Slot, RootHash)>,
 }
 
-/// Writes the planned disk to `out` (sparse; complete or not there at all).
+/// Writes the planned disk to `out` (sparse; complete or not there at all): each tree, then
+/// each root's hash tree (the roots' partition UUIDs from their root hashes).
 pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
-    let partial = PartialFile::create(out)?;
-    let file = partial.file();
-    file.set_len(plan.layout.disk_size).with_context(|| {
-        format!("sizing {} to {}", partial.partial_path().display(), ByteSize(plan.layout.disk_size))
-    })?;
-    let mut lines = Vec::new();
-    for (entry, (role, tree)) in plan.layout.partitions.iter().zip(&plan.contents) {
-        let region = Region::new(file, entry.start, entry.size);
-        let what = match role.definition().filesystem {
-            Filesystem::Fat32 { label } => {
-                let opts = FatOptions {
-                    volume_id: plan.seed.u32(&format!("fat-volume-id:{}", role.key())),
-                    label: label.to_string(),
-                    clock: plan.clock,
-                    hidden_sectors: u32::try_from(entry.start / gpt::SECTOR)
-                        .context("ESP starts beyond 2 TiB, which FAT's hidden-sector field cannot express")?,
-                };
-                let r = fat::write_fat32(tree, &region, &opts)
-                    .with_context(|| format!("writing FAT32 to partition {}", entry.name))?;
-                format!(
-                    "FAT32, {} files in {} directories, {}-byte clusters, {} free",
-                    r.files,
-                    r.dirs,
-                    r.cluster_size,
-                    ByteSize(u64::from(r.free_clusters) * u64::from(r.cluster_size))
-                )
-            }
-            Filesystem::Ext4 { label, reserved_percent } => {
-                let opts = Ext4Options {
-                    seed: plan.seed.clone(),
-                    label: label.to_string(),
-                    clock: plan.clock,
-                    inode_count: None,
-                    reserved_percent,
-                };
-                let r = ext4::write_ext4(tree, &region, &opts)
-                    .with_context(|| format!("writing ext4 to partition {}", entry.name))?;
-                format!(
-                    "ext4 {}, {} used, {} free, {} of {} inodes used",
-                    r.uuid,
-                    ByteSize(r.used_bytes),
-                    ByteSize(r.free_blocks * u64::from(r.block_size)),
-                    r.inodes - r.free_inodes,
-                    r.inodes
-                )
-            }
-        };
-        log::info!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
-        lines.push(format!(
-            "{:<6} {:>9} at {:>9}  {what}",
-            entry.name,
-            ByteSize(entry.size).to_string(),
-            ByteSize(entry.start).to_string()
-        ));
+    let layout = Layout { gpt: plan.layout.clone(), roles: plan.contents.iter().map(|(r, _)| *r).collect() };
+    let mut writer = DiskWriter::create(&layout, &plan.seed, plan.clock, out)?;
+    for (role, tree) in &plan.contents {
+        if !matches!(role, Role::RootVerity(_)) {
+            writer.write_tree(*role, tree)?;
+        }
     }
-    plan.layout.write(file).context("writing the partition table")?;
-    let path = partial.commit()?;
-    Ok(DiskReport { path, size: plan.layout.disk_size, partitions: lines })
+    for (role, _) in &plan.contents {
+        if let Role::RootVerity(slot) = role {
+            writer.write_hash_tree(*slot)?;
+        }
+    }
+    writer.finish()
+}
+
+/// A disk being written, partition by partition, in whatever order the contents become known
+/// (the ESP's UKI needs the root hash, so the root goes first): the GPT goes on last, after
+/// every partition was written, and the file takes its final name only then.
+#[derive(Debug)]
+pub struct DiskWriter<'a> {
+    layout: GptLayout,
+    roles: Vec<Role>,
+    seed: &'a Seed,
+    clock: BuildClock,
+    partial: PartialFile,
+    written: Vec<Role>,
+    lines: Vec<(Role, String)>,
+    root_hashes: Vec<(Slot, RootHash)>,
+}
+
+impl<'a> DiskWriter<'a> {
+    /// Creates the image file (sized, sparse) under its partial name.
+    pub fn create(layout: &Layout, seed: &'a Seed, clock: BuildClock, out: &Path) -> Result<Self> {
+        let partial = PartialFile::create(out)?;
+        partial.file().set_len(layout.gpt.disk_size).with_context(|| {
+            format!("sizing {} to {}", partial.partial_path().display(), ByteSize(layout.gpt.disk_size))
+        })?;
+        Ok(Self {
+            layout: layout.gpt.clone(),
+            roles: layout.roles.clone(),
+            seed,
+            clock,
+            partial,
+            written: Vec::new(),
+            lines: Vec::new(),
+            root_hashes: Vec::new(),
+        })
+    }
+
+    fn entry(&self, role: Role) -> Result<(usize, PartitionEntry)> {
+        let i =
+            self.roles.iter().position(|r| *r == role).with_context(|| format!("the disk has no {role} partition"))?;
+        Ok((i, self.layout.partitions[i].clone()))
+    }
+
+    fn mark_written(&mut self, role: Role, what: String) -> Result<()> {
+        if self.written.contains(&role) {
+            bail!("the {role} partition was written twice");
+        }
+        self.written.push(role);
+        self.lines.push((role, what));
+        Ok(())
+    }
+
+    /// Writes `role`'s filesystem from `tree`.
+    pub fn write_tree(&mut self, role: Role, tree: &Tree) -> Result<()> {
+        let (_, entry) = self.entry(role)?;
+        let region = Region::new(self.partial.file(), entry.start, entry.size);
+        let what = write_filesystem(role, &entry, tree, &region, self.seed, self.clock)?;
+        log::info!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
+        self.mark_written(role, what)
+    }
+
+    /// Hashes the written root of `slot` into its root-verity partition (`veritysetup format`'s
+    /// layout, salt and superblock UUID from the seed) and gives both partitions their UUIDs from
+    /// the root hash.
+    pub fn write_hash_tree(&mut self, slot: Slot) -> Result<RootHash> {
+        let (root, verity) = (Role::Root(slot), Role::RootVerity(slot));
+        if !self.written.contains(&root) {
+            bail!("the {root} partition must be written before its hash tree");
+        }
+        let (ri, root_entry) = self.entry(root)?;
+        let (vi, verity_entry) = self.entry(verity)?;
+        let file = self.partial.file();
+        let data = Region::new(file, root_entry.start, root_entry.size);
+        let hash = Region::new(file, verity_entry.start, verity_entry.size);
+        let params = crate::verity::VerityParams::from_seed(self.seed, &format!("verity:{}", root.key()));
+        let started = std::time::Instant::now();
+        let root_hash = crate::verity::format(&data, &hash, &params)
+            .with_context(|| format!("writing the hash tree of {} into {}", root_entry.name, verity_entry.name))?;
+        self.layout.partitions[ri].guid = root_hash.data_partition_uuid();
+        self.layout.partitions[vi].guid = root_hash.hash_partition_uuid();
+        let what = format!(
+            "dm-verity hash tree of {} ({} hashed in {:.1}s), root hash {root_hash}",
+            root_entry.name,
+            ByteSize(root_entry.size),
+            started.elapsed().as_secs_f64()
+        );
+        log::info!("partition {} ({}): {what}", verity_entry.name, ByteSize(verity_entry.size));
+        self.mark_written(verity, what)?;
+        self.root_hashes.push((slot, root_hash.clone()));
+        Ok(root_hash)
+    }
+
+    /// Writes the GPT once every partition is written, reads it back to check the root hash
+    /// UUIDs survived, and gives the image its final name.
+    pub fn finish(self) -> Result<DiskReport> {
+        let roles = &self.roles;
+        if let Some(missing) = roles.iter().find(|r| !self.written.contains(r)) {
+            bail!("the {missing} partition was never written");
+        }
+        let file = self.partial.file();
+        self.layout.write(file).context("writing the partition table")?;
+        // Written last and checked (systemd/mkosi#997: a GPT rewritten after the UUIDs were set
+        // lost them, and systemd then found no root).
+        let back = GptLayout::read(file).context("reading back the partition table")?;
+        for (slot, hash) in &self.root_hashes {
+            for (role, uuid) in
+                [(Role::Root(*slot), hash.data_partition_uuid()), (Role::RootVerity(*slot), hash.hash_partition_uuid())]
+            {
+                let found = crate::partition::find(&back.partitions, role).map(|p| p.guid);
+                if found != Some(uuid) {
+                    bail!("the {role} partition's UUID reads back as {found:?}, not {uuid} from the root hash");
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        for (entry, role) in self.layout.partitions.iter().zip(roles) {
+            let what = self.lines.iter().find(|(r, _)| r == role).map(|(_, w)| w.as_str()).unwrap_or_default();
+            lines.push(format!(
+                "{:<6} {:>9} at {:>9}  {what}",
+                entry.name,
+                ByteSize(entry.size).to_string(),
+                ByteSize(entry.start).to_string()
+            ));
+        }
+        let path = self.partial.commit()?;
+        Ok(DiskReport { path, size: self.layout.disk_size, partitions: lines, root_hashes: self.root_hashes })
+    }
+}
+
+/// Formats one partition's filesystem from `tree`; returns what it holds, for the report.
+fn write_filesystem(
+    role: Role,
+    entry: &PartitionEntry,
+    tree: &Tree,
+    region: &Region,
+    seed: &Seed,
+    clock: BuildClock,
+) -> Result<String> {
+    Ok(match role.definition().filesystem {
+        Filesystem::Fat32 { label } => {
+            let opts = FatOptions {
+                volume_id: seed.u32(&format!("fat-volume-id:{}", role.key())),
+                label: label.to_string(),
+                clock,
+                hidden_sectors: u32::try_from(entry.start / gpt::SECTOR)
+                    .context("ESP starts beyond 2 TiB, which FAT's hidden-sector field cannot express")?,
+            };
+            let r = fat::write_fat32(tree, region, &opts)
+                .with_context(|| format!("writing FAT32 to partition {}", entry.name))?;
+            format!(
+                "FAT32, {} files in {} directories, {}-byte clusters, {} free",
+                r.files,
+                r.dirs,
+                r.cluster_size,
+                ByteSize(u64::from(r.free_clusters) * u64::from(r.cluster_size))
+            )
+        }
+        Filesystem::Ext4 { label, reserved_percent } => {
+            let opts = Ext4Options {
+                seed: seed.clone(),
+                label: label.to_string(),
+                clock,
+                inode_count: None,
+                reserved_percent,
+            };
+            let r = ext4::write_ext4(tree, region, &opts)
+                .with_context(|| format!("writing ext4 to partition {}", entry.name))?;
+            format!(
+                "ext4 {}, {} used, {} free, {} of {} inodes used",
+                r.uuid,
+                ByteSize(r.used_bytes),
+                ByteSize(r.free_blocks * u64::from(r.block_size)),
+                r.inodes - r.free_inodes,
+                r.inodes
+            )
+        }
+        Filesystem::VerityHashTree => bail!("the {role} partition holds a hash tree, not a filesystem"),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partition::Slot;
     use crate::size::MIB;
 
     fn request(role: Role, size: Option<u64>) -> PartitionRequest {

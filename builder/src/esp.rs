@@ -1,30 +1,58 @@
-//! The EFI system partition: systemd-boot, the kernel and initrd taken from the root filesystem,
-//! and one loader entry that boots the root partition by its (seeded) PARTUUID.
+//! The EFI system partition: systemd-boot and one unified kernel image (UKI) in
+//! `/EFI/Linux/`, made from the root filesystem's own stub, kernel and initrd, with the kernel
+//! command line fixed inside it (with verity, `roothash=`). With the owner's Secure Boot keys,
+//! systemd-boot and the UKI are signed with the db key and the keys' `.auth` files wait in
+//! `loader/keys/auto/` for systemd-boot to enroll them on a machine in Setup Mode.
 //!
-//! Files are not copied: the ESP tree's nodes point at the same bytes as the root tree's (the
-//! base OS tarball), and the FAT writer reads them from there.
+//! systemd-boot is not copied: the ESP tree's nodes point at the same bytes as the root tree's
+//! (the base OS tarball), and the FAT writer reads them from there. The UKI is assembled in
+//! memory (kernel and initrd are tens of MiB).
 
+use crate::secure_boot::{OwnerKeys, sign_pe};
 use crate::tree::{Content, Meta, NodeKind, Tree};
+use crate::uki::{self, UkiInputs};
 use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 
 const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// Where Debian's systemd-boot-update.service looks for a signed loader to install instead of
+/// the unsigned one: the image ships the one airlock signed, so an update of the loader on the
+/// appliance keeps the signature (reference: systemd-boot(7), `.efi.signed`).
+const SYSTEMD_BOOT_SIGNED: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed";
+const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+const OS_RELEASE: &str = "usr/lib/os-release";
 
 /// A kernel found in the root filesystem, with its initrd.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     pub version: String,
-    kernel: (Content, u64),
-    initrd: (Content, u64),
+    kernel_path: String,
+    initrd_path: String,
 }
 
-/// What the loader entry says.
-#[derive(Debug, Clone)]
-pub struct LoaderEntry {
-    pub title: String,
-    pub version: String,
-    /// The complete kernel command line.
-    pub options: Vec<String>,
+/// What the boot chain is made of, besides the root filesystem's files.
+#[derive(Debug)]
+pub struct BootSetup<'a> {
+    /// IMAGE_ID and IMAGE_VERSION of the UKI's os-release, and its file name.
+    pub name: &'a str,
+    pub version: &'a str,
+    /// The complete kernel command line, fixed in the UKI.
+    pub cmdline: Vec<String>,
+    /// The owner's Secure Boot keys: sign the loader and the UKI, enroll in Setup Mode.
+    pub secure_boot: Option<&'a OwnerKeys>,
+}
+
+/// What the ESP's boot chain is, for the manifest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BootRecord {
+    /// The UKI's path on the ESP.
+    pub uki: String,
+    pub uki_sha256: String,
+    pub uki_size: u64,
+    pub cmdline: String,
+    /// Signed with the owner's db key, keys ready for enrollment.
+    pub secure_boot: bool,
 }
 
 fn file_of(tree: &Tree, path: &str) -> Result<(Content, u64)> {
@@ -76,12 +104,11 @@ pub fn find_kernel(root: &Tree) -> Result<Kernel> {
     let Some(version) = versions.pop() else {
         bail!("the root filesystem has no kernel (/boot/vmlinuz-*): is linux-image-amd64 installed?");
     };
-    Ok(Kernel {
-        kernel: file_of(root, &format!("boot/vmlinuz-{version}"))?,
-        initrd: file_of(root, &format!("boot/initrd.img-{version}"))
-            .with_context(|| format!("kernel {version} has no initrd (is initramfs-tools installed?)"))?,
-        version,
-    })
+    let kernel_path = format!("boot/vmlinuz-{version}");
+    let initrd_path = format!("boot/initrd.img-{version}");
+    file_of(root, &kernel_path)?;
+    file_of(root, &initrd_path).with_context(|| format!("kernel {version} has no initrd (is dracut installed?)"))?;
+    Ok(Kernel { version, kernel_path, initrd_path })
 }
 
 fn add(tree: &mut Tree, path: &str, (content, size): (Content, u64)) -> Result<()> {
@@ -91,96 +118,86 @@ fn add(tree: &mut Tree, path: &str, (content, size): (Content, u64)) -> Result<(
 }
 
 fn text(s: String) -> (Content, u64) {
-    let size = s.len() as u64;
-    (Content::Bytes(s.into_bytes().into()), size)
+    bytes(s.into_bytes())
 }
 
-/// Builds the ESP tree: `\EFI\BOOT\BOOTX64.EFI` and `\EFI\systemd\systemd-bootx64.efi`
-/// (systemd-boot from the root filesystem), the kernel and initrd under `\airlock\`, and
-/// `loader/entries/airlock.conf`.
-pub fn make_esp(root: &Tree, kernel: &Kernel, entry: &LoaderEntry) -> Result<Tree> {
+fn bytes(b: Vec<u8>) -> (Content, u64) {
+    let size = b.len() as u64;
+    (Content::Bytes(b.into()), size)
+}
+
+/// The loader's configuration: no menu (one UKI), no editing of the command line, and — with
+/// the owner's keys on the ESP — enrollment of the `auto` set on a machine in Setup Mode, on
+/// metal too (`force`: systemd-boot's default `if-safe` enrolls only in VMs; a host is in Setup
+/// Mode only when its owner put it there, and systemd-boot counts down 15 s so a person at the
+/// console can stop it).
+fn loader_conf(secure_boot: bool) -> String {
+    let mut conf = String::from("timeout 0\neditor no\n");
+    if secure_boot {
+        conf.push_str("secure-boot-enroll force\n");
+    }
+    conf
+}
+
+/// Builds the ESP tree: systemd-boot as `\EFI\BOOT\BOOTX64.EFI` and
+/// `\EFI\systemd\systemd-bootx64.efi`, the UKI as `\EFI\Linux\<name>_<version>.efi`,
+/// `loader/loader.conf`, and with Secure Boot keys `loader/keys/auto/{PK,KEK,db}.auth`.
+/// With Secure Boot keys, [`install_signed_loader`] must have run on `root`.
+pub fn make_esp(root: &Tree, kernel: &Kernel, setup: &BootSetup) -> Result<(Tree, BootRecord)> {
     let mut esp = Tree::new();
-    let boot = file_of(root, SYSTEMD_BOOT).context("systemd-boot-efi must be installed")?;
+    let cmdline = setup.cmdline.join(" ");
+    let os_release = uki::os_release(&root.read_required_text(OS_RELEASE)?, setup.name, setup.version)?;
+    let stub = root.read_required_bytes(STUB).context("systemd-boot-efi must be installed")?;
+    let linux = root.read_required_bytes(&kernel.kernel_path)?;
+    let initrd = root.read_required_bytes(&kernel.initrd_path)?;
+    let image = uki::assemble(&UkiInputs {
+        stub: &stub,
+        stub_path: STUB,
+        kernel: &linux,
+        kernel_path: &kernel.kernel_path,
+        initrd: &initrd,
+        cmdline: &cmdline,
+        os_release: &os_release,
+        uname: &kernel.version,
+    })?;
+    let uki_path = format!("EFI/Linux/{}_{}.efi", setup.name, setup.version);
+    let (boot, image) = match setup.secure_boot {
+        Some(keys) => (
+            file_of(root, SYSTEMD_BOOT_SIGNED).context("the signed loader must be installed first")?,
+            sign_pe(&image, &uki_path, &keys.db)?,
+        ),
+        None => (file_of(root, SYSTEMD_BOOT).context("systemd-boot-efi must be installed")?, image),
+    };
     add(&mut esp, "EFI/BOOT/BOOTX64.EFI", boot.clone())?;
     add(&mut esp, "EFI/systemd/systemd-bootx64.efi", boot)?;
-    let linux = format!("airlock/vmlinuz-{}", kernel.version);
-    let initrd = format!("airlock/initrd.img-{}", kernel.version);
-    add(&mut esp, &linux, kernel.kernel.clone())?;
-    add(&mut esp, &initrd, kernel.initrd.clone())?;
-    add(&mut esp, "loader/loader.conf", text("timeout 0\ndefault airlock.conf\neditor no\n".into()))?;
-    let conf = format!(
-        "title {}\nversion {}\nlinux /{linux}\ninitrd /{initrd}\noptions {}\n",
-        entry.title,
-        entry.version,
-        entry.options.join(" ")
-    );
-    add(&mut esp, "loader/entries/airlock.conf", text(conf))?;
-    Ok(esp)
+    let record = BootRecord {
+        uki: format!("/{uki_path}"),
+        uki_sha256: hex::encode(Sha256::digest(&image)),
+        uki_size: image.len() as u64,
+        cmdline,
+        secure_boot: setup.secure_boot.is_some(),
+    };
+    add(&mut esp, &uki_path, bytes(image))?;
+    add(&mut esp, "loader/loader.conf", text(loader_conf(setup.secure_boot.is_some())))?;
+    if let Some(keys) = setup.secure_boot {
+        for (variable, auth) in &keys.auth {
+            add(&mut esp, &format!("loader/keys/auto/{}.auth", variable.name()), bytes(auth.clone()))?;
+        }
+    }
+    Ok((esp, record))
+}
+
+/// Signs the root filesystem's systemd-boot with the db key into [`SYSTEMD_BOOT_SIGNED`],
+/// which the ESP then carries (and the root keeps, for systemd-boot-update).
+pub fn install_signed_loader(root: &mut Tree, keys: &OwnerKeys) -> Result<()> {
+    let loader = root.read_required_bytes(SYSTEMD_BOOT).context("systemd-boot-efi must be installed")?;
+    let signed = sign_pe(&loader, SYSTEMD_BOOT, &keys.db)?;
+    root.put_file(SYSTEMD_BOOT_SIGNED, 0o644, signed)?;
+    Ok(())
 }
 
 /// `airlock.toml`, the site configuration an operator edits after flashing (read on every
 /// boot by `airlock firstboot`), at the root of the ESP.
 pub fn add_site_config(esp: &mut Tree, text: &str) -> Result<()> {
     add(esp, "airlock.toml", self::text(text.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_compare_numerically() {
-        assert_eq!(cmp_version("6.12.9-amd64", "6.12.10-amd64"), Ordering::Less);
-        assert_eq!(cmp_version("6.12.117+deb13-amd64", "6.1.0-amd64"), Ordering::Greater);
-        assert_eq!(cmp_version("1.0", "1.0"), Ordering::Equal);
-    }
-
-    fn rootfs(kernels: &[&str]) -> Tree {
-        let mut t = Tree::new();
-        let f = |s: &str| NodeKind::File { size: s.len() as u64, content: Content::Bytes(s.as_bytes().into()) };
-        t.insert(SYSTEMD_BOOT.as_bytes(), Meta::root(0o644), f("MZ-boot")).unwrap();
-        for v in kernels {
-            t.insert(format!("boot/vmlinuz-{v}").as_bytes(), Meta::root(0o644), f("kernel")).unwrap();
-            t.insert(format!("boot/initrd.img-{v}").as_bytes(), Meta::root(0o644), f("initrd")).unwrap();
-        }
-        t
-    }
-
-    #[test]
-    fn picks_the_newest_kernel_and_writes_the_entry() {
-        let root = rootfs(&["6.12.9-amd64", "6.12.10-amd64"]);
-        let k = find_kernel(&root).unwrap();
-        assert_eq!(k.version, "6.12.10-amd64");
-        let entry = LoaderEntry {
-            title: "demo".into(),
-            version: "1".into(),
-            options: vec!["root=PARTUUID=x".into(), "rw".into()],
-        };
-        let esp = make_esp(&root, &k, &entry).unwrap();
-        for p in [
-            "EFI/BOOT/BOOTX64.EFI",
-            "EFI/systemd/systemd-bootx64.efi",
-            "airlock/vmlinuz-6.12.10-amd64",
-            "loader/loader.conf",
-        ] {
-            assert!(esp.lookup(p).is_some(), "{p}");
-        }
-        let id = esp.lookup("loader/entries/airlock.conf").unwrap();
-        let NodeKind::File { content: Content::Bytes(b), .. } = &esp.node(id).kind else { panic!() };
-        let s = std::str::from_utf8(b).unwrap();
-        assert!(
-            s.contains("linux /airlock/vmlinuz-6.12.10-amd64\n") && s.contains("options root=PARTUUID=x rw\n"),
-            "{s}"
-        );
-    }
-
-    #[test]
-    fn missing_kernel_or_initrd_is_explained() {
-        let err = find_kernel(&rootfs(&[])).unwrap_err().to_string();
-        assert!(err.contains("no kernel"), "{err}");
-        let mut t = rootfs(&[]);
-        let f = NodeKind::File { size: 1, content: Content::Bytes(b"k"[..].into()) };
-        t.insert(b"boot/vmlinuz-1", Meta::root(0o644), f).unwrap();
-        assert!(format!("{:#}", find_kernel(&t).unwrap_err()).contains("initrd"));
-    }
 }

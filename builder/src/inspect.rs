@@ -17,11 +17,13 @@ use std::path::Path;
 pub enum FsKind {
     Vfat,
     Ext4,
+    /// A dm-verity hash tree (its superblock's `verity` signature).
+    Verity,
     Unknown,
 }
 
-/// Recognises FAT32 (the "FAT32   " type string of its boot sector) and ext4 (the superblock
-/// magic 0xEF53 at byte 1080).
+/// Recognises FAT32 (the "FAT32   " type string of its boot sector), ext4 (the superblock
+/// magic 0xEF53 at byte 1080) and a dm-verity hash tree (`verity\0\0` at byte 0).
 pub fn filesystem(file: &File, part: &PartitionEntry) -> Result<FsKind> {
     let mut head = [0u8; 2048];
     let n = head.len().min(usize::try_from(part.size).unwrap_or(usize::MAX));
@@ -32,6 +34,9 @@ pub fn filesystem(file: &File, part: &PartitionEntry) -> Result<FsKind> {
     }
     if n >= 1082 && head[1080..1082] == [0x53, 0xEF] {
         return Ok(FsKind::Ext4);
+    }
+    if n >= 8 && &head[..8] == b"verity\0\0" {
+        return Ok(FsKind::Verity);
     }
     Ok(FsKind::Unknown)
 }

@@ -36,6 +36,10 @@ pub struct Manifest {
     pub inputs: Inputs,
     /// The kernel the appliance boots (`None` for an `airlock disk` image).
     pub kernel: Option<String>,
+    /// The boot chain: the UKI, its command line, Secure Boot, the verity root hash (`None` for
+    /// an `airlock disk` image).
+    #[serde(default)]
+    pub boot: Option<Boot>,
     pub disk: Disk,
     pub os_packages: Vec<OsPackage>,
     pub container_images: Vec<ContainerImage>,
@@ -91,6 +95,38 @@ pub struct Inputs {
     pub spec_sha256: Option<String>,
     /// SHA-256 of the lock file, once airlock has one.
     pub lock_sha256: Option<String>,
+}
+
+/// How the appliance boots and what pins its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// The unified kernel image on the ESP (`/EFI/Linux/<name>_<version>.efi`).
+    pub uki: String,
+    pub uki_sha256: String,
+    pub uki_size: u64,
+    /// The kernel command line inside the UKI (with verity, `roothash=`).
+    pub cmdline: String,
+    /// systemd-boot and the UKI are signed with the owner's db key, whose PK/KEK/db wait on the
+    /// ESP for enrollment.
+    pub secure_boot: bool,
+    /// The root's dm-verity parameters (`None`: a writable root, built without verity).
+    pub verity: Option<Verity>,
+}
+
+/// What `veritysetup verify <root> <root-verity> <root_hash>` needs, and what the booted
+/// appliance reports (`veritysetup status root`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verity {
+    pub root_hash: String,
+    /// The roles of the data and hash partitions (their UUIDs are the root hash's halves).
+    pub data_partition: Role,
+    pub hash_partition: Role,
+    pub hash_algorithm: String,
+    pub data_block_size: u64,
+    pub hash_block_size: u64,
+    pub salt: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +277,7 @@ pub struct ManifestInputs<'a> {
     pub test_build: Option<TestBuild>,
     pub spec_sha256: Option<String>,
     pub kernel: Option<String>,
+    pub boot: Option<Boot>,
     pub packages: &'a [Package],
     /// The packages' origin, e.g. `debian:trixie`.
     pub package_source: String,
@@ -283,6 +320,7 @@ impl Manifest {
                 lock_sha256: inputs.contents.lock_sha256.clone(),
             },
             kernel: inputs.kernel.clone(),
+            boot: inputs.boot.clone(),
             disk: Disk {
                 size: disk_size,
                 guid: disk_guid.to_string(),

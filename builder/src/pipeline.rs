@@ -7,9 +7,9 @@ use crate::base_os::{self, Package};
 use crate::clock::BuildClock;
 use crate::coherence::{self, Scope};
 use crate::configure;
-use crate::disk::{self, DiskReport, PartitionRequest};
+use crate::disk::{self, DiskReport, DiskWriter, PartitionRequest};
 use crate::embedded;
-use crate::esp::{self, Kernel, LoaderEntry};
+use crate::esp::{self, BootRecord, BootSetup, Kernel};
 use crate::lock::Lock;
 use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
@@ -19,12 +19,13 @@ use crate::partition::{Role, Slot};
 use crate::plan::BuildPlan;
 use crate::preload;
 use crate::release::{self, ReleaseOptions, Released};
+use crate::secure_boot::OwnerKeys;
 use crate::seed::Seed;
 use crate::signing::KeyPair;
 use crate::tree::{self, Tree};
 use crate::units::SYSTEM_UNIT_DIR;
+use crate::verity::RootHash;
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,6 +44,9 @@ pub struct BuildOptions {
     pub signing_key: Option<KeyPair>,
     /// The appliance's own program, installed in the image as `/usr/bin/airlock`.
     pub appliance: ApplianceProgram,
+    /// The owner's Secure Boot keys, already loaded and checked (`--secure-boot-key` or
+    /// `[signing] secure_boot`).
+    pub secure_boot: Option<OwnerKeys>,
 }
 
 /// Where the build finds the appliance's own program (`airlock-appliance`, which must not be
@@ -152,20 +156,34 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("configure system", || configure::configure_system(&mut root, plan))?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
+    if let Some(keys) = &opts.secure_boot {
+        stages.run("sign boot loader", || esp::install_signed_loader(&mut root, keys))?;
+    }
     let kernel = esp::find_kernel(&root)?;
-    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan))?;
+    let data = stages.run("move /var to the data partition", || configure::data_tree(&mut root, &opts.clock))?;
+    // The root is written and hashed first: the UKI on the ESP carries its root hash.
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
-    let disk = stages.run("assemble disk", || {
-        std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
-        let partitions = partition_requests(plan, esp, root, &opts.clock)?;
-        let report = assemble_disk(&image, plan.disk.size, &plan.seed, opts.clock, partitions)?;
-        report.partitions.iter().for_each(|line| log::info!("{line}"));
-        Ok(report)
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let layout = disk::lay_out(plan.disk.size, &plan.seed, &partition_sizes(plan))?;
+    let mut writer = DiskWriter::create(&layout, &plan.seed, opts.clock, &image)?;
+    stages.run("write root", || writer.write_tree(Role::Root(Slot::A), &root))?;
+    let root_hash = match plan.disk.verity {
+        true => Some(stages.run("hash root (dm-verity)", || writer.write_hash_tree(Slot::A))?),
+        false => None,
+    };
+    let (esp, boot) = stages
+        .run("make UKI and ESP", || make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref()))?;
+    stages.run("write ESP and data", || {
+        writer.write_tree(Role::Esp, &esp)?;
+        writer.write_tree(Role::Data, &data)
     })?;
+    let disk = stages.run("finish disk", || writer.finish())?;
+    disk.partitions.iter().for_each(|line| log::info!("{line}"));
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
     let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
-    let release = release_options(plan, opts, formats, &kernel.version, &packages, &contents);
+    let boot = boot_record(plan, boot, root_hash.as_ref());
+    let release = release_options(plan, opts, formats, &kernel.version, boot, &packages, &contents);
     let packages_file = vec![("packages".to_string(), packages_file)];
     // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
     let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
@@ -215,6 +233,7 @@ pub fn disk(job: DiskJob) -> Result<(DiskReport, Option<Released>)> {
         clock: job.clock,
         spec_sha256: None,
         kernel: None,
+        boot: None,
         packages: &[],
         package_source: String::new(),
         contents: &Contents::default(),
@@ -283,6 +302,7 @@ fn release_options<'a>(
     opts: &'a BuildOptions,
     formats: &'a [Format],
     kernel: &str,
+    boot: crate::manifest::Boot,
     packages: &'a [Package],
     contents: &'a Contents,
 ) -> ReleaseOptions<'a> {
@@ -312,6 +332,7 @@ fn release_options<'a>(
         clock: opts.clock,
         spec_sha256: Some(plan.spec_sha256.clone()),
         kernel: Some(kernel.to_string()),
+        boot: Some(boot),
         packages,
         package_source: format!("debian:{}", plan.base.suite),
         contents,
@@ -410,38 +431,61 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan) -> Result<Tree> {
-    let mut options = vec![
-        configure::kernel_root(plan.disk.roles(), &plan.seed)?,
-        "rw".to_string(),
-        "console=tty0".to_string(),
-        "console=ttyS0,115200".to_string(),
-        "systemd.firstboot=off".to_string(),
-    ];
+/// The kernel command line fixed in the UKI: with verity, the root hash (systemd's veritysetup
+/// generator opens `/dev/mapper/root` from it and the partitions its halves name) and `ro`;
+/// without, the root partition by PARTUUID, writable.
+fn kernel_cmdline(plan: &BuildPlan, root_hash: Option<&RootHash>) -> Result<Vec<String>> {
+    let mut options = match root_hash {
+        Some(hash) => vec![format!("roothash={hash}"), "ro".to_string()],
+        None => vec![configure::kernel_root(plan.disk.roles(), &plan.seed)?, "rw".to_string()],
+    };
+    options.extend(["console=tty0", "console=ttyS0,115200", "systemd.firstboot=off"].into_iter().map(String::from));
     options.extend(plan.kernel_cmdline.iter().cloned());
-    let entry =
-        LoaderEntry { title: format!("{} {}", plan.name, plan.version), version: plan.version.clone(), options };
-    let mut esp = esp::make_esp(root, kernel, &entry)?;
-    let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
-    esp::add_site_config(&mut esp, &airlock_common::site::default_file(short))?;
-    Ok(esp)
+    Ok(options)
 }
 
-/// What each partition of the plan's disk holds: the ESP and root trees made by the stages
-/// before, and a data partition holding only the journal's folder.
-fn partition_requests(plan: &BuildPlan, esp: Tree, root: Tree, clock: &BuildClock) -> Result<Vec<PartitionRequest>> {
-    let data = configure::data_tree(&root, clock)?;
-    let mut trees = BTreeMap::from([(Role::Esp, esp), (Role::Root(Slot::A), root), (Role::Data, data)]);
-    plan.disk
-        .partitions
-        .iter()
-        .map(|p| {
-            let tree = trees
-                .remove(&p.role)
-                .with_context(|| format!("the build makes nothing for the {} partition", p.role))?;
-            Ok(PartitionRequest { role: p.role, size: p.size, tree })
-        })
-        .collect()
+fn make_esp(
+    root: &Tree,
+    kernel: &Kernel,
+    plan: &BuildPlan,
+    root_hash: Option<&RootHash>,
+    secure_boot: Option<&OwnerKeys>,
+) -> Result<(Tree, BootRecord)> {
+    let setup =
+        BootSetup { name: &plan.name, version: &plan.version, cmdline: kernel_cmdline(plan, root_hash)?, secure_boot };
+    let (mut esp, record) = esp::make_esp(root, kernel, &setup)?;
+    let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
+    esp::add_site_config(&mut esp, &airlock_common::site::default_file(short))?;
+    Ok((esp, record))
+}
+
+/// The manifest's record of the boot chain.
+fn boot_record(plan: &BuildPlan, boot: BootRecord, root_hash: Option<&RootHash>) -> crate::manifest::Boot {
+    let root = Role::Root(Slot::A);
+    crate::manifest::Boot {
+        uki: boot.uki,
+        uki_sha256: boot.uki_sha256,
+        uki_size: boot.uki_size,
+        cmdline: boot.cmdline,
+        secure_boot: boot.secure_boot,
+        verity: root_hash.map(|hash| {
+            let params = crate::verity::VerityParams::from_seed(&plan.seed, &format!("verity:{}", root.key()));
+            crate::manifest::Verity {
+                root_hash: hash.hex(),
+                data_partition: root,
+                hash_partition: Role::RootVerity(Slot::A),
+                hash_algorithm: "sha256".to_string(),
+                data_block_size: crate::verity::BLOCK_SIZE,
+                hash_block_size: crate::verity::BLOCK_SIZE,
+                salt: hex::encode(params.salt),
+            }
+        }),
+    }
+}
+
+/// Each partition of the plan's disk with its size (`None`: the rest, or a hash tree's).
+fn partition_sizes(plan: &BuildPlan) -> Vec<(Role, Option<u64>)> {
+    plan.disk.partitions.iter().map(|p| (p.role, p.size)).collect()
 }
 
 /// `<out>/<name>.packages`: the installed Debian packages, one `name version architecture` per

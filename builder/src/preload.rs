@@ -14,8 +14,10 @@ use crate::tree::Tree;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeSet;
 
-/// Where Debian's docker-registry keeps its storage.
-pub const STORAGE: &str = "var/lib/docker-registry";
+/// Where the registry's storage is in the image: under `/usr`, in the read-only (with verity,
+/// verified) root, since the registry only serves what was built and signed (the configuration
+/// below refuses pushes), and an update brings the next root's images with it.
+pub const STORAGE: &str = "usr/share/airlock/registry";
 pub use crate::local_registry::PORT;
 /// The system user Debian's docker-registry runs as (owner of its storage).
 const REGISTRY_SYSTEM_USER: &str = "docker-registry";
@@ -32,7 +34,7 @@ log:
     service: registry
 storage:
   filesystem:
-    rootdirectory: /var/lib/docker-registry
+    rootdirectory: /usr/share/airlock/registry
   maintenance:
     readonly:
       enabled: true

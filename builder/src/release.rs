@@ -31,6 +31,8 @@ pub struct ReleaseOptions<'a> {
     pub clock: BuildClock,
     pub spec_sha256: Option<String>,
     pub kernel: Option<String>,
+    /// The boot chain ([`manifest::Boot`]), for the manifest.
+    pub boot: Option<manifest::Boot>,
     pub packages: &'a [Package],
     pub package_source: String,
     /// Container images, mirrored files and the lock's digest ([`crate::contents`]).
@@ -90,6 +92,7 @@ pub fn write_manifest(
         test_build: opts.test_build.clone(),
         spec_sha256: opts.spec_sha256.clone(),
         kernel: opts.kernel.clone(),
+        boot: opts.boot.clone(),
         packages: opts.packages,
         package_source: opts.package_source.clone(),
         contents: opts.contents,

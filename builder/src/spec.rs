@@ -128,6 +128,12 @@ pub struct SigningSpec {
     /// prompt.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// The owner's Secure Boot keys (`PREFIX` of `airlock keygen --secure-boot --out PREFIX`,
+    /// relative to the spec): signs systemd-boot and the UKI with `PREFIX.db.key` and puts
+    /// the `.auth` files on the ESP for enrollment. `--secure-boot-key` overrides it. Needs
+    /// `[disk] verity`.
+    #[serde(default)]
+    pub secure_boot: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +172,14 @@ pub struct DiskSpec {
     /// The data partition as built; it grows to fill the disk on first boot.
     #[serde(default)]
     pub data_size: Option<ByteSize>,
+    /// A read-only root under dm-verity, its root hash in the UKI's command line (the
+    /// default). `false`, for development only: a writable root and no verity partition.
+    #[serde(default = "default_true")]
+    pub verity: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl DiskSpec {
@@ -174,6 +188,7 @@ impl DiskSpec {
         match role {
             Role::Esp => self.esp_size,
             Role::Root(Slot::A) => self.root_size,
+            Role::RootVerity(Slot::A) => None,
             Role::Data => self.data_size,
         }
     }

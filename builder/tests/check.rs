@@ -171,7 +171,6 @@ fn run_pulumi_secrets(dir: &Path) -> (bool, String, String) {
         .arg(&script)
         .env("AIRLOCK_STATE", dir.join("state"))
         .env("AIRLOCK_RUN", dir.join("run"))
-        .env("AIRLOCK_ETC", dir.join("root/etc"))
         .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
         .output()
         .unwrap();
@@ -255,7 +254,7 @@ fn pulumi_secrets_hands_the_site_to_the_stack() {
             assert!(calls.contains(c), "{secret} holds {c}: {calls}");
         }
     }
-    let dropin = read("root/etc/containers/systemd/api.container.d/50-site.conf");
+    let dropin = read("run/containers/systemd/api.container.d/50-site.conf");
     for line in [
         "Secret=pulumi-smtp-password,type=env,target=SMTP_PASSWORD",
         "Secret=pulumi-saml-certificate,type=env,target=SAML_CERTIFICATE_PUBLIC_KEY",
@@ -282,7 +281,7 @@ fn pulumi_secrets_hands_the_site_to_the_stack() {
     assert!(calls.contains("podman secret rm pulumi-smtp-password"), "{calls}");
     assert!(calls.contains("podman secret rm pulumi-saml-private-key"), "{calls}");
     assert_eq!(calls.matches("systemctl daemon-reload").count(), 1, "{calls}");
-    assert!(!read("root/etc/containers/systemd/api.container.d/50-site.conf").contains("Secret="));
+    assert!(!read("run/containers/systemd/api.container.d/50-site.conf").contains("Secret="));
     assert_eq!(read("run/airlock/pulumi/console.env"), "SAML_SSO_ENABLED=false\n");
     assert!(!read("run/airlock/pulumi/smtp.env").contains("SMTP_SERVER"));
 
@@ -304,7 +303,7 @@ const TEST_LICENSE_KEY: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhaXJsb2NrIHRlc3Q
 /// path in the container), and `Volume=` folders of the data partition (under `d/state`).
 fn container_env(d: &Path, unit: &str) -> Vec<(String, String)> {
     let mut assignments = quadlet(&format!("{unit}.container"));
-    let dropin = d.join(format!("root/etc/containers/systemd/{unit}.container.d/50-site.conf"));
+    let dropin = d.join(format!("run/containers/systemd/{unit}.container.d/50-site.conf"));
     if dropin.exists() {
         assignments.extend(parse_assignments(&std::fs::read_to_string(&dropin).unwrap()));
     }

@@ -128,6 +128,7 @@ fn probe_kvm() -> Result<Verdict> {
         memory_mib: 256,
         cpus: 1,
         firmware_code: firmware.code,
+        secure_boot: false,
         firmware_vars: vars,
         disk: None,
         network: None,

@@ -12,6 +12,11 @@ const CANDIDATES: &[(&str, &str)] = &[
     ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
 ];
 
+/// The Secure Boot build of OVMF (it requires SMM) and the empty variable store, which leaves
+/// the machine in Setup Mode: no PK, so systemd-boot may enroll the owner's keys.
+const SECURE_BOOT_CANDIDATES: &[(&str, &str)] =
+    &[("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")];
+
 /// A matching pair of OVMF pflash images.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Firmware {
@@ -37,6 +42,25 @@ impl Firmware {
             return Ok(fw);
         }
         Self::locate_in(CANDIDATES.iter().map(|&(c, v)| (Path::new(c), Path::new(v))))
+    }
+
+    /// Finds the Secure Boot firmware (`AIRLOCK_OVMF_SECBOOT_CODE` and `AIRLOCK_OVMF_VARS`
+    /// if both are set), with variables in Setup Mode.
+    pub fn locate_secure_boot() -> Result<Firmware> {
+        if let (Some(code), Some(vars)) =
+            (std::env::var_os("AIRLOCK_OVMF_SECBOOT_CODE"), std::env::var_os("AIRLOCK_OVMF_VARS"))
+        {
+            let fw = Firmware { code: code.into(), vars_template: vars.into() };
+            if !(fw.code.is_file() && fw.vars_template.is_file()) {
+                bail!(
+                    "AIRLOCK_OVMF_SECBOOT_CODE={} / AIRLOCK_OVMF_VARS={} do not both name files",
+                    fw.code.display(),
+                    fw.vars_template.display()
+                );
+            }
+            return Ok(fw);
+        }
+        Self::locate_in(SECURE_BOOT_CANDIDATES.iter().map(|&(c, v)| (Path::new(c), Path::new(v))))
     }
 
     fn locate_in<'a>(candidates: impl Iterator<Item = (&'a Path, &'a Path)>) -> Result<Firmware> {

@@ -30,6 +30,9 @@ pub struct QemuCmdline {
     pub cpus: u32,
     /// OVMF code, mapped read-only.
     pub firmware_code: PathBuf,
+    /// The firmware is OVMF's Secure Boot build: the machine gets SMM and a flash only SMM
+    /// code may write (without them that firmware stops).
+    pub secure_boot: bool,
     /// This VM's private, writable copy of the OVMF variable store.
     pub firmware_vars: PathBuf,
     /// The qcow2 overlay to boot from, as a virtio disk.
@@ -53,7 +56,14 @@ impl QemuCmdline {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
         push(&["-name", &self.name.replace(',', ",,")]);
-        push(&["-machine", "q35"]);
+        if self.secure_boot {
+            push(&["-machine", "q35,smm=on"]);
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            // OVMF with SMM and S3 can hang on resume paths (edk2 before 098c5570).
+            push(&["-global", "ICH9-LPC.disable_s3=1"]);
+        } else {
+            push(&["-machine", "q35"]);
+        }
         push(&self.accel.qemu_args(self.tcg_threads));
         push(&["-m", &self.memory_mib.to_string()]);
         push(&["-smp", &self.cpus.to_string()]);
@@ -114,6 +124,7 @@ mod tests {
             memory_mib: 2048,
             cpus: 2,
             firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            secure_boot: false,
             firmware_vars: "/tmp/vm/OVMF_VARS.fd".into(),
             disk: Some("/tmp/vm/overlay.qcow2".into()),
             network: Some(vec![PortForward { host: 40001, guest: 80 }, PortForward { host: 40002, guest: 5000 }]),

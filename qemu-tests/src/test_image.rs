@@ -92,6 +92,8 @@ pub struct Recipe {
     pub scripts: Vec<PathBuf>,
     /// The spec's own formats when `None`.
     pub formats: Option<Vec<airlock::outputs::Format>>,
+    /// Signs the boot chain with the TEST Secure Boot keys of the cache ([`test_secure_boot_keys`]).
+    pub secure_boot: bool,
 }
 
 impl Recipe {
@@ -103,7 +105,8 @@ impl Recipe {
             .into_iter()
             .filter(|s| s.exists())
             .collect();
-        Recipe { spec: dir.join("appliance.toml"), scripts, formats: None }
+        // As released: a verity root, and (with the test keys) a signed boot chain.
+        Recipe { spec: dir.join("appliance.toml"), scripts, formats: None, secure_boot: true }
     }
 }
 
@@ -118,19 +121,21 @@ pub fn test_image(recipe: &Recipe, appliance: &Path, cache_root: &Path) -> Resul
     for script in &recipe.scripts {
         command::run(&mut Command::new(script))?;
     }
-    let mut found = usable_entry(&cache, &plan, recipe, appliance)?;
+    let keys = if recipe.secure_boot { Some(test_secure_boot_keys(cache_root)?) } else { None };
+    let keys = keys.as_deref();
+    let mut found = usable_entry(&cache, &plan, recipe, appliance, keys)?;
     if found.is_none() {
         // Pinning asks the package indexes again (a minute or more), so it is done only when
         // no entry matches the lock as it is; the lock it writes may then match one.
         fetch(&plan)?;
-        found = usable_entry(&cache, &plan, recipe, appliance)?;
+        found = usable_entry(&cache, &plan, recipe, appliance, keys)?;
     }
     let (entry, in_use) = match found {
         Some(found) => found,
         None => {
-            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, recipe, appliance)?[..16]));
+            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, recipe, appliance, keys)?[..16]));
             let in_use = FileLock::exclusive(&with_suffix(&entry, ".lock"))?;
-            build_entry(&plan, recipe, appliance, &cache, &entry)?;
+            build_entry(&plan, recipe, appliance, keys, &cache, &entry)?;
             (entry, in_use)
         }
     };
@@ -148,8 +153,9 @@ fn usable_entry(
     plan: &airlock::plan::BuildPlan,
     recipe: &Recipe,
     appliance: &Path,
+    keys: Option<&Path>,
 ) -> Result<Option<(PathBuf, FileLock)>> {
-    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, recipe, appliance)?[..16]));
+    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, recipe, appliance, keys)?[..16]));
     if !entry.exists() {
         return Ok(None);
     }
@@ -192,8 +198,42 @@ fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
     Ok(())
 }
 
+/// Where the TEST Secure Boot keys are (`<cache root>/secure-boot-test-keys/owner.*`).
+pub fn secure_boot_prefix(cache_root: &Path) -> PathBuf {
+    cache_root.join("secure-boot-test-keys/owner")
+}
+
+/// The owner's Secure Boot keys test images are signed with: TEST KEYS made once by
+/// `airlock keygen --secure-boot` (the same code) into the cache and kept, so the images that use
+/// them stay cached; made again when they no longer load (e.g. expired).
+pub fn test_secure_boot_keys(cache_root: &Path) -> Result<PathBuf> {
+    let prefix = secure_boot_prefix(cache_root);
+    if load_test_keys(&prefix).is_ok() {
+        return Ok(prefix);
+    }
+    let dir = prefix.parent().context("the keys have a folder")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    log::info!("making TEST Secure Boot keys {}.*", prefix.display());
+    airlock::secure_boot::generate(&prefix, now())?;
+    load_test_keys(&prefix)?;
+    Ok(prefix)
+}
+
+fn load_test_keys(prefix: &Path) -> Result<airlock::secure_boot::OwnerKeys> {
+    airlock::secure_boot::OwnerKeys::load(prefix, now())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The SHA-256 of everything that goes into the image (see the module's documentation).
-fn inputs_key(plan: &airlock::plan::BuildPlan, recipe: &Recipe, appliance: &Path) -> Result<String> {
+fn inputs_key(
+    plan: &airlock::plan::BuildPlan,
+    recipe: &Recipe,
+    appliance: &Path,
+    keys: Option<&Path>,
+) -> Result<String> {
     let started = Instant::now();
     let mut h = Sha256::new();
     let formats = format!("{:?}", recipe.formats);
@@ -212,6 +252,13 @@ fn inputs_key(plan: &airlock::plan::BuildPlan, recipe: &Recipe, appliance: &Path
         hash_file(&mut h, &plan.lock_path, "lock")?;
     }
     hash_file(&mut h, appliance, "appliance program")?;
+    if let Some(prefix) = keys {
+        for v in airlock::secure_boot::Variable::ALL {
+            for ext in ["crt", "auth"] {
+                hash_file(&mut h, &airlock::secure_boot::key_file(prefix, v, ext), "secure boot key")?;
+            }
+        }
+    }
     let key = hex::encode(h.finalize());
     log::info!(
         "test image {}: inputs hashed in {:.1} s, key {}",
@@ -274,6 +321,7 @@ fn build_entry(
     plan: &airlock::plan::BuildPlan,
     recipe: &Recipe,
     appliance: &Path,
+    keys: Option<&Path>,
     cache: &Path,
     entry: &Path,
 ) -> Result<()> {
@@ -290,6 +338,7 @@ fn build_entry(
         formats: recipe.formats.clone(),
         signing_key: None,
         appliance: airlock::pipeline::ApplianceProgram::At(appliance.to_path_buf()),
+        secure_boot: keys.map(load_test_keys).transpose()?,
     };
     airlock::pipeline::build(plan, &opts).with_context(|| format!("building the test image {}", plan.name))?;
     verify(partial.path()).context("checking the image just built")?;

@@ -56,6 +56,9 @@ pub struct VmConfig {
     pub guest_reset: GuestReset,
     /// Under TCG, how the vCPUs map onto host threads.
     pub tcg_threads: TcgThreads,
+    /// Boots OVMF's Secure Boot firmware with empty variables (Setup Mode), as a fresh host
+    /// whose owner lets the appliance enroll its keys.
+    pub secure_boot: bool,
 }
 
 impl Default for VmConfig {
@@ -70,6 +73,7 @@ impl Default for VmConfig {
             command_timeout: COMMAND_TIMEOUT,
             guest_reset: GuestReset::NewProcess,
             tcg_threads: TcgThreads::Multi,
+            secure_boot: false,
         }
     }
 }
@@ -136,7 +140,7 @@ impl Vm {
             bail!("memory_mib and cpus must be positive");
         }
         let accel = probe_accel();
-        let firmware = Firmware::locate()?;
+        let firmware = if cfg.secure_boot { Firmware::locate_secure_boot()? } else { Firmware::locate()? };
         let dir = tempfile::Builder::new()
             .prefix(&format!("airlock-vm-{}-", short_name(&cfg.name)))
             .tempdir()
@@ -157,6 +161,7 @@ impl Vm {
             memory_mib: cfg.memory_mib,
             cpus: cfg.cpus,
             firmware_code: firmware.code.clone(),
+            secure_boot: cfg.secure_boot,
             firmware_vars: files.vars.clone(),
             disk: Some(files.overlay.clone()),
             network: Some(forwards.clone()),

@@ -1,7 +1,12 @@
-//! The demo appliance boots under UEFI to `airlock: ready`, with nothing failed, its root on
-//! the partition airlock wrote, its data partition grown to the enlarged disk, its mirror
-//! answering through a port forward; it reboots to ready again; after shutdown both ext4
-//! filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is slow).
+//! The demo appliance boots under UEFI with Secure Boot to `airlock: ready`: on firmware in
+//! Setup Mode systemd-boot enrolls the owner's keys (the image's TEST keys) and resets, and the
+//! next boot verifies the signed loader and UKI; the root is the dm-verity device of the hash in
+//! the manifest, read-only, and one byte flipped on the disk in a file nothing reads at boot
+//! makes reading that file fail with an I/O error while the appliance still comes up. Nothing
+//! failed, the data partition (all of /var) grew to the enlarged disk, the mirror answers
+//! through a port forward; it reboots to ready again with the same machine-id; after shutdown
+//! both ext4 filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is
+//! slow); `verified_boot.rs` has the boots that must fail.
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 mod common;
@@ -18,10 +23,18 @@ const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
+    let manifest = read_manifest(&built);
+    let verity = manifest.boot.as_ref().and_then(|b| b.verity.clone()).expect("the demo is built with verity");
+    // One byte flipped in a file nothing reads at boot, on a disk otherwise as built.
+    let work = tempfile::Builder::new().prefix("airlock-boot-").tempdir().unwrap();
+    let disk = work.path().join("demo-flipped.qcow2");
+    let unread = "/usr/share/doc/dmsetup/copyright";
+    flip_byte_in_root_file(&built.image, &disk, unread, 100);
     let mut vm = Vm::boot(VmConfig {
         forwards: vec![80, 443, 5000, 8080, 8081],
         disk_size: Some(8 * GIB),
-        ..VmConfig::new("demo", &built.image)
+        secure_boot: true,
+        ..VmConfig::new("demo", &disk)
     })
     .expect("starting qemu");
     eprintln!("accelerator: {:?}", vm.accel());
@@ -41,10 +54,30 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert_eq!(failed.trim(), "", "no unit failed");
     assert_eq!(vm.succeed("systemctl is-active airlock-ready.target").unwrap().trim(), "active");
 
-    // The root filesystem is the partition airlock wrote (by its seeded PARTUUID).
-    let root_partuuid = built.plan.seed.uuid("partition:root-x86-64").to_string();
-    assert_eq!(vm.succeed("findmnt -no PARTUUID /").unwrap().trim(), root_partuuid);
+    // The firmware took the owner's keys and verified what it started.
+    let console = vm.serial_log();
+    assert!(console.contains("Custom Secure Boot keys successfully enrolled"), "systemd-boot enrolled the keys");
+    let bootctl = vm.succeed("bootctl status --no-pager 2>/dev/null | grep 'Secure Boot:'").unwrap();
+    assert!(bootctl.contains("enabled (user)"), "bootctl: {bootctl}");
+    // The root is the dm-verity device of the manifest's root hash, read-only, opened from the
+    // partitions named by the hash's halves.
+    assert_eq!(vm.succeed("findmnt -no SOURCE /").unwrap().trim(), "/dev/mapper/root");
     assert_eq!(vm.succeed("findmnt -no FSTYPE /").unwrap().trim(), "ext4");
+    assert!(vm.succeed("findmnt -no OPTIONS /").unwrap().split(',').any(|o| o.trim() == "ro"));
+    let table = vm.succeed("dmsetup table root").unwrap();
+    let fields: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(fields.get(2), Some(&"verity"), "dm table: {table}");
+    assert!(fields.contains(&verity.root_hash.as_str()), "the root hash is the manifest's: {table}");
+    assert!(fields.contains(&verity.salt.as_str()), "the salt is the manifest's: {table}");
+    let cmdline = vm.succeed("cat /proc/cmdline").unwrap();
+    assert!(cmdline.contains(&format!("roothash={}", verity.root_hash)), "{cmdline}");
+    let write = vm.fail("touch /usr/written-by-the-guest 2>&1").unwrap();
+    assert!(write.contains("Read-only file system"), "{write}");
+    // The flipped byte: reading that file fails, and the kernel says why.
+    let read = vm.fail(&format!("cat {unread} 2>&1 > /dev/null")).unwrap();
+    assert!(read.contains("Input/output error"), "{read}");
+    let dmesg = vm.succeed("dmesg | grep -i verity").unwrap();
+    assert!(dmesg.contains("is corrupted"), "the kernel logs the corruption: {dmesg}");
 
     // The data partition grew to the end of the 8 GiB disk (from 1 GiB), and its filesystem
     // with it.
@@ -55,11 +88,12 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let (start, sectors) = (sysfs("start") * 512, sysfs("size") * 512);
     assert!(start + sectors > 8 * GIB - (2 << 20), "data partition ends at {} of an 8 GiB disk", start + sectors);
     assert!(sectors > 5 * GIB, "data partition is {sectors} bytes after growing");
-    let fs_size: u64 = vm.succeed("df -B1 --output=size /var/lib/airlock | tail -1").unwrap().trim().parse().unwrap();
+    assert_eq!(vm.succeed("findmnt -no TARGET -T /var/lib/airlock").unwrap().trim(), "/var");
+    let fs_size: u64 = vm.succeed("df -B1 --output=size /var | tail -1").unwrap().trim().parse().unwrap();
     assert!(fs_size > sectors / 100 * 90, "data filesystem is {fs_size} bytes on a {sectors}-byte partition");
 
-    // The kernel writes to both filesystems airlock wrote; e2fsck judges them after shutdown.
-    vm.succeed("head -c 50000000 /dev/urandom > /root/written-by-the-guest && mkdir -p /var/lib/airlock/probe && cp /root/written-by-the-guest /var/lib/airlock/probe/ && sync").unwrap();
+    // The kernel writes to the data filesystem airlock wrote; e2fsck judges both after shutdown.
+    vm.succeed("mkdir -p /var/lib/airlock/probe && head -c 50000000 /dev/urandom > /var/lib/airlock/probe/written-by-the-guest && sync").unwrap();
 
     // First boot generated this instance's identity.
     let machine_id = vm.succeed("cat /etc/machine-id").unwrap();
@@ -107,7 +141,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
         );
         assert_eq!(inspect.trim(), c.manifest.digest.to_string(), "{repo} is served with the locked digest");
     }
-    let registry_data = vm.succeed("du -sb /var/lib/docker-registry | cut -f1").unwrap();
+    let registry_data = vm.succeed("du -sb /usr/share/airlock/registry | cut -f1").unwrap();
     assert!(registry_data.trim().parse::<u64>().unwrap() > 1 << 20, "the storage was written at build time");
 
     // The stack is up, served only through the TLS front door: the API answers at its name
@@ -152,9 +186,8 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert!(vm.succeed("cat /run/airlock/banner").unwrap().starts_with("airlock: ready\n"));
 
     // The journal is persistent, on the data partition, within its cap.
-    let journal_source = vm.succeed("findmnt -no SOURCE /var/log/journal").unwrap();
-    assert!(journal_source.trim().ends_with("[/journal]"), "{journal_source}");
-    let journal_files = vm.succeed(&format!("ls /var/lib/airlock/journal/{}", machine_id.trim())).unwrap();
+    assert_eq!(vm.succeed("findmnt -no TARGET -T /var/log/journal").unwrap().trim(), "/var");
+    let journal_files = vm.succeed(&format!("ls /var/log/journal/{}", machine_id.trim())).unwrap();
     assert!(journal_files.contains("system.journal"), "{journal_files}");
     let max_use = vm.succeed("systemd-analyze cat-config systemd/journald.conf | grep '^SystemMaxUse='").unwrap();
     assert_eq!(max_use.trim(), "SystemMaxUse=1G");
@@ -182,6 +215,37 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     // After a clean shutdown the filesystems a real kernel used are clean.
     vm.shutdown(Duration::from_secs(180)).unwrap();
     e2fsck_partitions(vm.overlay_path(), EXT4_PARTITIONS);
+}
+
+/// The manifest of the test image's build.
+fn read_manifest(built: &TestImage) -> airlock::manifest::Manifest {
+    let text = std::fs::read_to_string(built.dir.join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A qcow2 disk over `image` with one byte of `file` (in the root filesystem) flipped at
+/// `offset`: the block is found with debugfs in the root partition, the byte changed with
+/// qemu-io in the overlay (the image itself is shared and never written).
+fn flip_byte_in_root_file(image: &std::path::Path, disk: &std::path::Path, file: &str, offset: u64) {
+    let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(image).unwrap()).unwrap();
+    let root = layout.partitions.iter().find(|p| p.name == "root-x86-64").expect("a root partition");
+    let fs = format!("{}?offset={}", image.display(), root.start);
+    let block: u64 = host("debugfs", &["-R", &format!("bmap {file} {}", offset / 4096), &fs])
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("debugfs bmap {file}: {e}"));
+    let at = root.start + block * 4096 + offset % 4096;
+    let byte = {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 1];
+        std::fs::File::open(image).unwrap().read_exact_at(&mut b, at).unwrap();
+        b[0]
+    };
+    host(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.to_str().unwrap(), disk.to_str().unwrap()],
+    );
+    host("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {} {at} 1", byte ^ 0xff), disk.to_str().unwrap()]);
 }
 
 /// The boot IDs the guest's journal knows, oldest first.

@@ -39,6 +39,7 @@ fn build(plan: &airlock::plan::BuildPlan, cache: &Path, out: &Path) -> Result<(D
         formats: Some(vec![airlock::outputs::Format::Raw]),
         signing_key: None,
         appliance: airlock::pipeline::ApplianceProgram::NextToExecutable,
+        secure_boot: None,
     };
     let start = Instant::now();
     let report = airlock::pipeline::build(plan, &opts)?;

@@ -23,6 +23,7 @@ pub mod types {
     use uuid::{Uuid, uuid};
     pub const ESP: Uuid = uuid!("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
     pub const LINUX_ROOT_X86_64: Uuid = uuid!("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    pub const LINUX_ROOT_X86_64_VERITY: Uuid = uuid!("2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5");
     pub const LINUX_VARIABLE_DATA: Uuid = uuid!("4D21B016-B534-45C2-A9FB-5C16E091FD2D");
     pub const LINUX_FILESYSTEM: Uuid = uuid!("0FC63DAF-8483-4772-8E79-3D69D8477DE4");
 }

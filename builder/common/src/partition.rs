@@ -32,12 +32,15 @@ pub enum Role {
     Esp,
     /// A root filesystem.
     Root(Slot),
+    /// The dm-verity hash tree of the root filesystem of the same slot (images built with
+    /// verity only).
+    RootVerity(Slot),
     /// Everything the appliance writes; last on the disk so it can grow.
     Data,
 }
 
 /// Every partition in the order it has on the disk.
-pub static TABLE: [&Definition; 3] = [&ESP, &ROOT_A, &DATA];
+pub static TABLE: [&Definition; 4] = [&ESP, &ROOT_A, &ROOT_VERITY_A, &DATA];
 
 impl Role {
     /// Everything about this role's partition.
@@ -45,8 +48,14 @@ impl Role {
         match self {
             Role::Esp => &ESP,
             Role::Root(Slot::A) => &ROOT_A,
+            Role::RootVerity(Slot::A) => &ROOT_VERITY_A,
             Role::Data => &DATA,
         }
+    }
+
+    /// Whether a disk has this partition: the root-verity partitions only with verity.
+    pub fn present(self, verity: bool) -> bool {
+        !matches!(self, Role::RootVerity(_)) || verity
     }
 
     /// The stable name of the role (see [`Definition::key`]).
@@ -127,6 +136,18 @@ pub enum GuidRule {
     /// From the build seed: `seed.uuid("partition:<key>")`, so the booted system's fstab and
     /// kernel command line can name it and two builds agree.
     Seeded,
+    /// With verity, a half of the root hash (Discoverable Partitions Specification: the root's
+    /// UUID is its first 128 bits, the root-verity partition's its last), so systemd finds both
+    /// from `roothash=` alone; without verity (root only), [`GuidRule::Seeded`]. The disk writer
+    /// sets it once the hash tree is written.
+    RootHash(HashHalf),
+}
+
+/// Which half of the root hash a partition's UUID is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashHalf {
+    First,
+    Last,
 }
 
 /// How big the partition is.
@@ -147,13 +168,22 @@ pub enum SizeDefault {
     Bytes(u64),
     /// What the other partitions leave (at most one partition of a disk).
     Rest,
+    /// As much as the dm-verity hash tree of the same slot's root partition needs.
+    HashTreeOfRoot,
 }
 
 /// The filesystem the builder writes into the partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filesystem {
-    Fat32 { label: &'static str },
-    Ext4 { label: &'static str, reserved_percent: u8 },
+    Fat32 {
+        label: &'static str,
+    },
+    Ext4 {
+        label: &'static str,
+        reserved_percent: u8,
+    },
+    /// No filesystem: a dm-verity hash tree (`veritysetup format`'s layout).
+    VerityHashTree,
 }
 
 impl Filesystem {
@@ -162,6 +192,7 @@ impl Filesystem {
         match self {
             Filesystem::Fat32 { .. } => "vfat",
             Filesystem::Ext4 { .. } => "ext4",
+            Filesystem::VerityHashTree => "none",
         }
     }
 }
@@ -174,12 +205,19 @@ pub enum FoundBy {
     KernelRoot,
     /// Its fstab line names its PARTUUID (systemd-fstab-generator mounts it).
     Fstab,
+    /// systemd's veritysetup generator finds it from `roothash=` (its UUID is the hash's last
+    /// half) and opens the root through it; nothing mounts it.
+    RootHash,
 }
 
 /// Where the ESP is mounted on the appliance.
 pub const ESP_MOUNT: &str = "/efi";
-/// Where the data partition is mounted on the appliance.
-pub const DATA_MOUNT: &str = "/var/lib/airlock";
+/// Where the data partition is mounted on the appliance: all of `/var`, so everything Debian
+/// and the appliance write at run time is on it and the root can be read-only.
+pub const DATA_MOUNT: &str = "/var";
+/// The appliance's own state on the data partition (secrets, TLS, SSH host keys, provisioning
+/// records, podman's storage, the stack's data).
+pub const STATE_DIR: &str = "/var/lib/airlock";
 
 /// Where and how the partition is mounted (one fstab line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,11 +260,25 @@ pub static ROOT_A: Definition = Definition {
     type_guid: types::LINUX_ROOT_X86_64,
     type_name: "Linux root x86-64",
     name: GptName::Fixed("root-x86-64"),
-    guid: GuidRule::Seeded,
+    guid: GuidRule::RootHash(HashHalf::First),
     size: SizeRule { spec_key: "root_size", default: SizeDefault::Rest, minimum: 256 * MIB },
     filesystem: Filesystem::Ext4 { label: "root", reserved_percent: 5 },
     found_by: FoundBy::KernelRoot,
     mount: Some(Mount { path: "/", mode: 0o755, options: "defaults", pass: 1, on_access: false }),
+    grows: None,
+};
+
+pub static ROOT_VERITY_A: Definition = Definition {
+    role: Role::RootVerity(Slot::A),
+    key: "root-x86-64-verity",
+    type_guid: types::LINUX_ROOT_X86_64_VERITY,
+    type_name: "Linux root verity x86-64",
+    name: GptName::Fixed("root-x86-64-verity"),
+    guid: GuidRule::RootHash(HashHalf::Last),
+    size: SizeRule { spec_key: "", default: SizeDefault::HashTreeOfRoot, minimum: 0 },
+    filesystem: Filesystem::VerityHashTree,
+    found_by: FoundBy::RootHash,
+    mount: None,
     grows: None,
 };
 
@@ -245,12 +297,13 @@ pub static DATA: Definition = Definition {
     // power cut the filesystem is as it was at some moment, data included. With the default
     // (data=ordered and delayed allocation) a program that records "done" without fsyncing what
     // it wrote — podman extracting a pulled layer — can come back with the record and empty
-    // files (found by the power-cut test). It grows with the partition (x-systemd.growfs),
-    // after systemd-repart has grown that.
+    // files (found by the power-cut test). Mounted in the initrd (x-initrd.mount), so PID 1
+    // finds the instance's machine-id on it when it starts; its filesystem grows after
+    // systemd-repart grows the partition (systemd-growfs@var.service, enabled by the build).
     mount: Some(Mount {
         path: DATA_MOUNT,
         mode: 0o755,
-        options: "defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service",
+        options: "defaults,data=journal,x-initrd.mount",
         pass: 2,
         on_access: false,
     }),
@@ -265,11 +318,10 @@ impl Definition {
         }
     }
 
-    /// The partition's unique GUID for a build seed.
+    /// The partition's unique GUID for a build seed; for [`GuidRule::RootHash`], what it is
+    /// until the hash is known (and without verity).
     pub fn partition_guid(&self, seed: &Seed) -> Uuid {
-        match self.guid {
-            GuidRule::Seeded => seed.uuid(&format!("partition:{}", self.key)),
-        }
+        seed.uuid(&format!("partition:{}", self.key))
     }
 
     /// The mount point, for roles the booted system mounts.
@@ -302,7 +354,7 @@ pub fn find(partitions: &[PartitionEntry], role: Role) -> Option<&PartitionEntry
 mod tests {
     use super::*;
 
-    const ROLES: [Role; 3] = [Role::Esp, Role::Root(Slot::A), Role::Data];
+    const ROLES: [Role; 4] = [Role::Esp, Role::Root(Slot::A), Role::RootVerity(Slot::A), Role::Data];
 
     #[test]
     fn every_role_has_one_definition_in_the_table() {
@@ -313,7 +365,7 @@ mod tests {
             assert_eq!(role.key().parse::<Role>(), Ok(role));
         }
         let err = "swap".parse::<Role>().unwrap_err();
-        assert!(err.contains("esp, root-x86-64, data"), "{err}");
+        assert!(err.contains("esp, root-x86-64, root-x86-64-verity, data"), "{err}");
     }
 
     #[test]

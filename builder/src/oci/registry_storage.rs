@@ -34,8 +34,8 @@ pub struct Preload<'a> {
 }
 
 /// Owner and time of everything written under the storage root. The registry runs as its own
-/// user (Debian's package creates `docker-registry`) and must be able to write its storage to
-/// accept pushes; that user's ids are known only from the root filesystem's `/etc/passwd`.
+/// user (Debian's package creates `docker-registry`), which owns its storage as it would had it
+/// written it; that user's ids are known only from the root filesystem's `/etc/passwd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageOwner {
     pub uid: u32,

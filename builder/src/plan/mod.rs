@@ -32,13 +32,16 @@ pub const LOCK_FILE_NAME: &str = "appliance.lock";
 pub struct DiskLayout {
     pub size: u64,
     pub partitions: Vec<PartitionSize>,
+    /// A read-only root under dm-verity (the root-verity partition is among `partitions`).
+    pub verity: bool,
 }
 
 /// One partition of the disk and its size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionSize {
     pub role: Role,
-    /// `None`: what the others leave.
+    /// `None`: what the others leave (for a root-verity partition: what its root's hash tree
+    /// needs).
     pub size: Option<u64>,
 }
 
@@ -50,7 +53,7 @@ impl DiskLayout {
     }
 
     /// The roles of the disk's partitions, in disk order.
-    pub fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+    pub fn roles(&self) -> impl Iterator<Item = Role> + Clone + '_ {
         self.partitions.iter().map(|p| p.role)
     }
 }
@@ -118,6 +121,9 @@ pub struct BuildPlan {
     pub vm: VmHardware,
     /// The minisign secret key that signs SHA256SUMS.
     pub signing_key: Option<PathBuf>,
+    /// The owner's Secure Boot keys (`PREFIX` of `airlock keygen --secure-boot`), loaded and
+    /// checked by the command before the build starts.
+    pub secure_boot: Option<PathBuf>,
     /// `Some` for a test spec's build: which images are stand-ins.
     pub test: Option<TestBuild>,
 }
@@ -188,6 +194,16 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         Some(k) => Some(spec_dir.join(k)),
         None => None,
     };
+    let secure_boot = match &spec.signing.secure_boot {
+        Some(_) if !spec.disk.verity => {
+            return Err(err(
+                "signing.secure_boot",
+                "Secure Boot needs `[disk] verity = true`: a signed UKI over a writable root protects nothing".into(),
+            ));
+        }
+        Some(prefix) => Some(spec_dir.join(prefix)),
+        None => None,
+    };
     let containers = containers::validate(&spec.containers, spec_dir, err)?;
     let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
 
@@ -197,6 +213,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         formats,
         vm,
         signing_key,
+        secure_boot,
         seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
         base: BaseOs::new(&spec.os.suite, &mirror, &spec.os.packages, &spec.os.refresh),
         name: spec.name,
@@ -312,8 +329,13 @@ fn check_os(os: &OsSpec, host: &HostContext, err: Err<'_>) -> Result<String, Pla
         if a.is_empty() || a.contains(char::is_whitespace) || a.contains(char::is_control) {
             return Err(err("os.kernel_cmdline", format!("`{a}` must be one argument without spaces")));
         }
-        if a.starts_with("root=") || a.starts_with("console=") {
-            return Err(err("os.kernel_cmdline", format!("`{a}`: airlock sets root= and console= itself")));
+        const AIRLOCKS: [&str; 6] =
+            ["root=", "console=", "roothash=", "systemd.verity", "rd.systemd.verity", "usrhash="];
+        if AIRLOCKS.iter().any(|p| a.starts_with(p)) || a == "rw" || a == "ro" {
+            return Err(err(
+                "os.kernel_cmdline",
+                format!("`{a}`: airlock sets root=, roothash=, ro/rw, verity options and console= itself"),
+            ));
         }
     }
     if !os.hostname.split('.').all(|label| is_name(label, 63)) || os.hostname.len() > 253 {
@@ -328,19 +350,19 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
     let mut partitions = Vec::new();
     let mut need = GPT_OVERHEAD;
     let mut parts = Vec::new();
-    for def in partition::TABLE {
+    for def in partition::TABLE.iter().filter(|def| def.role.present(d.verity)) {
         let key = format!("disk.{}", def.size.spec_key);
         let size = match (d.size_of(def.role), def.size.default) {
             (Some(s), _) => Some(s.bytes()),
             (None, SizeDefault::Bytes(b)) => Some(b),
-            (None, SizeDefault::Rest) => None,
+            (None, SizeDefault::Rest | SizeDefault::HashTreeOfRoot) => None,
             (None, SizeDefault::Required) => {
                 return Err(err(&key, format!("must be set: the {} partition's size", def.role)));
             }
         };
         let fs_minimum = match def.filesystem {
             Filesystem::Fat32 { .. } => Some(("FAT32's minimum", crate::fat::min_fat32_size())),
-            Filesystem::Ext4 { .. } => None,
+            Filesystem::Ext4 { .. } | Filesystem::VerityHashTree => None,
         };
         let (whose, minimum) = match fs_minimum {
             Some((whose, m)) if m > def.size.minimum => (whose, m),
@@ -357,10 +379,15 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
         {
             return Err(err(&key, too_large(s)));
         }
+        // A hash tree needs about 1/127 of its root: counted with the root's least size.
+        let least = match def.size.default {
+            SizeDefault::HashTreeOfRoot => gpt_align(crate::verity::hash_region_len(partition::ROOT_A.size.minimum)),
+            _ => minimum,
+        };
         need = need
-            .checked_add(size.unwrap_or(minimum))
+            .checked_add(size.unwrap_or(least))
             .ok_or_else(|| err("disk.size", "the partition sizes add up past what a 64-bit size holds".into()))?;
-        parts.push(format!("{} {}", def.role, ByteSize(size.unwrap_or(minimum))));
+        parts.push(format!("{} {}", def.role, ByteSize(size.unwrap_or(least))));
         partitions.push(PartitionSize { role: def.role, size });
     }
     if d.size.bytes() > crate::disk::MAX_DISK {
@@ -372,7 +399,11 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
             format!("{} cannot hold {} + GPT; it must be at least {}", d.size, parts.join(" + "), ByteSize(need)),
         ));
     }
-    Ok(DiskLayout { size: d.size.bytes(), partitions })
+    Ok(DiskLayout { size: d.size.bytes(), partitions, verity: d.verity })
+}
+
+fn gpt_align(size: u64) -> u64 {
+    crate::gpt::align_up(size, crate::gpt::ALIGN)
 }
 
 fn too_large(size: u64) -> String {
@@ -562,7 +593,12 @@ url = "http://{address}/"
         let sizes: Vec<(Role, Option<u64>)> = p.disk.partitions.iter().map(|p| (p.role, p.size)).collect();
         assert_eq!(
             sizes,
-            [(Role::Esp, Some(256 * MIB)), (Role::Root(partition::Slot::A), None), (Role::Data, Some(256 * MIB))]
+            [
+                (Role::Esp, Some(256 * MIB)),
+                (Role::Root(partition::Slot::A), None),
+                (Role::RootVerity(partition::Slot::A), None),
+                (Role::Data, Some(256 * MIB))
+            ]
         );
         assert_eq!((p.disk.size, p.disk.size_of(Role::Data)), (2048 * MIB, Some(256 * MIB)));
         let small_esp = check(&GOOD.replace("[disk]", "[disk]\nesp_size = \"8MiB\"")).unwrap_err();
@@ -570,7 +606,7 @@ url = "http://{address}/"
         let small_disk = check(&GOOD.replace("size = \"2GiB\"", "size = \"300MiB\"")).unwrap_err();
         assert!(
             small_disk.message.contains(
-                "cannot hold esp 256MiB + root-x86-64 256MiB + data 256MiB + GPT; it must be at least 770MiB"
+                "cannot hold esp 256MiB + root-x86-64 256MiB + root-x86-64-verity 4MiB + data 256MiB + GPT; it must be at least 774MiB"
             ),
             "{small_disk}"
         );

@@ -40,6 +40,15 @@ impl Tree {
     /// `/usr/lib` are sometimes relative aliases of one another); `None` when there is no such
     /// file or the link points back at itself.
     pub fn read_text(&self, path: &str) -> Result<Option<String>> {
+        let shown = path.trim_start_matches('/').to_string();
+        match self.read_bytes(path)? {
+            Some(bytes) => String::from_utf8(bytes).map(Some).with_context(|| format!("/{shown} is not UTF-8")),
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes of the regular file at `path`, following symlinks as [`Tree::read_text`] does.
+    pub fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>> {
         let mut path = path.trim_start_matches('/').to_string();
         // A chain longer than the kernel's own limit is a loop.
         for _ in 0..40 {
@@ -48,7 +57,7 @@ impl Tree {
                 NodeKind::File { size, content } => {
                     let mut buf = vec![0u8; usize::try_from(*size).with_context(|| format!("/{path} is too large"))?];
                     self.content_reader().read_at(content, *size, 0, &mut buf)?;
-                    return String::from_utf8(buf).map(Some).with_context(|| format!("/{path} is not UTF-8"));
+                    return Ok(Some(buf));
                 }
                 NodeKind::Symlink { target } => {
                     let target = String::from_utf8_lossy(target).into_owned();
@@ -77,6 +86,11 @@ impl Tree {
             }
         }
         Err(anyhow!("/{path}: too many levels of symbolic links"))
+    }
+
+    /// Like [`Tree::read_bytes`], but a missing file is an error naming it.
+    pub fn read_required_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        self.read_bytes(path)?.with_context(|| format!("the root filesystem has no /{}", path.trim_start_matches('/')))
     }
 
     /// Like [`Tree::read_text`], but a missing file is an error naming it.

@@ -423,6 +423,48 @@ impl Tree {
         Ok(self.dir_entries_mut(parent).remove(components[components.len() - 1]))
     }
 
+    /// Moves everything under the directory `path` into a tree of its own (whose root takes the
+    /// directory's metadata) and leaves the directory empty: what the build puts on another
+    /// partition mounted there (`/var` on the data partition). Hard links inside the directory
+    /// stay links; a name outside it for a file inside keeps its own copy of the node.
+    pub fn split_off(&mut self, path: &str) -> anyhow::Result<Tree> {
+        let dir = match self.lookup(path) {
+            Some(id) if self.node(id).kind.is_dir() => id,
+            _ => anyhow::bail!("/{path} is not a directory in the root filesystem"),
+        };
+        let mut out = Tree::new();
+        out.node_mut(ROOT).meta = self.node(dir).meta.clone();
+        let mut copied: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+        let mut stack = vec![(dir, ROOT)];
+        while let Some((from, to)) = stack.pop() {
+            let entries: Vec<(Name, NodeId)> = match &self.node(from).kind {
+                NodeKind::Directory { entries } => entries.iter().map(|(n, id)| (n.clone(), *id)).collect(),
+                _ => Vec::new(),
+            };
+            for (name, child) in entries {
+                let new_id = match copied.get(&child) {
+                    Some(&existing) => existing,
+                    None => {
+                        let node = self.node(child);
+                        let kind = match &node.kind {
+                            NodeKind::Directory { .. } => NodeKind::Directory { entries: BTreeMap::new() },
+                            other => other.clone(),
+                        };
+                        let id = out.push(node.meta.clone(), kind);
+                        copied.insert(child, id);
+                        if self.node(child).kind.is_dir() {
+                            stack.push((child, id));
+                        }
+                        id
+                    }
+                };
+                out.dir_entries_mut(to).insert(name, new_id);
+            }
+        }
+        self.dir_entries_mut(dir).clear();
+        Ok(out)
+    }
+
     /// OCI whiteout `.wh.<name>`: removes `name` from `dir` if a lower layer put it there.
     pub(crate) fn whiteout(&mut self, dir: &[u8], name: &[u8]) -> Result<(), Problem> {
         let dir_components = path::components(dir);

@@ -17,7 +17,7 @@ pub mod tls;
 pub use airlock_common::site;
 
 use airlock_common::command::Cmd;
-use airlock_common::partition::{DATA_MOUNT, ESP_MOUNT};
+use airlock_common::partition::{ESP_MOUNT, STATE_DIR};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use site::{LicenseKey, Network, Site};
@@ -40,7 +40,7 @@ pub struct Paths {
 
 impl Paths {
     pub fn system() -> Paths {
-        Paths { root: "/".into(), esp: ESP_MOUNT.into(), state: DATA_MOUNT.into(), run: "/run".into() }
+        Paths { root: "/".into(), esp: ESP_MOUNT.into(), state: STATE_DIR.into(), run: "/run".into() }
     }
     pub fn secrets(&self) -> PathBuf {
         self.state.join("secrets")
@@ -73,6 +73,25 @@ impl Paths {
     }
     fn etc(&self, rel: &str) -> PathBuf {
         self.root.join("etc").join(rel)
+    }
+    /// The host name and hosts file the site sets: on the data partition, since the root is
+    /// read-only (the image's `/etc/hostname` and `/etc/hosts` are links to these).
+    pub fn hostname_file(&self) -> PathBuf {
+        self.state.join("etc/hostname")
+    }
+    pub fn hosts_file(&self) -> PathBuf {
+        self.state.join("etc/hosts")
+    }
+    /// The administrators' SSH keys for root (sshd's `AuthorizedKeysFile`,
+    /// `overlay/etc/ssh/sshd_config.d/airlock.conf`): `/root` is on the read-only root.
+    pub fn root_authorized_keys(&self) -> PathBuf {
+        self.ssh().join("authorized_keys/root")
+    }
+    /// Where the instance's machine-id is kept: PID 1 reads it when `/etc/machine-id` (empty
+    /// in the read-only image) holds none, and the data partition is mounted in the initrd
+    /// (`x-initrd.mount`) so it is there when PID 1 looks.
+    pub fn saved_machine_id(&self) -> PathBuf {
+        self.root.join("var/lib/dbus/machine-id")
     }
 }
 
@@ -211,7 +230,8 @@ pub fn read_site(paths: &Paths) -> Result<Instance> {
     };
     let hostname = match &site.hostname {
         Some(h) => h.clone(),
-        None => fs::read_to_string(paths.etc("hostname"))
+        None => fs::read_to_string(paths.hostname_file())
+            .or_else(|_| fs::read_to_string(paths.etc("hostname")))
             .ok()
             .map(|s| s.trim().split('.').next().unwrap_or("").to_string())
             .filter(|s| !s.is_empty())
@@ -276,14 +296,12 @@ fn record_existing(ctx: &Instance, name: &str, path: &Path) -> Result<()> {
     store::append_line(&log_path, &format!("{prefix}{}", sha256_hex(&bytes)))
 }
 
-/// systemd makes the machine-id on first boot (from the kernel's RNG, the image's is empty) and
-/// keeps it on a tmpfs until `systemd-machine-id-commit.service` writes it to `/etc`. A power
-/// cut before that would give the next boot another identity; this step commits it and syncs
-/// it before any secret is made, then records it like every other generated item.
+/// PID 1 makes the machine-id on first boot (from the kernel's RNG: the image's
+/// `/etc/machine-id` is empty) and, the root being read-only, keeps it on a tmpfs over
+/// `/etc/machine-id`. This step saves it on the data partition, where PID 1 finds it on every
+/// later boot (`/var/lib/dbus/machine-id`, read when `/etc/machine-id` is empty), and syncs it
+/// before any secret is made; then records it like every other generated item.
 fn commit_machine_id(ctx: &Instance) -> Result<()> {
-    if ctx.paths.root == Path::new("/") {
-        Cmd::new("systemd-machine-id-setup").arg("--commit").run()?;
-    }
     let path = ctx.paths.etc("machine-id");
     let id = match fs::read_to_string(&path) {
         Ok(id) => id.trim().to_string(),
@@ -293,8 +311,22 @@ fn commit_machine_id(ctx: &Instance) -> Result<()> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("{} holds no machine-id (`{id}`): systemd did not make one", path.display());
     }
-    fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))?;
-    store::sync_dir(&ctx.paths.etc(""))?;
+    let saved = ctx.paths.saved_machine_id();
+    match fs::read_to_string(&saved) {
+        Ok(text) if text.trim() == id => {}
+        Ok(text) if !text.trim().is_empty() => bail!(
+            "{} holds machine-id {} but the system runs as {id}: the data partition belongs to another instance",
+            saved.display(),
+            text.trim()
+        ),
+        _ => {
+            if let Some(dir) = saved.parent() {
+                store::ensure_dir(dir, 0o755)?;
+            }
+            // Replaces Debian's link to /etc/machine-id, if there is one, by the file itself.
+            store::write_atomic(&saved, format!("{id}\n").as_bytes(), 0o444)?;
+        }
+    }
     store::append_line(&ctx.paths.generated_log(), &format!("machine-id sha256:{}", sha256_hex(id.as_bytes())))
 }
 
@@ -517,9 +549,10 @@ fn install_tls(ctx: &Instance) -> Result<()> {
 fn apply_hostname(ctx: &Instance) -> Result<()> {
     let h = &ctx.hostname;
     let fqdn = format!("{h}.{}", ctx.site.domain);
-    store::write_if_changed(&ctx.paths.etc("hostname"), format!("{h}\n").as_bytes(), 0o644)?;
+    store::ensure_dir(&ctx.paths.state.join("etc"), 0o755)?;
+    store::write_if_changed(&ctx.paths.hostname_file(), format!("{h}\n").as_bytes(), 0o644)?;
     let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{fqdn} {h}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n");
-    store::write_if_changed(&ctx.paths.etc("hosts"), hosts.as_bytes(), 0o644)?;
+    store::write_if_changed(&ctx.paths.hosts_file(), hosts.as_bytes(), 0o644)?;
     if ctx.paths.root == Path::new("/") {
         rustix::system::sethostname(h.as_bytes()).with_context(|| format!("setting the host name to {h}"))?;
     }
@@ -566,12 +599,13 @@ fn apply_network(ctx: &Instance) -> Result<()> {
 }
 
 fn apply_admin_ssh_keys(ctx: &Instance) -> Result<()> {
-    let dir = ctx.paths.root.join("root/.ssh");
-    let file = dir.join("authorized_keys");
+    let file = ctx.paths.root_authorized_keys();
     if ctx.site.admin_ssh_keys.is_empty() {
         return store::remove_durably(&file);
     }
-    store::ensure_dir(&dir, 0o700)?;
+    let dir = file.parent().context("the authorized keys file has a directory")?;
+    store::ensure_dir(&ctx.paths.ssh(), 0o700)?;
+    store::ensure_dir(dir, 0o700)?;
     let text: String = ctx.site.admin_ssh_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
     store::write_if_changed(&file, text.as_bytes(), 0o600)?;
     Ok(())

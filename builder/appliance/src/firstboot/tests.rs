@@ -55,6 +55,11 @@ fn first_boot_makes_everything_and_a_second_boot_changes_nothing() {
     // The secrets, the CA, the registry's htpasswd and the machine-id.
     assert_eq!(log.len(), SECRETS.len() + 3, "{log:?}");
     assert!(log[0].starts_with("machine-id sha256:"), "{log:?}");
+    assert_eq!(
+        fs::read_to_string(p.saved_machine_id()).unwrap(),
+        "0123456789abcdef0123456789abcdef\n",
+        "the machine-id is kept on the data partition for PID 1's next boot"
+    );
     let htpasswd = fs::read_to_string(p.secrets().join("registry-htpasswd")).unwrap();
     let (user, hash) = htpasswd.trim().split_once(':').unwrap();
     assert_eq!(user, REGISTRY_USER);
@@ -155,12 +160,14 @@ fn site_settings_are_applied_and_withdrawn() {
     )
     .unwrap();
     provision(&p, &steps()).unwrap();
-    assert_eq!(fs::read_to_string(p.root.join("etc/hostname")).unwrap(), "pulumi1\n");
-    assert!(fs::read_to_string(p.root.join("etc/hosts")).unwrap().contains("pulumi1.corp.internal pulumi1"));
+    assert_eq!(fs::read_to_string(p.hostname_file()).unwrap(), "pulumi1\n");
+    assert!(fs::read_to_string(p.hosts_file()).unwrap().contains("pulumi1.corp.internal pulumi1"));
+    assert_eq!(fs::read_to_string(p.root.join("etc/hostname")).unwrap(), "airlock-demo\n", "the root is not written");
     let net = fs::read_to_string(p.run.join("systemd/network/10-airlock-site.network")).unwrap();
     assert!(net.contains("Address=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n"), "{net}");
     assert!(fs::read_to_string(p.run.join("systemd/timesyncd.conf.d/airlock.conf")).unwrap().contains("NTP=10.0.2.2"));
-    assert_eq!(fs::read_to_string(p.root.join("root/.ssh/authorized_keys")).unwrap(), format!("{key}\n"));
+    assert_eq!(fs::read_to_string(p.root_authorized_keys()).unwrap(), format!("{key}\n"));
+    assert!(!p.root.join("root").exists(), "the root is not written");
     assert_eq!(fs::read_to_string(p.secrets().join("pulumi-license-key")).unwrap(), "LICENSE-123");
     let ctx = read_site(&p).unwrap();
     let cert = fs::read_to_string(p.tls().join("server.crt")).unwrap();
@@ -173,7 +180,7 @@ fn site_settings_are_applied_and_withdrawn() {
     fs::remove_file(p.esp.join("airlock.toml")).unwrap();
     provision(&p, &steps()).unwrap();
     assert!(!p.run.join("systemd/network/10-airlock-site.network").exists());
-    assert!(!p.root.join("root/.ssh/authorized_keys").exists());
+    assert!(!p.root_authorized_keys().exists());
     assert!(!p.secrets().join("pulumi-license-key").exists());
     assert_eq!(fs::read_to_string(p.tls().join("ca.crt")).unwrap(), ca);
     assert_ne!(fs::read_to_string(p.tls().join("server.crt")).unwrap(), cert, "re-issued for the new names");
@@ -273,4 +280,20 @@ fn esp_files_are_capped_and_checked() {
     fs::create_dir(p.esp.join("airlock.toml")).unwrap();
     let err = format!("{:#}", read_site(&p).unwrap_err());
     assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn a_data_partition_of_another_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    fs::create_dir_all(p.saved_machine_id().parent().unwrap()).unwrap();
+    fs::write(p.saved_machine_id(), "fedcba9876543210fedcba9876543210\n").unwrap();
+    let err = format!("{:#}", provision(&p, &steps()).unwrap_err());
+    assert!(
+        err.contains(
+            "holds machine-id fedcba9876543210fedcba9876543210 but the system runs as 0123456789abcdef0123456789abcdef"
+        ),
+        "{err}"
+    );
+    assert!(!p.secrets().exists(), "nothing is made for the wrong instance");
 }
