@@ -23,6 +23,9 @@ pub const BASE_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
     "systemd-boot-efi",
+    // bootctl: the boot loader's and Secure Boot's state for an administrator (`bootctl
+    // status`), and what the updater's boot assessment uses.
+    "systemd-boot-tools",
     "systemd-resolved",
     "systemd-repart",
     "udev",

@@ -34,6 +34,9 @@ pub const ALWAYS_ENABLED: &[&str] = &[
     "airlock-banner.service",
 ];
 
+/// Home directories and where they live on the data partition (under `/var`).
+pub const HOMES: [(&str, &str); 2] = [("root", "roothome"), ("home", "home")];
+
 /// The data partition as built: the root filesystem's whole `/var` (the dpkg database, the
 /// state directories packages made, the persistent journal's folder, the appliance's
 /// `/var/lib/airlock` with the image's host name), moved out of the root, whose `/var` stays an
@@ -44,6 +47,18 @@ pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
         .and_then(|ids| ids.first().copied())
         .context("no group systemd-journal in the root filesystem's /etc/group")?;
     let mut data = root.split_off(DATA_MOUNT.trim_start_matches('/')).context("moving /var to the data partition")?;
+    // Home directories are written by whoever logs in (root's Pulumi CLI keeps its state and
+    // plugins in ~/.pulumi): they move to the data partition too, linked from where they were,
+    // as ostree and bootc systems have them.
+    for (dir, on_data) in HOMES {
+        if root.lookup(dir).is_none() {
+            continue;
+        }
+        let home = root.split_off(dir).with_context(|| format!("moving /{dir} to the data partition"))?;
+        data.graft(on_data, &home).with_context(|| format!("putting /{dir} on the data partition"))?;
+        root.remove(dir.as_bytes()).map_err(|p| anyhow!("replacing /{dir} by a link: {p}"))?;
+        root.put_symlink(dir, &format!("var/{on_data}"))?;
+    }
     // The persistent journal (2755 root:systemd-journal, as tmpfiles.d makes it): journald
     // caps it (`overlay/etc/systemd/journald.conf.d/airlock.conf`), and it grows with the data
     // partition, never filling the root.
@@ -248,6 +263,29 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /var and the home folders leave the root for the data partition, keeping their
+    /// contents and metadata; the root keeps an empty /var and links to the homes.
+    #[test]
+    fn var_and_homes_move_to_the_data_partition() {
+        let mut root = Tree::new();
+        root.put_file("etc/group", 0o644, "root:x:0:\nsystemd-journal:x:999:\n").unwrap();
+        root.put_file("var/lib/dpkg/status", 0o644, "Package: x\n").unwrap();
+        root.put_dir("var/log", 0o755).unwrap();
+        root.put_file("root/.pulumi/plugins/p", 0o755, "plugin").unwrap();
+        root.put_file("usr/bin/x", 0o755, "x").unwrap();
+        let data = data_tree(&mut root, &BuildClock::fixed(1_700_000_000)).unwrap();
+        assert_eq!(data.read_text("lib/dpkg/status").unwrap().as_deref(), Some("Package: x\n"));
+        assert_eq!(data.read_text("roothome/.pulumi/plugins/p").unwrap().as_deref(), Some("plugin"));
+        let journal = data.node(data.lookup("log/journal").unwrap());
+        assert_eq!((journal.meta.mode, journal.meta.gid), (0o2755, 999));
+        assert_eq!(root.entries(root.lookup("var").unwrap()).count(), 0, "the root's /var is empty");
+        assert!(
+            matches!(&root.node(root.lookup("root").unwrap()).kind, NodeKind::Symlink { target } if target == b"var/roothome")
+        );
+        assert!(root.lookup("home").is_none(), "no /home, no link");
+        assert!(root.lookup("usr/bin/x").is_some());
+    }
 
     #[test]
     fn first_boot_slate_is_clean() {

@@ -426,6 +426,36 @@ mod tests {
         assert_eq!(roles, [Role::Esp, root, Role::Data]);
     }
 
+    /// A root's hash tree partition follows the root, sized for its tree, whether the root
+    /// takes the rest or has a size; it is never given a size and never comes alone.
+    #[test]
+    fn a_hash_tree_takes_what_its_root_needs() {
+        let clock = BuildClock::fixed(0);
+        let tree_of = |root: u64| gpt::align_up(crate::verity::hash_region_len(root), ALIGN);
+        for root_size in [None, Some(100 * MIB)] {
+            let requests = vec![
+                request(Role::Esp, Some(40 * MIB)),
+                request(Role::Root(Slot::A), root_size),
+                request(Role::RootVerity(Slot::A), None),
+                request(Role::Data, if root_size.is_some() { None } else { Some(32 * MIB) }),
+            ];
+            let plan = plan(300 * MIB, Seed::new("t"), clock, requests).unwrap();
+            let p = &plan.layout.partitions;
+            assert_eq!(p[2].size, tree_of(p[1].size), "{root_size:?}");
+            assert_eq!(p[2].start, p[1].end());
+            assert!(p[3].end() <= gpt::last_usable_end(300 * MIB), "{p:?}");
+            if root_size.is_none() {
+                assert_eq!(p[3].end(), gpt::align_down(gpt::last_usable_end(300 * MIB), ALIGN), "the rest is used");
+            }
+        }
+        let sized = vec![request(Role::Root(Slot::A), None), request(Role::RootVerity(Slot::A), Some(MIB))];
+        let err = plan(300 * MIB, Seed::new("t"), clock, sized).unwrap_err().to_string();
+        assert!(err.contains("sized by its root's hash tree"), "{err}");
+        let alone = vec![request(Role::Esp, None), request(Role::RootVerity(Slot::A), None)];
+        let err = plan(300 * MIB, Seed::new("t"), clock, alone).unwrap_err().to_string();
+        assert!(err.contains("needs its root partition"), "{err}");
+    }
+
     #[test]
     fn a_role_twice_or_two_rests_are_refused() {
         let twice = vec![request(Role::Esp, Some(40 * MIB)), request(Role::Esp, Some(40 * MIB))];

@@ -139,10 +139,22 @@ pub fn sbom(m: &Manifest) -> Value {
         let id = spdx_id("Partition", &[&p.number.to_string(), &p.name]);
         let name = format!("{} partition {} ({})", a.name, p.number, p.name);
         let mut pkg = package(&id, &name, &a.version, &supplier, "ARCHIVE");
+        // A root under dm-verity says so, with the hash that pins it (the UKI's roothash=).
+        let verity = m.boot.as_ref().and_then(|b| b.verity.as_ref());
+        let pinned = match verity {
+            Some(v) if p.role == Some(v.data_partition) => format!(
+                "; read-only under dm-verity, root hash {} ({}, {}-byte blocks, salt {})",
+                v.root_hash, v.hash_algorithm, v.data_block_size, v.salt
+            ),
+            Some(v) if p.role == Some(v.hash_partition) => {
+                format!("; the dm-verity hash tree of root hash {}", v.root_hash)
+            }
+            _ => String::new(),
+        };
         pkg.insert(
             "description".into(),
             json!(format!(
-                "GPT partition, type {}, GUID {}, {} bytes at {}, {:?}",
+                "GPT partition, type {}, GUID {}, {} bytes at {}, {:?}{pinned}",
                 p.type_guid, p.guid, p.size, p.start, p.filesystem
             )),
         );

@@ -1,6 +1,8 @@
-//! `airlock build` of the demo appliance, judged from outside: the partition table by sgdisk,
-//! the ESP by fsck.vfat and mtools, the root and data filesystems by e2fsck and debugfs.
-//! One build is shared by the checks; a second build proves reproducibility.
+//! `airlock build` of the demo appliance with the owner's Secure Boot keys, judged from
+//! outside: the partition table by sgdisk, the ESP by fsck.vfat and mtools, the signed loader and
+//! UKI by sbverify, the root's hash tree by veritysetup, the root and data filesystems by
+//! e2fsck and debugfs. One build is shared by the checks; a second build proves
+//! reproducibility.
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 mod support;
@@ -15,6 +17,18 @@ use support::*;
 struct Built {
     out: PathBuf,
     image: PathBuf,
+    /// The Secure Boot keys' prefix (`airlock keygen --secure-boot`).
+    keys: PathBuf,
+}
+
+/// One Secure Boot key set for the process: both builds sign with it.
+fn secure_boot_keys() -> &'static PathBuf {
+    static KEYS: OnceLock<PathBuf> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let prefix = process_shared_dir("build_image-keys").join("owner");
+        airlock_ok(&["keygen", "--secure-boot", "--out", prefix.to_str().unwrap()]);
+        prefix
+    })
 }
 
 /// Builds the demo appliance once per test process. If that fails, for whatever reason (an
@@ -33,7 +47,15 @@ fn build_demo(tag: &str) -> Result<Built, String> {
     let dir = process_shared_dir(&format!("build_image-{tag}"));
     let out = dir.join(format!("out-{tag}"));
     let spec = repo_root().join("images/demo/appliance.toml");
-    let res = airlock(&["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let keys = secure_boot_keys();
+    let res = airlock(&[
+        "build",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--secure-boot-key",
+        keys.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&res.stderr);
     if !res.status.success() {
         return Err(format!("airlock build of the demo failed:\n{stderr}"));
@@ -41,7 +63,7 @@ fn build_demo(tag: &str) -> Result<Built, String> {
     let stdout = String::from_utf8_lossy(&res.stdout);
     let image = out.join("demo.raw");
     assert!(stdout.contains(image.to_str().unwrap()), "build prints the image path: {stdout}");
-    Ok(Built { out, image })
+    Ok(Built { out, image, keys: keys.clone() })
 }
 
 fn partition(b: &Built, index: usize, name: &str) -> PathBuf {
@@ -58,6 +80,10 @@ fn partition(b: &Built, index: usize, name: &str) -> PathBuf {
     dest
 }
 
+fn manifest(b: &Built) -> airlock::manifest::Manifest {
+    serde_json::from_str(&fs::read_to_string(b.out.join("manifest.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn partition_table_is_valid_and_seeded() {
     let b = demo();
@@ -65,47 +91,105 @@ fn partition_table_is_valid_and_seeded() {
     assert!(v.contains("No problems found"), "{v}");
     let layout = GptLayout::read(&fs::File::open(&b.image).unwrap()).unwrap();
     let seed = Seed::new("demo-0.1.0");
+    let hash = manifest(b).boot.unwrap().verity.unwrap().root_hash;
+    let half = |range: std::ops::Range<usize>| uuid::Uuid::from_slice(&hex::decode(&hash).unwrap()[range]).unwrap();
     let kinds: Vec<_> = layout.partitions.iter().map(|p| (p.name.as_str(), p.type_guid, p.guid)).collect();
     assert_eq!(
         kinds,
         vec![
             ("esp", types::ESP, seed.uuid("partition:esp")),
-            ("root-x86-64", types::LINUX_ROOT_X86_64, seed.uuid("partition:root-x86-64")),
+            ("root-x86-64", types::LINUX_ROOT_X86_64, half(0..16)),
+            ("root-x86-64-verity", types::LINUX_ROOT_X86_64_VERITY, half(16..32)),
             ("data", types::LINUX_VARIABLE_DATA, seed.uuid("partition:data")),
-        ]
+        ],
+        "the root's and its hash tree's UUIDs are the halves of the root hash"
     );
     assert_eq!(
-        layout.partitions[2].end() + (1 << 20),
+        layout.partitions[3].end() + (1 << 20),
         layout.disk_size,
         "data is last and ends at the last aligned MiB"
     );
 }
 
+/// veritysetup (cryptsetup) accepts the hash tree for the manifest's root hash, and refuses it
+/// once one byte of the root partition is flipped.
 #[test]
-fn esp_boots_the_root_partition() {
+fn root_hash_tree_is_judged_by_veritysetup() {
     let b = demo();
+    let verity = manifest(b).boot.unwrap().verity.unwrap();
+    let root = partition(b, 1, "root");
+    let tree = partition(b, 2, "root-verity");
+    let (root_s, tree_s) = (root.to_str().unwrap(), tree.to_str().unwrap());
+    let ok = tool("veritysetup", &["verify", root_s, tree_s, &verity.root_hash]);
+    assert!(ok.status.success(), "veritysetup verify: {}", String::from_utf8_lossy(&ok.stderr));
+    let dump = tool_ok("veritysetup", &["dump", tree_s]);
+    assert!(dump.contains(&format!("Salt:           \t{}", verity.salt)) || dump.contains(&verity.salt), "{dump}");
+    let flipped = b.out.join("part-root-flipped");
+    fs::copy(&root, &flipped).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().read(true).write(true).open(&flipped).unwrap();
+        let at = 200 << 20;
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    }
+    let bad = tool("veritysetup", &["verify", flipped.to_str().unwrap(), tree_s, &verity.root_hash]);
+    fs::remove_file(&flipped).unwrap();
+    assert!(!bad.status.success(), "one flipped byte must fail verification");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("Verification failed"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[test]
+fn esp_holds_the_signed_loader_and_uki() {
+    let b = demo();
+    let m = manifest(b);
+    let boot = m.boot.clone().unwrap();
     let esp = partition(b, 0, "esp");
     let fsck = tool("fsck.vfat", &["-n", esp.to_str().unwrap()]);
     assert!(fsck.status.success(), "fsck.vfat: {}", String::from_utf8_lossy(&fsck.stdout));
-    let read = |path: &str| -> Vec<u8> {
-        let dest = b.out.join("esp-read");
+    let read = |path: &str| -> (PathBuf, Vec<u8>) {
+        let dest = b.out.join(format!("esp-read-{}", path.replace('/', "_")));
         let _ = fs::remove_file(&dest);
         tool_ok("mcopy", &["-n", "-i", esp.to_str().unwrap(), &format!("::{path}"), dest.to_str().unwrap()]);
-        fs::read(dest).unwrap()
+        let bytes = fs::read(&dest).unwrap();
+        (dest, bytes)
     };
-    let entry = String::from_utf8(read("/loader/entries/airlock.conf")).unwrap();
-    let root_guid = Seed::new("demo-0.1.0").uuid("partition:root-x86-64");
-    assert!(entry.contains(&format!("root=PARTUUID={root_guid} rw")), "{entry}");
-    assert!(entry.contains("console=tty0 console=ttyS0,115200"), "{entry}");
-    let linux = entry.lines().find_map(|l| l.strip_prefix("linux ")).expect("entry names a kernel");
-    assert!(read(linux).len() > 1_000_000, "kernel on the ESP");
+    assert_eq!(boot.uki, "/EFI/Linux/demo_0.1.0.efi");
+    let cert = format!("{}.db.crt", b.keys.display());
+    for path in ["/EFI/BOOT/BOOTX64.EFI", "/EFI/systemd/systemd-bootx64.efi", boot.uki.as_str()] {
+        let (file, _) = read(path);
+        let out = tool("sbverify", &["--cert", &cert, file.to_str().unwrap()]);
+        assert!(out.status.success(), "sbverify --cert db.crt {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (uki, bytes) = read(&boot.uki);
+    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), boot.uki_sha256);
+    let cmdline = b.out.join("uki-cmdline");
+    tool_ok("objcopy", &["-O", "binary", "--only-section=.cmdline", uki.to_str().unwrap(), cmdline.to_str().unwrap()]);
+    let cmdline = fs::read_to_string(cmdline).unwrap();
+    let hash = boot.verity.unwrap().root_hash;
+    assert_eq!(cmdline, boot.cmdline);
+    assert!(cmdline.starts_with(&format!("roothash={hash} ro ")), "{cmdline}");
+    assert!(cmdline.contains("console=tty0 console=ttyS0,115200") && !cmdline.contains("root="), "{cmdline}");
+    assert_eq!(
+        String::from_utf8(read("/loader/loader.conf").1).unwrap(),
+        "timeout 0\neditor no\nsecure-boot-enroll force\n"
+    );
+    for v in ["PK", "KEK", "db"] {
+        let (_, auth) = read(&format!("/loader/keys/auto/{v}.auth"));
+        assert_eq!(auth, fs::read(format!("{}.{v}.auth", b.keys.display())).unwrap(), "{v}.auth is the owner's");
+    }
+    // The root keeps the signed loader for systemd-boot-update.
     let root = partition(b, 1, "root");
-    let sdboot = b.out.join("sd-boot");
-    debugfs(&root, &format!("dump /usr/lib/systemd/boot/efi/systemd-bootx64.efi {}", sdboot.display()));
-    assert_eq!(read("/EFI/BOOT/BOOTX64.EFI"), fs::read(&sdboot).unwrap(), "BOOTX64.EFI is the rootfs's systemd-boot");
-    assert_eq!(read("/EFI/systemd/systemd-bootx64.efi"), fs::read(&sdboot).unwrap());
+    let signed = b.out.join("sd-boot-signed");
+    debugfs(&root, &format!("dump /usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed {}", signed.display()));
+    assert_eq!(read("/EFI/BOOT/BOOTX64.EFI").1, fs::read(&signed).unwrap());
     // The site configuration an operator edits, every setting commented out at its default.
-    let site = String::from_utf8(read("/airlock.toml")).unwrap();
+    let site = String::from_utf8(read("/airlock.toml").1).unwrap();
     assert!(site.contains("# hostname = \"airlock-demo\"\n") && site.contains("[network]\n"), "{site}");
     assert!(site.lines().all(|l| l.is_empty() || l.starts_with('#') || l.starts_with('[')), "{site}");
 }
@@ -114,10 +198,20 @@ fn esp_boots_the_root_partition() {
 fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let b = demo();
     let root = partition(b, 1, "root");
+    let data = partition(b, 3, "data");
     assert_e2fsck_clean(&root);
-    assert_e2fsck_clean(&partition(b, 2, "data"));
+    assert_e2fsck_clean(&data);
 
-    assert_eq!(debugfs(&root, "cat /etc/hostname"), "airlock-demo\n");
+    // The root is read-only: what changes at run time is on the data partition, all of /var.
+    let hostname = debugfs(&root, "stat /etc/hostname");
+    assert!(hostname.contains("Fast link dest: \"../var/lib/airlock/etc/hostname\""), "{hostname}");
+    assert_eq!(debugfs(&data, "cat /lib/airlock/etc/hostname"), "airlock-demo\n");
+    assert!(debugfs(&data, "ls /lib/dpkg").contains("status"), "the dpkg database is on the data partition");
+    assert_eq!(
+        debugfs(&root, "ls -p /var").lines().filter(|l| !l.is_empty()).count(),
+        2,
+        "the root's /var is an empty mount point"
+    );
     let machine_id = debugfs(&root, "stat /etc/machine-id");
     assert!(machine_id.contains("Size: 0"), "machine-id must be empty: {machine_id}");
     let ssh = debugfs(&root, "ls /etc/ssh");
@@ -144,12 +238,10 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let ready = debugfs(&root, "cat /usr/lib/systemd/system/airlock-ready.target.d/services.conf");
     assert!(ready.contains("Requires=nginx.service"), "{ready}");
     let fstab = debugfs(&root, "cat /etc/fstab");
-    assert!(
-        fstab.contains(
-            "/var/lib/airlock ext4 defaults,data=journal,x-systemd.growfs,x-systemd.after=systemd-repart.service"
-        ),
-        "{fstab}"
-    );
+    assert!(fstab.contains(" /var ext4 defaults,data=journal,x-initrd.mount 0 2\n"), "{fstab}");
+    assert!(!fstab.contains(" / ext4"), "the verity root is not in fstab: {fstab}");
+    let registry = debugfs(&root, "ls -p /usr/share/airlock/registry/docker/registry/v2");
+    assert!(registry.contains("blobs"), "the registry's storage is in the verified root: {registry}");
     let search = debugfs(&root, "ls -p /usr/lib/systemd/system");
     assert!(!search.contains("airlock-test"), "a production image carries no test command channel");
 

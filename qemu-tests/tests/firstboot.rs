@@ -380,7 +380,8 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     let route = b.succeed("ip -4 route show default").unwrap();
     assert!(route.contains("via 10.0.2.2"), "{route}");
     assert!(b.succeed("resolvectl dns").unwrap().contains("10.0.2.3"));
-    assert_eq!(b.succeed("cat /root/.ssh/authorized_keys").unwrap().trim(), admin_key);
+    // On the data partition (the root is read-only), where sshd's AuthorizedKeysFile looks.
+    assert_eq!(b.succeed("cat /var/lib/airlock/ssh/authorized_keys/root").unwrap().trim(), admin_key);
     // sshd serves this instance's host key from the data partition.
     b.wait_for_unit("ssh.service", BOOT_TIMEOUT).unwrap();
     let scanned = host("ssh-keyscan", &["-T", "30", "-t", "ed25519", "-p", &b.host_port(22).to_string(), "127.0.0.1"]);

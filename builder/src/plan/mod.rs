@@ -539,6 +539,23 @@ url = "http://{address}/"
         }
         let typo = Spec::parse(&format!("{GOOD}\n[outputs]\nformat = [\"raw\"]"), "a.toml").unwrap_err();
         assert!(typo.to_string().contains("unknown field `format`"), "{typo}");
+        // Secure Boot over a writable root protects nothing: refused, naming the setting.
+        let p = with("[signing]\nsecure_boot = \"keys/owner\"").unwrap();
+        assert!(p.disk.verity && p.secure_boot.is_some_and(|k| k.ends_with("keys/owner")));
+        let writable = check(&format!(
+            "{}\n[signing]\nsecure_boot = \"keys/owner\"",
+            GOOD.replace("[disk]", "[disk]\nverity = false")
+        ))
+        .unwrap_err();
+        assert_eq!(writable.key, "signing.secure_boot", "{writable}");
+        assert!(writable.message.contains("needs `[disk] verity = true`"), "{writable}");
+        let p = check(&GOOD.replace("[disk]", "[disk]\nverity = false")).unwrap();
+        assert!(!p.disk.roles().any(|r| matches!(r, Role::RootVerity(_))), "no hash tree without verity");
+        for arg in ["roothash=00", "ro", "systemd.verity=0"] {
+            let e = check(&GOOD.replace("packages = [", &format!("kernel_cmdline = [\"{arg}\"]\npackages = [")))
+                .unwrap_err();
+            assert_eq!(e.key, "os.kernel_cmdline", "{arg}: {e}");
+        }
     }
 
     #[test]
@@ -606,7 +623,7 @@ url = "http://{address}/"
         let small_disk = check(&GOOD.replace("size = \"2GiB\"", "size = \"300MiB\"")).unwrap_err();
         assert!(
             small_disk.message.contains(
-                "cannot hold esp 256MiB + root-x86-64 256MiB + root-x86-64-verity 4MiB + data 256MiB + GPT; it must be at least 774MiB"
+                "cannot hold esp 256MiB + root-x86-64 256MiB + root-x86-64-verity 3MiB + data 256MiB + GPT; it must be at least 773MiB"
             ),
             "{small_disk}"
         );

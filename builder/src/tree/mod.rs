@@ -156,6 +156,35 @@ pub enum Problem {
     PathTooLong { len: usize },
 }
 
+/// Copies the entries of directory `from_dir` of `from` (recursively) into directory `to_dir`
+/// of `to`; a node with several names inside keeps being one node.
+fn copy_subtree(from: &Tree, from_dir: NodeId, to: &mut Tree, to_dir: NodeId) {
+    let mut copied: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+    let mut stack = vec![(from_dir, to_dir)];
+    while let Some((src, dst)) = stack.pop() {
+        let NodeKind::Directory { entries } = &from.node(src).kind else { continue };
+        for (name, &child) in entries {
+            let new_id = match copied.get(&child) {
+                Some(&existing) => existing,
+                None => {
+                    let node = from.node(child);
+                    let kind = match &node.kind {
+                        NodeKind::Directory { .. } => NodeKind::Directory { entries: BTreeMap::new() },
+                        other => other.clone(),
+                    };
+                    let id = to.push(node.meta.clone(), kind);
+                    copied.insert(child, id);
+                    if node.kind.is_dir() {
+                        stack.push((child, id));
+                    }
+                    id
+                }
+            };
+            to.dir_entries_mut(dst).insert(name.clone(), new_id);
+        }
+    }
+}
+
 /// The longest path a tree holds, in bytes: Linux's `PATH_MAX` less its NUL. A longer one could
 /// not be opened by its path on the appliance, and the limit bounds what a deep tree costs (at
 /// most 2,048 levels).
@@ -434,35 +463,21 @@ impl Tree {
         };
         let mut out = Tree::new();
         out.node_mut(ROOT).meta = self.node(dir).meta.clone();
-        let mut copied: BTreeMap<NodeId, NodeId> = BTreeMap::new();
-        let mut stack = vec![(dir, ROOT)];
-        while let Some((from, to)) = stack.pop() {
-            let entries: Vec<(Name, NodeId)> = match &self.node(from).kind {
-                NodeKind::Directory { entries } => entries.iter().map(|(n, id)| (n.clone(), *id)).collect(),
-                _ => Vec::new(),
-            };
-            for (name, child) in entries {
-                let new_id = match copied.get(&child) {
-                    Some(&existing) => existing,
-                    None => {
-                        let node = self.node(child);
-                        let kind = match &node.kind {
-                            NodeKind::Directory { .. } => NodeKind::Directory { entries: BTreeMap::new() },
-                            other => other.clone(),
-                        };
-                        let id = out.push(node.meta.clone(), kind);
-                        copied.insert(child, id);
-                        if self.node(child).kind.is_dir() {
-                            stack.push((child, id));
-                        }
-                        id
-                    }
-                };
-                out.dir_entries_mut(to).insert(name, new_id);
-            }
-        }
+        copy_subtree(self, dir, &mut out, ROOT);
         self.dir_entries_mut(dir).clear();
         Ok(out)
+    }
+
+    /// Puts `other` (its root directory and everything in it) at `path`, which must not exist.
+    pub fn graft(&mut self, path: &str, other: &Tree) -> anyhow::Result<()> {
+        if self.lookup(path).is_some() {
+            anyhow::bail!("/{path} already exists");
+        }
+        let dir = self
+            .insert(path.as_bytes(), other.node(ROOT).meta.clone(), NodeKind::Directory { entries: BTreeMap::new() })
+            .map_err(|p| anyhow::anyhow!("/{path}: {p}"))?;
+        copy_subtree(other, ROOT, self, dir);
+        Ok(())
     }
 
     /// OCI whiteout `.wh.<name>`: removes `name` from `dir` if a lower layer put it there.
