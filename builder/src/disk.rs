@@ -145,7 +145,16 @@ pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Re
             && requests.iter().any(|v| is_hash_tree(v) && root_of(v.role) == Some(r.role))
     });
     let rest = available - fixed;
-    let rest = if rest_has_tree { rest - hash_of(rest) } else { rest };
+    // With its hash tree, the root takes the most whole MiBs whose tree fits beside it.
+    let rest = if rest_has_tree {
+        let mut root = rest - hash_of(rest);
+        while root + ALIGN + hash_of(root + ALIGN) <= rest {
+            root += ALIGN;
+        }
+        root
+    } else {
+        rest
+    };
     let mut cursor = start;
     let mut partitions: Vec<PartitionEntry> = Vec::new();
     let mut roles = Vec::new();

@@ -394,10 +394,13 @@ fn assert_sbom_judged_valid(sbom: &std::path::Path, m: &serde_json::Value) {
     assert_eq!(count("SPDXRef-deb-"), m["os_packages"].as_array().unwrap().len());
     assert_eq!(count("SPDXRef-Container-"), 2);
     assert_eq!(count("SPDXRef-Mirrored-"), artifacts);
-    assert_eq!(count("SPDXRef-Partition-"), 3);
-    assert_eq!(packages.len(), 1 + count("SPDXRef-deb-") + 2 + artifacts + 3, "nothing else");
+    assert_eq!(count("SPDXRef-Partition-"), 4);
+    assert_eq!(packages.len(), 1 + count("SPDXRef-deb-") + 2 + artifacts + 4, "nothing else");
+    let root = packages.iter().find(|p| p["name"] == "demo partition 2 (root-x86-64)").expect("the root partition");
+    let hash = m["boot"]["verity"]["root_hash"].as_str().unwrap();
+    assert!(root["description"].as_str().unwrap().contains(&format!("dm-verity, root hash {hash}")), "{root}");
     eprintln!(
-        "SBOM packages: {} OS packages, 2 container images, {artifacts} mirrored artifacts (of {} mirrored files), 3 partitions, the appliance: {} in all",
+        "SBOM packages: {} OS packages, 2 container images, {artifacts} mirrored artifacts (of {} mirrored files), 4 partitions, the appliance: {} in all",
         count("SPDXRef-deb-"),
         m["mirrored_packages"].as_array().unwrap().len(),
         packages.len()

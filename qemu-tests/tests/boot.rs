@@ -169,10 +169,14 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
         assert!(banner_text.contains(line), "banner: {banner_text}");
     }
 
-    // A service that cannot start turns the verdict into `airlock: failed`, naming it.
+    // A service that cannot start turns the verdict into `airlock: failed`, naming it (broken
+    // by a runtime drop-in: the root, and nginx's configuration in it, is read-only).
     let offset = vm.console_len();
-    vm.succeed("echo 'this is not nginx syntax;' > /etc/nginx/conf.d/broken.conf && systemctl stop nginx.service")
-        .unwrap();
+    vm.succeed(
+        "mkdir -p /run/systemd/system/nginx.service.d && printf '[Service]\\nExecStartPre=/bin/false\\n' \
+         > /run/systemd/system/nginx.service.d/broken.conf && systemctl daemon-reload && systemctl stop nginx.service",
+    )
+    .unwrap();
     let (code, _) = vm.execute("systemctl restart airlock-banner.service").unwrap();
     assert_ne!(code, 0, "the banner unit fails when a service is down");
     vm.wait_for_console_after(offset, "airlock: failed", Duration::from_secs(60)).unwrap();
@@ -180,7 +184,8 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert!(banner.starts_with("airlock: failed\n"), "{banner}");
     assert!(banner.contains("failed: nginx.service (failed)"), "{banner}");
     vm.succeed(
-        "rm /etc/nginx/conf.d/broken.conf && systemctl reset-failed && systemctl restart airlock-banner.service",
+        "rm /run/systemd/system/nginx.service.d/broken.conf && systemctl daemon-reload && systemctl reset-failed \
+         && systemctl restart airlock-banner.service",
     )
     .unwrap();
     assert!(vm.succeed("cat /run/airlock/banner").unwrap().starts_with("airlock: ready\n"));

@@ -153,7 +153,8 @@ pub enum HashHalf {
 /// How big the partition is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeRule {
-    /// The key of the spec's `[disk]` table that sets it.
+    /// The key of the spec's `[disk]` table that sets it (empty for
+    /// [`SizeDefault::HashTreeOfRoot`]: no spec sets a hash tree's size).
     pub spec_key: &'static str,
     pub default: SizeDefault,
     /// The least the plan accepts (a filesystem may need more: FAT32 does).
@@ -384,10 +385,10 @@ mod tests {
     #[test]
     fn disk_order_puts_the_growing_partition_last() {
         let keys: Vec<&str> = TABLE.iter().map(|d| d.key).collect();
-        assert_eq!(keys, ["esp", "root-x86-64", "data"]);
+        assert_eq!(keys, ["esp", "root-x86-64", "root-x86-64-verity", "data"]);
         let growing: Vec<usize> = TABLE.iter().enumerate().filter(|(_, d)| d.grows.is_some()).map(|(i, _)| i).collect();
         assert_eq!(growing, [TABLE.len() - 1]);
-        assert_eq!(Role::Data.position(), 2);
+        assert_eq!(Role::Data.position(), 3);
     }
 
     #[test]
