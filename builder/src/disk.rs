@@ -307,7 +307,7 @@ impl<'a> DiskWriter<'a> {
         );
         log::info!("partition {} ({}): {what}", verity_entry.name, ByteSize(verity_entry.size));
         self.mark_written(verity, what)?;
-        self.root_hashes.push((slot, root_hash.clone()));
+        self.root_hashes.push((slot, root_hash));
         Ok(root_hash)
     }
 
