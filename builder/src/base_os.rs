@@ -97,7 +97,9 @@ impl BaseOs {
         let partial = output.partial_path().to_path_buf();
         let log_path = dir.join(format!("{key}.log"));
         log::info!("base OS: running mmdebstrap for {} (log: {})", self.suite, log_path.display());
+        let mut phases = MmdebstrapPhases::default();
         let result = Cmd::new("mmdebstrap")
+            .arg("--verbose")
             .arg("--variant=minbase")
             .arg(format!("--architectures={}", self.architecture))
             .arg(format!("--include={}", self.packages.join(",")))
@@ -106,12 +108,65 @@ impl BaseOs {
             .arg(&partial)
             .arg(&self.mirror)
             .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
-            .run_logged(&log_path);
+            .run_streaming(Some(&log_path), |line| phases.line(line));
         if let Err(e) = result {
             return Err(e.context(format!("building the {} base OS", self.suite)));
         }
         output.commit()
     }
+}
+
+/// mmdebstrap's phases, in order, as its `I:` lines name them: the measure of the base OS
+/// stage (its raw log goes to the cache's `.log` file).
+const MMDEBSTRAP_PHASES: &[&str] = &[
+    "running apt-get update",
+    "downloading packages",
+    "extracting archives",
+    "installing essential packages",
+    "installing remaining packages",
+    "cleaning package lists",
+    "creating tarball",
+    "done",
+];
+
+/// Follows mmdebstrap's output: which phase it is in (of [`MMDEBSTRAP_PHASES`]) and how many
+/// packages are set up of those apt announced (`N newly installed`, once for the essential
+/// packages and once for the rest).
+#[derive(Debug, Default)]
+struct MmdebstrapPhases {
+    reached: usize,
+    announced: u64,
+    set_up: u64,
+}
+
+impl MmdebstrapPhases {
+    fn line(&mut self, line: &str) {
+        if let Some(text) = line.strip_prefix("I: ") {
+            let found = MMDEBSTRAP_PHASES.iter().position(|p| text.starts_with(p));
+            match found.filter(|i| *i >= self.reached) {
+                Some(i) => self.reached = i + 1,
+                None => return,
+            }
+        } else if let Some(n) = newly_installed(line) {
+            self.announced += n;
+            crate::progress::measure(crate::progress::Unit::Items("packages set up"), Some(self.announced));
+            crate::progress::set_done(self.set_up);
+        } else if line.starts_with("Setting up ") {
+            self.set_up += 1;
+            crate::progress::items(1);
+            return;
+        } else {
+            return;
+        }
+        let phase = MMDEBSTRAP_PHASES[self.reached.saturating_sub(1)];
+        crate::progress::phase(&format!("phase {}/{}: {phase}", self.reached, MMDEBSTRAP_PHASES.len()));
+    }
+}
+
+/// N of apt's `0 upgraded, N newly installed, ...`.
+fn newly_installed(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once(" upgraded, ")?;
+    rest.split_once(" newly installed")?.0.parse().ok()
 }
 
 /// One installed Debian package.
@@ -170,6 +225,12 @@ mod tests {
             a.key(),
             BaseOs::new("trixie", "http://m/debian", &["nginx".into(), "curl".into()], "2026-11").key()
         );
+    }
+
+    #[test]
+    fn reads_apt_announcements() {
+        assert_eq!(newly_installed("0 upgraded, 128 newly installed, 0 to remove and 0 not upgraded."), Some(128));
+        assert_eq!(newly_installed("Setting up libc6:amd64 (2.41-12) ..."), None);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<Par
         contents.push((r.role, r.tree));
         cursor += size;
     }
-    let layout = GptLayout { disk_size, disk_guid: seed.uuid("disk"), partitions };
+    let layout = GptLayout { disk_size, disk_guid: disk_guid(&seed), partitions };
     layout.validate()?;
     Ok(DiskPlan { layout, contents, seed, clock })
 }
@@ -135,6 +135,9 @@ pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
         format!("sizing {} to {}", partial.partial_path().display(), ByteSize(plan.layout.disk_size))
     })?;
     let mut lines = Vec::new();
+    // What the files hold: the bulk of what is written (metadata adds a little).
+    let total = plan.contents.iter().map(|(_, tree)| content_bytes(tree)).sum();
+    crate::progress::measure(crate::progress::Unit::Bytes, Some(total));
     for (entry, (role, tree)) in plan.layout.partitions.iter().zip(&plan.contents) {
         let region = Region::new(file, entry.start, entry.size);
         let what = match role.definition().filesystem {
@@ -176,7 +179,7 @@ pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
                 )
             }
         };
-        log::info!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
+        log::debug!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
         lines.push(format!(
             "{:<6} {:>9} at {:>9}  {what}",
             entry.name,
@@ -187,6 +190,24 @@ pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
     plan.layout.write(file).context("writing the partition table")?;
     let path = partial.commit()?;
     Ok(DiskReport { path, size: plan.layout.disk_size, partitions: lines })
+}
+
+/// The disk's GUID, from the seed.
+pub fn disk_guid(seed: &Seed) -> uuid::Uuid {
+    seed.uuid("disk")
+}
+
+/// The bytes of the tree's regular files, each hard-linked file once.
+fn content_bytes(tree: &Tree) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    tree.walk()
+        .into_iter()
+        .filter(|(_, id)| seen.insert(*id))
+        .map(|(_, id)| match &tree.node(id).kind {
+            crate::tree::NodeKind::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ impl BuildReport {
     }
 }
 
-/// Runs a stage with a spinner and records its duration.
+/// Runs each stage under [`crate::progress`] (which shows it) and records its duration.
 #[derive(Default)]
 struct Stages {
     done: Vec<(&'static str, Duration)>,
@@ -108,21 +108,10 @@ struct Stages {
 
 impl Stages {
     fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.set_message(name);
-        bar.enable_steady_tick(Duration::from_millis(120));
         let start = Instant::now();
-        let result = f();
+        let result = crate::progress::run_stage(name, f);
         let took = start.elapsed();
-        bar.finish_and_clear();
-        match &result {
-            Ok(_) => log::info!("{name}: done in {:.1}s", took.as_secs_f64()),
-            Err(_) => log::error!("{name}: failed after {:.1}s", took.as_secs_f64()),
-        }
+        log::debug!("{name}: {} after {:.1}s", if result.is_ok() { "done" } else { "failed" }, took.as_secs_f64());
         self.done.push((name, took));
         result.with_context(|| format!("stage `{name}`"))
     }
@@ -153,19 +142,23 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     let kernel = esp::find_kernel(&root)?;
-    let esp = stages.run("make ESP", || make_esp(&root, &kernel, plan))?;
+    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
+    let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
+    let release = release_options(plan, opts, formats, &kernel.version, &packages, &contents);
+    let esp = stages.run("make ESP", || {
+        let mut esp = make_esp(&root, &kernel, plan)?;
+        add_image_manifest(&mut esp, &release, plan)?;
+        Ok(esp)
+    })?;
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
     let disk = stages.run("assemble disk", || {
         std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
         let partitions = partition_requests(plan, esp, root, &opts.clock)?;
         let report = assemble_disk(&image, plan.disk.size, &plan.seed, opts.clock, partitions)?;
-        report.partitions.iter().for_each(|line| log::info!("{line}"));
+        report.partitions.iter().for_each(|line| crate::progress::item(&format!("  {line}")));
         Ok(report)
     })?;
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
-    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
-    let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
-    let release = release_options(plan, opts, formats, &kernel.version, &packages, &contents);
     let packages_file = vec![("packages".to_string(), packages_file)];
     // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
     let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
@@ -425,6 +418,19 @@ fn make_esp(root: &Tree, kernel: &Kernel, plan: &BuildPlan) -> Result<Tree> {
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
     esp::add_site_config(&mut esp, &airlock_common::site::default_file(short))?;
     Ok(esp)
+}
+
+/// The image's own manifest on its ESP ([`crate::manifest::ESP_MANIFEST_PATH`]), so that
+/// `airlock inspect` can answer from a raw image or a stick alone: everything `manifest.json`
+/// says but the partitions' digests (a partition cannot hold its own) and the release's files.
+/// It goes on the ESP, not the root: the ESP stays a plain FAT volume any reader can open,
+/// while the root becomes a dm-verity partition.
+fn add_image_manifest(esp: &mut Tree, release: &ReleaseOptions<'_>, plan: &BuildPlan) -> Result<()> {
+    let inputs = release::manifest_inputs(release);
+    let manifest =
+        crate::manifest::Manifest::new(&inputs, plan.disk.size, disk::disk_guid(&plan.seed), &[], Vec::new());
+    esp.put_file(crate::manifest::ESP_MANIFEST_PATH, 0o644, manifest.to_json()?)?;
+    Ok(())
 }
 
 /// What each partition of the plan's disk holds: the ESP and root trees made by the stages
