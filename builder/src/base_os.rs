@@ -129,13 +129,16 @@ const MMDEBSTRAP_PHASES: &[&str] = &[
     "done",
 ];
 
-/// Follows mmdebstrap's output: which phase it is in (of [`MMDEBSTRAP_PHASES`]) and how many
-/// packages are set up of those apt announced (`N newly installed`, once for the essential
-/// packages and once for the rest).
+/// Follows mmdebstrap's output: which phase it is in (of [`MMDEBSTRAP_PHASES`]) and, for the
+/// packages apt announced (`N newly installed`, once for the essential packages and once for
+/// the rest), how many it fetched (`Get:`), unpacked and set up: three steps per package, the
+/// stage's measure.
 #[derive(Debug, Default)]
 struct MmdebstrapPhases {
     reached: usize,
     announced: u64,
+    fetched: u64,
+    unpacked: u64,
     set_up: u64,
 }
 
@@ -149,17 +152,31 @@ impl MmdebstrapPhases {
             }
         } else if let Some(n) = newly_installed(line) {
             self.announced += n;
-            crate::progress::measure(crate::progress::Unit::Items("packages set up"), Some(self.announced));
-            crate::progress::set_done(self.set_up);
+            crate::progress::measure(crate::progress::Unit::Items("package steps"), Some(3 * self.announced));
+            crate::progress::set_done(self.fetched + self.unpacked + self.set_up);
+        } else if line.starts_with("Get:") && self.announced > 0 {
+            // (apt-get update's index downloads come before any announcement)
+            self.fetched += 1;
+            crate::progress::items(1);
+        } else if line.starts_with("Unpacking ") {
+            self.unpacked += 1;
+            crate::progress::items(1);
         } else if line.starts_with("Setting up ") {
             self.set_up += 1;
             crate::progress::items(1);
-            return;
         } else {
             return;
         }
         let phase = MMDEBSTRAP_PHASES[self.reached.saturating_sub(1)];
-        crate::progress::phase(&format!("phase {}/{}: {phase}", self.reached, MMDEBSTRAP_PHASES.len()));
+        crate::progress::phase(&format!(
+            "phase {}/{}: {phase}; packages: {} fetched, {} unpacked, {} set up of {}",
+            self.reached,
+            MMDEBSTRAP_PHASES.len(),
+            self.fetched,
+            self.unpacked,
+            self.set_up,
+            self.announced
+        ));
     }
 }
 

@@ -306,7 +306,7 @@ fn run_man(args: ManArgs) -> Result<()> {
         clap_mangen::Man::new(page).render(&mut text).context("rendering a man page")?;
         let path = dir.join(&file);
         crate::manifest::write_text(&path, &String::from_utf8_lossy(&text))?;
-        println!("{}", path.display());
+        crate::progress::result(&path.display().to_string());
     }
     Ok(())
 }
@@ -328,6 +328,12 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// A multi-line result, one [`crate::progress::result`] per line (one JSON event each with
+/// `--json`).
+fn results(text: &str) {
+    text.lines().for_each(crate::progress::result);
+}
+
 /// Unlocks a secret key (asking for its passphrase only if it is encrypted).
 fn signing_key(path: &Path) -> Result<crate::signing::KeyPair> {
     crate::signing::read_secret_key(path, || passphrase(false))
@@ -343,7 +349,7 @@ fn formats(names: &[String]) -> Result<Option<Vec<Format>>> {
 fn run_verify(args: VerifyArgs) -> Result<()> {
     let key = crate::signing::read_public_key(&args.pubkey)?;
     let report = crate::verify::verify(&args.path, &key, &crate::verify::VerifyOptions { strict: args.strict })?;
-    print!("{report}");
+    results(&report.to_string());
     Ok(())
 }
 
@@ -355,13 +361,13 @@ fn run_flash(args: FlashArgs) -> Result<()> {
     };
     let opts = crate::flash::FlashOptions { pubkey: key, assume_yes: args.yes };
     let report = crate::flash::flash(&args.image, &args.device, &opts)?;
-    println!("{report}");
+    results(&report.to_string());
     Ok(())
 }
 
 fn run_diff(args: DiffArgs) -> Result<()> {
     let report = crate::diff::diff(&args.a, &args.b, args.limit)?;
-    print!("{report}");
+    results(&report.to_string());
     if !report.identical() {
         anyhow::bail!("{} and {} differ", args.a.display(), args.b.display());
     }
@@ -393,16 +399,17 @@ fn run_keygen(args: KeygenArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .context("the system clock is before 1970")?;
         for path in crate::secure_boot::generate(&args.out, now.as_secs() as i64)? {
-            println!("{}", path.display());
+            crate::progress::result(&path.display().to_string());
         }
         return Ok(());
     }
     let pass = if args.no_passphrase { None } else { Some(passphrase(true)?) };
     let kp = crate::signing::generate()?;
     crate::signing::write_key_pair(&kp, &args.out, pass.as_deref())?;
-    println!("secret key: {}.key{}", args.out.display(), if pass.is_some() { " (encrypted)" } else { "" });
-    println!("public key: {}.pub", args.out.display());
-    println!("{}", crate::signing::public_key_line(&kp));
+    let encrypted = if pass.is_some() { " (encrypted)" } else { "" };
+    crate::progress::result(&format!("secret key: {}.key{encrypted}", args.out.display()));
+    crate::progress::result(&format!("public key: {}.pub", args.out.display()));
+    crate::progress::result(&crate::signing::public_key_line(&kp));
     Ok(())
 }
 
@@ -410,15 +417,18 @@ fn run_build(args: BuildArgs) -> Result<()> {
     let plan = crate::test_spec::plan_spec_or_test_spec(&args.spec, &crate::plan::HostContext::default())?;
     if args.check {
         let notes = crate::pipeline::check(&plan)?;
-        println!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version);
+        crate::progress::result(&format!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version));
         if let Some(test) = &plan.test {
-            println!("  TEST SPEC of {}: not a release", test.production_spec.display());
+            crate::progress::result(&format!("  TEST SPEC of {}: not a release", test.production_spec.display()));
             for s in &test.stand_ins {
-                println!("  TEST STAND-IN: {} ({}) from {}", s.reference, s.container, s.source);
+                crate::progress::result(&format!(
+                    "  TEST STAND-IN: {} ({}) from {}",
+                    s.reference, s.container, s.source
+                ));
             }
         }
         for note in notes {
-            println!("  note: {note}");
+            crate::progress::result(&format!("  note: {note}"));
         }
         return Ok(());
     }

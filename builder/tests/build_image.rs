@@ -29,7 +29,7 @@ fn demo() -> &'static Built {
 }
 
 fn build_demo(tag: &str) -> Result<Built, String> {
-    prepare_demo_images().map_err(|text| format!("building the demo's container images failed:\n{text}"))?;
+    prepare_demo_images().map_err(|text| format!("images/demo/prepare failed:\n{text}"))?;
     let dir = process_shared_dir(&format!("build_image-{tag}"));
     let out = dir.join(format!("out-{tag}"));
     let spec = repo_root().join("images/demo/appliance.toml");

@@ -74,7 +74,7 @@ impl Downloader {
             match self.fetch_once(origin, expect, store) {
                 Ok(f) => {
                     crate::progress::items(1);
-                    crate::progress::phase(&format!("{} downloaded", crate::size::ByteSize(self.downloaded)));
+                    crate::progress::phase(&format!("{} downloaded so far", crate::size::ByteSize(self.downloaded)));
                     return Ok(f);
                 }
                 Err(e) => {
