@@ -135,16 +135,16 @@ pub enum SiteSettings {
 pub fn inspect(path: &Path, pubkey: Option<&PublicKey>, list: bool) -> Result<Inspection> {
     match Artifact::open(path)? {
         Artifact::Image(disk) => {
-            let (manifest, source) = match disk.read_esp_file(ESP_MANIFEST_PATH, MAX_ESP_FILE)? {
-                Some(bytes) => {
-                    let text = String::from_utf8(bytes).context("the ESP's manifest is not UTF-8")?;
-                    let m = Manifest::parse(&text).with_context(|| format!("{ESP_MANIFEST_PATH} on the ESP"))?;
+            let (manifest, source) = match esp_manifest(&disk) {
+                Ok(Some(m)) => {
                     (Some(m), format!("{ESP_MANIFEST_PATH} on the ESP (unsigned: verify the release to trust it)"))
                 }
-                None => (
+                Ok(None) => (
                     None,
                     format!("none: no {ESP_MANIFEST_PATH} on the ESP (an `airlock disk` image or an older build)"),
                 ),
+                // A damaged or hostile ESP still leaves the partition table to report.
+                Err(e) => (None, format!("unreadable: {}", crate::printable::escape(&format!("{e:#}")))),
             };
             let signature = image_signature(path, pubkey);
             Ok(assemble("image", path, source, manifest.as_ref(), Some(&disk), signature, list))
@@ -158,6 +158,13 @@ pub fn inspect(path: &Path, pubkey: Option<&PublicKey>, list: bool) -> Result<In
             Ok(assemble("release", &dir, source, Some(&manifest), disk.as_ref(), signature, list))
         }
     }
+}
+
+/// The image's own manifest from its ESP (`None`: there is none).
+fn esp_manifest(disk: &DiskImage) -> Result<Option<Manifest>> {
+    let Some(bytes) = disk.read_esp_file(ESP_MANIFEST_PATH, MAX_ESP_FILE)? else { return Ok(None) };
+    let text = String::from_utf8(bytes).context("the ESP's manifest is not UTF-8")?;
+    Manifest::parse(&text).with_context(|| format!("{ESP_MANIFEST_PATH} on the ESP")).map(Some)
 }
 
 fn assemble(

@@ -169,13 +169,13 @@ impl MmdebstrapPhases {
         }
         let phase = MMDEBSTRAP_PHASES[self.reached.saturating_sub(1)];
         crate::progress::phase(&format!(
-            "phase {}/{}: {phase}; packages: {} fetched, {} unpacked, {} set up of {}",
+            "{}/{} {phase} (of {} packages: {} fetched, {} unpacked, {} set up)",
             self.reached,
             MMDEBSTRAP_PHASES.len(),
+            self.announced,
             self.fetched,
             self.unpacked,
-            self.set_up,
-            self.announced
+            self.set_up
         ));
     }
 }

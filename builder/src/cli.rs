@@ -18,7 +18,8 @@ pub fn main() -> std::process::ExitCode {
     let mode = crate::progress::Mode::choose(cli.json, cli.quiet);
     crate::progress::install(mode);
     let level = match (cli.verbose, mode) {
-        (0, crate::progress::Mode::Quiet | crate::progress::Mode::Json) => "warn",
+        // On a pipe, the stage lines are the log: one per stage and one per item.
+        (0, crate::progress::Mode::Quiet | crate::progress::Mode::Json | crate::progress::Mode::Plain) => "warn",
         (0, _) => "info",
         (1, _) => "debug",
         _ => "trace",

@@ -350,14 +350,17 @@ fn unit_name(unit: Option<Unit>) -> Option<&'static str> {
 fn style(unit: Option<Unit>, total: Option<u64>) -> indicatif::ProgressStyle {
     let template = match (unit, total) {
         (Some(Unit::Bytes), Some(_)) => {
-            "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}".to_string()
+            "{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_msg}"
+                .to_string()
         }
-        (Some(Unit::Bytes), None) => "{spinner} {prefix} {bytes} {binary_bytes_per_sec} ({elapsed}) {msg}".to_string(),
+        (Some(Unit::Bytes), None) => {
+            "{spinner} {prefix} {bytes} {binary_bytes_per_sec} ({elapsed}) {wide_msg}".to_string()
+        }
         (Some(Unit::Items(what)), Some(_)) => {
-            format!("{{spinner}} {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {what} eta {{eta}} ({{elapsed}}) {{msg}}")
+            format!("{{spinner}} {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {what} eta {{eta}} ({{elapsed}}) {{wide_msg}}")
         }
-        (Some(Unit::Items(what)), None) => format!("{{spinner}} {{prefix}} {{pos}} {what} ({{elapsed}}) {{msg}}"),
-        (None, _) => "{spinner} {prefix} ({elapsed}) {msg}".to_string(),
+        (Some(Unit::Items(what)), None) => format!("{{spinner}} {{prefix}} {{pos}} {what} ({{elapsed}}) {{wide_msg}}"),
+        (None, _) => "{spinner} {prefix} ({elapsed}) {wide_msg}".to_string(),
     };
     indicatif::ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())

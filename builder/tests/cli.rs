@@ -65,6 +65,7 @@ fn progress_on_a_pipe_quiet_and_json() {
     let stdout = String::from_utf8_lossy(&plain.stdout);
     assert!(stderr.lines().any(|l| l.starts_with("done assemble disk: ") && l.contains("at")), "{stderr}");
     assert_eq!(stderr.matches("assemble disk").count(), 1, "one line per stage: {stderr}");
+    assert!(stderr.lines().all(|l| l.starts_with("done ")), "nothing but stage lines: {stderr}");
     assert!(!stderr.contains(['\u{1b}', '\r']), "no control characters on a pipe: {stderr:?}");
     assert!(stdout.starts_with(&format!("{} (64MiB)", dir.path().join("small.raw").display())), "{stdout}");
 

@@ -720,4 +720,20 @@ fn inspect_names_the_signing_key_and_checks_it() {
     assert!(image.contains("manifest      none: no airlock/manifest.json on the ESP"), "{image}");
     assert!(image.contains(&format!("signature     key {key_id}")), "{image}");
     assert!(image.contains("2 root-x86-64"), "{image}");
+
+    // A manifest on the ESP that is not one (whoever held the stick wrote it) is reported as
+    // unreadable; the partition table is still read.
+    let raw = r.file("small.raw");
+    let esp = &GptLayout::read(&fs::File::open(&raw).unwrap()).unwrap().partitions[0];
+    let at = format!("{}@@{}", raw.display(), esp.start);
+    let junk = r.dir.path().join("junk.json");
+    fs::write(&junk, "{\"manifest_version\": \"\u{1b}[31m\"}").unwrap();
+    tool_ok("mmd", &["-i", &at, "::/airlock"]);
+    tool_ok("mcopy", &["-i", &at, s(&junk), "::/airlock/manifest.json"]);
+    let image = airlock_ok(&["inspect", s(&raw)]);
+    assert!(
+        image.contains("manifest      unreadable: airlock/manifest.json on the ESP: parsing manifest.json"),
+        "{image}"
+    );
+    assert!(image.contains("2 root-x86-64") && !image.contains('\u{1b}'), "{image}");
 }
