@@ -127,6 +127,8 @@ const MMDEBSTRAP_PHASES: &[&str] = &[
     "cleaning package lists",
     "creating tarball",
     "done",
+    // After "done" mmdebstrap still deletes its chroot, which takes a while on a busy disk.
+    "removing tempdir",
 ];
 
 /// Follows mmdebstrap's output: which phase it is in (of [`MMDEBSTRAP_PHASES`]) and, for the
