@@ -120,7 +120,9 @@ impl BaseOs {
         let partial = output.partial_path().to_path_buf();
         let log_path = dir.join(format!("{key}.log"));
         log::info!("base OS: running mmdebstrap for {} (log: {})", self.suite, log_path.display());
+        let mut phases = MmdebstrapPhases::default();
         let result = Cmd::new("mmdebstrap")
+            .arg("--verbose")
             .arg("--variant=minbase")
             .arg(format!("--architectures={}", self.architecture))
             .arg(format!("--include={}", self.packages.join(",")))
@@ -134,12 +136,84 @@ impl BaseOs {
             .arg(&partial)
             .arg(&self.mirror)
             .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
-            .run_logged(&log_path);
+            .run_streaming(Some(&log_path), |line| phases.line(line));
         if let Err(e) = result {
             return Err(e.context(format!("building the {} base OS", self.suite)));
         }
         output.commit()
     }
+}
+
+/// mmdebstrap's phases, in order, as its `I:` lines name them: the measure of the base OS
+/// stage (its raw log goes to the cache's `.log` file).
+const MMDEBSTRAP_PHASES: &[&str] = &[
+    "running apt-get update",
+    "downloading packages",
+    "extracting archives",
+    "installing essential packages",
+    "installing remaining packages",
+    "cleaning package lists",
+    "creating tarball",
+    "done",
+    // After "done" mmdebstrap still deletes its chroot, which takes a while on a busy disk.
+    "removing tempdir",
+];
+
+/// Follows mmdebstrap's output: which phase it is in (of [`MMDEBSTRAP_PHASES`]) and, for the
+/// packages apt announced (`N newly installed`, once for the essential packages and once for
+/// the rest), how many it fetched (`Get:`), unpacked and set up: three steps per package, the
+/// stage's measure.
+#[derive(Debug, Default)]
+struct MmdebstrapPhases {
+    reached: usize,
+    announced: u64,
+    fetched: u64,
+    unpacked: u64,
+    set_up: u64,
+}
+
+impl MmdebstrapPhases {
+    fn line(&mut self, line: &str) {
+        if let Some(text) = line.strip_prefix("I: ") {
+            let found = MMDEBSTRAP_PHASES.iter().position(|p| text.starts_with(p));
+            match found.filter(|i| *i >= self.reached) {
+                Some(i) => self.reached = i + 1,
+                None => return,
+            }
+        } else if let Some(n) = newly_installed(line) {
+            self.announced += n;
+            crate::progress::measure(crate::progress::Unit::Items("package steps"), Some(3 * self.announced));
+            crate::progress::set_done(self.fetched + self.unpacked + self.set_up);
+        } else if line.starts_with("Get:") && self.announced > 0 {
+            // (apt-get update's index downloads come before any announcement)
+            self.fetched += 1;
+            crate::progress::items(1);
+        } else if line.starts_with("Unpacking ") {
+            self.unpacked += 1;
+            crate::progress::items(1);
+        } else if line.starts_with("Setting up ") {
+            self.set_up += 1;
+            crate::progress::items(1);
+        } else {
+            return;
+        }
+        let phase = MMDEBSTRAP_PHASES[self.reached.saturating_sub(1)];
+        crate::progress::phase(&format!(
+            "{}/{} {phase} (of {} packages: {} fetched, {} unpacked, {} set up)",
+            self.reached,
+            MMDEBSTRAP_PHASES.len(),
+            self.announced,
+            self.fetched,
+            self.unpacked,
+            self.set_up
+        ));
+    }
+}
+
+/// N of apt's `0 upgraded, N newly installed, ...`.
+fn newly_installed(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once(" upgraded, ")?;
+    rest.split_once(" newly installed")?.0.parse().ok()
 }
 
 /// One installed Debian package.
@@ -198,6 +272,12 @@ mod tests {
             a.key(),
             BaseOs::new("trixie", "http://m/debian", &["nginx".into(), "curl".into()], "2026-11").key()
         );
+    }
+
+    #[test]
+    fn reads_apt_announcements() {
+        assert_eq!(newly_installed("0 upgraded, 128 newly installed, 0 to remove and 0 not upgraded."), Some(128));
+        assert_eq!(newly_installed("Setting up libc6:amd64 (2.41-12) ..."), None);
     }
 
     #[test]

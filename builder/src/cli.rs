@@ -15,12 +15,17 @@ use std::path::{Path, PathBuf};
 /// Parses the command line, sets up logging and runs the command: the whole `airlock` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
+    let mode = crate::progress::Mode::choose(cli.json, cli.quiet);
+    crate::progress::install(mode);
+    let level = match (cli.verbose, mode) {
+        // On a pipe, the stage lines are the log: one per stage and one per item.
+        (0, crate::progress::Mode::Quiet | crate::progress::Mode::Json | crate::progress::Mode::Plain) => "warn",
+        (0, _) => "info",
+        (1, _) => "debug",
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .target(env_logger::Target::Pipe(Box::new(crate::progress::LogWriter)))
         .format(|out, record| {
             use std::io::Write;
             // Messages quote inputs (paths, entry names, values): no control byte of theirs
@@ -43,11 +48,24 @@ pub fn main() -> std::process::ExitCode {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, about = "Builds signed, bootable appliance disk images for air-gapped networks")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Builds signed, bootable appliance disk images for air-gapped networks",
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error. Results go to stdout; progress, \
+                  warnings and errors to stderr (with --json, events go to stdout, one JSON object a line)."
+)]
 pub struct Cli {
     /// More output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Print only the result (and warnings and errors, on stderr).
+    #[arg(short, long, global = true, conflicts_with = "json")]
+    pub quiet: bool,
+    /// Print one JSON event per line on stdout (stage started and finished, progress, item,
+    /// result), for CI systems; warnings and errors stay on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,6 +90,42 @@ pub enum Command {
     Flash(FlashArgs),
     /// Say where two raw images differ: partition table, partitions, and files inside ext4.
     Diff(DiffArgs),
+    /// Say what an image, a stick or a release directory holds, without booting it: name,
+    /// version, architecture, kernel, partitions, signature, container images, mirrors, the
+    /// Pulumi CLI and which site settings are set (names only). Update bundles (.update) do not
+    /// exist yet.
+    Inspect(InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish) on stdout.
+    Completions(CompletionsArgs),
+    /// Print airlock's man page (roff) on stdout, or with --dir write airlock.1 and one
+    /// airlock-COMMAND.1 per command there.
+    Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write the pages into this folder (e.g. /usr/local/share/man/man1) instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// A raw image, a whole-disk device (/dev/sdX, opened read-only) or a release directory.
+    #[arg(value_name = "IMAGE|DEVICE|RELEASE-DIR")]
+    pub path: PathBuf,
+    /// Check the release's signature with this public key (a minisign .pub file or its base64
+    /// line), and every checksum.
+    #[arg(long, value_name = "PREFIX.pub|KEY")]
+    pub pubkey: Option<String>,
+    /// List every mirrored package, not only the counts per ecosystem.
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, clap::Args)]
@@ -232,7 +286,58 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => run_verify(args),
         Command::Flash(args) => run_flash(args),
         Command::Diff(args) => run_diff(args),
+        Command::Inspect(args) => run_inspect(args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "airlock", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(args) => run_man(args),
     }
+}
+
+/// The man pages, from the same clap definition as the parser (so they cannot drift from it).
+fn run_man(args: ManArgs) -> Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = args.dir else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("writing the man page");
+    };
+    let mut pages = vec![("airlock.1".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("airlock-{}", sub.get_name());
+        pages.push((format!("{name}.1"), sub.clone().name(name)));
+    }
+    for (file, page) in pages {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text).context("rendering a man page")?;
+        let path = dir.join(&file);
+        crate::manifest::write_text(&path, &String::from_utf8_lossy(&text))?;
+        crate::progress::result(&path.display().to_string());
+    }
+    Ok(())
+}
+
+fn run_inspect(args: InspectArgs) -> Result<()> {
+    let key = args.pubkey.as_deref().map(crate::signing::read_public_key).transpose()?;
+    let found = crate::artifact::inspect(&args.path, key.as_ref(), args.list)?;
+    if crate::progress::mode() == crate::progress::Mode::Json {
+        println!("{}", serde_json::to_string(&found).context("serialising the inspection")?);
+    } else {
+        print!("{found}");
+    }
+    // A signature that does not verify is a failure, as `airlock verify` says.
+    if let crate::artifact::Signature::Signed { verified: Some(v), .. } = &found.signature
+        && !v.ok
+    {
+        anyhow::bail!("{} does not verify with the key given", args.path.display());
+    }
+    Ok(())
+}
+
+/// A multi-line result, one [`crate::progress::result`] per line (one JSON event each with
+/// `--json`).
+fn results(text: &str) {
+    text.lines().for_each(crate::progress::result);
 }
 
 /// Unlocks a secret key (asking for its passphrase only if it is encrypted).
@@ -250,7 +355,7 @@ fn formats(names: &[String]) -> Result<Option<Vec<Format>>> {
 fn run_verify(args: VerifyArgs) -> Result<()> {
     let key = crate::signing::read_public_key(&args.pubkey)?;
     let report = crate::verify::verify(&args.path, &key, &crate::verify::VerifyOptions { strict: args.strict })?;
-    print!("{report}");
+    results(&report.to_string());
     Ok(())
 }
 
@@ -262,13 +367,13 @@ fn run_flash(args: FlashArgs) -> Result<()> {
     };
     let opts = crate::flash::FlashOptions { pubkey: key, assume_yes: args.yes };
     let report = crate::flash::flash(&args.image, &args.device, &opts)?;
-    println!("{report}");
+    results(&report.to_string());
     Ok(())
 }
 
 fn run_diff(args: DiffArgs) -> Result<()> {
     let report = crate::diff::diff(&args.a, &args.b, args.limit)?;
-    print!("{report}");
+    results(&report.to_string());
     if !report.identical() {
         anyhow::bail!("{} and {} differ", args.a.display(), args.b.display());
     }
@@ -300,16 +405,17 @@ fn run_keygen(args: KeygenArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .context("the system clock is before 1970")?;
         for path in crate::secure_boot::generate(&args.out, now.as_secs() as i64)? {
-            println!("{}", path.display());
+            crate::progress::result(&path.display().to_string());
         }
         return Ok(());
     }
     let pass = if args.no_passphrase { None } else { Some(passphrase(true)?) };
     let kp = crate::signing::generate()?;
     crate::signing::write_key_pair(&kp, &args.out, pass.as_deref())?;
-    println!("secret key: {}.key{}", args.out.display(), if pass.is_some() { " (encrypted)" } else { "" });
-    println!("public key: {}.pub", args.out.display());
-    println!("{}", crate::signing::public_key_line(&kp));
+    let encrypted = if pass.is_some() { " (encrypted)" } else { "" };
+    crate::progress::result(&format!("secret key: {}.key{encrypted}", args.out.display()));
+    crate::progress::result(&format!("public key: {}.pub", args.out.display()));
+    crate::progress::result(&crate::signing::public_key_line(&kp));
     Ok(())
 }
 
@@ -320,15 +426,18 @@ fn run_build(args: BuildArgs) -> Result<()> {
     let secure_boot = secure_boot_keys(args.secure_boot_key.as_deref(), &plan)?;
     if args.check {
         let notes = crate::pipeline::check(&plan)?;
-        println!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version);
+        crate::progress::result(&format!("{}: {} {} is valid", args.spec.display(), plan.name, plan.version));
         if let Some(test) = &plan.test {
-            println!("  TEST SPEC of {}: not a release", test.production_spec.display());
+            crate::progress::result(&format!("  TEST SPEC of {}: not a release", test.production_spec.display()));
             for s in &test.stand_ins {
-                println!("  TEST STAND-IN: {} ({}) from {}", s.reference, s.container, s.source);
+                crate::progress::result(&format!(
+                    "  TEST STAND-IN: {} ({}) from {}",
+                    s.reference, s.container, s.source
+                ));
             }
         }
         for note in notes {
-            println!("  note: {note}");
+            crate::progress::result(&format!("  note: {note}"));
         }
         return Ok(());
     }
@@ -349,13 +458,13 @@ fn run_build(args: BuildArgs) -> Result<()> {
         secure_boot,
     };
     let report = crate::pipeline::build(&plan, &opts)?;
-    println!(
+    crate::progress::result(&format!(
         "{} ({}, kernel {}, {} packages)",
         report.image.display(),
         ByteSize(report.size),
         report.kernel,
         report.packages.len()
-    );
+    ));
     print_released(&report.released);
     Ok(())
 }
@@ -382,12 +491,12 @@ fn secure_boot_keys(
 /// One line per released file (`<kind> <path>`), then the checksums and signature.
 fn print_released(released: &crate::release::Released) {
     for (kind, path) in &released.files {
-        println!("  {kind:<9} {}", path.display());
+        crate::progress::result(&format!("  {kind:<9} {}", path.display()));
     }
-    println!("  {:<9} {}", "sums", released.sums.display());
+    crate::progress::result(&format!("  {:<9} {}", "sums", released.sums.display()));
     match &released.signature {
-        Some(sig) => println!("  {:<9} {}", "signature", sig.display()),
-        None => println!("  (unsigned: pass --sign-key or set [signing] key to sign SHA256SUMS)"),
+        Some(sig) => crate::progress::result(&format!("  {:<9} {}", "signature", sig.display())),
+        None => crate::progress::result("  (unsigned: pass --sign-key or set [signing] key to sign SHA256SUMS)"),
     }
 }
 
@@ -403,24 +512,15 @@ fn run_fetch(args: FetchArgs) -> Result<()> {
             limits: Default::default(),
         },
     };
+    // Each container and mirror set was shown as it finished (`progress::item`); the lock is
+    // the result.
     let report = crate::fetch::fetch(&plan, &opts)?;
-    for ((name, outcome, digest), c) in report.containers.iter().zip(&plan.containers) {
-        let what = match outcome {
-            crate::fetch::Outcome::Cached => "cached",
-            crate::fetch::Outcome::Restored => "restored",
-            crate::fetch::Outcome::Resolved => "resolved",
-        };
-        println!("{name}: {} {digest} ({what})", c.reference);
-    }
-    for (set, outcome, files) in &report.mirrors {
-        println!("mirror {set}: {files} files ({})", format!("{outcome:?}").to_lowercase());
-    }
-    println!(
+    crate::progress::result(&format!(
         "{}: {} ({} downloaded)",
         report.lock_path.display(),
         if report.lock_changed { "written" } else { "unchanged" },
         ByteSize(report.downloaded_bytes)
-    );
+    ));
     Ok(())
 }
 
@@ -469,9 +569,9 @@ fn run_disk(args: DiskArgs) -> Result<()> {
         release,
     };
     let (report, released) = crate::pipeline::disk(job)?;
-    println!("{} ({})", report.path.display(), ByteSize(report.size));
+    crate::progress::result(&format!("{} ({})", report.path.display(), ByteSize(report.size)));
     for line in &report.partitions {
-        println!("  {line}");
+        crate::progress::result(&format!("  {line}"));
     }
     if let Some(released) = &released {
         print_released(released);

@@ -5,7 +5,7 @@
 //! partition and the byte ranges.
 
 use crate::gpt::{GptLayout, PartitionEntry};
-use crate::inspect::{FsKind, filesystem};
+use crate::inspect::{DiskImage, FsKind};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -68,10 +68,9 @@ fn compare_bytes(a: &File, a_start: u64, b: &File, b_start: u64, len: u64) -> Re
 }
 
 pub fn diff(a_path: &Path, b_path: &Path, limit: usize) -> Result<DiffReport> {
-    let a = File::open(a_path).with_context(|| format!("opening {}", a_path.display()))?;
-    let b = File::open(b_path).with_context(|| format!("opening {}", b_path.display()))?;
-    let la = GptLayout::read(&a).with_context(|| format!("reading the partition table of {}", a_path.display()))?;
-    let lb = GptLayout::read(&b).with_context(|| format!("reading the partition table of {}", b_path.display()))?;
+    // The reader `airlock inspect` uses too.
+    let (da, db) = (DiskImage::open(a_path)?, DiskImage::open(b_path)?);
+    let (a, b, la, lb) = (&da.file, &db.file, &da.layout, &db.layout);
     let mut r = DiffReport::default();
     if la.disk_size != lb.disk_size {
         r.lines.push(format!("disk size: {} vs {}", la.disk_size, lb.disk_size));
@@ -88,16 +87,16 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize) -> Result<DiffReport> {
             r.lines.push(format!("{label}: GPT entry differs: {pa:?} vs {pb:?}"));
         }
         let len = pa.size.min(pb.size);
-        let (blocks, first) = compare_bytes(&a, pa.start, &b, pb.start, len)?;
+        let (blocks, first) = compare_bytes(a, pa.start, b, pb.start, len)?;
         let Some(first) = first else { continue };
         r.partitions.push(pa.name.clone());
         r.lines.push(format!(
             "{label}: contents differ in {blocks} of {} MiB blocks, first at byte {first} of the partition",
             len.div_ceil(BLOCK)
         ));
-        let kinds = (filesystem(&a, pa)?, filesystem(&b, pb)?);
+        let kinds = (da.filesystem(pa)?, db.filesystem(pb)?);
         if kinds == (FsKind::Ext4, FsKind::Ext4) {
-            match ext4_differences(&a, pa, &b, pb) {
+            match ext4_differences(a, pa, b, pb) {
                 Ok(diffs) => {
                     if diffs.is_empty() {
                         r.lines.push(format!("  {label}: every file is the same; the filesystem metadata differs"));
@@ -117,10 +116,10 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize) -> Result<DiffReport> {
         }
     }
     // Everything outside the partitions: the protective MBR, both GPT copies, gaps.
-    let outside = outside_ranges(&la, la.disk_size.min(lb.disk_size));
+    let outside = outside_ranges(la, la.disk_size.min(lb.disk_size));
     for (start, end) in outside {
         if la == lb {
-            let (blocks, first) = compare_bytes(&a, start, &b, start, end - start)?;
+            let (blocks, first) = compare_bytes(a, start, b, start, end - start)?;
             if let Some(first) = first {
                 r.lines.push(format!(
                     "bytes {start}..{end} outside the partitions differ ({blocks} MiB blocks, first at byte {})",

@@ -180,9 +180,27 @@ pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Re
         roles.push(r.role);
         cursor += size;
     }
-    let gpt = GptLayout { disk_size, disk_guid: seed.uuid("disk"), partitions };
+    let gpt = GptLayout { disk_size, disk_guid: disk_guid(seed), partitions };
     gpt.validate()?;
     Ok(Layout { gpt, roles })
+}
+
+/// The disk's GUID for a build seed.
+pub fn disk_guid(seed: &Seed) -> uuid::Uuid {
+    seed.uuid("disk")
+}
+
+/// The bytes of the tree's regular files, each hard-linked file once.
+fn content_bytes(tree: &Tree) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    tree.walk()
+        .into_iter()
+        .filter(|(_, id)| seen.insert(*id))
+        .map(|(_, id)| match &tree.node(id).kind {
+            crate::tree::NodeKind::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The root partition whose hash tree a root-verity partition holds.
@@ -275,8 +293,10 @@ impl<'a> DiskWriter<'a> {
     pub fn write_tree(&mut self, role: Role, tree: &Tree) -> Result<()> {
         let (_, entry) = self.entry(role)?;
         let region = Region::new(self.partial.file(), entry.start, entry.size);
+        // What the files hold: the bulk of what is written (metadata adds a little).
+        crate::progress::measure(crate::progress::Unit::Bytes, Some(content_bytes(tree)));
         let what = write_filesystem(role, &entry, tree, &region, self.seed, self.clock)?;
-        log::info!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
+        log::debug!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
         self.mark_written(role, what)
     }
 
@@ -305,7 +325,7 @@ impl<'a> DiskWriter<'a> {
             ByteSize(root_entry.size),
             started.elapsed().as_secs_f64()
         );
-        log::info!("partition {} ({}): {what}", verity_entry.name, ByteSize(verity_entry.size));
+        log::debug!("partition {} ({}): {what}", verity_entry.name, ByteSize(verity_entry.size));
         self.mark_written(verity, what)?;
         self.root_hashes.push((slot, root_hash));
         Ok(root_hash)

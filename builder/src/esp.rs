@@ -199,5 +199,5 @@ pub fn install_signed_loader(root: &mut Tree, keys: &OwnerKeys) -> Result<()> {
 /// `airlock.toml`, the site configuration an operator edits after flashing (read on every
 /// boot by `airlock firstboot`), at the root of the ESP.
 pub fn add_site_config(esp: &mut Tree, text: &str) -> Result<()> {
-    add(esp, "airlock.toml", self::text(text.to_string()))
+    add(esp, airlock_common::site::SITE_FILE, self::text(text.to_string()))
 }

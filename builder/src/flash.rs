@@ -238,14 +238,11 @@ pub fn flash(image_arg: &Path, target: &Path, opts: &FlashOptions) -> Result<Fla
     })
 }
 
-fn progress(size: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_string());
-    bar
+/// A stage of the flash, shown by [`crate::progress`] as bytes of `size`.
+fn progress(size: u64, what: &str) -> crate::progress::Stage {
+    let stage = crate::progress::stage(what);
+    crate::progress::measure(crate::progress::Unit::Bytes, Some(size));
+    stage
 }
 
 /// The digests of one write.
@@ -285,7 +282,7 @@ fn write(source: File, zst: bool, image: &Path, target: &Path, size: u64) -> Res
         options.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
     }
     let mut out = options.open(target).with_context(|| format!("opening {} for writing", target.display()))?;
-    let bar = progress(size, "writing");
+    let stage = progress(size, "writing");
     let mut written = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
@@ -316,10 +313,10 @@ fn write(source: File, zst: bool, image: &Path, target: &Path, size: u64) -> Res
             written.update(&buf[..n]);
             out.write_all(&buf[..n]).with_context(|| format!("writing {} at byte {done}", target.display()))?;
             done += n as u64;
-            bar.set_position(done);
+            crate::progress::bytes(n as u64);
         }
     }
-    bar.finish_and_clear();
+    stage.finish(done == size);
     if done != size {
         bail!("{} gave {done} bytes, expected {size}", image.display());
     }
@@ -337,7 +334,7 @@ fn read_back(target: &Path, size: u64) -> Result<String> {
     if let Err(e) = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed) {
         log::warn!("cannot drop cached pages of {} ({e}); reading back through the cache", target.display());
     }
-    let bar = progress(size, "reading back");
+    let stage = progress(size, "reading back");
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
@@ -346,8 +343,8 @@ fn read_back(target: &Path, size: u64) -> Result<String> {
         f.read_exact(&mut buf[..n]).with_context(|| format!("reading {} back at byte {done}", target.display()))?;
         hasher.update(&buf[..n]);
         done += n as u64;
-        bar.set_position(done);
+        crate::progress::bytes(n as u64);
     }
-    bar.finish_and_clear();
+    stage.finish(true);
     Ok(hex::encode(hasher.finalize()))
 }

@@ -19,7 +19,8 @@
 //!   and [`ext4`]), [`contents`];
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
 //!   ova), [`manifest`] and [`sbom`] (from [`inspect`]), SHA256SUMS and its [`signing`];
-//! - [`verify`], [`flash`], [`diff`]: checking and using a release;
+//! - [`verify`], [`flash`], [`diff`]: checking and using a release; [`artifact`]: what an
+//!   image or release is (`airlock inspect`), read through [`inspect`]'s disk reader as `diff` is;
 //! - [`verity`], [`uki`] (with [`pe`]), [`secure_boot`]: the verified-boot building blocks
 //!   (dm-verity hash tree, unified kernel image, the owner's keys and Authenticode signing);
 //! - [`cli`]: the commands.
@@ -34,6 +35,7 @@ pub use airlock_common::{
 };
 
 pub mod apt_sources;
+pub mod artifact;
 pub mod base_os;
 pub mod block_device;
 pub mod cache;
@@ -66,6 +68,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod preload;
 pub mod printable;
+pub mod progress;
 pub mod region;
 pub mod release;
 pub mod sbom;

@@ -143,6 +143,12 @@ impl LockedContainer {
 
     /// Whether this entry was made for the spec's container as it is now (same reference,
     /// same source).
+    /// The bytes of every blob it pins (index, manifest, config, layers).
+    pub fn total_size(&self) -> u64 {
+        let blobs = self.index.iter().chain([&self.manifest, &self.config]).chain(&self.layers);
+        blobs.map(|b| b.size).sum()
+    }
+
     pub fn matches(&self, container: &ContainerPlan) -> bool {
         self.name == container.name
             && self.image == container.reference.to_string()

@@ -12,6 +12,25 @@ use crate::plan::{BuildPlan, ContainerPlan};
 use anyhow::{Result, bail};
 use std::path::PathBuf;
 
+/// The exact command that pins the spec's images and mirrors and fills the cache: this very
+/// airlock as it was started (a path when it was not found on `PATH`) and the spec as given. A
+/// spec folder with its own `prepare` script (the demo's, which also builds the demo's local
+/// inputs first) is named too.
+pub fn fetch_command(plan: &BuildPlan) -> String {
+    let program = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        // A library caller (a test) is not airlock: it gets the plain name.
+        .filter(|a| a.contains('/') && a.ends_with("/airlock"))
+        .unwrap_or_else(|| "airlock".to_string());
+    let mut text = format!("`{program} fetch {}`", plan.spec_path.display());
+    let prepare = plan.spec_dir.join("prepare");
+    if prepare.is_file() {
+        text.push_str(&format!(" (or `{}`, which builds the spec's local inputs first)", prepare.display()));
+    }
+    text
+}
+
 /// Reads the lock a build needs: it must exist.
 pub fn read_for_build(plan: &BuildPlan) -> Result<Lock> {
     read_pinned(plan).map(|(lock, _)| lock)
@@ -22,9 +41,9 @@ pub fn read_pinned(plan: &BuildPlan) -> Result<(Lock, String)> {
     match Lock::read_with_sha256(&plan.lock_path)? {
         Some(read) => Ok(read),
         None => bail!(
-            "{} does not exist: run `airlock fetch {}` (on a connected host) to resolve and download the spec's container images",
+            "{} does not exist: run {} on a connected host to resolve and download the spec's container images and mirrors, then build again",
             plan.lock_path.display(),
-            plan.spec_path.display()
+            fetch_command(plan)
         ),
     }
 }
@@ -56,9 +75,9 @@ pub fn check_against_spec(plan: &BuildPlan) -> Result<Option<String>> {
     }
     if !problems.is_empty() {
         bail!(
-            "{} does not match the spec (run `airlock fetch {}`):\n  - {}",
+            "{} does not match the spec (run {}):\n  - {}",
             plan.lock_path.display(),
-            plan.spec_path.display(),
+            fetch_command(plan),
             problems.join("\n  - ")
         );
     }
@@ -73,6 +92,9 @@ pub fn verify_cached(plan: &BuildPlan, lock: &Lock, store: &BlobStore) -> Result
     let mut images = Vec::with_capacity(plan.containers.len());
     // Every container is checked, so one message lists all that a fetch has to repair.
     let mut problems = Vec::new();
+    let total = plan.containers.iter().filter_map(|c| lock.entry(&c.name)).map(|e| e.total_size()).sum();
+    crate::progress::phase("hashing the locked blobs");
+    crate::progress::measure(crate::progress::Unit::Bytes, Some(total));
     for c in &plan.containers {
         let result = match lock.entry(&c.name) {
             Some(entry) => verify_container(c, entry, store),
@@ -85,8 +107,8 @@ pub fn verify_cached(plan: &BuildPlan, lock: &Lock, store: &BlobStore) -> Result
     }
     if !problems.is_empty() {
         bail!(
-            "the cache does not hold the container images appliance.lock pins; run `airlock fetch {}`:\n  {}",
-            plan.spec_path.display(),
+            "the cache does not hold the container images appliance.lock pins; run {}:\n  {}",
+            fetch_command(plan),
             problems.join("\n  ")
         );
     }
@@ -213,8 +235,8 @@ pub fn verify_mirrors<'a>(plan: &'a BuildPlan, lock: &'a Lock, store: &BlobStore
     }
     if !problems.is_empty() {
         bail!(
-            "the cache does not hold the mirrored files appliance.lock pins; run `airlock fetch {}`:\n  {}",
-            plan.spec_path.display(),
+            "the cache does not hold the mirrored files appliance.lock pins; run {}:\n  {}",
+            fetch_command(plan),
             problems.join("\n  ")
         );
     }

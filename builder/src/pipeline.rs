@@ -104,7 +104,7 @@ impl BuildReport {
     }
 }
 
-/// Runs a stage with a spinner and records its duration.
+/// Runs each stage under [`crate::progress`] (which shows it) and records its duration.
 #[derive(Default)]
 struct Stages {
     done: Vec<(&'static str, Duration)>,
@@ -112,21 +112,10 @@ struct Stages {
 
 impl Stages {
     fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.set_message(name);
-        bar.enable_steady_tick(Duration::from_millis(120));
         let start = Instant::now();
-        let result = f();
+        let result = crate::progress::run_stage(name, f);
         let took = start.elapsed();
-        bar.finish_and_clear();
-        match &result {
-            Ok(_) => log::info!("{name}: done in {:.1}s", took.as_secs_f64()),
-            Err(_) => log::error!("{name}: failed after {:.1}s", took.as_secs_f64()),
-        }
+        log::debug!("{name}: {} after {:.1}s", if result.is_ok() { "done" } else { "failed" }, took.as_secs_f64());
         self.done.push((name, took));
         result.with_context(|| format!("stage `{name}`"))
     }
@@ -161,6 +150,8 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     }
     let kernel = esp::find_kernel(&root)?;
     let data = stages.run("move /var to the data partition", || configure::data_tree(&mut root, &opts.clock))?;
+    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
+    let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
     // The root is written and hashed first: the UKI on the ESP carries its root hash.
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
@@ -171,19 +162,20 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         true => Some(stages.run("hash root (dm-verity)", || writer.write_hash_tree(Slot::A))?),
         false => None,
     };
-    let (esp, boot) = stages
-        .run("make UKI and ESP", || make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref()))?;
+    let (esp, release) = stages.run("make UKI and ESP", || {
+        let (mut esp, boot) = make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref())?;
+        let boot = boot_record(plan, boot, root_hash.as_ref());
+        let release = release_options(plan, opts, formats, &kernel.version, boot, &packages, &contents);
+        add_image_manifest(&mut esp, &release, plan)?;
+        Ok((esp, release))
+    })?;
     stages.run("write ESP and data", || {
         writer.write_tree(Role::Esp, &esp)?;
         writer.write_tree(Role::Data, &data)
     })?;
     let disk = stages.run("finish disk", || writer.finish())?;
-    disk.partitions.iter().for_each(|line| log::info!("{line}"));
+    disk.partitions.iter().for_each(|line| crate::progress::item(&format!("  {line}")));
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
-    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
-    let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
-    let boot = boot_record(plan, boot, root_hash.as_ref());
-    let release = release_options(plan, opts, formats, &kernel.version, boot, &packages, &contents);
     let packages_file = vec![("packages".to_string(), packages_file)];
     // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
     let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
@@ -486,6 +478,19 @@ fn boot_record(plan: &BuildPlan, boot: BootRecord, root_hash: Option<&RootHash>)
 /// Each partition of the plan's disk with its size (`None`: the rest, or a hash tree's).
 fn partition_sizes(plan: &BuildPlan) -> Vec<(Role, Option<u64>)> {
     plan.disk.partitions.iter().map(|p| (p.role, p.size)).collect()
+}
+
+/// The image's own manifest on its ESP ([`crate::manifest::ESP_MANIFEST_PATH`]), so that
+/// `airlock inspect` can answer from a raw image or a stick alone: everything `manifest.json`
+/// says but the partitions' digests (a partition cannot hold its own) and the release's files.
+/// It goes on the ESP, not the root: the ESP stays a plain FAT volume any reader can open,
+/// while the root is a dm-verity partition.
+fn add_image_manifest(esp: &mut Tree, release: &ReleaseOptions<'_>, plan: &BuildPlan) -> Result<()> {
+    let inputs = release::manifest_inputs(release);
+    let manifest =
+        crate::manifest::Manifest::new(&inputs, plan.disk.size, disk::disk_guid(&plan.seed), &[], Vec::new());
+    esp.put_file(crate::manifest::ESP_MANIFEST_PATH, 0o644, manifest.to_json()?)?;
+    Ok(())
 }
 
 /// `<out>/<name>.packages`: the installed Debian packages, one `name version architecture` per

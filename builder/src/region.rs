@@ -49,7 +49,9 @@ impl<'a> Region<'a> {
         }
         self.file
             .write_all_at(buf, self.offset + pos)
-            .with_context(|| format!("writing {} bytes at image offset {}", buf.len(), self.offset + pos))
+            .with_context(|| format!("writing {} bytes at image offset {}", buf.len(), self.offset + pos))?;
+        crate::progress::bytes(buf.len() as u64);
+        Ok(())
     }
 
     /// Reads back `buf.len()` bytes at `pos` (relative to the region start).

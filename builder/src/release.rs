@@ -87,7 +87,20 @@ pub fn write_manifest(
     files.push(("spdx".to_string(), sbom_path.clone()));
     let entries: Vec<OutputEntry> =
         files.iter().map(|(kind, p)| OutputEntry { file: manifest::file_name(p), kind: kind.clone() }).collect();
-    let inputs = ManifestInputs {
+    let inputs = manifest_inputs(opts);
+    let m = Manifest::new(&inputs, layout.disk_size, layout.disk_guid, &partitions, entries);
+    let mut sbom = serde_json::to_string_pretty(&crate::sbom::sbom(&m)).context("serialising the SBOM")?;
+    sbom.push('\n');
+    manifest::write_text(&sbom_path, &sbom)?;
+    let manifest_path = opts.out_dir.join(MANIFEST_FILE);
+    manifest::write_text(&manifest_path, &m.to_json()?)?;
+    files.push(("manifest".to_string(), manifest_path));
+    Ok(files)
+}
+
+/// What the release's manifest (and the image's own copy on its ESP) is made from.
+pub fn manifest_inputs<'a>(opts: &ReleaseOptions<'a>) -> ManifestInputs<'a> {
+    ManifestInputs {
         appliance: opts.appliance.clone(),
         test_build: opts.test_build.clone(),
         spec_sha256: opts.spec_sha256.clone(),
@@ -97,15 +110,7 @@ pub fn write_manifest(
         package_source: opts.package_source.clone(),
         contents: opts.contents,
         clock: opts.clock,
-    };
-    let m = Manifest::new(&inputs, layout.disk_size, layout.disk_guid, &partitions, entries);
-    let mut sbom = serde_json::to_string_pretty(&crate::sbom::sbom(&m)).context("serialising the SBOM")?;
-    sbom.push('\n');
-    manifest::write_text(&sbom_path, &sbom)?;
-    let manifest_path = opts.out_dir.join(MANIFEST_FILE);
-    manifest::write_text(&manifest_path, &m.to_json()?)?;
-    files.push(("manifest".to_string(), manifest_path));
-    Ok(files)
+    }
 }
 
 /// The trusted comment of a release's signature (one line; minisign shows it on success).
@@ -122,7 +127,10 @@ pub fn sign_outputs(
     comment: &str,
 ) -> Result<Released> {
     let named: Vec<(String, PathBuf)> = files.iter().map(|(_, p)| (manifest::file_name(p), p.clone())).collect();
-    let text = signing::sha256sums(&named)?;
+    let total = named.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    crate::progress::phase("hashing the release");
+    crate::progress::measure(crate::progress::Unit::Bytes, Some(total));
+    let text = signing::sha256sums_reporting(&named, &mut crate::progress::bytes)?;
     let sums = out_dir.join(SUMS_FILE);
     let sig_path = out_dir.join(SIGNATURE_FILE);
     // The old signature goes first, so that no moment has a new SHA256SUMS beside a signature

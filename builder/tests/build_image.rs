@@ -43,7 +43,7 @@ fn demo() -> &'static Built {
 }
 
 fn build_demo(tag: &str) -> Result<Built, String> {
-    prepare_demo_images().map_err(|text| format!("building the demo's container images failed:\n{text}"))?;
+    prepare_demo_images().map_err(|text| format!("images/demo/prepare failed:\n{text}"))?;
     let dir = process_shared_dir(&format!("build_image-{tag}"));
     let out = dir.join(format!("out-{tag}"));
     let spec = repo_root().join("images/demo/appliance.toml");
@@ -456,4 +456,130 @@ fn check_validates_without_building() {
     fs::write(&bad, text).unwrap();
     let err = airlock_err(&["build", "--check", bad.to_str().unwrap()]);
     assert!(err.contains("`os.hostname`") && err.contains("airlock_demo"), "{err}");
+}
+
+/// The image carries its own manifest on its ESP: `manifest.json` but for the partitions'
+/// digests and the release's files (read with mtools, not airlock's FAT reader).
+#[test]
+fn the_esp_carries_the_image_manifest() {
+    let b = demo();
+    let esp = partition(b, 0, "esp");
+    let dest = b.out.join("esp-manifest");
+    let _ = fs::remove_file(&dest);
+    tool_ok("mcopy", &["-n", "-i", esp.to_str().unwrap(), "::/airlock/manifest.json", dest.to_str().unwrap()]);
+    let on_esp: serde_json::Value = serde_json::from_str(&fs::read_to_string(&dest).unwrap()).unwrap();
+    let mut released: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(b.out.join("manifest.json")).unwrap()).unwrap();
+    released["disk"]["partitions"] = serde_json::json!([]);
+    released["outputs"] = serde_json::json!([]);
+    assert_eq!(on_esp, released);
+}
+
+/// `airlock inspect` of the raw image alone and of the release directory, judged against
+/// `manifest.json`, the filesystems' ids as blkid reads them, and a site `airlock.toml` written
+/// onto a copy's ESP with mtools (whose values inspect must never print).
+#[test]
+fn inspect_answers_from_the_image_and_the_release_as_the_manifest_says() {
+    let b = demo();
+    let m: serde_json::Value = serde_json::from_str(&fs::read_to_string(b.out.join("manifest.json")).unwrap()).unwrap();
+    let inspect_json = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&airlock_ok(&["inspect", "--json", path.to_str().unwrap()])).unwrap()
+    };
+    let image = inspect_json(&b.image);
+    let release = inspect_json(&b.out);
+    for found in [&image, &release] {
+        assert_eq!(found["name"], m["appliance"]["name"]);
+        assert_eq!(found["version"], m["appliance"]["version"]);
+        assert_eq!(found["kernel"], m["kernel"]);
+        assert_eq!(found["architecture"], "x86-64");
+        assert_eq!(found["os_packages"], m["os_packages"].as_array().unwrap().len());
+        let parts = found["partitions"].as_array().unwrap();
+        let listed = m["disk"]["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), listed.len());
+        for (p, l) in parts.iter().zip(listed) {
+            for (a, b) in [("number", "number"), ("name", "name"), ("type_guid", "type_guid"), ("partuuid", "guid")] {
+                assert_eq!(p[a], l[b], "{a}");
+            }
+            for key in ["start", "size", "filesystem", "role"] {
+                assert_eq!(p[key], l[key], "{key}");
+            }
+        }
+        // The filesystems' own ids, as blkid (util-linux) reads them from the partitions.
+        for (i, name) in [(0, "esp"), (1, "root")] {
+            let part = partition(b, i, name);
+            let id = tool_ok("blkid", &["-p", "-o", "value", "-s", "UUID", part.to_str().unwrap()]);
+            assert_eq!(parts[i]["filesystem_id"].as_str().unwrap().to_lowercase(), id.trim().to_lowercase());
+        }
+        let containers: Vec<(String, String)> = found["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().into(), c["digest"].as_str().unwrap().into()))
+            .collect();
+        let pinned: Vec<(String, String)> = m["container_images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().into(), c["manifest"]["digest"].as_str().unwrap().into()))
+            .collect();
+        assert_eq!(containers, pinned);
+        let mut files = std::collections::BTreeMap::<String, u64>::new();
+        for f in m["mirrored_packages"].as_array().unwrap() {
+            *files.entry(f["ecosystem"].as_str().unwrap().into()).or_default() += 1;
+        }
+        let counted: std::collections::BTreeMap<String, u64> = found["mirrors"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v["files"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(counted, files);
+        for eco in ["pypi", "npm", "go", "nuget", "pulumi"] {
+            assert!(found["mirrors"][eco]["packages"].as_u64().unwrap() > 0, "{eco}: {}", found["mirrors"]);
+        }
+        let cli: std::collections::BTreeSet<&str> =
+            m["cli"]["archives"].as_array().unwrap().iter().map(|a| a["version"].as_str().unwrap()).collect();
+        let shown: std::collections::BTreeSet<&str> =
+            found["pulumi_cli"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(!cli.is_empty());
+        assert_eq!(shown, cli);
+        assert_eq!(found["site_settings"], serde_json::json!({"state": "set", "names": []}));
+        assert_eq!(found["signature"]["state"], "unsigned", "the demo is not signed: {}", found["signature"]);
+    }
+    assert_eq!(image["kind"], "image");
+    assert!(image["manifest"].as_str().unwrap().contains("on the ESP (unsigned"), "{}", image["manifest"]);
+    assert_eq!(release["kind"], "release");
+    for (p, l) in release["partitions"].as_array().unwrap().iter().zip(m["disk"]["partitions"].as_array().unwrap()) {
+        assert_eq!(p["sha256"], l["sha256"]);
+    }
+    let listed = airlock_ok(&["inspect", "--list", b.out.to_str().unwrap()]);
+    for f in m["mirrored_packages"].as_array().unwrap().iter().filter(|f| f["kind"] != "metadata") {
+        let line = format!(
+            "    {} {} {}\n",
+            f["ecosystem"].as_str().unwrap(),
+            f["name"].as_str().unwrap(),
+            f["version"].as_str().unwrap()
+        );
+        assert!(listed.contains(&line), "--list lacks `{line}`:\n{listed}");
+    }
+
+    // A site configuration with a secret, written by mtools onto a copy's ESP.
+    let copy = b.out.join("inspect-copy.raw");
+    tool_ok("cp", &["--sparse=always", b.image.to_str().unwrap(), copy.to_str().unwrap()]);
+    let layout = GptLayout::read(&fs::File::open(&copy).unwrap()).unwrap();
+    let site = b.out.join("site.toml");
+    fs::write(
+        &site,
+        "hostname = \"edge\"\n[pulumi]\nlicense_key = \"SECRET-LICENSE-VALUE\"\n[network]\nmode = \"dhcp\"\n",
+    )
+    .unwrap();
+    let at = format!("{}@@{}", copy.display(), layout.partitions[0].start);
+    tool_ok("mcopy", &["-o", "-i", &at, site.to_str().unwrap(), "::/airlock.toml"]);
+    let text = airlock_ok(&["inspect", copy.to_str().unwrap()]);
+    assert!(text.contains("site settings hostname, network.mode, pulumi.license_key (values not shown)"), "{text}");
+    assert!(!text.contains("SECRET-LICENSE-VALUE") && !text.contains("edge"), "{text}");
+    let found = inspect_json(&copy);
+    assert_eq!(found["site_settings"]["names"], serde_json::json!(["hostname", "network.mode", "pulumi.license_key"]));
+    assert!(!found.to_string().contains("SECRET-LICENSE-VALUE"));
+    fs::remove_file(&copy).unwrap();
 }

@@ -428,7 +428,12 @@ fn fetch_pins_tags_and_indexes_and_build_refuses_damaged_caches() {
     let err = build(&ws);
     assert_contains(
         &err,
-        &["container `api`", &api_ref, &format!("layer 2 {layer2} is not in the cache"), "run `airlock fetch"],
+        &[
+            "container `api`",
+            &api_ref,
+            &format!("layer 2 {layer2} is not in the cache"),
+            &format!("airlock fetch {}`", spec.display()),
+        ],
     );
     assert!(!err.contains("install base OS"), "refused before any other stage:\n{err}");
     let mut corrupt = saved.clone();
@@ -495,12 +500,23 @@ fn spec_and_lock_errors_say_what_to_fix() {
     ws.write_spec(&[("api", "localhost/demo/api:1", "oci:layout:1")]);
     let out = ws.path().join("out");
     let build = || ws.err(&["build", spec_arg, "--out", out.to_str().unwrap()]);
-    assert_contains(&build(), &["appliance.lock does not exist", "airlock fetch"]);
+    assert_contains(
+        &build(),
+        &["appliance.lock does not exist", &format!("airlock fetch {spec_arg}` on a connected host")],
+    );
+    // A spec folder with its own preparation script (the demo's) is named as the other way.
+    let prepare = spec.parent().unwrap().join("prepare");
+    fs::write(&prepare, "#!/bin/sh\n").unwrap();
+    assert_contains(&build(), &[&format!("(or `{}`, which builds the spec's local inputs first)", prepare.display())]);
+    fs::remove_file(&prepare).unwrap();
     let f = Fixture::new("amd64", "x");
     single_layout(&ws.path().join("spec/layout"), "1", &f);
     ws.fetch();
     ws.write_spec(&[("api", "localhost/demo/api:1", "oci:layout:1"), ("web", "localhost/demo/web:1", "oci:layout:1")]);
-    assert_contains(&build(), &["container `web` (localhost/demo/web:1)", "has no entry for it", "run `airlock fetch"]);
+    assert_contains(
+        &build(),
+        &["container `web` (localhost/demo/web:1)", "has no entry for it", &format!("airlock fetch {spec_arg}`")],
+    );
     // A lock made for another reference is stale.
     ws.write_spec(&[("api", "localhost/demo/api:2", "oci:layout:1")]);
     assert_contains(&build(), &["container `api`", "appliance.lock pins `localhost/demo/api:1`"]);

@@ -687,3 +687,53 @@ fn an_encrypted_key_signs_with_the_passphrase_from_the_environment() {
     let verified = airlock_ok(&["verify", s(&out), "--pubkey", &format!("{}.pub", prefix.display())]);
     assert!(verified.contains("image: enc.raw.zst: partition table and 1 partition match"), "{verified}");
 }
+
+/// `airlock inspect` of a signed release: the key id the signature names (as the public key
+/// file encodes it), checked with `--pubkey`, refused with another key; and of its image, which
+/// (made by `airlock disk`) carries no manifest of its own on its ESP.
+#[test]
+fn inspect_names_the_signing_key_and_checks_it() {
+    let r = release();
+    let public = fs::read_to_string(&r.public).unwrap();
+    let line = public.lines().nth(1).unwrap();
+    let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, line).unwrap();
+    let key_id = format!("{:016X}", u64::from_le_bytes(raw[2..10].try_into().unwrap()));
+    let found: serde_json::Value = serde_json::from_str(&airlock_ok(&["inspect", "--json", s(&r.out)])).unwrap();
+    assert_eq!(found["signature"]["state"], "signed", "{}", found["signature"]);
+    assert_eq!(found["signature"]["key_id"], key_id.as_str());
+    assert!(found["signature"]["verified"].is_null(), "not checked without --pubkey");
+    assert_eq!(found["name"], "small");
+    assert_eq!(found["version"], "1.2.3");
+
+    let ok = airlock_ok(&["inspect", s(&r.out), "--pubkey", s(&r.public)]);
+    assert!(ok.contains(&format!("OK: verifies with key {key_id}")), "{ok}");
+
+    let other = r.dir.path().join("other");
+    airlock_ok(&["keygen", "--no-passphrase", "--out", s(&other)]);
+    let out = airlock(&["inspect", s(&r.out), "--pubkey", s(&r.dir.path().join("other.pub"))]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DOES NOT VERIFY") && stdout.contains("wrong key"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify with the key given"));
+
+    let image = airlock_ok(&["inspect", s(&r.file("small.raw"))]);
+    assert!(image.contains("manifest      none: no airlock/manifest.json on the ESP"), "{image}");
+    assert!(image.contains(&format!("signature     key {key_id}")), "{image}");
+    assert!(image.contains("2 root-x86-64"), "{image}");
+
+    // A manifest on the ESP that is not one (whoever held the stick wrote it) is reported as
+    // unreadable; the partition table is still read.
+    let raw = r.file("small.raw");
+    let esp = &GptLayout::read(&fs::File::open(&raw).unwrap()).unwrap().partitions[0];
+    let at = format!("{}@@{}", raw.display(), esp.start);
+    let junk = r.dir.path().join("junk.json");
+    fs::write(&junk, "{\"manifest_version\": \"\u{1b}[31m\"}").unwrap();
+    tool_ok("mmd", &["-i", &at, "::/airlock"]);
+    tool_ok("mcopy", &["-i", &at, s(&junk), "::/airlock/manifest.json"]);
+    let image = airlock_ok(&["inspect", s(&raw)]);
+    assert!(
+        image.contains("manifest      unreadable: airlock/manifest.json on the ESP: parsing manifest.json"),
+        "{image}"
+    );
+    assert!(image.contains("2 root-x86-64") && !image.contains('\u{1b}'), "{image}");
+}

@@ -167,7 +167,9 @@ impl GptLayout {
 
     /// Reads the partition table of an image (for `inspect` and `verify`).
     pub fn read(file: &File) -> Result<Self> {
-        let disk_size = file.metadata().context("reading image metadata")?.len();
+        // A block device (a stick) has no length in its metadata; its end says how large it is.
+        let disk_size =
+            std::io::Seek::seek(&mut &*file, std::io::SeekFrom::End(0)).context("finding the image's size")?;
         let disk = gpt::GptConfig::new()
             .writable(false)
             .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)

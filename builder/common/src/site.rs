@@ -10,6 +10,11 @@ use std::path::{Component, Path, PathBuf};
 /// The domain an appliance serves when the site names none.
 pub const DEFAULT_DOMAIN: &str = "airlock.internal";
 
+/// The site configuration's file name, at the top of the ESP.
+pub const SITE_FILE: &str = "airlock.toml";
+/// The most of it that is read (by first boot and by `airlock inspect`).
+pub const MAX_SITE_FILE: u64 = 256 * 1024;
+
 /// The names the appliance serves under its domain.
 pub const SERVICE_NAMES: &[&str] = &["api", "app", "registry", "mirror"];
 

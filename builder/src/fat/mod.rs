@@ -13,6 +13,7 @@ mod dir_entry;
 mod layout;
 mod listing;
 mod names;
+pub mod read;
 pub(crate) mod timestamp;
 
 pub use layout::min_fat32_size;

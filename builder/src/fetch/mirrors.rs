@@ -38,8 +38,11 @@ pub fn fetch(plan: &BuildPlan, old: &Lock, store: &BlobStore, update: bool) -> R
     let mut report = Vec::new();
     for set in &plan.mirrors.sets {
         let name = set.name();
+        let stage = crate::progress::stage(&format!("mirror {name}"));
         let (files, outcome) = fetch_set(set, old, store, update, &mut dl)?;
-        log::info!("mirror {name}: {} files ({outcome:?})", files.len());
+        stage.finish(true);
+        let what = format!("{outcome:?}").to_lowercase();
+        crate::progress::item(&format!("mirror {name}: {} files ({what})", files.len()));
         report.push((name.to_string(), outcome, files.len()));
         sets.push(LockedMirrorSet { set: name.to_string(), inputs: set.inputs_digest(), files });
     }
@@ -56,9 +59,11 @@ fn fetch_set(
     let name = set.name();
     let inputs = set.inputs_digest();
     if let Some(pinned) = old.mirror_set(name).filter(|s| s.inputs == inputs && !update) {
+        crate::progress::measure(crate::progress::Unit::Items("files"), Some(pinned.files.len() as u64));
         let restored = restore(pinned, dl, store).with_context(|| format!("mirror set `{name}`"))?;
         return Ok((pinned.files.clone(), if restored { SetOutcome::Restored } else { SetOutcome::Cached }));
     }
+    crate::progress::measure(crate::progress::Unit::Items("files"), None);
     let mut files = set.settings.resolve(dl, store).with_context(|| format!("mirror set `{name}`: resolving"))?;
     files.sort();
     files.dedup();
@@ -79,6 +84,7 @@ fn restore(set: &LockedMirrorSet, dl: &mut Downloader, store: &BlobStore) -> Res
     for f in &set.files {
         let digest = f.digest()?;
         if store.find(&digest, &f.path)? == Some(f.size) {
+            crate::progress::items(1);
             continue;
         }
         any = true;

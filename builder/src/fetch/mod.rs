@@ -68,6 +68,7 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
     let mut entries = Vec::with_capacity(plan.containers.len());
     let mut report = Vec::with_capacity(plan.containers.len());
     for c in &plan.containers {
+        let stage = crate::progress::stage(&format!("image {}", c.name));
         let pinned = old.entry(&c.name).filter(|e| e.matches(c) && !opts.update);
         let (entry, outcome) = match pinned {
             Some(entry) => match lock_check::verify_container(c, entry, &store) {
@@ -86,7 +87,9 @@ pub fn fetch(plan: &BuildPlan, opts: &FetchOptions) -> Result<FetchReport> {
                 (fresh, Outcome::Resolved)
             }
         };
-        log::info!("{}: {} {} ({outcome:?})", c.name, c.reference, entry.manifest.digest);
+        stage.finish(true);
+        let what = format!("{outcome:?}").to_lowercase();
+        crate::progress::item(&format!("{}: {} {} ({what})", c.name, c.reference, entry.manifest.digest));
         report.push((c.name.clone(), outcome, entry.manifest.digest.clone()));
         entries.push(entry);
     }

@@ -157,9 +157,15 @@ impl RegistryClient {
         store.ingest(&checked.refs.config_digest, checked.refs.config_size, &config_bytes[..], "config")?;
 
         let count = checked.refs.layers.len();
+        crate::progress::measure(crate::progress::Unit::Bytes, Some(checked.refs.layers.iter().map(|l| l.size).sum()));
+        let mut done = 0;
         let image = checked.into_image(&reference.to_string(), platform, |layer, what| {
-            if cached(store, &layer.digest, layer.size, what).is_none() {
-                log::info!("{reference}: {what}/{count} {} ({})", layer.digest, ByteSize(layer.size));
+            done += 1;
+            crate::progress::phase(&format!("{done}/{count} layers"));
+            if cached(store, &layer.digest, layer.size, what).is_some() {
+                crate::progress::bytes(layer.size);
+            } else {
+                log::debug!("{reference}: {what}/{count} {} ({})", layer.digest, ByteSize(layer.size));
                 self.download_blob(&target, &layer.digest, layer.size, what, store)
                     .with_context(|| format!("downloading {what} {} of {reference}", layer.digest))?;
             }
@@ -410,7 +416,7 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error(&url, resp));
         }
-        let mut counted = CountingReader { inner: resp.into_body().into_reader(), count: 0 };
+        let mut counted = CountingReader { inner: crate::progress::Counting(resp.into_body().into_reader()), count: 0 };
         let result = store.ingest(digest, size, &mut counted, what);
         self.downloaded += counted.count;
         result.map(|_| ())

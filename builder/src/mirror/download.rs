@@ -66,12 +66,17 @@ impl Downloader {
                     expect.size
                 );
             }
+            crate::progress::items(1);
             return Ok(Fetched { digest: d.clone(), size, path: store.path(d) });
         }
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
             match self.fetch_once(origin, expect, store) {
-                Ok(f) => return Ok(f),
+                Ok(f) => {
+                    crate::progress::items(1);
+                    crate::progress::phase(&format!("{} downloaded so far", crate::size::ByteSize(self.downloaded)));
+                    return Ok(f);
+                }
                 Err(e) => {
                     // A local file does not get better by reading it again; nor does a 404.
                     let permanent = !is_http(origin) || e.chain().any(|c| c.to_string().contains("answered 4"));

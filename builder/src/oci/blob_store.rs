@@ -224,7 +224,7 @@ impl BlobStore {
                 return Err(e).with_context(|| format!("opening blob {}", path.display()));
             }
         };
-        let mut reader = DigestingReader::new(file.take(size.saturating_add(1)));
+        let mut reader = DigestingReader::new(crate::progress::Counting(file.take(size.saturating_add(1))));
         io::copy(&mut reader, &mut io::sink()).with_context(|| format!("re-hashing blob {}", path.display()))?;
         let (actual, len) = reader.finish();
         if len != size {

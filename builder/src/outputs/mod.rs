@@ -90,6 +90,11 @@ pub fn derive(raw: &Path, out_dir: &Path, opts: &DeriveOptions<'_>) -> Result<Ve
     let path = |f: Format| out_dir.join(f.file_name(opts.name));
     let wants = |f: Format| opts.formats.contains(&f);
     let mut outputs = Vec::new();
+    // Each derived format reads the whole raw image once: that is the stage's measure.
+    let conversions = [wants(Format::RawZst), wants(Format::Qcow2), wants(Format::Vmdk) || wants(Format::Ova)];
+    let raw_size = std::fs::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
+    let total = raw_size * conversions.iter().filter(|c| **c).count() as u64;
+    crate::progress::measure(crate::progress::Unit::Bytes, Some(total));
     if wants(Format::Raw) {
         outputs.push((Format::Raw, raw.to_path_buf()));
     }

@@ -24,13 +24,28 @@ const SECTOR: u64 = 512;
 pub fn to_qcow2(raw: &Path, dest: &Path) -> Result<()> {
     let partial = PartialFile::create(dest)?;
     Cmd::new(QEMU_IMG)
-        .args(["convert", "-m", "1", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"])
+        .args(["convert", "-p", "-m", "1", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"])
         .arg(raw)
         .arg(partial.partial_path())
-        .run()
+        .run_streaming(None, report_percent(raw, "qcow2"))
         .with_context(|| format!("converting {} to qcow2", raw.display()))?;
     partial.commit()?;
     Ok(())
+}
+
+/// Turns qemu-img's `-p` meter (`    (12.34/100%)`) into bytes of the raw image converted,
+/// added to what the stage had done before.
+fn report_percent(raw: &Path, format: &str) -> impl FnMut(&str) {
+    let size = std::fs::metadata(raw).map_or(0, |m| m.len());
+    let base = crate::progress::done();
+    crate::progress::phase(&format!("converting to {format}"));
+    move |line: &str| {
+        let percent =
+            line.trim().strip_prefix('(').and_then(|l| l.split('/').next()).and_then(|p| p.parse::<f64>().ok());
+        if let Some(p) = percent {
+            crate::progress::set_done(base + (size as f64 * p.clamp(0.0, 100.0) / 100.0) as u64);
+        }
+    }
 }
 
 /// A streamOptimized VMDK (what OVAs carry and vSphere imports), on an LSI Logic SCSI adapter
@@ -39,10 +54,10 @@ pub fn to_vmdk(raw: &Path, dest: &Path, seed: &Seed) -> Result<()> {
     let partial = PartialFile::create(dest)?;
     Cmd::new(QEMU_IMG)
         .args(["convert", "-m", "1", "-f", "raw", "-O", "vmdk"])
-        .args(["-o", "subformat=streamOptimized,adapter_type=lsilogic"])
+        .args(["-o", "subformat=streamOptimized,adapter_type=lsilogic", "-p"])
         .arg(raw)
         .arg(partial.partial_path())
-        .run()
+        .run_streaming(None, report_percent(raw, "vmdk"))
         .with_context(|| format!("converting {} to a streamOptimized VMDK", raw.display()))?;
     let name = dest.file_name().and_then(|n| n.to_str()).context("a VMDK's file name must be UTF-8")?;
     fix_vmdk_descriptor(partial.file(), name, seed.u32("vmdk-cid"))

@@ -31,7 +31,9 @@ fn compress_with(raw: &Path, dest: &Path, workers: u32) -> Result<()> {
     encoder.include_checksum(true).context("asking zstd for a content checksum")?;
     encoder.include_contentsize(true).context("asking zstd to record the image size")?;
     encoder.set_pledged_src_size(Some(size)).context("telling zstd the image size")?;
-    std::io::copy(&mut input, &mut encoder).with_context(|| format!("compressing {} into {shown}", raw.display()))?;
+    crate::progress::phase("compressing to raw.zst");
+    std::io::copy(&mut crate::progress::Counting(&mut input), &mut encoder)
+        .with_context(|| format!("compressing {} into {shown}", raw.display()))?;
     let mut writer = encoder.finish().with_context(|| format!("finishing {shown}"))?;
     writer.flush().with_context(|| format!("writing {shown}"))?;
     drop(writer);

@@ -188,21 +188,21 @@ pub fn assert_e2fsck_clean(fs_image: &Path) {
     );
 }
 
-/// Builds the demo stack's container images (cached by the script) and its test fixtures, and
-/// pins them and the demo's mirrors with `airlock fetch --update`, which the demo's build needs
-/// first. Returns the container script's output if it failed.
+/// Prepares the demo as the README's first steps do (`images/demo/prepare`: its container
+/// images, cached by their script, its test fixtures and `airlock fetch`, here with `--update`
+/// and this test build of airlock). Returns the script's output if it failed.
 pub fn prepare_demo_images() -> Result<(), String> {
-    let script = repo_root().join("images/demo/containers/build-images");
-    let out = Command::new(&script).env("SOURCE_DATE_EPOCH", "1700000000").output().expect("running build-images");
+    let script = repo_root().join("images/demo/prepare");
+    let out = Command::new(&script)
+        .arg("--update")
+        .env("AIRLOCK", airlock_exe())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .expect("running images/demo/prepare");
     if !out.status.success() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         return Err(text);
     }
-    let fixtures = repo_root().join("images/demo/fixtures/build-fixtures");
-    let out = Command::new(&fixtures).output().expect("running build-fixtures");
-    assert!(out.status.success(), "build-fixtures: {}", String::from_utf8_lossy(&out.stderr));
-    let spec = repo_root().join("images/demo/appliance.toml");
-    airlock_ok(&["fetch", "--update", spec.to_str().expect("UTF-8 path")]);
     Ok(())
 }
 

@@ -205,7 +205,7 @@ pub fn provision(paths: &Paths, steps: &[(&str, When, StepFn)]) -> Result<()> {
 /// The most bytes read of `airlock.toml` (the documented file with every section is under
 /// 8 KiB). Whoever holds the stick can write the ESP: every file read from it is a regular
 /// file, capped, and checked for what it must hold, so a huge or odd file costs nothing.
-pub const MAX_SITE_FILE: u64 = 256 * 1024;
+pub const MAX_SITE_FILE: u64 = site::MAX_SITE_FILE;
 /// The most bytes read of a PEM file named by `airlock.toml` (certificates, keys, CA bundles).
 pub const MAX_SITE_PEM: u64 = 1024 * 1024;
 

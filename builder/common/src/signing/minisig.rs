@@ -140,6 +140,13 @@ fn blake2b512_of(mut reader: impl Read) -> std::io::Result<[u8; 64]> {
     }
 }
 
+/// The id of the key a `.minisig` file says it was made with (unverified: what `minisign -V`
+/// would look for), and its trusted comment (unverified too).
+pub fn signature_key_id(minisig_text: &str) -> Result<(KeyId, String), VerifyError> {
+    let parsed = SignatureFile::parse(minisig_text)?;
+    Ok((parsed.key_id, parsed.trusted_comment))
+}
+
 /// The parts of a `.minisig` file.
 struct SignatureFile {
     prehashed: bool,

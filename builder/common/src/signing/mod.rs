@@ -19,7 +19,8 @@ pub mod sums;
 pub use key::{
     KeyError, KeyId, KeyPair, PublicKey, generate, public_key_line, read_public_key, read_secret_key, write_key_pair,
 };
-pub use minisig::{VerifyError, sign, sign_reader, verify, verify_reader};
+pub use minisig::{VerifyError, sign, sign_reader, signature_key_id, verify, verify_reader};
 pub use sums::{
     ChecksumFailure, ChecksumFailures, ChecksumProblem, check_entries, check_sha256sums, parse_sha256sums, sha256sums,
+    sha256sums_reporting,
 };

@@ -19,6 +19,11 @@ use std::path::{Component, Path, PathBuf};
 /// Hashes each file and returns the text of a `SHA256SUMS` listing them under their given
 /// names, sorted by name.
 pub fn sha256sums(files: &[(String, PathBuf)]) -> Result<String> {
+    sha256sums_reporting(files, &mut |_| {})
+}
+
+/// [`sha256sums`], telling `hashed` how many bytes it read as it goes (a progress meter).
+pub fn sha256sums_reporting(files: &[(String, PathBuf)], hashed: &mut dyn FnMut(u64)) -> Result<String> {
     let mut by_name = BTreeMap::new();
     for (name, path) in files {
         check_name(name)?;
@@ -28,7 +33,9 @@ pub fn sha256sums(files: &[(String, PathBuf)]) -> Result<String> {
     }
     let mut text = String::new();
     for (name, path) in by_name {
-        let digest = sha256_of_file(path)?;
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let digest = sha256_of(Reporting { inner: file, hashed: &mut *hashed })
+            .with_context(|| format!("hashing {}", path.display()))?;
         text.push_str(&hex::encode(digest));
         text.push_str("  ");
         text.push_str(name);
@@ -176,9 +183,18 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn sha256_of_file(path: &Path) -> Result<[u8; 32]> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    sha256_of(file).with_context(|| format!("hashing {}", path.display()))
+/// A reader that tells a callback how much it read.
+struct Reporting<'a, R> {
+    inner: R,
+    hashed: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Reporting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.hashed)(n as u64);
+        Ok(n)
+    }
 }
 
 fn sha256_of(mut reader: impl Read) -> std::io::Result<[u8; 32]> {
