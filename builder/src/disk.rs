@@ -190,6 +190,12 @@ pub fn disk_guid(seed: &Seed) -> uuid::Uuid {
     seed.uuid("disk")
 }
 
+/// Tells the progress reporter how many bytes the stage about to write `trees` will write:
+/// what their files hold, the bulk of it (metadata adds a little).
+pub fn measure(trees: &[&Tree]) {
+    crate::progress::measure(crate::progress::Unit::Bytes, Some(trees.iter().map(|t| content_bytes(t)).sum()));
+}
+
 /// The bytes of the tree's regular files, each hard-linked file once.
 fn content_bytes(tree: &Tree) -> u64 {
     let mut seen = std::collections::HashSet::new();
@@ -227,6 +233,7 @@ pub struct DiskReport {
 pub fn write(plan: &DiskPlan, out: &Path) -> Result<DiskReport> {
     let layout = Layout { gpt: plan.layout.clone(), roles: plan.contents.iter().map(|(r, _)| *r).collect() };
     let mut writer = DiskWriter::create(&layout, &plan.seed, plan.clock, out)?;
+    measure(&plan.contents.iter().map(|(_, tree)| tree).collect::<Vec<_>>());
     for (role, tree) in &plan.contents {
         if !matches!(role, Role::RootVerity(_)) {
             writer.write_tree(*role, tree)?;
@@ -293,8 +300,6 @@ impl<'a> DiskWriter<'a> {
     pub fn write_tree(&mut self, role: Role, tree: &Tree) -> Result<()> {
         let (_, entry) = self.entry(role)?;
         let region = Region::new(self.partial.file(), entry.start, entry.size);
-        // What the files hold: the bulk of what is written (metadata adds a little).
-        crate::progress::measure(crate::progress::Unit::Bytes, Some(content_bytes(tree)));
         let what = write_filesystem(role, &entry, tree, &region, self.seed, self.clock)?;
         log::debug!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
         self.mark_written(role, what)

@@ -157,7 +157,10 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
     let layout = disk::lay_out(plan.disk.size, &plan.seed, &partition_sizes(plan))?;
     let mut writer = DiskWriter::create(&layout, &plan.seed, opts.clock, &image)?;
-    stages.run("write root", || writer.write_tree(Role::Root(Slot::A), &root))?;
+    stages.run("write root", || {
+        disk::measure(&[&root]);
+        writer.write_tree(Role::Root(Slot::A), &root)
+    })?;
     let root_hash = match plan.disk.verity {
         true => Some(stages.run("hash root (dm-verity)", || writer.write_hash_tree(Slot::A))?),
         false => None,
@@ -170,6 +173,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         Ok((esp, release))
     })?;
     stages.run("write ESP and data", || {
+        disk::measure(&[&esp, &data]);
         writer.write_tree(Role::Esp, &esp)?;
         writer.write_tree(Role::Data, &data)
     })?;
