@@ -60,6 +60,9 @@ pub struct Inspection {
     /// From the root partition's type (`x86-64`).
     pub architecture: Option<String>,
     pub kernel: Option<String>,
+    /// The boot chain as the manifest records it: the UKI, its command line, Secure Boot, the
+    /// dm-verity root hash.
+    pub boot: Option<crate::manifest::Boot>,
     pub built: Option<String>,
     pub airlock_version: Option<String>,
     pub test_build: bool,
@@ -200,6 +203,7 @@ fn assemble(
         description: m.map(|m| m.appliance.description.clone()).filter(|d| !d.is_empty()),
         architecture,
         kernel: m.and_then(|m| m.kernel.clone()),
+        boot: m.and_then(|m| m.boot.clone()),
         built: m.map(|m| m.build.time.clone()),
         airlock_version: m.map(|m| m.build.airlock_version.clone()),
         test_build: m.is_some_and(|m| m.test_build.is_some()),
@@ -366,6 +370,14 @@ impl std::fmt::Display for Inspection {
         }
         writeln!(f, "  architecture  {}", or_unknown(&self.architecture))?;
         writeln!(f, "  kernel        {}", shown(&or_unknown(&self.kernel)))?;
+        if let Some(b) = &self.boot {
+            let signed = if b.secure_boot { "signed for Secure Boot" } else { "unsigned" };
+            writeln!(f, "  boot          {} ({signed}, sha256 {})", shown(&b.uki), b.uki_sha256)?;
+            match &b.verity {
+                Some(v) => writeln!(f, "  root          read-only under dm-verity, root hash {}", v.root_hash)?,
+                None => writeln!(f, "  root          writable (built without verity)")?,
+            }
+        }
         if let (Some(t), Some(v)) = (&self.built, &self.airlock_version) {
             writeln!(f, "  built         {} by airlock {}", shown(t), shown(v))?;
         }

@@ -491,6 +491,7 @@ fn inspect_answers_from_the_image_and_the_release_as_the_manifest_says() {
         assert_eq!(found["name"], m["appliance"]["name"]);
         assert_eq!(found["version"], m["appliance"]["version"]);
         assert_eq!(found["kernel"], m["kernel"]);
+        assert_eq!(found["boot"], m["boot"], "the boot chain, root hash included, from the image's own manifest");
         assert_eq!(found["architecture"], "x86-64");
         assert_eq!(found["os_packages"], m["os_packages"].as_array().unwrap().len());
         let parts = found["partitions"].as_array().unwrap();
@@ -577,6 +578,9 @@ fn inspect_answers_from_the_image_and_the_release_as_the_manifest_says() {
     tool_ok("mcopy", &["-o", "-i", &at, site.to_str().unwrap(), "::/airlock.toml"]);
     let text = airlock_ok(&["inspect", copy.to_str().unwrap()]);
     assert!(text.contains("site settings hostname, network.mode, pulumi.license_key (values not shown)"), "{text}");
+    let hash = m["boot"]["verity"]["root_hash"].as_str().unwrap();
+    assert!(text.contains(&format!("root          read-only under dm-verity, root hash {hash}")), "{text}");
+    assert!(text.contains("boot          /EFI/Linux/demo_0.1.0.efi (signed for Secure Boot, sha256 "), "{text}");
     assert!(!text.contains("SECRET-LICENSE-VALUE") && !text.contains("edge"), "{text}");
     let found = inspect_json(&copy);
     assert_eq!(found["site_settings"]["names"], serde_json::json!(["hostname", "network.mode", "pulumi.license_key"]));
