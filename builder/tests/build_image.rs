@@ -456,6 +456,28 @@ fn check_validates_without_building() {
     fs::write(&bad, text).unwrap();
     let err = airlock_err(&["build", "--check", bad.to_str().unwrap()]);
     assert!(err.contains("`os.hostname`") && err.contains("airlock_demo"), "{err}");
+
+    // Secure Boot keys are checked before anything is built, --check included: a missing set
+    // names the file, and so does a db key whose certificate is gone.
+    let missing = dir.path().join("no-such/owner");
+    let err =
+        airlock_err(&["build", "--check", spec.to_str().unwrap(), "--secure-boot-key", missing.to_str().unwrap()]);
+    assert!(err.contains("--secure-boot-key") && err.contains("no-such/owner.db.key"), "{err}");
+    let keys = dir.path().join("keys/owner");
+    fs::create_dir_all(keys.parent().unwrap()).unwrap();
+    airlock_ok(&["keygen", "--secure-boot", "--out", keys.to_str().unwrap()]);
+    let out = airlock_ok(&["build", "--check", spec.to_str().unwrap(), "--secure-boot-key", keys.to_str().unwrap()]);
+    assert!(out.contains("demo 0.1.0 is valid"), "{out}");
+    fs::remove_file(dir.path().join("keys/owner.db.crt")).unwrap();
+    let err = airlock_err(&["build", "--check", spec.to_str().unwrap(), "--secure-boot-key", keys.to_str().unwrap()]);
+    assert!(err.contains("has no certificate") && err.contains("owner.db.crt"), "{err}");
+    // Secure Boot over a writable root is refused, naming the setting.
+    let writable = dir.path().join("writable.toml");
+    let minimal = "name = \"w\"\nversion = \"1\"\n[os]\nsuite = \"trixie\"\nhostname = \"w\"\n[disk]\nsize = \"3GiB\"\ndata_size = \"1GiB\"\nverity = false\n";
+    fs::write(&writable, minimal).unwrap();
+    let err =
+        airlock_err(&["build", "--check", writable.to_str().unwrap(), "--secure-boot-key", keys.to_str().unwrap()]);
+    assert!(err.contains("needs `[disk] verity = true`"), "{err}");
 }
 
 /// The image carries its own manifest on its ESP: `manifest.json` but for the partitions'
