@@ -29,7 +29,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let work = tempfile::Builder::new().prefix("airlock-boot-").tempdir().unwrap();
     let disk = work.path().join("demo-flipped.qcow2");
     let unread = "/usr/share/doc/dmsetup/copyright";
-    flip_byte_in_root_file(&built.image, &disk, unread, 100);
+    disk_with_flipped_byte(&built.image, &disk, root_file_byte(&built.image, unread, 100));
     let mut vm = Vm::boot(VmConfig {
         forwards: vec![80, 443, 5000, 8080, 8081],
         disk_size: Some(8 * GIB),
@@ -226,31 +226,6 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
 fn read_manifest(built: &TestImage) -> airlock::manifest::Manifest {
     let text = std::fs::read_to_string(built.dir.join("manifest.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-/// A qcow2 disk over `image` with one byte of `file` (in the root filesystem) flipped at
-/// `offset`: the block is found with debugfs in the root partition, the byte changed with
-/// qemu-io in the overlay (the image itself is shared and never written).
-fn flip_byte_in_root_file(image: &std::path::Path, disk: &std::path::Path, file: &str, offset: u64) {
-    let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(image).unwrap()).unwrap();
-    let root = layout.partitions.iter().find(|p| p.name == "root-x86-64").expect("a root partition");
-    let fs = format!("{}?offset={}", image.display(), root.start);
-    let block: u64 = host("debugfs", &["-R", &format!("bmap {file} {}", offset / 4096), &fs])
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("debugfs bmap {file}: {e}"));
-    let at = root.start + block * 4096 + offset % 4096;
-    let byte = {
-        use std::os::unix::fs::FileExt;
-        let mut b = [0u8; 1];
-        std::fs::File::open(image).unwrap().read_exact_at(&mut b, at).unwrap();
-        b[0]
-    };
-    host(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.to_str().unwrap(), disk.to_str().unwrap()],
-    );
-    host("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {} {at} 1", byte ^ 0xff), disk.to_str().unwrap()]);
 }
 
 /// The boot IDs the guest's journal knows, oldest first.

@@ -17,23 +17,6 @@ use std::time::Duration;
 /// appliance starts, so a few minutes under TCG are plenty.
 const STOP_TIMEOUT: Duration = Duration::from_secs(400);
 
-/// A qcow2 disk over `image` with the byte at `at` inverted (qemu-io writes the overlay; the
-/// shared image is never written).
-fn disk_with_flipped_byte(image: &Path, disk: &Path, at: u64) {
-    let mut byte = [0u8; 1];
-    std::fs::File::open(image).unwrap().read_exact_at(&mut byte, at).unwrap();
-    host(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.to_str().unwrap(), disk.to_str().unwrap()],
-    );
-    host("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {} {at} 1", byte[0] ^ 0xff), disk.to_str().unwrap()]);
-}
-
-fn partition(image: &Path, name: &str) -> airlock::gpt::PartitionEntry {
-    let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(image).unwrap()).unwrap();
-    layout.partitions.into_iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no partition {name}"))
-}
-
 /// Where the UKI's bytes are in the image: its first 4 KiB found on a sector boundary of the
 /// ESP, and checked again 2 MiB further (the FAT writer stores a file in one run of clusters).
 fn uki_offset(image: &Path, uki: &[u8]) -> u64 {
@@ -100,12 +83,9 @@ fn a_flipped_byte_in_what_the_boot_reads_stops_it_naming_verity() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
     let work = tempfile::Builder::new().prefix("airlock-verified-boot-").tempdir().unwrap();
-    let root = partition(&built.image, "root-x86-64");
-    let fs = format!("{}?offset={}", built.image.display(), root.start);
     // The first block of systemd, which the initrd executes as the root's init.
-    let block: u64 = host("debugfs", &["-R", "bmap /usr/lib/systemd/systemd 0", &fs]).trim().parse().unwrap();
     let disk = work.path().join("systemd-flipped.qcow2");
-    disk_with_flipped_byte(&built.image, &disk, root.start + block * 4096 + 64);
+    disk_with_flipped_byte(&built.image, &disk, root_file_byte(&built.image, "/usr/lib/systemd/systemd", 64));
 
     let mut vm =
         Vm::boot(VmConfig { memory_mib: 1024, ..VmConfig::new("systemd-flipped", &disk) }).expect("starting qemu");

@@ -8,6 +8,36 @@ use std::process::Command;
 
 pub use qemu_tests::test_image::TestImage;
 
+/// The partition named `name` in `image`'s GPT.
+pub fn partition(image: &Path, name: &str) -> airlock::gpt::PartitionEntry {
+    let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(image).expect("open the image"))
+        .expect("the image has a GPT");
+    layout.partitions.into_iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no partition {name}"))
+}
+
+/// Where byte `offset` of `file` (in the image's root filesystem) is in the image: its block,
+/// found with debugfs in the root partition.
+pub fn root_file_byte(image: &Path, file: &str, offset: u64) -> u64 {
+    let root = partition(image, "root-x86-64");
+    let fs = format!("{}?offset={}", image.display(), root.start);
+    let block: u64 = host("debugfs", &["-R", &format!("bmap {file} {}", offset / 4096), &fs])
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("debugfs bmap {file}: {e}"));
+    root.start + block * 4096 + offset % 4096
+}
+
+/// A qcow2 disk over `image` with the byte at `at` inverted: qemu-io writes the overlay, the
+/// shared image is never written.
+pub fn disk_with_flipped_byte(image: &Path, disk: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8; 1];
+    std::fs::File::open(image).expect("open the image").read_exact_at(&mut byte, at).expect("read the byte");
+    let (image, disk) = (image.to_str().expect("UTF-8"), disk.to_str().expect("UTF-8"));
+    host("qemu-img", &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk]);
+    host("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {} {at} 1", byte[0] ^ 0xff), disk]);
+}
+
 /// The demo's ext4 partitions, by GPT name.
 pub const EXT4_PARTITIONS: &[&str] = &["root-x86-64", "data"];
 
