@@ -209,6 +209,12 @@ fn content_bytes(tree: &Tree) -> u64 {
         .sum()
 }
 
+/// The salt and superblock UUID of `slot`'s hash tree, from the seed (the manifest records
+/// the salt the writer used).
+pub fn verity_params(seed: &Seed, slot: Slot) -> crate::verity::VerityParams {
+    crate::verity::VerityParams::from_seed(seed, &format!("verity:{}", Role::Root(slot).key()))
+}
+
 /// The root partition whose hash tree a root-verity partition holds.
 fn root_of(role: Role) -> Option<Role> {
     match role {
@@ -318,7 +324,7 @@ impl<'a> DiskWriter<'a> {
         let file = self.partial.file();
         let data = Region::new(file, root_entry.start, root_entry.size);
         let hash = Region::new(file, verity_entry.start, verity_entry.size);
-        let params = crate::verity::VerityParams::from_seed(self.seed, &format!("verity:{}", root.key()));
+        let params = verity_params(self.seed, slot);
         let started = std::time::Instant::now();
         let root_hash = crate::verity::format(&data, &hash, &params)
             .with_context(|| format!("writing the hash tree of {} into {}", root_entry.name, verity_entry.name))?;

@@ -465,7 +465,7 @@ fn boot_record(plan: &BuildPlan, boot: BootRecord, root_hash: Option<&RootHash>)
         cmdline: boot.cmdline,
         secure_boot: boot.secure_boot,
         verity: root_hash.map(|hash| {
-            let params = crate::verity::VerityParams::from_seed(&plan.seed, &format!("verity:{}", root.key()));
+            let params = disk::verity_params(&plan.seed, Slot::A);
             crate::manifest::Verity {
                 root_hash: hash.hex(),
                 data_partition: root,
