@@ -17,6 +17,10 @@ const CANDIDATES: &[(&str, &str)] = &[
 const SECURE_BOOT_CANDIDATES: &[(&str, &str)] =
     &[("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")];
 
+fn pairs(candidates: &'static [(&'static str, &'static str)]) -> impl Iterator<Item = (&'static Path, &'static Path)> {
+    candidates.iter().map(|&(c, v)| (Path::new(c), Path::new(v)))
+}
+
 /// A matching pair of OVMF pflash images.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Firmware {
@@ -29,38 +33,29 @@ pub struct Firmware {
 impl Firmware {
     /// Finds the firmware, honouring `AIRLOCK_OVMF_CODE` and `AIRLOCK_OVMF_VARS` if both are set.
     pub fn locate() -> Result<Firmware> {
-        if let (Some(code), Some(vars)) = (std::env::var_os("AIRLOCK_OVMF_CODE"), std::env::var_os("AIRLOCK_OVMF_VARS"))
-        {
-            let fw = Firmware { code: code.into(), vars_template: vars.into() };
-            if !(fw.code.is_file() && fw.vars_template.is_file()) {
-                bail!(
-                    "AIRLOCK_OVMF_CODE={} / AIRLOCK_OVMF_VARS={} do not both name files",
-                    fw.code.display(),
-                    fw.vars_template.display()
-                );
-            }
-            return Ok(fw);
-        }
-        Self::locate_in(CANDIDATES.iter().map(|&(c, v)| (Path::new(c), Path::new(v))))
+        Self::from_env("AIRLOCK_OVMF_CODE")?.map_or_else(|| Self::locate_in(pairs(CANDIDATES)), Ok)
     }
 
     /// Finds the Secure Boot firmware (`AIRLOCK_OVMF_SECBOOT_CODE` and `AIRLOCK_OVMF_VARS`
     /// if both are set), with variables in Setup Mode.
     pub fn locate_secure_boot() -> Result<Firmware> {
-        if let (Some(code), Some(vars)) =
-            (std::env::var_os("AIRLOCK_OVMF_SECBOOT_CODE"), std::env::var_os("AIRLOCK_OVMF_VARS"))
-        {
-            let fw = Firmware { code: code.into(), vars_template: vars.into() };
-            if !(fw.code.is_file() && fw.vars_template.is_file()) {
-                bail!(
-                    "AIRLOCK_OVMF_SECBOOT_CODE={} / AIRLOCK_OVMF_VARS={} do not both name files",
-                    fw.code.display(),
-                    fw.vars_template.display()
-                );
-            }
-            return Ok(fw);
+        Self::from_env("AIRLOCK_OVMF_SECBOOT_CODE")?.map_or_else(|| Self::locate_in(pairs(SECURE_BOOT_CANDIDATES)), Ok)
+    }
+
+    /// The pair the environment names (`code_var` and `AIRLOCK_OVMF_VARS`), if both are set.
+    fn from_env(code_var: &str) -> Result<Option<Firmware>> {
+        let (Some(code), Some(vars)) = (std::env::var_os(code_var), std::env::var_os("AIRLOCK_OVMF_VARS")) else {
+            return Ok(None);
+        };
+        let fw = Firmware { code: code.into(), vars_template: vars.into() };
+        if !(fw.code.is_file() && fw.vars_template.is_file()) {
+            bail!(
+                "{code_var}={} / AIRLOCK_OVMF_VARS={} do not both name files",
+                fw.code.display(),
+                fw.vars_template.display()
+            );
         }
-        Self::locate_in(SECURE_BOOT_CANDIDATES.iter().map(|&(c, v)| (Path::new(c), Path::new(v))))
+        Ok(Some(fw))
     }
 
     fn locate_in<'a>(candidates: impl Iterator<Item = (&'a Path, &'a Path)>) -> Result<Firmware> {
