@@ -120,7 +120,7 @@ pub fn check(plan: &BuildPlan, tree: &Tree, scope: Scope) -> Result<Vec<String>>
                 }
                 Ok(r) => problems.push(format!(
                     "{}: Image={} ({r}) is not one of the spec's [[containers]], so the appliance does not carry it \
-                     and podman would try to pull it from the network at boot",
+                     and the unit would fail at boot (podman never pulls on the appliance)",
                     at(a),
                     a.value
                 )),

@@ -14,7 +14,8 @@
 //! - [`plan`]: the spec validated once into a [`plan::BuildPlan`];
 //! - [`lock`]: `appliance.lock`'s format; [`lock_check`]: the lock against the plan and cache;
 //! - `airlock fetch`: [`fetch`] (registries, local sources, the mirrors' resolvers);
-//! - the stages of `airlock build`, in [`pipeline`]'s order: [`preload`], [`mirror_site`],
+//! - the stages of `airlock build`, in [`pipeline`]'s order: [`preload`], [`image_store`],
+//!   [`mirror_site`],
 //!   [`front_door`], [`configure`], [`coherence`], [`esp`], [`disk`] (with the writers [`fat`]
 //!   and [`ext4`]), [`contents`];
 //! - [`release`]: from the raw image to the released set: [`outputs`] (raw.zst, qcow2, vmdk,
@@ -55,6 +56,7 @@ pub mod fetch;
 pub mod flash;
 pub mod front_door;
 pub mod http;
+pub mod image_store;
 pub mod inspect;
 pub mod lock;
 pub mod lock_check;

@@ -47,6 +47,10 @@ pub struct Manifest {
     pub disk: Disk,
     pub os_packages: Vec<OsPackage>,
     pub container_images: Vec<ContainerImage>,
+    /// The container images unpacked in the root filesystem, as podman runs them (`None`
+    /// without containers).
+    #[serde(default)]
+    pub image_store: Option<ImageStore>,
     /// Every file of every mirror, sorted by ecosystem and path.
     pub mirrored_packages: Vec<MirroredPackage>,
     pub cli: Cli,
@@ -192,6 +196,38 @@ pub struct ContainerImage {
     pub size: u64,
 }
 
+/// The read-only podman image store in the root filesystem (`additionalimagestores`): the
+/// stack's containers start from it, with nothing pulled or unpacked on the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageStore {
+    /// Its directory in the root filesystem.
+    pub path: String,
+    /// The containers/storage driver it is written for.
+    pub driver: String,
+    /// The version of the image's own podman package, which reads it.
+    pub podman: Option<String>,
+    pub layers: usize,
+    /// Bytes of the layers unpacked.
+    pub unpacked_size: u64,
+    /// One entry per container, in the manifest's order of `container_images`.
+    pub images: Vec<StoreEntry>,
+}
+
+/// One image in the store, as `podman images --digests` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreEntry {
+    /// The spec's local name.
+    pub name: String,
+    /// The name podman lists it under.
+    pub listed_as: String,
+    /// podman's image ID (the config's digest, without `sha256:`).
+    pub id: String,
+    /// The digest podman lists: what the reference resolved to (the index, else the manifest).
+    pub digest: String,
+}
+
 /// A content-addressed blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +298,7 @@ pub struct Contents {
     /// SHA-256 of `appliance.lock` as read.
     pub lock_sha256: Option<String>,
     pub container_images: Vec<ContainerImage>,
+    pub image_store: Option<ImageStore>,
     pub mirrored_packages: Vec<MirroredPackage>,
     pub cli: Cli,
 }
@@ -345,6 +382,7 @@ impl Manifest {
             },
             os_packages,
             container_images: inputs.contents.container_images.clone(),
+            image_store: inputs.contents.image_store.clone(),
             mirrored_packages: inputs.contents.mirrored_packages.clone(),
             cli: inputs.contents.cli.clone(),
             outputs,

@@ -10,6 +10,7 @@ use crate::configure;
 use crate::disk::{self, DiskReport, DiskWriter, PartitionRequest};
 use crate::embedded;
 use crate::esp::{self, BootRecord, BootSetup, Kernel};
+use crate::image_store;
 use crate::lock::Lock;
 use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
@@ -137,6 +138,10 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("apply overlays", || apply_overlays(&mut root, plan, &opts.test_overlays, &opts.out_dir))?;
     stages
         .run("preload container images", || preload::preload_images(&mut root, plan, &images, &store, &opts.clock))?;
+    let image_store = stages.run("unpack container images", || {
+        let (lock, out) = (&lock.lock, &opts.out_dir);
+        image_store::unpack_container_images(&mut root, plan, lock, &images, &store, &packages, out, &opts.clock)
+    })?;
     stages.run("build mirrors", || {
         crate::mirror_site::build(&mut root, plan, &lock.lock, &store, &opts.out_dir, &opts.clock)
     })?;
@@ -150,7 +155,8 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     }
     let kernel = esp::find_kernel(&root)?;
     let data = stages.run("move /var to the data partition", || configure::data_tree(&mut root, &opts.clock))?;
-    let contents = stages.run("record contents", || record_contents(plan, &lock, &store))?;
+    let contents =
+        stages.run("record contents", || Ok(Contents { image_store, ..record_contents(plan, &lock, &store)? }))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
     // The root is written and hashed first: the UKI on the ESP carries its root hash.
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
@@ -423,6 +429,7 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
     let mut tree = Tree::new();
     apply_overlays(&mut tree, plan, &[], &spool)?;
     let mut notes = coherence::check(plan, &tree, Scope::OverlaysOnly)?;
+    image_store::check_overlays(plan, &tree)?;
     notes.extend(crate::lock_check::check_against_spec(plan)?);
     Ok(notes)
 }

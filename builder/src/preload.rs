@@ -8,7 +8,6 @@ use crate::clock::BuildClock;
 use crate::oci::registry_names::{RepositoryName, Tag};
 use crate::oci::registry_storage::{Preload, StorageOwner, write_registry_storage};
 use crate::oci::{BlobStore, Image};
-use crate::partition::Role;
 use crate::plan::BuildPlan;
 use crate::tree::Tree;
 use anyhow::{Context, Result, anyhow, bail};
@@ -116,86 +115,6 @@ pub fn registries_conf(domains: &BTreeSet<String>) -> String {
     s
 }
 
-/// What podman's store on the data partition needs beyond the unpacked layers: its metadata,
-/// and ext4's journal and reserved blocks of a partition that has not grown yet.
-const DATA_OVERHEAD_PERCENT: u64 = 15;
-
-/// The uncompressed size of a layer blob, read from its end or header without decompressing:
-/// gzip's ISIZE trailer (the size modulo 4 GiB, so never trusted below the compressed size),
-/// zstd's frame content size when the frame records it, else by decoding.
-pub fn unpacked_size(store: &BlobStore, layer: &crate::oci::Layer) -> Result<u64> {
-    use crate::oci::media_type::Compression;
-    use std::io::{Read, Seek, SeekFrom};
-    let path = store.path(&layer.digest);
-    let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let size = match layer.compression {
-        Compression::None => layer.size,
-        Compression::Gzip if layer.size >= 18 => {
-            let mut trailer = [0u8; 4];
-            file.seek(SeekFrom::End(-4))
-                .and_then(|_| file.read_exact(&mut trailer))
-                .with_context(|| format!("reading the gzip trailer of {}", path.display()))?;
-            let isize = u64::from(u32::from_le_bytes(trailer));
-            let mut size = isize;
-            // Sizes of 4 GiB and more wrap; the smallest consistent value is at least the blob.
-            while size < layer.size {
-                size += 1 << 32;
-            }
-            size
-        }
-        Compression::Zstd => {
-            let mut header = [0u8; 18];
-            let n = file.read(&mut header).with_context(|| format!("reading {}", path.display()))?;
-            match zstd::zstd_safe::get_frame_content_size(&header[..n]) {
-                Ok(Some(size)) => size.max(layer.size),
-                // Streamed frames do not record it: count it (zstd decodes at about 1 GB/s).
-                _ => {
-                    file.seek(SeekFrom::Start(0))?;
-                    let mut decoder = zstd::stream::read::Decoder::new(file)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    std::io::copy(&mut decoder, &mut std::io::sink())
-                        .with_context(|| format!("decompressing {}", path.display()))?
-                }
-            }
-        }
-        Compression::Gzip => layer.size,
-    };
-    Ok(size)
-}
-
-/// Podman pulls the preloaded images into its store on the data partition at first boot,
-/// before the partition grows: refuses a data partition too small to hold them unpacked.
-pub fn check_data_capacity(plan: &BuildPlan, images: &[Image], store: &BlobStore) -> Result<()> {
-    let mut seen = BTreeSet::new();
-    let mut unpacked = 0u64;
-    for layer in images.iter().flat_map(|i| &i.layers) {
-        if seen.insert(layer.diff_id.clone()) {
-            // Saturating: a layer's recorded size is the image author's to state.
-            unpacked = unpacked.saturating_add(unpacked_size(store, layer)?);
-        }
-    }
-    let need =
-        unpacked.saturating_add(unpacked / 100 * DATA_OVERHEAD_PERCENT + unpacked % 100 * DATA_OVERHEAD_PERCENT / 100);
-    let data = plan.disk.size_of(Role::Data).context("the disk has no data partition for podman's storage")?;
-    log::info!(
-        "container images unpacked: {} ({} with overhead) for a {} data partition",
-        crate::size::ByteSize(unpacked),
-        crate::size::ByteSize(need),
-        crate::size::ByteSize(data)
-    );
-    if need > data {
-        anyhow::bail!(
-            "disk.data_size {} cannot hold the container images unpacked ({} in {} layers, {} with podman's and ext4's \
-             overhead), which podman pulls onto the data partition on first boot before it grows; raise disk.data_size",
-            crate::size::ByteSize(data),
-            crate::size::ByteSize(unpacked),
-            seen.len(),
-            crate::size::ByteSize(need)
-        );
-    }
-    Ok(())
-}
-
 /// Writes the registry storage for `images` (in the spec's order), the registry's
 /// configuration and the mirror configuration into `root`.
 pub fn preload_images(
@@ -208,7 +127,6 @@ pub fn preload_images(
     if plan.containers.is_empty() {
         return Ok(());
     }
-    check_data_capacity(plan, images, store)?;
     root.begin_layer();
     let (uid, gid) = user_ids(root, REGISTRY_SYSTEM_USER)?;
     let mut preloads = Vec::new();
@@ -244,76 +162,5 @@ mod tests {
     fn repositories_keep_domain_and_path() {
         let r = crate::oci::ImageReference::parse("mysql:8.0").unwrap();
         assert_eq!(repository(&r).unwrap().to_string(), "docker.io/library/mysql");
-    }
-
-    fn layer_of(
-        store: &BlobStore,
-        bytes: &[u8],
-        compression: crate::oci::media_type::Compression,
-    ) -> crate::oci::Layer {
-        let digest = store.put_bytes(bytes, "layer").unwrap();
-        crate::oci::Layer {
-            diff_id: digest.clone(),
-            digest,
-            size: bytes.len() as u64,
-            media_type: String::new(),
-            compression,
-        }
-    }
-
-    #[test]
-    fn unpacked_sizes_come_from_trailers_and_headers() {
-        use crate::oci::media_type::Compression;
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::new(dir.path()).unwrap();
-        let data = vec![7u8; 300_000];
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&data).unwrap();
-        let gz = gz.finish().unwrap();
-        assert!(gz.len() < 10_000);
-        assert_eq!(unpacked_size(&store, &layer_of(&store, &gz, Compression::Gzip)).unwrap(), 300_000);
-        // A streamed frame (no content size in its header) and one with it.
-        let zst = zstd::encode_all(&data[..], 3).unwrap();
-        assert_eq!(unpacked_size(&store, &layer_of(&store, &zst, Compression::Zstd)).unwrap(), 300_000);
-        let zst = zstd::bulk::compress(&data[..9999], 3).unwrap();
-        assert_eq!(unpacked_size(&store, &layer_of(&store, &zst, Compression::Zstd)).unwrap(), 9999);
-        assert_eq!(unpacked_size(&store, &layer_of(&store, &data[..1000], Compression::None)).unwrap(), 1000);
-    }
-
-    #[test]
-    fn a_data_partition_too_small_for_the_unpacked_images_is_refused() {
-        use crate::oci::media_type::Compression;
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::new(dir.path()).unwrap();
-        // 40 MiB of zeros gzip to a few KiB: the compressed size says nothing.
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&vec![0u8; 40 << 20]).unwrap();
-        let layer = layer_of(&store, &gz.finish().unwrap(), Compression::Gzip);
-        let image = |layers: Vec<crate::oci::Layer>| Image {
-            reference: "t".into(),
-            manifest_digest: layer.digest.clone(),
-            manifest_media_type: String::new(),
-            manifest_bytes: Vec::new(),
-            config_digest: layer.digest.clone(),
-            config_size: 0,
-            layers,
-            platform: crate::oci::Platform::linux_amd64(),
-        };
-        let text = "name = \"t\"\nversion = \"1\"\n[os]\nsuite = \"trixie\"\nmirror = \"http://m.example/debian\"\n\
-                    hostname = \"t\"\n[disk]\nsize = \"2GiB\"\ndata_size = \"DATA\"\n";
-        let plan = |data: &str| {
-            let spec = crate::spec::Spec::parse(&text.replace("DATA", data), "t.toml").unwrap();
-            crate::plan::validate(spec, std::path::Path::new("."), "t.toml", &Default::default()).unwrap()
-        };
-        // Two images sharing the layer need it once.
-        let images = [image(vec![layer.clone()]), image(vec![layer.clone()])];
-        let err = check_data_capacity(&plan("32MiB"), &images, &store).unwrap_err().to_string();
-        assert!(
-            err.contains("disk.data_size 32MiB cannot hold the container images unpacked (40MiB in 1 layers"),
-            "{err}"
-        );
-        check_data_capacity(&plan("64MiB"), &images, &store).unwrap();
     }
 }

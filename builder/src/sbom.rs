@@ -185,9 +185,17 @@ pub fn sbom(m: &Manifest) -> Value {
             None => c.reference.rsplit_once(':').map_or(c.manifest.digest.as_str(), |(_, tag)| tag),
         };
         let mut pkg = package(&id, &c.reference, version, &supplier, "CONTAINER");
+        // Where the appliance runs it from: the root's image store, unpacked.
+        let stored = m.image_store.as_ref().and_then(|s| s.images.iter().find(|e| e.name == c.name).map(|e| (s, e)));
+        let stored = stored.map_or(String::new(), |(s, e)| {
+            format!(
+                "; unpacked in the root filesystem's podman image store {} as {} (image ID {})",
+                s.path, e.listed_as, e.id
+            )
+        });
         pkg.insert(
             "sourceInfo".into(),
-            json!(format!("container `{}` ({}), from {}, {}", c.name, c.image, c.source, c.platform)),
+            json!(format!("container `{}` ({}), from {}, {}{stored}", c.name, c.image, c.source, c.platform)),
         );
         pkg.insert("checksums".into(), sha256(c.manifest.digest.trim_start_matches("sha256:")));
         pkg.insert("externalRefs".into(), purl_ref(&oci_purl(c)));

@@ -9,7 +9,7 @@ use airlock::clock::BuildClock;
 use airlock::ext4::{Ext4Options, Ext4Report, required_size, write_ext4};
 use airlock::region::Region;
 use airlock::seed::Seed;
-use airlock::tree::tar_input::{TarOptions, apply_tar};
+use airlock::tree::tar_input::{TarOptions, Whiteouts, apply_tar};
 use airlock::tree::{Content, Meta, NodeKind, Tree};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -500,7 +500,11 @@ fn big_tree() -> BigTree {
     apply_tar(
         &mut tree,
         &tar_path,
-        &TarOptions { whiteouts: true, spool_dir: &spool, limit: airlock::expansion::ExpansionLimit::ratio_only() },
+        &TarOptions {
+            whiteouts: Whiteouts::Apply,
+            spool_dir: &spool,
+            limit: airlock::expansion::ExpansionLimit::ratio_only(),
+        },
     )
     .unwrap();
 

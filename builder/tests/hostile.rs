@@ -842,7 +842,7 @@ fn hostile_specs_are_refused_by_check() {
 mod properties {
     use super::*;
     use airlock::expansion::ExpansionLimit;
-    use airlock::tree::tar_input::{TarOptions, apply_tar};
+    use airlock::tree::tar_input::{TarOptions, Whiteouts, apply_tar};
     use airlock::tree::{NodeKind, Tree};
     use proptest::prelude::*;
 
@@ -876,7 +876,11 @@ mod properties {
         let path = dir.path().join("input.tar");
         fs::write(&path, bytes).unwrap();
         let mut tree = Tree::new();
-        let opts = TarOptions { whiteouts: true, spool_dir: dir.path(), limit: ExpansionLimit::capacity(64 << 20) };
+        let opts = TarOptions {
+            whiteouts: Whiteouts::Apply,
+            spool_dir: dir.path(),
+            limit: ExpansionLimit::capacity(64 << 20),
+        };
         apply_tar(&mut tree, &path, &opts)?;
         Ok(tree)
     }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 use airlock::expansion::ExpansionLimit;
-use airlock::tree::tar_input::{TarOptions, apply_tar};
+use airlock::tree::tar_input::{TarOptions, Whiteouts, apply_tar};
 use airlock::tree::{InputError, NodeKind, Problem, Tree};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,11 @@ impl Fixture {
         apply_tar(
             tree,
             archive,
-            &TarOptions { whiteouts: true, spool_dir: self.dir.path(), limit: ExpansionLimit::ratio_only() },
+            &TarOptions {
+                whiteouts: Whiteouts::Apply,
+                spool_dir: self.dir.path(),
+                limit: ExpansionLimit::ratio_only(),
+            },
         )
         .map(|_| ())
     }
@@ -108,9 +112,12 @@ fn full_archive() -> Vec<u8> {
     l.set_size(0);
     b.append_link(&mut l, "./usr/bin/sh", "/usr/bin/dash").unwrap();
 
+    // GNU tar gives a hard link the stat of its inode (the link's own header counts: see
+    // `a_hard_links_header_sets_the_inodes_metadata`).
     for i in 0..3 {
         let mut h = gnu();
         h.set_entry_type(tar::EntryType::Link);
+        h.set_mode(0o4755);
         h.set_size(0);
         b.append_link(&mut h, format!("./usr/bin/su{i}"), "./usr/bin/su").unwrap();
     }
@@ -215,6 +222,97 @@ fn layers_override_and_whiteouts_hide_lower_layers() {
     assert_eq!(tree.lookup("etc/.wh.b"), None);
     let opt: Vec<&[u8]> = tree.entries(tree.lookup("opt").unwrap()).map(|(n, _)| n).collect();
     assert_eq!(opt, vec![&b"new"[..]], "opaque whiteout keeps only the upper layer's entries");
+}
+
+/// A layer kept on its own as overlayfs stores it: whiteouts become 0/0 character devices
+/// owned as their entries, an opaque marker the directory's `trusted.overlay.opaque`, even when
+/// the directory's own entry comes after the marker; aufs bookkeeping is dropped, and so is a
+/// whiteout below a directory the same layer whited out.
+#[test]
+fn overlay_form_keeps_whiteouts_as_overlayfs_stores_them() {
+    let fx = Fixture::new();
+    let layer = fx.write(
+        "layer.tar",
+        &RawTar::default()
+            .entry_with("etc/.wh.gone", b'0', b"", "", 0o644, 7, 8)
+            .entry("opt/.wh..wh..opq", b'0', b"", "")
+            .entry_with("opt/", b'5', b"", "", 0o750, 0, 0)
+            .entry("opt/new", b'0', b"n", "")
+            .entry(".wh..wh..opq", b'0', b"", "")
+            .entry(".wh..wh.plnk", b'0', b"", "")
+            .entry(".wh.dir", b'0', b"", "")
+            .entry("dir/.wh.inner", b'0', b"", "")
+            .finish(),
+    );
+    let mut tree = Tree::new();
+    let stats = apply_tar(
+        &mut tree,
+        &layer,
+        &TarOptions { whiteouts: Whiteouts::Overlay, spool_dir: fx.dir.path(), limit: ExpansionLimit::ratio_only() },
+    )
+    .unwrap();
+    let gone = tree.node(tree.lookup("etc/gone").expect("the whiteout is a node"));
+    assert_eq!(gone.kind, NodeKind::CharDevice { major: 0, minor: 0 });
+    assert_eq!((gone.meta.mode, gone.meta.uid, gone.meta.gid), (0, 7, 8));
+    let opt = tree.node(tree.lookup("opt").unwrap());
+    assert_eq!(opt.meta.mode, 0o750, "the directory's own entry gives its mode");
+    assert_eq!(opt.meta.xattrs.get(&b"trusted.overlay.opaque"[..]).map(Vec::as_slice), Some(&b"y"[..]));
+    assert!(tree.lookup("opt/new").is_some());
+    let root = tree.node(tree.root());
+    assert_eq!(root.meta.xattrs.get(&b"trusted.overlay.opaque"[..]).map(Vec::as_slice), Some(&b"y"[..]));
+    assert_eq!(tree.lookup(".wh.plnk"), None);
+    assert_eq!(tree.node(tree.lookup("dir").unwrap()).kind, NodeKind::CharDevice { major: 0, minor: 0 });
+    assert_eq!(stats.whiteouts, 6);
+    assert_eq!(stats.uids.iter().copied().collect::<Vec<_>>(), vec![0, 7]);
+    assert_eq!(stats.gids.iter().copied().collect::<Vec<_>>(), vec![0, 8]);
+
+    // A layer may not both white out a path and create it.
+    let both = RawTar::default().entry(".wh.x", b'0', b"", "").entry("x", b'0', b"x", "").finish();
+    let p = fx.write("both.tar", &both);
+    let err = apply_tar(
+        &mut Tree::new(),
+        &p,
+        &TarOptions { whiteouts: Whiteouts::Overlay, spool_dir: fx.dir.path(), limit: ExpansionLimit::ratio_only() },
+    )
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<InputError>().unwrap().problem, Problem::Duplicate);
+}
+
+/// A tree grafted into another keeps its root's metadata, its hard links and, when asked, its
+/// own times (but not those of directories no input declared).
+#[test]
+fn a_grafted_tree_keeps_metadata_links_and_its_own_times() {
+    let fx = Fixture::new();
+    let layer = fx.write(
+        "layer.tar",
+        &RawTar::default()
+            .entry_with("./", b'5', b"", "", 0o555, 0, 0)
+            .entry("a/b/file", b'0', b"data", "")
+            .entry("a/link", b'1', b"", "a/b/file")
+            .finish(),
+    );
+    let mut sub = Tree::new();
+    apply_tar(
+        &mut sub,
+        &layer,
+        &TarOptions { whiteouts: Whiteouts::Overlay, spool_dir: fx.dir.path(), limit: ExpansionLimit::ratio_only() },
+    )
+    .unwrap();
+    let mut tree = Tree::new();
+    tree.graft_moved(b"store/layer/diff", sub, true).unwrap();
+    let diff = tree.node(tree.lookup("store/layer/diff").unwrap());
+    assert_eq!(diff.meta.mode, 0o555);
+    assert!(diff.keeps_own_mtime());
+    assert_eq!(tree.lookup("store/layer/diff/a/link"), tree.lookup("store/layer/diff/a/b/file"));
+    assert_eq!(read_file(&tree, "store/layer/diff/a/link"), b"data");
+    let file = tree.node(tree.lookup("store/layer/diff/a/b/file").unwrap());
+    assert!(file.keeps_own_mtime());
+    let implicit = tree.node(tree.lookup("store/layer/diff/a").unwrap());
+    assert!(implicit.is_implicit() && !implicit.keeps_own_mtime(), "`a` was never declared");
+    assert!(!tree.node(tree.lookup("store").unwrap()).keeps_own_mtime());
+    let counts = tree.entry_counts();
+    assert_eq!(counts[tree.lookup("store/layer/diff/a/link").unwrap().index()], 2);
+    assert!(tree.graft_moved(b"store/layer/diff", Tree::new(), true).is_err(), "a graft never replaces");
 }
 
 #[test]
@@ -326,4 +424,33 @@ fn error_message_names_archive_entry_and_problem() {
     let p = fx.write("evil.tar", &RawTar::default().entry("../x", b'0', b"x", "").finish());
     let msg = format!("{:#}", fx.load(&mut Tree::new(), &p).unwrap_err());
     assert_eq!(msg, format!("{}: entry `../x`: path has a `..` component", p.display()));
+}
+
+/// As Docker and containers/storage apply a layer: a hard link's own header sets the shared
+/// inode's mode, owner and time (and adds its xattrs), whatever the target's header said.
+#[test]
+fn a_hard_links_header_sets_the_inodes_metadata() {
+    let fx = Fixture::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut f = gnu();
+    f.set_mode(0o644);
+    f.set_size(2);
+    b.append_data(&mut f, "a", &b"hi"[..]).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])]).unwrap();
+    let mut h = gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o750);
+    h.set_uid(7);
+    h.set_gid(8);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    b.append_link(&mut h, "b", "a").unwrap();
+    let archive = fx.write("link.tar", &b.into_inner().unwrap());
+    let mut tree = Tree::new();
+    fx.load(&mut tree, &archive).unwrap();
+    let a = tree.lookup("a").unwrap();
+    assert_eq!(tree.lookup("b"), Some(a), "one inode");
+    let meta = &tree.node(a).meta;
+    assert_eq!((meta.mode, meta.uid, meta.gid, meta.mtime.secs), (0o750, 7, 8, 1_700_000_000));
+    assert_eq!(meta.xattrs.get(&b"user.k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
 }

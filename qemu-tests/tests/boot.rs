@@ -1,8 +1,10 @@
 //! The demo appliance boots under UEFI with Secure Boot to `airlock: ready`: on firmware in
 //! Setup Mode systemd-boot enrolls the owner's keys (the image's TEST keys) and resets, and the
 //! next boot verifies the signed loader and UKI; the root is the dm-verity device of the hash in
-//! the manifest, read-only, and one byte flipped on the disk in a file nothing reads at boot
-//! makes reading that file fail with an I/O error while the appliance still comes up. Nothing
+//! the manifest, read-only, and one byte flipped on the disk in a file nothing reads at boot (of
+//! a container image's layer) makes reading that file fail with an I/O error while the
+//! appliance still comes up. The stack's containers run from the root's read-only image store:
+//! nothing pulled, every image listed with its locked digest. Nothing
 //! failed, the data partition (all of /var) grew to the enlarged disk, the mirror answers
 //! through a port forward; it reboots to ready again with the same machine-id; after shutdown
 //! both ext4 filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is
@@ -16,7 +18,7 @@ use qemu_tests::{BOOT_TIMEOUT, Vm, VmConfig};
 use std::time::Duration;
 
 const GIB: u64 = 1 << 30;
-/// First boot under TCG: boot, the stack's image pulls from the local registry, its start.
+/// First boot under TCG: Secure Boot enrollment and reset, provisioning, the stack's start.
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[test]
@@ -28,8 +30,8 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     // One byte flipped in a file nothing reads at boot, on a disk otherwise as built.
     let work = tempfile::Builder::new().prefix("airlock-boot-").tempdir().unwrap();
     let disk = work.path().join("demo-flipped.qcow2");
-    let unread = "/usr/share/doc/dmsetup/copyright";
-    disk_with_flipped_byte(&built.image, &disk, root_file_byte(&built.image, unread, 100));
+    let unread = store_layer_file(&built.image, "usr/bin/redis-check-aof");
+    disk_with_flipped_byte(&built.image, &disk, root_file_byte(&built.image, &unread, 100));
     let mut vm = Vm::boot(VmConfig {
         forwards: vec![80, 443, 5000, 8080, 8081],
         disk_size: Some(8 * GIB),
@@ -39,7 +41,6 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     .expect("starting qemu");
     eprintln!("accelerator: {:?}", vm.accel());
 
-    // The first boot also pulls the stack's images from the appliance's own registry.
     vm.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).expect("the banner says ready");
     let console = vm.console_since_boot();
     let banner: Vec<&str> = console.lines().skip_while(|l| l.trim() != "airlock: ready").take(2).collect();
@@ -73,11 +74,48 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     assert!(cmdline.contains(&format!("roothash={}", verity.root_hash)), "{cmdline}");
     let write = vm.fail("touch /usr/written-by-the-guest 2>&1").unwrap();
     assert!(write.contains("Read-only file system"), "{write}");
-    // The flipped byte: reading that file fails, and the kernel says why.
+    // The flipped byte, in a file of a container image's unpacked layer: reading it fails, and
+    // the kernel says why (the images are covered by the root's hash like the OS).
     let read = vm.fail(&format!("cat {unread} 2>&1 > /dev/null")).unwrap();
     assert!(read.contains("Input/output error"), "{read}");
     let dmesg = vm.succeed("dmesg | grep -i verity").unwrap();
     assert!(dmesg.contains("is corrupted"), "the kernel logs the corruption: {dmesg}");
+
+    // The stack's containers started from the read-only image store in the root, unpacked at
+    // build time: nothing was pulled, and podman lists every image under its reference with the
+    // digest the lock pins.
+    let journal = vm.succeed("journalctl -b 0 -o cat --no-pager").unwrap();
+    assert!(journal.contains("Reached target"), "the journal of this boot was read: {journal}");
+    assert_eq!(journal.matches("Trying to pull").count(), 0, "nothing is pulled on the first boot");
+    let store = manifest.image_store.as_ref().expect("the manifest records the image store");
+    assert_eq!(store.path, "/usr/lib/containers/storage");
+    let listed = vm.succeed("podman images --digests --format json").unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap_or_else(|e| panic!("{e}: {listed}"));
+    let lock = airlock::lock_check::read_for_build(&built.plan).unwrap();
+    assert_eq!(listed.len(), lock.containers.len(), "one image per locked container: {listed:#?}");
+    for c in &lock.containers {
+        let digest = c.index.as_ref().map_or(&c.manifest.digest, |i| &i.digest).to_string();
+        let line = listed
+            .iter()
+            .find(|l| l["Digest"].as_str() == Some(digest.as_str()))
+            .unwrap_or_else(|| panic!("podman lists no image with {}'s digest {digest}: {listed:#?}", c.name));
+        let reference = airlock::oci::ImageReference::parse(&c.image).unwrap();
+        let name = airlock::oci::containers_storage::store_name(&reference);
+        assert!(line["Names"].as_array().unwrap().iter().any(|n| n.as_str() == Some(name.as_str())), "{line:#}");
+        assert_eq!(line["ReadOnly"].as_bool(), Some(true), "{name} comes from the read-only store: {line:#}");
+        assert!(store.images.iter().any(|e| e.listed_as == name && e.digest == digest), "manifest: {store:?}");
+    }
+    let running = vm.succeed("podman ps --format '{{.Names}} {{.ImageID}}' | sort").unwrap();
+    for (container, image) in [("db", "db"), ("api", "app"), ("console", "app")] {
+        let id = &store.images.iter().find(|e| e.name == image).unwrap().id;
+        assert!(
+            running.lines().any(|l| l.split_once(' ').is_some_and(|(n, i)| n == container && id.starts_with(i))),
+            "{container} runs image {image} ({id}): {running}"
+        );
+    }
+    // What podman writes (containers' layers, volumes, its database) is on the data partition.
+    let graphroot = vm.succeed("podman info --format '{{.Store.GraphRoot}}'").unwrap();
+    assert_eq!(graphroot.trim(), "/var/lib/airlock/containers/storage");
 
     // The data partition grew to the end of the 8 GiB disk (from 1 GiB), and its filesystem
     // with it.
@@ -202,14 +240,20 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     // A reboot comes back ready, keeping the instance's identity.
     vm.reboot(BOOT_TIMEOUT).unwrap();
     vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("ready again after reboot");
-    assert_eq!(vm.succeed("cat /etc/machine-id").unwrap(), machine_id);
+    let machine_id_after = vm.succeed("cat /etc/machine-id").unwrap();
+    if machine_id_after != machine_id {
+        let why = vm
+            .execute("ls -la /var/lib/dbus/; cat /var/lib/dbus/machine-id; findmnt /var; journalctl -b 0 -o short-monotonic --no-pager | grep -i -E 'machine.id|var.mount|sysroot' | head -40")
+            .unwrap();
+        panic!("the machine-id changed over the reboot: {machine_id:?} then {machine_id_after:?}\n{}", why.1);
+    }
     // The journal kept the first boot (the audit trail survives reboots).
     let boots_after = journal_boots(&mut vm);
     assert_eq!(boots_after.len(), 2, "{boots_after:?}");
     assert_eq!(boots_after[0], boots_before[0], "the first boot is still in the journal: {boots_after:?}");
     assert_eq!(vm.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "");
-    // The stack came back from the images already on the data partition: nothing pulled or
-    // imported again, and the migration did not run again.
+    // The stack came back from the same store: nothing pulled, and the migration did not run
+    // again.
     let journal = vm.succeed("journalctl -b 0 -o cat --no-pager").unwrap();
     assert!(journal.contains("Reached target"), "the journal of this boot was read: {journal}");
     assert_eq!(journal.matches("Trying to pull").count(), 0, "nothing is pulled on the second boot");
@@ -220,6 +264,29 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     // After a clean shutdown the filesystems a real kernel used are clean.
     vm.shutdown(Duration::from_secs(180)).unwrap();
     e2fsck_partitions(vm.overlay_path(), EXT4_PARTITIONS);
+}
+
+/// The path in the root filesystem of `file` in the unpacked layer of the store that holds it.
+fn store_layer_file(image: &std::path::Path, file: &str) -> String {
+    let root = partition(image, "root-x86-64");
+    let fs = format!("{}?offset={}", image.display(), root.start);
+    let store = "/usr/lib/containers/storage/overlay";
+    let listing = host("debugfs", &["-R", &format!("ls -p {store}"), &fs]);
+    let layers: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .filter(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert!(!layers.is_empty(), "no layers in {store}: {listing}");
+    layers
+        .iter()
+        .map(|id| format!("{store}/{id}/diff/{file}"))
+        .find(|path| {
+            let out =
+                std::process::Command::new("debugfs").args(["-R", &format!("stat {path}"), &fs]).output().unwrap();
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Type: regular")
+        })
+        .unwrap_or_else(|| panic!("no layer in {store} holds {file}: {layers:?}"))
 }
 
 /// The manifest of the test image's build.

@@ -5,7 +5,9 @@
 //! these boots):
 //! - instance A (default site configuration) loses its power at seeded random moments of its
 //!   first boot, three times (the first while provisioning writes secrets, keys and the CA, the
-//!   others between 5 s and the ready banner), then boots to ready: every secret is intact and made only once,
+//!   second while the stack starts for the first time, the third between 5 s and the ready
+//!   banner), then boots to ready: nothing pulled, every image still the read-only store's,
+//!   every secret is intact and made only once,
 //!   the stack works, and the registry, mirror and API answer over TLS to a host client that
 //!   trusts only the CA fetched from `http://<appliance>/ca.crt`, whose SHA-256 the banner shows;
 //! - instance B gets a site `airlock.toml` (static address, hostname, domain, SSH key, a
@@ -32,6 +34,8 @@ const CUT_WINDOW: (u64, u64) = (5, 100);
 const CUTS: usize = 3;
 /// The first cut lands this many milliseconds (at most) after provisioning starts.
 const PROVISION_CUT_MS: u64 = 2500;
+/// The second cut lands this many milliseconds (at most) after the stack's first unit starts.
+const STACK_CUT_MS: u64 = 15000;
 /// The secrets every instance gets (`airlock_appliance::firstboot::SECRETS`), as files.
 use airlock_appliance::firstboot::SSH_HOST_KEYS;
 const SECRETS_DIR: &str = "/var/lib/airlock/secrets";
@@ -201,7 +205,21 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     a.run_for(started, Duration::from_millis(ms)).expect("the guest runs until the cut");
     eprintln!("power cut 1/{CUTS}: {ms} ms after provisioning started");
     a.crash().unwrap();
-    for cut in 2..=CUTS {
+    // The second cut lands while the stack starts for the first time, from the root's image
+    // store: after it, nothing may be pulled or unpacked.
+    a.boot_again().unwrap();
+    let offset = a.console_len();
+    // The console stops showing unit status at the login prompt; the kernel's line for the
+    // first container (the database) joining the stack's network marks the stack's start.
+    let stack = a
+        .watch_console(offset, "podman1: port 1(veth0)", FIRST_BOOT_TIMEOUT)
+        .expect("the boot after the first cut runs without a kernel panic until the stack starts")
+        .expect("the stack starts on the boot after the first cut");
+    let ms = rng.below(STACK_CUT_MS);
+    a.run_for(stack, Duration::from_millis(ms)).expect("the guest runs until the cut");
+    eprintln!("power cut 2/{CUTS}: {ms} ms after the stack's first container joined its network");
+    a.crash().unwrap();
+    for cut in 3..=CUTS {
         a.boot_again().unwrap();
         let powered_on = Instant::now();
         let offset = a.console_len();
@@ -217,6 +235,17 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     a.boot_again().unwrap();
     a.wait_for_console("airlock: ready", FIRST_BOOT_TIMEOUT).expect("ready after the power cuts");
     assert_eq!(a.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "", "no unit failed");
+    // Nothing was pulled in any boot the journal kept, and podman's writable store holds no
+    // image: every image it knows is the read-only store's.
+    let journal = a.succeed("journalctl -o cat --no-pager").unwrap();
+    assert!(journal.contains("Reached target"), "the journal was read: {journal}");
+    assert_eq!(
+        journal.matches("Trying to pull").count(),
+        0,
+        "nothing is pulled after a power cut during the stack's start"
+    );
+    let images = a.succeed("podman images --format '{{.ReadOnly}} {{.Repository}}:{{.Tag}}'").unwrap();
+    assert!(!images.trim().is_empty() && images.lines().all(|l| l.starts_with("true ")), "{images}");
 
     // Every secret is there, whole, and was made once: the generated log records each item
     // right after it became durable (or, after a cut between the two, on the next boot), so

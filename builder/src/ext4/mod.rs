@@ -45,7 +45,8 @@ pub struct Ext4Options {
     pub seed: Seed,
     /// The volume label, at most 16 bytes.
     pub label: String,
-    /// Every inode time is `clock.stamp(meta)`; superblock times are the clock's epoch.
+    /// Every inode time is `clock.stamp(meta)` (a node that keeps its own mtime keeps it);
+    /// superblock times are the clock's epoch.
     pub clock: BuildClock,
     /// Total inodes; `None` derives it from the size as mke2fs does (one per 4 KiB below
     /// 512 MiB, per 16 KiB up to 4 TiB, per 32 KiB beyond), and never fewer than the tree
@@ -374,14 +375,14 @@ impl<'a> Build<'a> {
         }
         let plan = self.plan;
         let lost_found_meta;
-        let (meta, kind) = match source {
+        let (meta, kind, own_mtime) = match source {
             Source::Tree(id) => {
                 let node = plan.tree.node(id);
-                (&node.meta, Some(&node.kind))
+                (&node.meta, Some(&node.kind), node.keeps_own_mtime())
             }
             Source::LostFound => {
                 lost_found_meta = Meta::root(0o700);
-                (&lost_found_meta, None)
+                (&lost_found_meta, None, false)
             }
         };
         let needs = plan.needs(ino);
@@ -391,7 +392,7 @@ impl<'a> Build<'a> {
             uid: meta.uid,
             gid: meta.gid,
             links: plan.links(source),
-            time: self.clock.stamp(meta),
+            time: if own_mtime { meta.mtime } else { self.clock.stamp(meta) },
             ..Inode::default()
         };
         let placement = xattr::place(&meta.xattrs)?;

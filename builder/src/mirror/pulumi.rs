@@ -412,7 +412,8 @@ fn install_files(root: &mut Tree, archive: &Path, prefix: &str, dest: &str, spoo
     // Pinned by digest in the lock, yet still bounded: the ratio alone, since the root
     // filesystem's size is checked when the disk is written.
     let limit = crate::expansion::ExpansionLimit::ratio_only();
-    tar_input::apply_tar(&mut scratch, archive, &tar_input::TarOptions { whiteouts: false, spool_dir: spool, limit })?;
+    let opts = tar_input::TarOptions { whiteouts: tar_input::Whiteouts::Ignore, spool_dir: spool, limit };
+    tar_input::apply_tar(&mut scratch, archive, &opts)?;
     let mut installed = Vec::new();
     for (path, id) in scratch.walk() {
         let path = String::from_utf8_lossy(&path).into_owned();

@@ -14,6 +14,7 @@
 //! written.
 
 pub mod blob_store;
+pub mod containers_storage;
 pub mod digest;
 pub mod docker_archive;
 pub mod error;

@@ -14,7 +14,7 @@ use super::image::{Image, Layer};
 use super::media_type::Compression;
 use crate::expansion::{self, ExpansionLimit};
 use crate::tree::Tree;
-use crate::tree::tar_input::{self, TarOptions};
+use crate::tree::tar_input::{self, TarOptions, TarStats, Whiteouts};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
@@ -30,20 +30,46 @@ pub fn apply_layers(
     limit: ExpansionLimit,
 ) -> Result<()> {
     for (i, layer) in image.layers.iter().enumerate() {
-        apply_layer(tree, layer, i + 1, store, spool_dir, limit)
+        apply_layer(tree, layer, i + 1, Whiteouts::Apply, store, spool_dir, limit)
             .with_context(|| format!("applying layer {} ({}) of {}", i + 1, layer.digest, image.reference))?;
     }
     Ok(())
 }
 
-fn apply_layer(
-    tree: &mut Tree,
+/// One layer on its own, as containers/storage's overlay driver keeps it: its files in a tree
+/// of their own with OCI whiteouts in overlayfs's form, and what the store records of it.
+#[derive(Debug)]
+pub struct UnpackedLayer {
+    pub tree: Tree,
+    pub stats: TarStats,
+    /// Length of the uncompressed tar (the diff_id's input).
+    pub diff_size: u64,
+}
+
+/// Unpacks layer `number` (1-based, for messages) into a tree of its own (see
+/// [`UnpackedLayer`]); its diff_id is checked on the way, its decompression bounded by `limit`.
+pub fn unpack_layer(
     layer: &Layer,
     number: usize,
     store: &BlobStore,
     spool_dir: &Path,
     limit: ExpansionLimit,
-) -> Result<()> {
+) -> Result<UnpackedLayer> {
+    let mut tree = Tree::new();
+    let (stats, diff_size) = apply_layer(&mut tree, layer, number, Whiteouts::Overlay, store, spool_dir, limit)?;
+    Ok(UnpackedLayer { tree, stats, diff_size })
+}
+
+/// Applies one layer as a new tree layer; returns what it held and its uncompressed size.
+fn apply_layer(
+    tree: &mut Tree,
+    layer: &Layer,
+    number: usize,
+    whiteouts: Whiteouts,
+    store: &BlobStore,
+    spool_dir: &Path,
+    limit: ExpansionLimit,
+) -> Result<(TarStats, u64)> {
     let what = format!("layer {number}");
     let blob = store.verified_path(&layer.digest, layer.size, &what)?;
     let mut head = [0u8; 4];
@@ -58,7 +84,7 @@ fn apply_layer(
         ))
         .into());
     }
-    let opts = TarOptions { whiteouts: true, spool_dir, limit };
+    let opts = TarOptions { whiteouts, spool_dir, limit };
     match layer.compression {
         Compression::None => {
             // Verified as diff_id when the image was read (the blob digest is the diff_id).
@@ -69,15 +95,16 @@ fn apply_layer(
                 ))
                 .into());
             }
-            tar_input::apply_tar(tree, &blob, &opts)?;
+            Ok((tar_input::apply_tar(tree, &blob, &opts)?, layer.size))
         }
         Compression::Gzip | Compression::Zstd => {
             // The tree's file nodes own the spool from here on (it is deleted with them).
             let spool = decompress_verified(&blob, layer, &what, spool_dir, limit)?;
-            tar_input::apply_spooled_tar(tree, &format!("{what} {}", layer.digest), spool, &opts)?;
+            let diff_size = spool.metadata().with_context(|| format!("reading the spool of {what}"))?.len();
+            let stats = tar_input::apply_spooled_tar(tree, &format!("{what} {}", layer.digest), spool, &opts)?;
+            Ok((stats, diff_size))
         }
     }
-    Ok(())
 }
 
 /// Decompresses a layer into an anonymous spool file, checking the result against the layer's

@@ -116,9 +116,26 @@ pub struct Node {
     pub kind: NodeKind,
     /// The layer that last created or re-declared this node (for OCI whiteout semantics).
     layer: u32,
+    /// Its mtime is content and is written as it is, not replaced by the build's clock (the
+    /// files of a container image, whose layer digest covers their times).
+    own_mtime: bool,
+    /// A directory made only because something below it was added (no input declared it): its
+    /// metadata is airlock's default, not anyone's content.
+    implicit: bool,
 }
 
 impl Node {
+    /// Whether writers keep this node's mtime rather than stamping the build's (see
+    /// [`Tree::graft`]).
+    pub fn keeps_own_mtime(&self) -> bool {
+        self.own_mtime
+    }
+
+    /// Whether this is a directory no input declared (see [`Tree::insert`]).
+    pub fn is_implicit(&self) -> bool {
+        self.implicit
+    }
+
     /// `S_IF*` type bits together with the permission bits, as in `st_mode`.
     pub fn st_mode(&self) -> u32 {
         self.kind.type_bits() | (self.meta.mode & 0o7777)
@@ -234,6 +251,8 @@ impl Tree {
                 meta: Meta::root(0o755),
                 kind: NodeKind::Directory { entries: BTreeMap::new() },
                 layer: 0,
+                own_mtime: false,
+                implicit: false,
             }],
             layer: 0,
         }
@@ -339,7 +358,7 @@ impl Tree {
 
     fn push(&mut self, meta: Meta, kind: NodeKind) -> NodeId {
         let id = NodeId(u32::try_from(self.nodes.len()).expect("more than 2^32 nodes"));
-        self.nodes.push(Node { meta, kind, layer: self.layer });
+        self.nodes.push(Node { meta, kind, layer: self.layer, own_mtime: false, implicit: false });
         id
     }
 
@@ -362,6 +381,7 @@ impl Tree {
                 }
                 None => {
                     let id = self.push(Meta::root(0o755), NodeKind::Directory { entries: BTreeMap::new() });
+                    self.node_mut(id).implicit = true;
                     self.dir_entries_mut(cur).insert(comp.to_vec(), id);
                     id
                 }
@@ -379,7 +399,8 @@ impl Tree {
 
     /// Puts a node at `path` (already normalized by [`path::normalize`]). An existing directory
     /// re-declared as a directory keeps its entries and takes the new metadata; anything else at
-    /// that path is replaced (with its subtree).
+    /// that path is replaced (with its subtree). Missing parent directories are made
+    /// `0755 root:root` and marked implicit until an input declares them.
     pub fn insert(&mut self, path: &[u8], meta: Meta, kind: NodeKind) -> Result<NodeId, Problem> {
         if path.len() > MAX_PATH {
             return Err(Problem::PathTooLong { len: path.len() });
@@ -393,6 +414,7 @@ impl Tree {
             let root = self.node_mut(ROOT);
             root.meta = meta;
             root.layer = layer;
+            root.implicit = false;
             return Ok(ROOT);
         }
         let parent = self.parent_dir(&components)?;
@@ -409,6 +431,7 @@ impl Tree {
             let node = self.node_mut(id);
             node.meta = meta;
             node.layer = layer;
+            node.implicit = false;
             return Ok(id);
         }
         let id = self.push(meta, kind);
@@ -519,6 +542,63 @@ impl Tree {
         }
     }
 
+    /// Sets `attribute` to `y` on the directory at `dir` (created if missing): overlayfs's mark
+    /// of an opaque directory, for a layer kept in overlay form.
+    pub(crate) fn mark_opaque(&mut self, dir: &[u8], attribute: &[u8]) -> Result<(), Problem> {
+        let id = if path::components(dir).is_empty() { ROOT } else { self.parent_dir_for_children(dir)? };
+        self.node_mut(id).meta.xattrs.insert(attribute.to_vec(), b"y".to_vec());
+        Ok(())
+    }
+
+    /// Moves `sub` into this tree at `at`, which must not exist yet (unlike [`Tree::graft`], no
+    /// copy): its root directory's metadata and everything below it, hard links kept (a node named twice in `sub` is one
+    /// node here too). Missing parents of `at` are made as by [`Tree::insert`]. With
+    /// `own_mtimes`, the grafted nodes keep their mtimes when written (they are content), except
+    /// directories `sub` made implicitly, which get the build's time like any other.
+    pub fn graft_moved(&mut self, at: &[u8], sub: Tree, own_mtimes: bool) -> Result<NodeId, Problem> {
+        if path::components(at).is_empty() || self.lookup_bytes(at).is_some() {
+            return Err(Problem::Duplicate);
+        }
+        let mut sub = sub;
+        let mut moved: Vec<Option<NodeId>> = vec![None; sub.nodes.len()];
+        let top = self.insert(at, sub.node(ROOT).meta.clone(), NodeKind::Directory { entries: BTreeMap::new() })?;
+        let root_implicit = sub.node(ROOT).implicit;
+        let top_node = self.node_mut(top);
+        top_node.own_mtime = own_mtimes && !root_implicit;
+        top_node.implicit = root_implicit;
+        moved[ROOT.index()] = Some(top);
+        // Each node is moved the first time a directory entry names it; later names link.
+        let mut pending = vec![ROOT];
+        while let Some(dir) = pending.pop() {
+            let entries: Vec<(Name, NodeId)> = sub.entries(dir).map(|(n, id)| (n.to_vec(), id)).collect();
+            let new_dir = moved[dir.index()].expect("a directory is moved before its entries");
+            for (name, old) in entries {
+                let new = match moved[old.index()] {
+                    Some(id) => id,
+                    None => {
+                        let node = &mut sub.nodes[old.index()];
+                        let kind = match &mut node.kind {
+                            NodeKind::Directory { .. } => {
+                                pending.push(old);
+                                NodeKind::Directory { entries: BTreeMap::new() }
+                            }
+                            other => std::mem::replace(other, NodeKind::Fifo),
+                        };
+                        let implicit = node.implicit;
+                        let id = self.push(std::mem::replace(&mut node.meta, Meta::root(0)), kind);
+                        let new_node = self.node_mut(id);
+                        new_node.own_mtime = own_mtimes && !implicit;
+                        new_node.implicit = implicit;
+                        moved[old.index()] = Some(id);
+                        id
+                    }
+                };
+                self.dir_entries_mut(new_dir).insert(name, new);
+            }
+        }
+        Ok(top)
+    }
+
     /// The directory at `dir`, created if missing (a whiteout may be the first entry naming it).
     fn parent_dir_for_children(&mut self, dir: &[u8]) -> Result<NodeId, Problem> {
         if dir.len() > MAX_PATH {
@@ -545,7 +625,11 @@ pub fn apply_path(
         host_dir::apply_dir(tree, input, host_dir::HostDirOptions::default())?;
     } else if md.is_file() {
         let limit = crate::expansion::ExpansionLimit::capacity(capacity);
-        tar_input::apply_tar(tree, input, &tar_input::TarOptions { whiteouts: true, spool_dir, limit })?;
+        tar_input::apply_tar(
+            tree,
+            input,
+            &tar_input::TarOptions { whiteouts: tar_input::Whiteouts::Apply, spool_dir, limit },
+        )?;
     } else {
         anyhow::bail!("input {} is neither a directory nor a regular file (a tar archive)", input.display());
     }

@@ -1,6 +1,6 @@
 //! Filling a tree from a tar stream: plain, gzip or zstd; ustar, GNU and PAX (long names,
 //! `SCHILY.xattr.*`, large uid/gid, fractional mtimes); hard links, devices, GNU sparse files and
-//! OCI whiteouts.
+//! OCI whiteouts, either applied to earlier layers or kept in overlayfs's form.
 //!
 //! File contents stay in the archive: a regular file becomes a `(archive, offset)` reference.
 //! Compressed archives are first decompressed into a spool file (so the references have
@@ -11,18 +11,36 @@
 use super::{Content, InputError, Meta, NodeKind, Problem, Timestamp, Tree, path};
 use crate::expansion::{self, ExpansionLimit};
 use anyhow::{Context, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 const BLOCK: u64 = 512;
 
+/// What an OCI whiteout entry (`.wh.<name>`, `.wh..wh..opq`) means to the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Not a whiteout: an ordinary entry (a Debian package's tar, a host archive).
+    Ignore,
+    /// Removes what earlier layers of the tree put there: the merged view of an image.
+    Apply,
+    /// Kept the way overlayfs (and containers/storage's overlay driver) stores one layer on its
+    /// own: `.wh.<name>` becomes a character device 0/0 named `<name>` with no permissions (as
+    /// containers/storage's `mknod(path, S_IFCHR, 0)`; the entry's owner and mtime),
+    /// `.wh..wh..opq` the attribute `trusted.overlay.opaque=y` of its directory. Other
+    /// `.wh..wh.*` entries (aufs's bookkeeping) are dropped.
+    Overlay,
+}
+
+/// The attribute that marks an overlayfs directory opaque (hiding lower layers' entries).
+pub const OVERLAY_OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+
 /// How to read a tar input.
 #[derive(Debug, Clone)]
 pub struct TarOptions<'a> {
-    /// Honour OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) against earlier layers.
-    pub whiteouts: bool,
+    /// How to treat OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`).
+    pub whiteouts: Whiteouts,
     /// Where decompressed or expanded spool files go (anonymous: they live as long as the
     /// tree, or the process).
     pub spool_dir: &'a Path,
@@ -36,6 +54,10 @@ pub struct TarStats {
     pub entries: u64,
     pub whiteouts: u64,
     pub file_bytes: u64,
+    /// Every owner and group an entry names (whiteouts included), as containers/storage
+    /// records a layer's `uidset` and `gidset`.
+    pub uids: BTreeSet<u32>,
+    pub gids: BTreeSet<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +162,10 @@ fn apply_archive(
     let mut sparse_spool: Option<(File, std::sync::Arc<super::Archive>, u64)> = None;
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut stats = TarStats::default();
+    // Directories marked opaque (overlay form), with the marker's path for errors.
+    let mut opaque_dirs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // What this layer whited out so far.
+    let mut whited_out: HashSet<Vec<u8>> = HashSet::new();
     let mut last_entry = String::from("(start of archive)");
 
     let mut ar = tar::Archive::new(tar_file);
@@ -165,24 +191,6 @@ fn apply_archive(
             return Err(fail(Problem::UnsupportedType { kind: "PAX sparse file (GNU.sparse.*)".into() }).into());
         }
 
-        if opts.whiteouts
-            && let Some(name) = whiteout_name(&norm)
-        {
-            let prefix = &norm[..norm.len() - name.len() - 4];
-            let dir = prefix.strip_suffix(b"/").unwrap_or(prefix);
-            if name == b".wh..opq" {
-                tree.make_opaque(dir).map_err(fail)?;
-            } else if !name.starts_with(b".wh.") {
-                tree.whiteout(dir, name).map_err(fail)?;
-            }
-            stats.whiteouts += 1;
-            continue;
-        }
-
-        if !seen.insert(norm.clone()) {
-            return Err(fail(Problem::Duplicate).into());
-        }
-
         let header = entry.header();
         let meta = Meta {
             mode: header.mode().map_err(|e| fail(io_problem(&e)))? & 0o7777,
@@ -193,6 +201,46 @@ fn apply_archive(
             mtime: mtime(header, &pax).map_err(fail)?,
             xattrs: xattrs(&pax),
         };
+        stats.uids.insert(meta.uid);
+        stats.gids.insert(meta.gid);
+
+        if opts.whiteouts != Whiteouts::Ignore
+            && let Some(name) = whiteout_name(&norm)
+        {
+            let prefix = &norm[..norm.len() - name.len() - 4];
+            let dir = prefix.strip_suffix(b"/").unwrap_or(prefix);
+            stats.whiteouts += 1;
+            // Below a directory this layer already whited out (`rm -rf /foo/bar` written as
+            // `/.wh.foo` and `/foo/.wh.bar`) a whiteout says nothing more: containers/storage
+            // drops it (its mknod fails with ENOTDIR), and so must a reading that merges.
+            let components = path::components(dir);
+            if (1..=components.len()).any(|n| whited_out.contains(&components[..n].join(&b'/'))) {
+                continue;
+            }
+            let target = [prefix, name].concat();
+            match opts.whiteouts {
+                Whiteouts::Apply if name == b".wh..opq" => tree.make_opaque(dir).map_err(fail)?,
+                Whiteouts::Apply if !name.starts_with(b".wh.") => {
+                    tree.whiteout(dir, name).map_err(fail)?;
+                    whited_out.insert(target);
+                }
+                Whiteouts::Overlay if name == b".wh..opq" => opaque_dirs.push((dir.to_vec(), raw_path.clone())),
+                Whiteouts::Overlay if !name.starts_with(b".wh.") => {
+                    if !seen.insert(target.clone()) {
+                        return Err(fail(Problem::Duplicate).into());
+                    }
+                    let meta = Meta { mode: 0, xattrs: BTreeMap::new(), ..meta };
+                    tree.insert(&target, meta, NodeKind::CharDevice { major: 0, minor: 0 }).map_err(fail)?;
+                    whited_out.insert(target);
+                }
+                _ => {}
+            }
+            continue;
+        }
+
+        if !seen.insert(norm.clone()) {
+            return Err(fail(Problem::Duplicate).into());
+        }
         let device = |fail: &dyn Fn(Problem) -> InputError| -> Result<(u32, u32), InputError> {
             let major = header.device_major().map_err(|e| fail(io_problem(&e)))?.unwrap_or(0);
             let minor = header.device_minor().map_err(|e| fail(io_problem(&e)))?.unwrap_or(0);
@@ -266,7 +314,13 @@ fn apply_archive(
                         detail: format!("hard link target `{}`: {p}", path::display(&raw_target)),
                     })
                 })?;
-                tree.link(&norm, &target).map_err(fail)?;
+                let id = tree.link(&norm, &target).map_err(fail)?;
+                // As Docker and containers/storage apply a layer: the link's own header sets
+                // the shared inode's owner, mode and times, and adds its xattrs.
+                let node = &mut tree.node_mut(id).meta;
+                let mut xattrs = std::mem::take(&mut node.xattrs);
+                xattrs.extend(meta.xattrs);
+                *node = Meta { xattrs, ..meta };
                 continue;
             }
             T::Char => {
@@ -285,6 +339,12 @@ fn apply_archive(
         tree.insert(&norm, meta, kind).map_err(fail)?;
     }
     ar_end_check(ar.into_inner(), archive_len).map_err(whole)?;
+    // After every entry: a directory's own entry may follow its opaque marker, and would
+    // replace the attribute the marker set.
+    for (dir, raw_path) in opaque_dirs {
+        let fail = |problem| InputError { input: input.clone(), entry: Some(path::display(&raw_path)), problem };
+        tree.mark_opaque(&dir, OVERLAY_OPAQUE_XATTR).map_err(fail)?;
+    }
     Ok(stats)
 }
 
