@@ -74,7 +74,7 @@ pub fn airlock_binary() -> Result<PathBuf> {
     let dir = exe.parent().context("benchmark binary has no directory")?;
     let airlock = dir.join("airlock");
     if !airlock.exists() {
-        bail!("{} not found: run `cargo build --release` first", airlock.display());
+        bail!("{} not found: run `cargo build --release --workspace` first", airlock.display());
     }
     Ok(airlock)
 }

@@ -7,7 +7,7 @@
 //! for the ESP, `mke2fs -d` for the root, `sgdisk` for the table; the host's systemd-repart 252
 //! would need loop devices for this), booted the same way to its login prompt (multi-user).
 //!
-//! Usage: `cargo build --release && cargo run --release -p airlock-bench --bin boot` (as root, for mmdebstrap and
+//! Usage: `cargo build --release --workspace && cargo run --release -p airlock-bench --bin boot` (as root, for mmdebstrap and
 //! `mke2fs -d` of a root-owned tree).
 
 use airlock::pipeline::{BuildOptions, BuildReport};

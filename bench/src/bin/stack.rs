@@ -9,7 +9,7 @@
 //! from the journal's monotonic stamps of podman's pull messages; the wall time of the first
 //! boot includes the firmware.
 //!
-//! Usage: `cargo build --release && cargo run --release -p airlock-bench --bin
+//! Usage: `cargo build --release --workspace && cargo run --release -p airlock-bench --bin
 //! stack` (as root). It boots the VM tests' demo image, from their cache or built into it.
 
 use airlock_bench::*;
