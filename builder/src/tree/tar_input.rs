@@ -316,11 +316,15 @@ fn apply_archive(
                 })?;
                 let id = tree.link(&norm, &target).map_err(fail)?;
                 // As Docker and containers/storage apply a layer: the link's own header sets
-                // the shared inode's owner, mode and times, and adds its xattrs.
-                let node = &mut tree.node_mut(id).meta;
-                let mut xattrs = std::mem::take(&mut node.xattrs);
-                xattrs.extend(meta.xattrs);
-                *node = Meta { xattrs, ..meta };
+                // the shared inode's owner, mode and times, and adds its xattrs. A link to a
+                // file of an earlier layer leaves that file as it is (in an overlay store the
+                // layer's link is a copy of it, the lower file unchanged).
+                if tree.node(id).layer == tree.layer {
+                    let node = &mut tree.node_mut(id).meta;
+                    let mut xattrs = std::mem::take(&mut node.xattrs);
+                    xattrs.extend(meta.xattrs);
+                    *node = Meta { xattrs, ..meta };
+                }
                 continue;
             }
             T::Char => {
