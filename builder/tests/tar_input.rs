@@ -454,3 +454,30 @@ fn a_hard_links_header_sets_the_inodes_metadata() {
     assert_eq!((meta.mode, meta.uid, meta.gid, meta.mtime.secs), (0o750, 7, 8, 1_700_000_000));
     assert_eq!(meta.xattrs.get(&b"user.k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
 }
+
+/// A hard link in a later layer to a file of an earlier one leaves that file as it was: in an
+/// overlay store the later layer holds its own copy, the lower file is untouched.
+#[test]
+fn a_hard_link_to_an_earlier_layers_file_leaves_it_unchanged() {
+    let fx = Fixture::new();
+    let mut lower = tar::Builder::new(Vec::new());
+    let mut f = gnu();
+    f.set_mode(0o755);
+    f.set_size(2);
+    lower.append_data(&mut f, "a", &b"hi"[..]).unwrap();
+    let mut upper = tar::Builder::new(Vec::new());
+    let mut h = gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o600);
+    h.set_size(0);
+    upper.append_link(&mut h, "b", "a").unwrap();
+    let (lower, upper) =
+        (fx.write("lower.tar", &lower.into_inner().unwrap()), fx.write("upper.tar", &upper.into_inner().unwrap()));
+    let mut tree = Tree::new();
+    fx.load(&mut tree, &lower).unwrap();
+    tree.begin_layer();
+    fx.load(&mut tree, &upper).unwrap();
+    let a = tree.lookup("a").unwrap();
+    assert_eq!(tree.lookup("b"), Some(a));
+    assert_eq!(tree.node(a).meta.mode, 0o755);
+}

@@ -312,9 +312,21 @@ fn commit_machine_id(ctx: &Instance) -> Result<()> {
         bail!("{} holds no machine-id (`{id}`): systemd did not make one", path.display());
     }
     let saved = ctx.paths.saved_machine_id();
-    match fs::read_to_string(&saved) {
-        Ok(text) if text.trim() == id => {}
-        Ok(text) if !text.trim().is_empty() => bail!(
+    // Only a regular file is a saved id. Debian's dbus has systemd-tmpfiles link the path to
+    // /etc/machine-id on every boot that lacks it (`tmpfiles.d/dbus.conf`), often before this
+    // step: read through, the link shows the running id and would pass for saved, and the next
+    // boot, finding a link, would draw a new id.
+    let existing = match fs::symlink_metadata(&saved) {
+        Ok(md) if md.file_type().is_file() => {
+            Some(fs::read_to_string(&saved).with_context(|| format!("reading {}", saved.display()))?)
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", saved.display())),
+    };
+    match existing {
+        Some(text) if text.trim() == id => {}
+        Some(text) if !text.trim().is_empty() => bail!(
             "{} holds machine-id {} but the system runs as {id}: the data partition belongs to another instance",
             saved.display(),
             text.trim()

@@ -297,3 +297,18 @@ fn a_data_partition_of_another_instance_is_refused() {
     );
     assert!(!p.secrets().exists(), "nothing is made for the wrong instance");
 }
+
+/// tmpfiles' `dbus.conf` links `/var/lib/dbus/machine-id` to `/etc/machine-id` before provisioning
+/// runs: the link is replaced by a file holding the id, which the next boot's PID 1 reads.
+#[test]
+fn the_machine_id_replaces_debians_link_to_etc() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths(dir.path());
+    let saved = p.saved_machine_id();
+    fs::create_dir_all(saved.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(p.etc("machine-id"), &saved).unwrap();
+    provision(&p, &steps()).unwrap();
+    let md = fs::symlink_metadata(&saved).unwrap();
+    assert!(md.file_type().is_file(), "the link became a file: {md:?}");
+    assert_eq!(fs::read_to_string(&saved).unwrap(), "0123456789abcdef0123456789abcdef\n");
+}
