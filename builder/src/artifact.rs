@@ -69,6 +69,9 @@ pub struct Inspection {
     pub partitions: Vec<PartitionFacts>,
     pub signature: Signature,
     pub containers: Vec<ContainerFacts>,
+    /// Where the containers are unpacked for podman, as the manifest records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_store: Option<crate::manifest::ImageStore>,
     /// Per ecosystem: packages (name and version) and files.
     pub mirrors: BTreeMap<String, MirrorCount>,
     /// Every mirrored package (`--list`), `ecosystem name version`.
@@ -219,6 +222,7 @@ fn assemble(
                 size: c.size,
             })
             .collect(),
+        image_store: m.and_then(|m| m.image_store.clone()),
         mirrors,
         packages: list.then(|| packages.into_iter().map(|(e, n, v)| format!("{e} {n} {v}")).collect()),
         os_packages: m.map_or(0, |m| m.os_packages.len()),
@@ -422,6 +426,16 @@ impl std::fmt::Display for Inspection {
                 shown(&c.reference),
                 shown(&c.digest),
                 ByteSize(c.size)
+            )?;
+        }
+        if let Some(store) = &self.image_store {
+            writeln!(
+                f,
+                "  unpacked in {} for podman {} ({} layers, {})",
+                shown(&store.path),
+                shown(&or_unknown(&store.podman)),
+                store.layers,
+                ByteSize(store.unpacked_size)
             )?;
         }
         writeln!(f, "mirrors")?;

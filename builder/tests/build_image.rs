@@ -603,6 +603,15 @@ fn inspect_answers_from_the_image_and_the_release_as_the_manifest_says() {
     let hash = m["boot"]["verity"]["root_hash"].as_str().unwrap();
     assert!(text.contains(&format!("root          read-only under dm-verity, root hash {hash}")), "{text}");
     assert!(text.contains("boot          /EFI/Linux/demo_0.1.0.efi (signed for Secure Boot, sha256 "), "{text}");
+    let store = &m["image_store"];
+    let podman = store["podman"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "  unpacked in /usr/lib/containers/storage for podman {podman} ({} layers, ",
+            store["layers"]
+        )),
+        "{text}"
+    );
     assert!(!text.contains("SECRET-LICENSE-VALUE") && !text.contains("edge"), "{text}");
     let found = inspect_json(&copy);
     assert_eq!(found["site_settings"]["names"], serde_json::json!(["hostname", "network.mode", "pulumi.license_key"]));
