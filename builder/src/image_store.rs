@@ -73,11 +73,7 @@ pub fn unpack_container_images(
     root.begin_layer();
     let mut stored = Vec::with_capacity(images.len());
     for (c, image) in plan.containers.iter().zip(images) {
-        let locked = lock
-            .containers
-            .iter()
-            .find(|l| l.name == c.name)
-            .with_context(|| format!("container {} is not in the lock", c.name))?;
+        let locked = lock.entry(&c.name).with_context(|| format!("container {} is not in the lock", c.name))?;
         let index = match &locked.index {
             Some(index) => {
                 let bytes = store.read_verified(&index.digest, index.size, "image index")?;
@@ -95,7 +91,7 @@ pub fn unpack_container_images(
             name: c.name.clone(),
             listed_as: s.name.clone(),
             id: s.image.config_digest.hex().to_string(),
-            digest: s.index.as_ref().map_or(&s.image.manifest_digest, |(d, _)| d).to_string(),
+            digest: s.resolved_digest().to_string(),
         })
         .collect();
     let summary =

@@ -67,6 +67,14 @@ pub struct StoredImage<'a> {
     pub index: Option<(Digest, Vec<u8>)>,
 }
 
+impl StoredImage<'_> {
+    /// The digest the reference resolved to, as a pull records it: the index's when there was
+    /// one, else the manifest's.
+    pub fn resolved_digest(&self) -> &Digest {
+        self.index.as_ref().map_or(&self.image.manifest_digest, |(d, _)| d)
+    }
+}
+
 /// What the store holds, for the build's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreSummary {
@@ -346,9 +354,7 @@ fn image_records(
                 let created = config_created(&config).unwrap_or_else(|| clock.rfc3339());
                 let record = ImageRecord {
                     id,
-                    // What the reference resolved to, as a pull records it: the index when
-                    // there was one, else the manifest.
-                    digest: stored.index.as_ref().map_or(&image.manifest_digest, |(d, _)| d).to_string(),
+                    digest: stored.resolved_digest().to_string(),
                     names: Vec::new(),
                     names_history: Vec::new(),
                     layer: layer_ids(image).pop(),
