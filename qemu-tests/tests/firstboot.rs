@@ -61,6 +61,21 @@ impl Rng {
     }
 }
 
+/// Cuts the power at a random moment up to `max_ms` after `needle` appears on the console of
+/// the current boot. Until then the guest must be up: a kernel panic or a qemu that died fails
+/// the test (a cut of a dead machine would test nothing).
+fn cut_after(vm: &mut Vm, rng: &mut Rng, needle: &str, max_ms: u64, cut: usize, what: &str) {
+    let offset = vm.console_len();
+    let seen = vm
+        .watch_console(offset, needle, FIRST_BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("before power cut {cut}, waiting until {what}: {e:#}"))
+        .unwrap_or_else(|| panic!("before power cut {cut}: never {what} (`{needle}` not on the console)"));
+    let ms = rng.below(max_ms);
+    vm.run_for(seen, Duration::from_millis(ms)).expect("the guest runs until the cut");
+    eprintln!("power cut {cut}/{CUTS}: {ms} ms after {what}");
+    vm.crash().unwrap();
+}
+
 /// What makes an instance itself, read from inside it.
 #[derive(Debug)]
 struct Identity {
@@ -193,32 +208,21 @@ fn first_boot_makes_a_unique_instance_that_survives_power_cuts_and_honours_the_s
     })
     .unwrap();
     // The first cut lands inside provisioning itself (it takes about 1.5 s under TCG): while
-    // secrets, host keys and the CA are being written. The others anywhere from 5 s to ready.
-    // Until each cut the guest must be up: a kernel panic or a qemu that died fails the test
-    // (a cut of a dead machine would test nothing).
-    let offset = a.console_len();
-    let started = a
-        .watch_console(offset, "Starting airlock-provision.service", FIRST_BOOT_TIMEOUT)
-        .expect("the first boot runs without a kernel panic until provisioning")
-        .expect("provisioning starts during the first boot");
-    let ms = rng.below(PROVISION_CUT_MS);
-    a.run_for(started, Duration::from_millis(ms)).expect("the guest runs until the cut");
-    eprintln!("power cut 1/{CUTS}: {ms} ms after provisioning started");
-    a.crash().unwrap();
+    // secrets, host keys and the CA are being written.
+    cut_after(&mut a, &mut rng, "Starting airlock-provision.service", PROVISION_CUT_MS, 1, "provisioning started");
     // The second cut lands while the stack starts for the first time, from the root's image
-    // store: after it, nothing may be pulled or unpacked.
+    // store: after it, nothing may be pulled or unpacked. The console stops showing unit status
+    // at the login prompt; the kernel's line for the first container (the database) joining the
+    // stack's network marks the stack's start.
     a.boot_again().unwrap();
-    let offset = a.console_len();
-    // The console stops showing unit status at the login prompt; the kernel's line for the
-    // first container (the database) joining the stack's network marks the stack's start.
-    let stack = a
-        .watch_console(offset, "podman1: port 1(veth0)", FIRST_BOOT_TIMEOUT)
-        .expect("the boot after the first cut runs without a kernel panic until the stack starts")
-        .expect("the stack starts on the boot after the first cut");
-    let ms = rng.below(STACK_CUT_MS);
-    a.run_for(stack, Duration::from_millis(ms)).expect("the guest runs until the cut");
-    eprintln!("power cut 2/{CUTS}: {ms} ms after the stack's first container joined its network");
-    a.crash().unwrap();
+    cut_after(
+        &mut a,
+        &mut rng,
+        "podman1: port 1(veth0)",
+        STACK_CUT_MS,
+        2,
+        "the stack's first container joined its network",
+    );
     for cut in 3..=CUTS {
         a.boot_again().unwrap();
         let powered_on = Instant::now();
