@@ -584,7 +584,7 @@ fn run_disk(args: DiskArgs) -> Result<()> {
 fn disk_partitions(args: &DiskArgs, spool: &Path) -> Result<Vec<PartitionRequest>> {
     let table_default = |role: Role| match role.definition().size.default {
         SizeDefault::Bytes(b) => Some(b),
-        SizeDefault::Rest | SizeDefault::Required | SizeDefault::HashTreeOfRoot => None,
+        SizeDefault::Rest | SizeDefault::Required | SizeDefault::HashTreeOfRoot | SizeDefault::SlotA => None,
     };
     let alone = args.root.is_none() && args.data.is_none();
     let esp_size = match args.esp_size {

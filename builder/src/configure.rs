@@ -71,6 +71,18 @@ pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
 }
 
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
+/// The keys the appliance's updater trusts, in the verified root (one minisign `.pub` file
+/// each, named by key id): the release key the image is signed with. An unsigned image trusts
+/// none and accepts no update.
+pub fn install_update_keys(root: &mut Tree, keys: &[crate::signing::PublicKey]) -> Result<()> {
+    let dir = airlock_common::bundle::TRUSTED_KEYS_DIR.trim_start_matches('/');
+    root.put_dir(dir, 0o755)?;
+    for key in keys {
+        root.put_file(&format!("{dir}/{}.pub", key.key_id()), 0o644, key.to_file_text())?;
+    }
+    Ok(())
+}
+
 pub fn configure_system(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
     root.begin_layer();
     // The site may rename the host on any boot and the root is read-only: `/etc/hostname` and

@@ -7,7 +7,7 @@ use crate::ext4::{self, Ext4Options};
 use crate::fat::{self, FatOptions};
 use crate::gpt::{self, ALIGN, GptLayout, PartitionEntry};
 use crate::output_file::PartialFile;
-use crate::partition::{Filesystem, Role, Slot};
+use crate::partition::{Filesystem, ImageId, Role, Slot};
 use crate::region::Region;
 use crate::seed::Seed;
 use crate::size::ByteSize;
@@ -43,7 +43,7 @@ pub const MAX_DISK: u64 = 16 << 40;
 /// partition has no size and takes the rest.
 pub fn plan(disk_size: u64, seed: Seed, clock: BuildClock, mut requests: Vec<PartitionRequest>) -> Result<DiskPlan> {
     let sizes: Vec<(Role, Option<u64>)> = requests.iter().map(|r| (r.role, r.size)).collect();
-    let layout = lay_out(disk_size, &seed, &sizes)?;
+    let layout = lay_out(disk_size, &seed, None, &sizes)?;
     requests.sort_by_key(|r| r.role.position());
     let contents = requests.into_iter().map(|r| (r.role, r.tree)).collect();
     Ok(DiskPlan { layout: layout.gpt, contents, seed, clock })
@@ -65,7 +65,7 @@ struct SizeRequest {
 
 /// The layout [`plan`] makes, for partitions given by role and size: what the pipeline plans
 /// before the contents of every partition exist (the ESP's UKI needs the root hash).
-pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Result<Layout> {
+pub fn lay_out(disk_size: u64, seed: &Seed, image: Option<&ImageId>, sizes: &[(Role, Option<u64>)]) -> Result<Layout> {
     let mut requests: Vec<SizeRequest> = sizes.iter().map(|&(role, size)| SizeRequest { role, size }).collect();
     if disk_size % gpt::SECTOR != 0 {
         bail!("disk size {} is not a multiple of 512 bytes", ByteSize(disk_size));
@@ -102,25 +102,40 @@ pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Re
             bail!("the {} partition needs its root partition", r.role);
         }
     }
-    let fills = requests.iter().filter(|r| r.size.is_none() && !is_hash_tree(r)).count();
+    // Slot B's partitions are sized like slot A's: an update for one slot fits the other.
+    let mirrored = |r: &SizeRequest| mirror_of(r.role).is_some();
+    if let Some(r) = requests.iter().find(|r| mirrored(r) && r.size.is_some()) {
+        bail!("the {} partition is sized like slot A's, not given a size", r.role);
+    }
+    for r in requests.iter().filter(|r| mirrored(r)) {
+        if !requests.iter().any(|o| Some(o.role) == mirror_of(r.role)) {
+            bail!("the {} partition needs slot A's", r.role);
+        }
+    }
+    // A root and what takes its size: its mirror in slot B, each one's hash tree.
+    let original = |role: Role| mirror_of(role).unwrap_or(role);
+    let sized_by = |r: &SizeRequest| original(root_of(r.role).unwrap_or(r.role));
+    let fills = requests.iter().filter(|r| r.size.is_none() && !is_hash_tree(r) && !mirrored(r)).count();
     if fills > 1 {
         bail!("only one partition may take the remaining space; give the others a size");
     }
-    // A hash tree's partition follows its root's size: for a root of fixed size it is fixed
-    // too; for a root that takes the rest, the rest is shared so both fit (the tree of the
-    // whole rest is at least the tree of the root).
+    let size_given = |role: Role| requests.iter().find(|o| o.role == role).and_then(|o| o.size);
+    // A hash tree's partition follows its root's size, a mirror its original's: for a root of
+    // fixed size they are fixed too; for a root that takes the rest, the rest is shared so all
+    // fit (the tree of the whole rest is at least the tree of the root).
     let hash_of = |root: u64| gpt::align_up(crate::verity::hash_region_len(root), ALIGN);
-    let fixed_roots: u64 = requests
+    let fixed: u64 = requests
         .iter()
-        .filter(|r| is_hash_tree(r))
-        .filter_map(|r| requests.iter().find(|o| Some(o.role) == root_of(r.role)).and_then(|o| o.size))
-        .map(|s| hash_of(gpt::align_up(s, ALIGN)))
+        .filter_map(|r| {
+            let given = size_given(sized_by(r)).map(|s| gpt::align_up(s, ALIGN))?;
+            Some(if is_hash_tree(r) { hash_of(given) } else { given })
+        })
         .sum();
-    let fixed: u64 = requests.iter().filter_map(|r| r.size).map(|s| gpt::align_up(s, ALIGN)).sum::<u64>() + fixed_roots;
     let available = end.saturating_sub(start);
     let describe = || {
         requests
             .iter()
+            .filter(|r| !is_hash_tree(r) && !mirrored(r))
             .map(|r| match r.size {
                 Some(s) => format!("{} {}", r.role, ByteSize(s)),
                 None => format!("{} (rest, at least 1MiB)", r.role),
@@ -128,10 +143,16 @@ pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Re
             .collect::<Vec<_>>()
             .join(" + ")
     };
-    let needed = fixed + if fills == 1 { ALIGN } else { 0 };
+    let filler = requests.iter().find(|r| r.size.is_none() && !is_hash_tree(r) && !mirrored(r)).map(|r| r.role);
+    // How many roots of the filler's size there are, and how many hash trees of them.
+    let copies =
+        |tree: bool| requests.iter().filter(|r| Some(sized_by(r)) == filler && is_hash_tree(r) == tree).count() as u64;
+    let (roots, trees) = (copies(false), copies(true));
+    let needed = fixed + roots * ALIGN + trees * hash_of(ALIGN);
     if needed > available {
+        let slot_b = if requests.iter().any(mirrored) { " (slot B as large as slot A)" } else { "" };
         bail!(
-            "partitions do not fit: {} needs {} but a {} disk has {} usable; make the disk at least {}",
+            "partitions do not fit: {}{slot_b} needs {} but a {} disk has {} usable; make the disk at least {}",
             describe(),
             ByteSize(needed),
             ByteSize(disk_size),
@@ -139,39 +160,28 @@ pub fn lay_out(disk_size: u64, seed: &Seed, sizes: &[(Role, Option<u64>)]) -> Re
             ByteSize(disk_size + needed - available)
         );
     }
-    let rest_has_tree = requests.iter().any(|r| {
-        r.size.is_none()
-            && !is_hash_tree(r)
-            && requests.iter().any(|v| is_hash_tree(v) && root_of(v.role) == Some(r.role))
-    });
     let rest = available - fixed;
-    // With its hash tree, the root takes the most whole MiBs whose tree fits beside it.
-    let rest = if rest_has_tree {
-        let mut root = rest - hash_of(rest);
-        while root + ALIGN + hash_of(root + ALIGN) <= rest {
-            root += ALIGN;
-        }
-        root
-    } else {
-        rest
-    };
+    // The filler and its copies take the most whole MiBs whose trees fit beside them.
+    let mut share = gpt::align_down(rest / roots.max(1), ALIGN);
+    while share > ALIGN && roots * share + trees * hash_of(share) > rest {
+        share -= ALIGN;
+    }
     let mut cursor = start;
     let mut partitions: Vec<PartitionEntry> = Vec::new();
     let mut roles = Vec::new();
     let mut sizes: Vec<(Role, u64)> = Vec::new();
     for r in requests {
-        let size = match (r.size, root_of(r.role)) {
-            (_, Some(root)) => {
-                let root_size = sizes.iter().find(|(role, _)| *role == root).map(|(_, s)| *s);
-                hash_of(root_size.context("a root's hash tree follows its root")?)
-            }
-            (Some(s), None) => gpt::align_up(s, ALIGN),
-            (None, None) => rest,
+        let placed = |role: Role| sizes.iter().find(|(o, _)| *o == role).map(|(_, s)| *s);
+        let size = match (r.size, root_of(r.role), mirror_of(r.role)) {
+            (_, Some(root), _) => hash_of(placed(root).context("a root's hash tree follows its root")?),
+            (_, None, Some(original)) => placed(original).context("slot B follows slot A")?,
+            (Some(s), None, None) => gpt::align_up(s, ALIGN),
+            (None, None, None) => share,
         };
         sizes.push((r.role, size));
         let def = r.role.definition();
         partitions.push(PartitionEntry {
-            name: def.gpt_name(),
+            name: def.gpt_name(image),
             type_guid: def.type_guid,
             guid: def.partition_guid(seed),
             start: cursor,
@@ -216,6 +226,15 @@ pub fn verity_params(seed: &Seed, slot: Slot) -> crate::verity::VerityParams {
 }
 
 /// The root partition whose hash tree a root-verity partition holds.
+/// The slot A partition a slot B partition is sized like.
+fn mirror_of(role: Role) -> Option<Role> {
+    match role {
+        Role::Root(Slot::B) => Some(Role::Root(Slot::A)),
+        Role::RootVerity(Slot::B) => Some(Role::RootVerity(Slot::A)),
+        _ => None,
+    }
+}
+
 fn root_of(role: Role) -> Option<Role> {
     match role {
         Role::RootVerity(slot) => Some(Role::Root(slot)),
@@ -309,6 +328,16 @@ impl<'a> DiskWriter<'a> {
         let what = write_filesystem(role, &entry, tree, &region, self.seed, self.clock)?;
         log::debug!("partition {} ({}): {what}", entry.name, ByteSize(entry.size));
         self.mark_written(role, what)
+    }
+
+    /// Leaves `role`'s partition empty: slot B of a new image, named `_empty`, for the first
+    /// update to write.
+    pub fn leave_empty(&mut self, role: Role) -> Result<()> {
+        let (_, entry) = self.entry(role)?;
+        if role.definition().name != crate::partition::GptName::Empty {
+            bail!("the {role} partition cannot be left empty");
+        }
+        self.mark_written(role, format!("empty slot ({}), for the next update", entry.name))
     }
 
     /// Hashes the written root of `slot` into its root-verity partition (`veritysetup format`'s
@@ -494,6 +523,51 @@ mod tests {
         let alone = vec![request(Role::Esp, None), request(Role::RootVerity(Slot::A), None)];
         let err = plan(300 * MIB, Seed::new("t"), clock, alone).unwrap_err().to_string();
         assert!(err.contains("needs its root partition"), "{err}");
+    }
+
+    /// Slot B is as large as slot A, its hash tree as its root's: given a size, both slots have
+    /// it; taking the rest, the two slots and their trees share it, and the names say which
+    /// slot holds an appliance and which is empty.
+    #[test]
+    fn slot_b_is_sized_like_slot_a() {
+        let image = ImageId { name: "demo".into(), version: "0.1.0".into() };
+        let tree_of = |root: u64| gpt::align_up(crate::verity::hash_region_len(root), ALIGN);
+        for root_size in [None, Some(100 * MIB)] {
+            let sizes = [
+                (Role::Esp, Some(40 * MIB)),
+                (Role::Root(Slot::A), root_size),
+                (Role::RootVerity(Slot::A), None),
+                (Role::Root(Slot::B), None),
+                (Role::RootVerity(Slot::B), None),
+                (Role::Data, if root_size.is_some() { None } else { Some(32 * MIB) }),
+            ];
+            let layout = lay_out(500 * MIB, &Seed::new("t"), Some(&image), &sizes).unwrap();
+            let p = &layout.gpt.partitions;
+            let names: Vec<&str> = p.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, ["esp", "demo_0.1.0", "demo_0.1.0_verity", "_empty", "_empty", "data"]);
+            assert_eq!((p[3].size, p[4].size), (p[1].size, p[2].size), "{root_size:?}");
+            assert_eq!(p[2].size, tree_of(p[1].size));
+            if let Some(s) = root_size {
+                assert_eq!(p[1].size, s);
+            } else {
+                let end = gpt::align_down(gpt::last_usable_end(500 * MIB), ALIGN);
+                assert!(p[5].end() <= end && p[5].end() + 2 * ALIGN > end, "the rest is shared: {p:?}");
+            }
+        }
+        let too_small = [
+            (Role::Esp, Some(40 * MIB)),
+            (Role::Root(Slot::A), Some(300 * MIB)),
+            (Role::Root(Slot::B), None),
+            (Role::Data, None),
+        ];
+        let err = lay_out(500 * MIB, &Seed::new("t"), None, &too_small).unwrap_err().to_string();
+        assert!(err.contains("(slot B as large as slot A)"), "{err}");
+        let sized_b = [(Role::Root(Slot::A), None), (Role::Root(Slot::B), Some(MIB))];
+        let err = lay_out(500 * MIB, &Seed::new("t"), None, &sized_b).unwrap_err().to_string();
+        assert!(err.contains("sized like slot A's"), "{err}");
+        let lone_b = [(Role::Esp, None), (Role::Root(Slot::B), None)];
+        let err = lay_out(500 * MIB, &Seed::new("t"), None, &lone_b).unwrap_err().to_string();
+        assert!(err.contains("needs slot A's"), "{err}");
     }
 
     #[test]

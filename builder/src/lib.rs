@@ -32,7 +32,7 @@
 // Shared with the appliance's own program; re-exported so the builder's modules and tests name
 // them as before.
 pub use airlock_common::{
-    command, gpt, input_file, interrupt, local_registry, output_file, partition, seed, signing, size,
+    command, gpt, input_file, interrupt, local_registry, output_file, partition, seed, signing, size, version,
 };
 
 pub mod apt_sources;
@@ -81,5 +81,6 @@ pub mod tree;
 pub mod uki;
 pub mod unit_name;
 pub mod units;
+pub mod update_bundle;
 pub mod verify;
 pub mod verity;

@@ -16,7 +16,7 @@ use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
 use crate::outputs::{self, Format, VmHardware};
-use crate::partition::{Role, Slot};
+use crate::partition::{ImageId, Role, Slot};
 use crate::plan::BuildPlan;
 use crate::preload;
 use crate::release::{self, ReleaseOptions, Released};
@@ -147,7 +147,11 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     })?;
     stages.run("configure front door", || crate::front_door::install(&mut root, plan))?;
     stages.run("install appliance program", || configure::install_appliance_program(&mut root, &appliance))?;
-    stages.run("configure system", || configure::configure_system(&mut root, plan))?;
+    stages.run("configure system", || {
+        configure::configure_system(&mut root, plan)?;
+        let release_key = opts.signing_key.as_ref().map(KeyPair::public_key);
+        configure::install_update_keys(&mut root, release_key.as_slice())
+    })?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
     if let Some(keys) = &opts.secure_boot {
@@ -161,14 +165,20 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     // The root is written and hashed first: the UKI on the ESP carries its root hash.
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
-    let layout = disk::lay_out(plan.disk.size, &plan.seed, &partition_sizes(plan))?;
+    let image_id = ImageId { name: plan.name.clone(), version: plan.version.clone() };
+    let layout = disk::lay_out(plan.disk.size, &plan.seed, Some(&image_id), &partition_sizes(plan))?;
     let mut writer = DiskWriter::create(&layout, &plan.seed, opts.clock, &image)?;
     stages.run("write root", || {
         disk::measure(&[&root]);
         writer.write_tree(Role::Root(Slot::A), &root)
     })?;
     let root_hash = match plan.disk.verity {
-        true => Some(stages.run("hash root (dm-verity)", || writer.write_hash_tree(Slot::A))?),
+        true => Some(stages.run("hash root (dm-verity)", || {
+            let hash = writer.write_hash_tree(Slot::A)?;
+            writer.leave_empty(Role::Root(Slot::B))?;
+            writer.leave_empty(Role::RootVerity(Slot::B))?;
+            Ok(hash)
+        })?),
         false => None,
     };
     let (esp, release) = stages.run("make UKI and ESP", || {
@@ -186,9 +196,24 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let disk = stages.run("finish disk", || writer.finish())?;
     disk.partitions.iter().for_each(|line| crate::progress::item(&format!("  {line}")));
     let packages_file = stages.run("record packages", || record_packages(&opts.out_dir, plan, &packages))?;
-    let packages_file = vec![("packages".to_string(), packages_file)];
+    let mut extra = vec![("packages".to_string(), packages_file)];
+    match (&root_hash, &opts.signing_key) {
+        (Some(hash), Some(key)) => {
+            let inputs = crate::update_bundle::BundleInputs {
+                name: &plan.name,
+                version: &plan.version,
+                root_hash: &hash.hex(),
+                uki: &release.boot.as_ref().map(|b| b.uki.clone()).unwrap_or_default(),
+            };
+            let bundle = stages
+                .run("write update bundle", || crate::update_bundle::write(&image, &opts.out_dir, &inputs, key))?;
+            extra.push(("update".to_string(), bundle));
+        }
+        (Some(_), None) => log::info!("no update bundle: an unsigned build cannot update an appliance (--sign-key)"),
+        (None, _) => log::info!("no update bundle: an image without verity (`[disk] verity = false`) has no slots"),
+    }
     // derive outputs, write manifest, sign outputs: the stages `airlock disk` runs too.
-    let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), packages_file)?;
+    let released = release_image(&mut stages, &image, &release, opts.signing_key.as_ref(), extra)?;
     Ok(BuildReport { image, size: disk.size, kernel: kernel.version, packages, released, stages: stages.done })
 }
 

@@ -166,14 +166,17 @@ pub struct DiskSpec {
     /// The EFI system partition.
     #[serde(default)]
     pub esp_size: Option<ByteSize>,
-    /// The root filesystem; default: what the ESP and data partition leave.
+    /// Each root slot (with verity, slots A and B are the same size: an update's root must fit
+    /// it, so leave room for growth); default: what the ESP and data partition leave, shared
+    /// by the slots and their hash trees.
     #[serde(default)]
     pub root_size: Option<ByteSize>,
     /// The data partition as built; it grows to fill the disk on first boot.
     #[serde(default)]
     pub data_size: Option<ByteSize>,
-    /// A read-only root under dm-verity, its root hash in the UKI's command line (the
-    /// default). `false`, for development only: a writable root and no verity partition.
+    /// A read-only root under dm-verity, its root hash in the UKI's command line, and a second,
+    /// empty root slot for updates (the default). `false`, for development only: a writable
+    /// root, no verity partition and no second slot (no updates).
     #[serde(default = "default_true")]
     pub verity: bool,
 }
@@ -188,7 +191,8 @@ impl DiskSpec {
         match role {
             Role::Esp => self.esp_size,
             Role::Root(Slot::A) => self.root_size,
-            Role::RootVerity(Slot::A) => None,
+            // Slot B is sized like slot A; a hash tree like its root.
+            Role::Root(Slot::B) | Role::RootVerity(_) => None,
             Role::Data => self.data_size,
         }
     }
@@ -285,8 +289,7 @@ data_size = "256MiB"
     /// (a hash tree's size follows its root: no key sets it).
     #[test]
     fn the_partition_tables_size_keys_are_disk_keys() {
-        let keyed =
-            crate::partition::TABLE.iter().filter(|d| d.size.default != crate::partition::SizeDefault::HashTreeOfRoot);
+        let keyed = crate::partition::TABLE.iter().filter(|d| !d.size.spec_key.is_empty());
         for (i, def) in keyed.enumerate() {
             let size = format!("{}MiB", 300 + i);
             let text = MINIMAL.replace("data_size = \"256MiB\"", &format!("{} = \"{size}\"", def.size.spec_key));

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Appended to the production spec's version in a test build.
-pub const VERSION_SUFFIX: &str = "+stand-ins";
+pub const VERSION_SUFFIX: &str = "-test";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +89,12 @@ pub fn plan_spec_or_test_spec(path: &Path, host: &HostContext) -> Result<BuildPl
         );
     }
     plan.version = format!("{}{VERSION_SUFFIX}", plan.version);
+    // Still a version, and the root partitions' GPT names still fit.
+    crate::version::Version::parse(&plan.version).map_err(|why| err("test.spec", why))?;
+    let longest = crate::partition::versioned_name(&plan.name, &plan.version, crate::partition::VERITY_SUFFIX);
+    if plan.disk.verity && longest.len() > crate::partition::GPT_NAME_MAX {
+        return Err(err("test.spec", format!("`{longest}` (the test build's root-verity GPT name) is too long")).into());
+    }
     plan.seed = Seed::new(format!("{}-{}", plan.name, plan.version));
     plan.test = Some(TestBuild {
         production_spec: production,
@@ -218,8 +224,8 @@ source = "oci:stand-ins/oci:service"
     #[test]
     fn a_test_spec_builds_the_production_spec_with_stand_ins() {
         let (dir, p) = plan(TEST).unwrap();
-        assert_eq!(p.version, "2.0.0+stand-ins");
-        assert_eq!(p.seed, Seed::new("stack-2.0.0+stand-ins"));
+        assert_eq!(p.version, "2.0.0-test");
+        assert_eq!(p.seed, Seed::new("stack-2.0.0-test"));
         assert_eq!(p.overlays, vec![dir.path().join("test/../prod/overlay")], "the production spec's overlay");
         assert!(p.signing_key.is_none(), "a test build is never signed");
         assert_eq!(p.lock_path, dir.path().join("test/appliance.lock"));

@@ -76,6 +76,9 @@ pub struct VerifyReport {
     pub files: Vec<String>,
     /// The image looked inside, and how many partitions matched.
     pub image: Option<(String, usize)>,
+    /// The update bundle checked (its own signature, every payload, and its root, hash tree
+    /// and UKI against the manifest's), and its version.
+    pub bundle: Option<(String, String)>,
     /// Files in the directory that `SHA256SUMS` does not list (nothing vouches for them).
     pub unlisted: Vec<String>,
     /// Every entry of the signed `SHA256SUMS`: name and SHA-256.
@@ -99,6 +102,14 @@ impl fmt::Display for VerifyReport {
                 writeln!(f, "image: {}: partition table and {n} {noun} match {MANIFEST_FILE}", escape(name))?
             }
             None => writeln!(f, "image: no .raw or .raw.zst to look inside (checksums only)")?,
+        }
+        if let Some((name, version)) = &self.bundle {
+            writeln!(
+                f,
+                "update: {}: signature good, payloads match, root, hash tree and UKI are the image's ({})",
+                escape(name),
+                escape(version)
+            )?;
         }
         if !self.unlisted.is_empty() {
             writeln!(f, "warning: not covered by SHA256SUMS, so not verified: {}", escape(&self.unlisted.join(", ")))?;
@@ -199,6 +210,7 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
     let files: Vec<String> = to_check.iter().map(|(n, _)| n.clone()).collect();
 
     let mut image = None;
+    let mut bundle = None;
     match authenticated_manifest(&dir, &signed) {
         Err(e) => problems.add(MANIFEST_FILE, format!("{e:#}")),
         Ok(m) => {
@@ -216,6 +228,14 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
                 check_image(&dir.join(&name), &name, &m, &mut problems);
                 if problems.0.len() == before {
                     image = Some((name, m.disk.partitions.len()));
+                }
+            }
+            let bundle_name = airlock_common::bundle::file_name(&m.appliance.name, &m.appliance.version);
+            if only.as_ref().is_none_or(|o| *o == bundle_name) && listed(&bundle_name) {
+                let before = problems.0.len();
+                check_bundle(&dir.join(&bundle_name), &bundle_name, key, &m, &mut problems);
+                if problems.0.len() == before {
+                    bundle = Some((bundle_name, m.appliance.version.clone()));
                 }
             }
         }
@@ -239,7 +259,43 @@ pub fn verify(path: &Path, key: &PublicKey, opts: &VerifyOptions) -> Result<Veri
     if !problems.0.is_empty() {
         return Err(VerifyFailures { dir, problems: problems.0 }.into());
     }
-    Ok(VerifyReport { key_id: key.key_id().to_string(), trusted_comment, files, image, unlisted, signed })
+    Ok(VerifyReport { key_id: key.key_id().to_string(), trusted_comment, files, image, bundle, unlisted, signed })
+}
+
+/// The update bundle: its own signature with the release key, every payload's digests, and
+/// that it carries the image's slot A root and hash tree and its UKI (by the manifest's
+/// digests) for the manifest's appliance and version.
+fn check_bundle(path: &Path, name: &str, key: &PublicKey, m: &Manifest, problems: &mut Problems) {
+    let b = match crate::update_bundle::verify(path, std::slice::from_ref(key)) {
+        Ok(b) => b,
+        Err(e) => return problems.add(name, format!("{e:#}")),
+    };
+    let h = &b.header;
+    if (h.appliance.as_str(), h.version.as_str()) != (m.appliance.name.as_str(), m.appliance.version.as_str()) {
+        problems.add(
+            name,
+            format!(
+                "is {} {}, the manifest is of {} {}",
+                h.appliance, h.version, m.appliance.name, m.appliance.version
+            ),
+        );
+    }
+    use crate::partition::{Role, Slot};
+    use airlock_common::bundle::Kind;
+    let partition_sha = |role: Role| m.disk.partitions.iter().find(|p| p.role == Some(role)).map(|p| p.sha256.clone());
+    let boot = m.boot.as_ref();
+    for (kind, expected) in [
+        (Kind::Root, partition_sha(Role::Root(Slot::A))),
+        (Kind::Verity, partition_sha(Role::RootVerity(Slot::A))),
+        (Kind::Uki, boot.map(|b| b.uki_sha256.clone())),
+    ] {
+        if expected.as_deref() != Some(h.payload(kind).sha256.as_str()) {
+            problems.add(name, format!("its {kind} is not the image's (the manifest says {expected:?})"));
+        }
+    }
+    if boot.and_then(|b| b.verity.as_ref()).map(|v| v.root_hash.as_str()) != Some(h.root_hash.as_str()) {
+        problems.add(name, format!("its root hash {} is not the manifest's", h.root_hash));
+    }
 }
 
 /// `manifest.json`, parsed from the bytes whose SHA-256 matched the signed listing (never from a

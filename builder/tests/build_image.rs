@@ -31,6 +31,17 @@ fn secure_boot_keys() -> &'static PathBuf {
     })
 }
 
+/// One release key (minisign, unencrypted) for the process: both builds sign with it, so they
+/// write the update bundle.
+fn release_key() -> &'static PathBuf {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let prefix = process_shared_dir("build_image-release-key").join("release");
+        airlock_ok(&["keygen", "--no-passphrase", "--out", prefix.to_str().unwrap()]);
+        prefix
+    })
+}
+
 /// Builds the demo appliance once per test process. If that fails, for whatever reason (an
 /// unreachable Debian archive included), every test that needs the build fails with the
 /// build's own words: a test that cannot judge does not pass.
@@ -55,6 +66,8 @@ fn build_demo(tag: &str) -> Result<Built, String> {
         out.to_str().unwrap(),
         "--secure-boot-key",
         keys.to_str().unwrap(),
+        "--sign-key",
+        release_key().with_extension("key").to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&res.stderr);
     if !res.status.success() {
@@ -98,14 +111,21 @@ fn partition_table_is_valid_and_seeded() {
         kinds,
         vec![
             ("esp", types::ESP, seed.uuid("partition:esp")),
-            ("root-x86-64", types::LINUX_ROOT_X86_64, half(0..16)),
-            ("root-x86-64-verity", types::LINUX_ROOT_X86_64_VERITY, half(16..32)),
+            ("demo_0.1.0", types::LINUX_ROOT_X86_64, half(0..16)),
+            ("demo_0.1.0_verity", types::LINUX_ROOT_X86_64_VERITY, half(16..32)),
+            ("_empty", types::LINUX_ROOT_X86_64, seed.uuid("partition:root-x86-64-b")),
+            ("_empty", types::LINUX_ROOT_X86_64_VERITY, seed.uuid("partition:root-x86-64-verity-b")),
             ("data", types::LINUX_VARIABLE_DATA, seed.uuid("partition:data")),
         ],
-        "the root's and its hash tree's UUIDs are the halves of the root hash"
+        "slot A's root and hash tree have the root hash's halves as UUIDs and the appliance's name and \
+         version as names; slot B is empty, as large as slot A"
     );
     assert_eq!(
-        layout.partitions[3].end() + (1 << 20),
+        (layout.partitions[3].size, layout.partitions[4].size),
+        (layout.partitions[1].size, layout.partitions[2].size)
+    );
+    assert_eq!(
+        layout.partitions[5].end() + (1 << 20),
         layout.disk_size,
         "data is last and ends at the last aligned MiB"
     );
@@ -198,7 +218,7 @@ fn esp_holds_the_signed_loader_and_uki() {
 fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let b = demo();
     let root = partition(b, 1, "root");
-    let data = partition(b, 3, "data");
+    let data = partition(b, 5, "data");
     assert_e2fsck_clean(&root);
     assert_e2fsck_clean(&data);
 
@@ -250,6 +270,77 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     assert!(packages.lines().any(|l| l.starts_with("linux-image-amd64 ")), "{packages}");
 }
 
+/// The update bundle: listed in `SHA256SUMS`, checked by `airlock verify` (its own signature,
+/// every payload, and its root, hash tree and UKI against the manifest), carrying the image's
+/// slot A byte for byte; the image trusts the release key that signed it. A bundle with one
+/// byte changed is refused, naming the payload.
+#[test]
+fn the_update_bundle_carries_the_root_and_is_verified() {
+    let b = demo();
+    let bundle = b.out.join("demo_0.1.0.update");
+    let sums = fs::read_to_string(b.out.join("SHA256SUMS")).unwrap();
+    assert!(sums.lines().any(|l| l.ends_with("  demo_0.1.0.update")), "{sums}");
+    let public = release_key().with_extension("pub");
+    let ok = airlock(&["verify", b.out.to_str().unwrap(), "--pubkey", public.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.contains("update: demo_0.1.0.update: signature good, payloads match"), "{out}");
+
+    let opened = airlock_common::bundle::Bundle::open(&bundle, &[opened_key(&public)]).unwrap();
+    let layout = GptLayout::read(&fs::File::open(&b.image).unwrap()).unwrap();
+    let root = &layout.partitions[1];
+    let mut offset = 0u64;
+    let image = fs::File::open(&b.image).unwrap();
+    let mut expected = vec![0u8; 1 << 20];
+    opened
+        .copy_payload(airlock_common::bundle::Kind::Root, &mut |chunk| {
+            use std::os::unix::fs::FileExt;
+            image.read_exact_at(&mut expected[..chunk.len()], root.start + offset).unwrap();
+            assert!(expected[..chunk.len()] == *chunk, "the bundle's root differs from the image's at {offset}");
+            offset += chunk.len() as u64;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(offset, root.size, "the whole root partition");
+    let compressed: u64 = opened.header.payloads.iter().map(|p| p.stored_size).sum();
+    eprintln!(
+        "update bundle: {} bytes ({} of root and hash tree compressed) for a {}-byte root; raw.zst would hold the whole disk",
+        fs::metadata(&bundle).unwrap().len(),
+        compressed,
+        root.size
+    );
+
+    // The image trusts the key that signed it (in its verified root).
+    let key_id = opened.key_id.to_string();
+    let root_part = partition(b, 1, "root");
+    let listing = tool_ok("debugfs", &["-R", "ls -p /usr/lib/airlock/update-keys", root_part.to_str().unwrap()]);
+    assert!(listing.contains(&format!("/{key_id}.pub/")), "{listing}");
+
+    // One byte of the root payload changed: refused, naming it; nothing else is wrong.
+    let tampered = b.out.parent().unwrap().join("tampered");
+    fs::create_dir_all(&tampered).unwrap();
+    let copy = tampered.join("demo_0.1.0.update");
+    fs::copy(&bundle, &copy).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().read(true).write(true).open(&copy).unwrap();
+        // The middle of the root payload, the first after the signature.
+        let payload_start = fs::metadata(&copy).unwrap().len() - opened.header.payload_bytes();
+        let at = payload_start + opened.header.payloads[0].stored_size / 2;
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    }
+    let reopened = airlock_common::bundle::Bundle::open(&copy, &[opened_key(&public)]).unwrap();
+    let err = format!("{:#}", reopened.check_payloads(&mut |_| {}).unwrap_err());
+    assert!(err.contains("the root payload's bytes are not the ones signed"), "{err}");
+    fs::remove_dir_all(&tampered).unwrap();
+}
+
+fn opened_key(public: &std::path::Path) -> airlock::signing::PublicKey {
+    airlock::signing::read_public_key(public.to_str().unwrap()).unwrap()
+}
+
 #[test]
 fn two_builds_are_identical() {
     let a = demo();
@@ -270,7 +361,10 @@ fn release_lists_the_spec_formats_and_a_manifest_of_the_image() {
     let b = demo();
     let sums = fs::read_to_string(b.out.join("SHA256SUMS")).unwrap();
     let names: Vec<&str> = sums.lines().map(|l| &l[66..]).collect();
-    assert_eq!(names, ["demo.packages", "demo.qcow2", "demo.raw", "demo.spdx.json", "manifest.json"]);
+    assert_eq!(
+        names,
+        ["demo.packages", "demo.qcow2", "demo.raw", "demo.spdx.json", "demo_0.1.0.update", "manifest.json"]
+    );
     let cmp = tool_ok(
         "qemu-img",
         &["compare", "-f", "raw", "-F", "qcow2", b.image.to_str().unwrap(), b.out.join("demo.qcow2").to_str().unwrap()],
@@ -394,13 +488,13 @@ fn assert_sbom_judged_valid(sbom: &std::path::Path, m: &serde_json::Value) {
     assert_eq!(count("SPDXRef-deb-"), m["os_packages"].as_array().unwrap().len());
     assert_eq!(count("SPDXRef-Container-"), 2);
     assert_eq!(count("SPDXRef-Mirrored-"), artifacts);
-    assert_eq!(count("SPDXRef-Partition-"), 4);
-    assert_eq!(packages.len(), 1 + count("SPDXRef-deb-") + 2 + artifacts + 4, "nothing else");
-    let root = packages.iter().find(|p| p["name"] == "demo partition 2 (root-x86-64)").expect("the root partition");
+    assert_eq!(count("SPDXRef-Partition-"), 6);
+    assert_eq!(packages.len(), 1 + count("SPDXRef-deb-") + 2 + artifacts + 6, "nothing else");
+    let root = packages.iter().find(|p| p["name"] == "demo partition 2 (demo_0.1.0)").expect("the root partition");
     let hash = m["boot"]["verity"]["root_hash"].as_str().unwrap();
     assert!(root["description"].as_str().unwrap().contains(&format!("dm-verity, root hash {hash}")), "{root}");
     eprintln!(
-        "SBOM packages: {} OS packages, 2 container images, {artifacts} mirrored artifacts (of {} mirrored files), 4 partitions, the appliance: {} in all",
+        "SBOM packages: {} OS packages, 2 container images, {artifacts} mirrored artifacts (of {} mirrored files), 6 partitions, the appliance: {} in all",
         count("SPDXRef-deb-"),
         m["mirrored_packages"].as_array().unwrap().len(),
         packages.len()
@@ -567,7 +661,11 @@ fn inspect_answers_from_the_image_and_the_release_as_the_manifest_says() {
         assert!(!cli.is_empty());
         assert_eq!(shown, cli);
         assert_eq!(found["site_settings"], serde_json::json!({"state": "set", "names": []}));
-        assert_eq!(found["signature"]["state"], "unsigned", "the demo is not signed: {}", found["signature"]);
+    }
+    // Signed with the release key (the image, by the release it is in), not checked without --pubkey.
+    for found in [&image, &release] {
+        assert_eq!(found["signature"]["state"], "signed", "{}", found["signature"]);
+        assert!(found["signature"]["verified"].is_null(), "{}", found["signature"]);
     }
     assert_eq!(image["kind"], "image");
     assert!(image["manifest"].as_str().unwrap().contains("on the ESP (unsigned"), "{}", image["manifest"]);

@@ -268,7 +268,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
 
 /// The path in the root filesystem of `file` in the unpacked layer of the store that holds it.
 fn store_layer_file(image: &std::path::Path, file: &str) -> String {
-    let root = partition(image, "root-x86-64");
+    let root = partition(image, Role::Root(Slot::A));
     let fs = format!("{}?offset={}", image.display(), root.start);
     let store = "/usr/lib/containers/storage/overlay";
     let listing = host("debugfs", &["-R", &format!("ls -p {store}"), &fs]);

@@ -158,7 +158,7 @@ fn pulumi_appliance_runs_against_its_contract_stand_ins() {
     let test = built.plan.test.as_ref().expect("a test build");
     assert_eq!(test.stand_ins.len(), 4, "all four of Pulumi's images are stand-ins");
     let manifest = airlock::manifest::Manifest::read(&built.dir.join("manifest.json")).unwrap();
-    assert_eq!(manifest.appliance.version, "1.0.0+stand-ins");
+    assert_eq!(manifest.appliance.version, "1.0.0-test");
     assert_eq!(manifest.test_build.as_ref().map(|t| t.stand_ins.len()), Some(4), "the manifest names the stand-ins");
     eprintln!("built in {} s", started.elapsed().as_secs());
     let work = tempfile::tempdir().unwrap();
@@ -170,7 +170,7 @@ fn pulumi_appliance_runs_against_its_contract_stand_ins() {
     let t = Instant::now();
     vm.wait_for_console("airlock: failed", BOOT_TIMEOUT).expect("without a license key the banner says failed");
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
-    assert!(banner.contains("appliance: pulumi-selfhosted 1.0.0+stand-ins"), "{banner}");
+    assert!(banner.contains("appliance: pulumi-selfhosted 1.0.0-test"), "{banner}");
     assert!(banner.contains("failed: pulumi-secrets.service"), "the banner names pulumi-secrets.service: {banner}");
     let why = vm.succeed("journalctl -b -o cat -u pulumi-secrets.service").unwrap();
     assert!(why.contains("no Pulumi license key") && why.contains("license_key"), "{why}");
@@ -195,7 +195,7 @@ fn pulumi_appliance_runs_against_its_contract_stand_ins() {
     eprintln!("boot 2 (first start of the stack, ready): {} s", t.elapsed().as_secs());
     let banner = vm.succeed("cat /run/airlock/banner").unwrap();
     for line in [
-        "appliance: pulumi-selfhosted 1.0.0+stand-ins",
+        "appliance: pulumi-selfhosted 1.0.0-test",
         &format!("api: https://api.{DOMAIN}/api/status"),
         &format!("console: https://app.{DOMAIN}/"),
     ] {

@@ -20,7 +20,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(400);
 /// Where the UKI's bytes are in the image: its first 4 KiB found on a sector boundary of the
 /// ESP, and checked again 2 MiB further (the FAT writer stores a file in one run of clusters).
 fn uki_offset(image: &Path, uki: &[u8]) -> u64 {
-    let esp = partition(image, "esp");
+    let esp = partition(image, Role::Esp);
     let file = std::fs::File::open(image).unwrap();
     let mut sector = vec![0u8; 4096];
     let mut at = esp.start;
@@ -50,7 +50,7 @@ fn a_changed_uki_is_refused_by_the_firmware() {
     let built = build_test_image("demo").expect("building the demo test image");
     let work = tempfile::Builder::new().prefix("airlock-verified-boot-").tempdir().unwrap();
     let uki = work.path().join("uki.efi");
-    let esp = partition(&built.image, "esp");
+    let esp = partition(&built.image, Role::Esp);
     let manifest: airlock::manifest::Manifest =
         serde_json::from_str(&std::fs::read_to_string(built.dir.join("manifest.json")).unwrap()).unwrap();
     let boot = manifest.boot.expect("the manifest records the boot chain");

@@ -46,6 +46,75 @@ pub enum Command {
         #[arg(long)]
         addresses: bool,
     },
+    /// Offline updates: apply a signed update bundle to the slot that is not running, or show
+    /// both slots.
+    Update {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
+}
+
+/// Where an update goes; the defaults are the running appliance's (tests give an image file).
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// The whole disk (default: the one holding the running root).
+    #[arg(long, global = true, value_name = "DEVICE|IMAGE")]
+    pub disk: Option<std::path::PathBuf>,
+    /// The mounted ESP (default: /efi).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub esp: Option<std::path::PathBuf>,
+    /// The trusted keys' folder (default: /usr/lib/airlock/update-keys, in the verified root).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub keys: Option<std::path::PathBuf>,
+    /// The running root hash (default: roothash= on the kernel's command line).
+    #[arg(long, global = true, value_name = "HEX")]
+    pub root_hash: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Verify FILE (an `<name>_<version>.update` bundle) and write it into the other slot; the
+    /// next boot runs it, and falls back to this version if it does not become ready.
+    Apply {
+        file: std::path::PathBuf,
+        /// Install an older (or the same) version; its signature is still checked.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// How many boots the new version gets to become ready (1-9).
+        #[arg(long, default_value_t = crate::update::DEFAULT_TRIES)]
+        tries: u32,
+    },
+    /// Show what each slot holds, which one runs and the state of their boot entries.
+    Status,
+}
+
+fn target(args: TargetArgs) -> Result<crate::update::Target> {
+    let complete = args.disk.is_some() && args.esp.is_some() && args.keys.is_some() && args.root_hash.is_some();
+    let mut t = if complete {
+        crate::update::Target {
+            disk: Default::default(),
+            esp: Default::default(),
+            keys: Default::default(),
+            root_hash: String::new(),
+        }
+    } else {
+        crate::update::Target::system()?
+    };
+    if let Some(d) = args.disk {
+        t.disk = d;
+    }
+    if let Some(e) = args.esp {
+        t.esp = e;
+    }
+    if let Some(k) = args.keys {
+        t.keys = k;
+    }
+    if let Some(h) = args.root_hash {
+        t.root_hash = h;
+    }
+    Ok(t)
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -53,6 +122,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Firstboot { addresses } => {
             let steps = if addresses { crate::firstboot::ADDRESS_STEPS } else { crate::firstboot::STEPS };
             crate::firstboot::provision(&crate::firstboot::Paths::system(), steps)
+        }
+        Command::Update { target: args, command } => {
+            let t = target(args)?;
+            match command {
+                UpdateCommand::Apply { file, allow_downgrade, tries } => {
+                    let done =
+                        crate::update::apply(&t, &file, &crate::update::ApplyOptions { allow_downgrade, tries })?;
+                    println!("{done}");
+                }
+                UpdateCommand::Status => print!("{}", crate::update::Status::read(&t)?),
+            }
+            Ok(())
         }
     }
 }

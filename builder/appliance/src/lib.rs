@@ -5,7 +5,9 @@
 //!
 //! - [`firstboot`]: `airlock firstboot`, the instance's provisioning on every boot (site
 //!   configuration, identity, secrets, TLS);
+//! - [`update`]: `airlock update apply|status`, offline A/B updates from a signed bundle;
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod firstboot;
+pub mod update;

@@ -47,6 +47,14 @@ impl PartitionEntry {
     }
 }
 
+/// A new name and unique GUID for the partition at `index` (0-based, in table order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relabel {
+    pub index: usize,
+    pub name: String,
+    pub guid: Uuid,
+}
+
 /// A whole disk's partition table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GptLayout {
@@ -165,6 +173,49 @@ impl GptLayout {
         Ok(())
     }
 
+    /// Gives existing partitions (by their place in [`GptLayout::read`]'s list) new names and
+    /// unique GUIDs and leaves everything else — types, places, sizes, flags, the other entries
+    /// — as the disk has it; both copies of the table are rewritten, then read back and checked.
+    /// What the updater uses on a whole disk (a block device or an image file) whose partitions
+    /// are in use: nothing moves, so the running kernel's view stays right.
+    pub fn relabel(file: &File, changes: &[Relabel]) -> Result<()> {
+        let disk = gpt::GptConfig::new()
+            .writable(true)
+            .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+            .open_from_device(file)
+            .context("opening the GPT for writing")?;
+        let mut parts = disk.partitions().clone();
+        let used: Vec<u32> = parts.iter().filter(|(_, p)| p.is_used()).map(|(id, _)| *id).collect();
+        for c in changes {
+            ensure!(c.name.encode_utf16().count() <= 36, "partition name `{}` is longer than 36 UTF-16 units", c.name);
+            let id = *used.get(c.index).with_context(|| format!("the disk has no partition {}", c.index + 1))?;
+            let p = parts.get_mut(&id).context("a listed partition")?;
+            p.name = c.name.clone();
+            p.part_guid = c.guid;
+        }
+        let guids: Vec<Uuid> = parts.values().filter(|p| p.is_used()).map(|p| p.part_guid).collect();
+        for (i, g) in guids.iter().enumerate() {
+            ensure!(!guids[..i].contains(g), "two partitions would share the GUID {g}");
+        }
+        let mut disk = disk;
+        disk.update_partitions(parts).context("setting GPT partition entries")?;
+        disk.write().context("writing GPT headers and partition entries")?;
+        let back = GptLayout::read(file).context("reading the partition table back")?;
+        for c in changes {
+            let p = back.partitions.get(c.index).context("a relabelled partition is gone")?;
+            ensure!(
+                p.name == c.name && p.guid == c.guid,
+                "partition {} reads back as {} {}, not {} {}",
+                c.index + 1,
+                p.name,
+                p.guid,
+                c.name,
+                c.guid
+            );
+        }
+        Ok(())
+    }
+
     /// Reads the partition table of an image (for `inspect` and `verify`).
     pub fn read(file: &File) -> Result<Self> {
         // A block device (a stick) has no length in its metadata; its end says how large it is.
@@ -223,6 +274,26 @@ mod tests {
             let err = layout(parts).validate().unwrap_err().to_string();
             assert!(err.contains(want), "`{err}` should mention `{want}`");
         }
+    }
+
+    /// Relabelling changes the names and GUIDs asked for and nothing else; a GUID twice is refused.
+    #[test]
+    fn relabels_in_place() {
+        let f = tempfile::tempfile().unwrap();
+        let l = layout(vec![part("esp", ALIGN, 16 * ALIGN, 1), part("_empty", 17 * ALIGN, 46 * ALIGN, 2)]);
+        f.set_len(l.disk_size).unwrap();
+        l.write(&f).unwrap();
+        GptLayout::relabel(&f, &[Relabel { index: 1, name: "demo_0.2.0".into(), guid: Uuid::from_u128(7) }]).unwrap();
+        let mut want = l.clone();
+        want.partitions[1].name = "demo_0.2.0".into();
+        want.partitions[1].guid = Uuid::from_u128(7);
+        assert_eq!(GptLayout::read(&f).unwrap(), want);
+        let err =
+            GptLayout::relabel(&f, &[Relabel { index: 1, name: "x".into(), guid: Uuid::from_u128(1) }]).unwrap_err();
+        assert!(err.to_string().contains("share the GUID"), "{err}");
+        let err =
+            GptLayout::relabel(&f, &[Relabel { index: 5, name: "x".into(), guid: Uuid::from_u128(9) }]).unwrap_err();
+        assert!(err.to_string().contains("no partition 6"), "{err}");
     }
 
     #[test]

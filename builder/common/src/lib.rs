@@ -2,6 +2,10 @@
 //! program (`airlock-appliance`, installed in every image as `/usr/bin/airlock`) share. Nothing
 //! here reaches a network.
 //!
+//! - [`bundle`]: the update bundle (`<name>_<version>.update`): the builder writes it, `airlock
+//!   verify` and the appliance's updater read and check it;
+//! - [`version`]: versions and their order (UAPI.10, systemd's), for the spec, GPT names and the
+//!   updater;
 //! - [`site`]: the site configuration schema (`airlock.toml` on the ESP): the builder writes the
 //!   default file, the appliance reads it;
 //! - [`signing`]: minisign keys and signatures and `SHA256SUMS` (the builder signs releases, the
@@ -16,6 +20,7 @@
 //!   as regular files, capped), [`seed`] (reproducible identifiers), [`size`] (byte sizes as people write
 //!   them): building blocks.
 
+pub mod bundle;
 pub mod command;
 pub mod gpt;
 pub mod input_file;
@@ -27,3 +32,4 @@ pub mod seed;
 pub mod signing;
 pub mod site;
 pub mod size;
+pub mod version;

@@ -19,10 +19,52 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// A root filesystem slot. The A/B update layout adds a second one.
+/// A root filesystem slot: the A/B update layout. An image ships with slot A written and slot B
+/// empty; an update writes the slot that is not running. A slot is a place on the disk (the
+/// first or second root partition), not a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Slot {
     A,
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        })
+    }
+}
+
+/// The longest GPT partition name (UTF-16 code units).
+pub const GPT_NAME_MAX: usize = 36;
+/// What a root-verity partition's GPT name adds to its root's.
+pub const VERITY_SUFFIX: &str = "_verity";
+/// The GPT name of a slot that holds nothing (systemd-sysupdate's marker of a free slot).
+pub const EMPTY_SLOT_NAME: &str = "_empty";
+
+/// `<name>_<version><suffix>`: a written root slot's GPT name (the Discoverable Partitions
+/// Specification's suggested scheme, which systemd-sysupdate's `@v` patterns match).
+pub fn versioned_name(name: &str, version: &str, suffix: &str) -> String {
+    format!("{name}_{version}{suffix}")
+}
+
+/// The appliance a disk is built for: its root slots' GPT names carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageId {
+    pub name: String,
+    pub version: String,
 }
 
 /// What a partition is for.
@@ -40,7 +82,7 @@ pub enum Role {
 }
 
 /// Every partition in the order it has on the disk.
-pub static TABLE: [&Definition; 4] = [&ESP, &ROOT_A, &ROOT_VERITY_A, &DATA];
+pub static TABLE: [&Definition; 6] = [&ESP, &ROOT_A, &ROOT_VERITY_A, &ROOT_B, &ROOT_VERITY_B, &DATA];
 
 impl Role {
     /// Everything about this role's partition.
@@ -49,13 +91,24 @@ impl Role {
             Role::Esp => &ESP,
             Role::Root(Slot::A) => &ROOT_A,
             Role::RootVerity(Slot::A) => &ROOT_VERITY_A,
+            Role::Root(Slot::B) => &ROOT_B,
+            Role::RootVerity(Slot::B) => &ROOT_VERITY_B,
             Role::Data => &DATA,
         }
     }
 
-    /// Whether a disk has this partition: the root-verity partitions only with verity.
+    /// Whether a disk has this partition: the root-verity partitions and slot B only with
+    /// verity (an update is a verified root; a development image's writable root is not updated).
     pub fn present(self, verity: bool) -> bool {
-        !matches!(self, Role::RootVerity(_)) || verity
+        !matches!(self, Role::RootVerity(_) | Role::Root(Slot::B)) || verity
+    }
+
+    /// The slot of a root or root-verity partition.
+    pub fn slot(self) -> Option<Slot> {
+        match self {
+            Role::Root(slot) | Role::RootVerity(slot) => Some(slot),
+            Role::Esp | Role::Data => None,
+        }
     }
 
     /// The stable name of the role (see [`Definition::key`]).
@@ -128,6 +181,11 @@ pub struct Definition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GptName {
     Fixed(&'static str),
+    /// A written root slot: `<name>_<version><suffix>` ([`versioned_name`]); the role's key on
+    /// a disk made for no appliance (`airlock disk`).
+    Versioned(&'static str),
+    /// A slot the image leaves empty: [`EMPTY_SLOT_NAME`].
+    Empty,
 }
 
 /// How the partition's unique GUID (its PARTUUID) is made.
@@ -171,6 +229,8 @@ pub enum SizeDefault {
     Rest,
     /// As much as the dm-verity hash tree of the same slot's root partition needs.
     HashTreeOfRoot,
+    /// As large as slot A's partition of the same kind: an update for one slot fits the other.
+    SlotA,
 }
 
 /// The filesystem the builder writes into the partition.
@@ -260,7 +320,7 @@ pub static ROOT_A: Definition = Definition {
     key: "root-x86-64",
     type_guid: types::LINUX_ROOT_X86_64,
     type_name: "Linux root x86-64",
-    name: GptName::Fixed("root-x86-64"),
+    name: GptName::Versioned(""),
     guid: GuidRule::RootHash(HashHalf::First),
     size: SizeRule { spec_key: "root_size", default: SizeDefault::Rest, minimum: 256 * MIB },
     filesystem: Filesystem::Ext4 { label: "root", reserved_percent: 5 },
@@ -274,9 +334,39 @@ pub static ROOT_VERITY_A: Definition = Definition {
     key: "root-x86-64-verity",
     type_guid: types::LINUX_ROOT_X86_64_VERITY,
     type_name: "Linux root verity x86-64",
-    name: GptName::Fixed("root-x86-64-verity"),
+    name: GptName::Versioned(VERITY_SUFFIX),
     guid: GuidRule::RootHash(HashHalf::Last),
     size: SizeRule { spec_key: "", default: SizeDefault::HashTreeOfRoot, minimum: 0 },
+    filesystem: Filesystem::VerityHashTree,
+    found_by: FoundBy::RootHash,
+    mount: None,
+    grows: None,
+};
+
+/// Slot B's root: empty in a new image, written by an update while slot A runs. Found, once
+/// written, by its UUID (the root hash's first half) like slot A's; nothing mounts it otherwise.
+pub static ROOT_B: Definition = Definition {
+    role: Role::Root(Slot::B),
+    key: "root-x86-64-b",
+    type_guid: types::LINUX_ROOT_X86_64,
+    type_name: "Linux root x86-64",
+    name: GptName::Empty,
+    guid: GuidRule::RootHash(HashHalf::First),
+    size: SizeRule { spec_key: "", default: SizeDefault::SlotA, minimum: 0 },
+    filesystem: Filesystem::Ext4 { label: "root", reserved_percent: 5 },
+    found_by: FoundBy::RootHash,
+    mount: None,
+    grows: None,
+};
+
+pub static ROOT_VERITY_B: Definition = Definition {
+    role: Role::RootVerity(Slot::B),
+    key: "root-x86-64-verity-b",
+    type_guid: types::LINUX_ROOT_X86_64_VERITY,
+    type_name: "Linux root verity x86-64",
+    name: GptName::Empty,
+    guid: GuidRule::RootHash(HashHalf::Last),
+    size: SizeRule { spec_key: "", default: SizeDefault::SlotA, minimum: 0 },
     filesystem: Filesystem::VerityHashTree,
     found_by: FoundBy::RootHash,
     mount: None,
@@ -312,10 +402,13 @@ pub static DATA: Definition = Definition {
 };
 
 impl Definition {
-    /// The GPT partition name.
-    pub fn gpt_name(&self) -> String {
-        match self.name {
-            GptName::Fixed(name) => name.to_string(),
+    /// The GPT partition name on a disk made for `image` (`None`: for no appliance).
+    pub fn gpt_name(&self, image: Option<&ImageId>) -> String {
+        match (self.name, image) {
+            (GptName::Fixed(name), _) => name.to_string(),
+            (GptName::Versioned(suffix), Some(i)) => versioned_name(&i.name, &i.version, suffix),
+            (GptName::Versioned(_), None) => self.key.to_string(),
+            (GptName::Empty, _) => EMPTY_SLOT_NAME.to_string(),
         }
     }
 
@@ -355,7 +448,14 @@ pub fn find(partitions: &[PartitionEntry], role: Role) -> Option<&PartitionEntry
 mod tests {
     use super::*;
 
-    const ROLES: [Role; 4] = [Role::Esp, Role::Root(Slot::A), Role::RootVerity(Slot::A), Role::Data];
+    const ROLES: [Role; 6] = [
+        Role::Esp,
+        Role::Root(Slot::A),
+        Role::RootVerity(Slot::A),
+        Role::Root(Slot::B),
+        Role::RootVerity(Slot::B),
+        Role::Data,
+    ];
 
     #[test]
     fn every_role_has_one_definition_in_the_table() {
@@ -366,18 +466,46 @@ mod tests {
             assert_eq!(role.key().parse::<Role>(), Ok(role));
         }
         let err = "swap".parse::<Role>().unwrap_err();
-        assert!(err.contains("esp, root-x86-64, root-x86-64-verity, data"), "{err}");
+        assert!(
+            err.contains("esp, root-x86-64, root-x86-64-verity, root-x86-64-b, root-x86-64-verity-b, data"),
+            "{err}"
+        );
+    }
+
+    /// Written partitions have names of their own; the empty slot's two partitions share
+    /// `_empty`, told apart by type.
+    #[test]
+    fn keys_and_gpt_names_are_unique_and_fit() {
+        let image = ImageId { name: "pulumi-selfhosted".into(), version: "2026.12.6".into() };
+        for (i, a) in TABLE.iter().enumerate() {
+            for id in [None, Some(&image)] {
+                assert!(a.gpt_name(id).encode_utf16().count() <= GPT_NAME_MAX, "{}", a.key);
+            }
+            for b in &TABLE[..i] {
+                assert_ne!(a.key, b.key);
+                if a.name != GptName::Empty || b.name != GptName::Empty {
+                    assert_ne!(a.gpt_name(Some(&image)), b.gpt_name(Some(&image)), "{} {}", a.key, b.key);
+                } else {
+                    assert_ne!(a.type_guid, b.type_guid);
+                }
+            }
+        }
+        assert_eq!(ROOT_A.gpt_name(Some(&image)), "pulumi-selfhosted_2026.12.6");
+        assert_eq!(ROOT_VERITY_A.gpt_name(Some(&image)), "pulumi-selfhosted_2026.12.6_verity");
+        assert_eq!(ROOT_B.gpt_name(Some(&image)), "_empty");
+        assert_eq!(ROOT_A.gpt_name(None), "root-x86-64");
     }
 
     #[test]
-    fn keys_and_gpt_names_are_unique_and_fit() {
-        for (i, a) in TABLE.iter().enumerate() {
-            assert!(a.gpt_name().encode_utf16().count() <= 36, "{}", a.key);
-            for b in &TABLE[..i] {
-                assert_ne!(a.key, b.key);
-                assert_ne!(a.gpt_name(), b.gpt_name());
-            }
+    fn slot_b_mirrors_slot_a() {
+        for (a, b) in [(&ROOT_A, &ROOT_B), (&ROOT_VERITY_A, &ROOT_VERITY_B)] {
+            assert_eq!((a.type_guid, a.guid, a.filesystem), (b.type_guid, b.guid, b.filesystem));
+            assert_eq!(b.size.default, SizeDefault::SlotA);
+            assert_eq!(b.mount, None, "nothing mounts slot B but its root hash");
         }
+        assert!(!Role::Root(Slot::B).present(false) && Role::Root(Slot::B).present(true));
+        assert_eq!(Slot::A.other(), Slot::B);
+        assert_eq!(Role::RootVerity(Slot::B).slot(), Some(Slot::B));
     }
 
     /// The disk's order is the table's: the ESP first (firmware finds it anywhere, people look
@@ -385,10 +513,10 @@ mod tests {
     #[test]
     fn disk_order_puts_the_growing_partition_last() {
         let keys: Vec<&str> = TABLE.iter().map(|d| d.key).collect();
-        assert_eq!(keys, ["esp", "root-x86-64", "root-x86-64-verity", "data"]);
+        assert_eq!(keys, ["esp", "root-x86-64", "root-x86-64-verity", "root-x86-64-b", "root-x86-64-verity-b", "data"]);
         let growing: Vec<usize> = TABLE.iter().enumerate().filter(|(_, d)| d.grows.is_some()).map(|(i, _)| i).collect();
         assert_eq!(growing, [TABLE.len() - 1]);
-        assert_eq!(Role::Data.position(), 3);
+        assert_eq!(Role::Data.position(), 5);
     }
 
     #[test]
@@ -434,8 +562,13 @@ mod tests {
             entry(types::LINUX_VARIABLE_DATA, 4),
             entry(types::LINUX_ROOT_X86_64, 5),
         ];
-        // A second root partition has no role until the table has a second slot.
-        assert_eq!(identify(&table), [Some(Role::Esp), Some(Role::Root(Slot::A)), None, Some(Role::Data), None]);
+        // The second root partition is slot B's, wherever it is; a third has no role.
+        let mut with_third = table.to_vec();
+        with_third.push(entry(types::LINUX_ROOT_X86_64, 6));
+        assert_eq!(
+            identify(&with_third),
+            [Some(Role::Esp), Some(Role::Root(Slot::A)), None, Some(Role::Data), Some(Role::Root(Slot::B)), None]
+        );
         assert_eq!(find(&table, Role::Data).map(|p| p.guid), Some(Uuid::from_u128(4)));
         assert_eq!(find(&table[..1], Role::Data), None);
     }

@@ -269,8 +269,19 @@ fn check_identity(spec: &Spec, err: Err<'_>) -> Result<(), PlanError> {
     if !is_name(&spec.name, 63) {
         return Err(err("name", format!("`{}` must be 1-63 lower-case letters, digits or `-`", spec.name)));
     }
-    if spec.version.is_empty() || !spec.version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)) {
-        return Err(err("version", format!("`{}` must be letters, digits and . _ + - ~", spec.version)));
+    // Compared with the running version by the updater, sorted by systemd-boot (UAPI.10).
+    crate::version::Version::parse(&spec.version).map_err(|why| err("version", why))?;
+    // The root partitions' GPT names (`<name>_<version>_verity` the longest) hold 36 characters.
+    let longest = partition::versioned_name(&spec.name, &spec.version, partition::VERITY_SUFFIX);
+    if spec.disk.verity && longest.len() > partition::GPT_NAME_MAX {
+        return Err(err(
+            "version",
+            format!(
+                "`{longest}`, the root-verity partition's GPT name, is longer than its {} characters: shorten the \
+                 name or the version",
+                partition::GPT_NAME_MAX
+            ),
+        ));
     }
     // Written into the OVF (XML, which has no way to carry most control characters) and the
     // mirror's listing page.
@@ -355,7 +366,7 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
         let size = match (d.size_of(def.role), def.size.default) {
             (Some(s), _) => Some(s.bytes()),
             (None, SizeDefault::Bytes(b)) => Some(b),
-            (None, SizeDefault::Rest | SizeDefault::HashTreeOfRoot) => None,
+            (None, SizeDefault::Rest | SizeDefault::HashTreeOfRoot | SizeDefault::SlotA) => None,
             (None, SizeDefault::Required) => {
                 return Err(err(&key, format!("must be set: the {} partition's size", def.role)));
             }
@@ -379,9 +390,15 @@ fn check_disk(d: &DiskSpec, err: Err<'_>) -> Result<DiskLayout, PlanError> {
         {
             return Err(err(&key, too_large(s)));
         }
-        // A hash tree needs about 1/127 of its root: counted with the root's least size.
+        // A hash tree needs about 1/127 of its root: counted with the root's least size. Slot B
+        // counts as much as slot A.
+        let root_least = d.root_size.map_or(partition::ROOT_A.size.minimum, |s| s.bytes());
         let least = match def.size.default {
-            SizeDefault::HashTreeOfRoot => gpt_align(crate::verity::hash_region_len(partition::ROOT_A.size.minimum)),
+            SizeDefault::HashTreeOfRoot => gpt_align(crate::verity::hash_region_len(root_least)),
+            SizeDefault::SlotA if def.filesystem == Filesystem::VerityHashTree => {
+                gpt_align(crate::verity::hash_region_len(root_least))
+            }
+            SizeDefault::SlotA => root_least,
             _ => minimum,
         };
         need = need
@@ -614,6 +631,8 @@ url = "http://{address}/"
                 (Role::Esp, Some(256 * MIB)),
                 (Role::Root(partition::Slot::A), None),
                 (Role::RootVerity(partition::Slot::A), None),
+                (Role::Root(partition::Slot::B), None),
+                (Role::RootVerity(partition::Slot::B), None),
                 (Role::Data, Some(256 * MIB))
             ]
         );
@@ -623,10 +642,21 @@ url = "http://{address}/"
         let small_disk = check(&GOOD.replace("size = \"2GiB\"", "size = \"300MiB\"")).unwrap_err();
         assert!(
             small_disk.message.contains(
-                "cannot hold esp 256MiB + root-x86-64 256MiB + root-x86-64-verity 3MiB + data 256MiB + GPT; it must be at least 773MiB"
+                "cannot hold esp 256MiB + root-x86-64 256MiB + root-x86-64-verity 3MiB + root-x86-64-b 256MiB + \
+                 root-x86-64-verity-b 3MiB + data 256MiB + GPT; it must be at least 1.0GiB"
             ),
             "{small_disk}"
         );
+        // Without verity: one root slot, no hash tree.
+        let plain = check(&GOOD.replace("[disk]", "[disk]\nverity = false")).unwrap();
+        let roles: Vec<Role> = plain.disk.partitions.iter().map(|p| p.role).collect();
+        assert_eq!(roles, [Role::Esp, Role::Root(partition::Slot::A), Role::Data]);
+        // A long name and version do not fit the root-verity partition's GPT name.
+        let long = check(&GOOD.replace("name = \"demo\"", "name = \"pulumi-self-hosted-appliance\"")).unwrap_err();
+        assert_eq!(long.key, "version", "{long}");
+        assert!(long.message.contains("longer than its 36 characters"), "{long}");
+        let not_comparable = check(&GOOD.replace("version = \"1.0.0\"", "version = \"v1\"")).unwrap_err();
+        assert!(not_comparable.message.contains("must start with a digit"), "{not_comparable}");
     }
 
     const CONTAINERS: &str = r#"

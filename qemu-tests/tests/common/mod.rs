@@ -2,23 +2,24 @@
 //! `qemu_tests::test_image`), host programs, and judging a VM's disk from outside.
 #![allow(dead_code)]
 
+pub use airlock::partition::{Role, Slot};
 use qemu_tests::Vm;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use qemu_tests::test_image::TestImage;
 
-/// The partition named `name` in `image`'s GPT.
-pub fn partition(image: &Path, name: &str) -> airlock::gpt::PartitionEntry {
+/// The partition of `role` in `image`'s GPT (recognised by type, as the appliance does).
+pub fn partition(image: &Path, role: Role) -> airlock::gpt::PartitionEntry {
     let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(image).expect("open the image"))
         .expect("the image has a GPT");
-    layout.partitions.into_iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no partition {name}"))
+    airlock::partition::find(&layout.partitions, role).cloned().unwrap_or_else(|| panic!("no {role} partition"))
 }
 
 /// Where byte `offset` of `file` (in the image's root filesystem) is in the image: its block,
 /// found with debugfs in the root partition.
 pub fn root_file_byte(image: &Path, file: &str, offset: u64) -> u64 {
-    let root = partition(image, "root-x86-64");
+    let root = partition(image, Role::Root(Slot::A));
     let fs = format!("{}?offset={}", image.display(), root.start);
     let block: u64 = host("debugfs", &["-R", &format!("bmap {file} {}", offset / 4096), &fs])
         .trim()
@@ -38,8 +39,8 @@ pub fn disk_with_flipped_byte(image: &Path, disk: &Path, at: u64) {
     host("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {} {at} 1", byte[0] ^ 0xff), disk]);
 }
 
-/// The demo's ext4 partitions, by GPT name.
-pub const EXT4_PARTITIONS: &[&str] = &["root-x86-64", "data"];
+/// The demo's ext4 partitions as built (slot B is empty).
+pub const EXT4_PARTITIONS: &[Role] = &[Role::Root(Slot::A), Role::Data];
 
 /// `images/<name>/appliance.toml` with the command channel added (test builds only), from the
 /// test image cache under the target directory.
@@ -90,20 +91,18 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(String, String)> {
 /// partitions (`expected`, by GPT name, as the guest left the table); fails naming the
 /// partition and quoting e2fsck. Every copy is sparse (the disk is mostly empty) and lives in
 /// a temporary directory that is removed afterwards, even when the check fails.
-pub fn e2fsck_partitions(overlay: &Path, expected: &[&str]) {
+pub fn e2fsck_partitions(overlay: &Path, expected: &[Role]) {
     let work = tempfile::Builder::new().prefix("airlock-e2fsck-").tempdir().expect("creating a temporary directory");
     let raw = work.path().join("disk.raw");
     // qemu-img leaves the zero parts of the disk as holes in the raw file.
     host("qemu-img", &["convert", "-O", "raw", overlay.to_str().expect("UTF-8"), raw.to_str().expect("UTF-8")]);
     let layout = airlock::gpt::GptLayout::read(&std::fs::File::open(&raw).expect("open converted image"))
         .expect("the guest left a readable GPT");
-    for name in expected {
-        let p = layout
-            .partitions
-            .iter()
-            .find(|p| p.name == *name)
-            .unwrap_or_else(|| panic!("no partition {name} in the guest's GPT: {:?}", layout.partitions));
-        let part = work.path().join(format!("{name}.img"));
+    for role in expected {
+        let p = airlock::partition::find(&layout.partitions, *role)
+            .unwrap_or_else(|| panic!("no {role} partition in the guest's GPT: {:?}", layout.partitions));
+        let name = format!("{role} ({})", p.name);
+        let part = work.path().join(format!("{}.img", role.key()));
         copy_sparse(&raw, p.start, p.size, &part);
         let out = Command::new("e2fsck").args(["-fn", part.to_str().expect("UTF-8")]).output().expect("run e2fsck");
         assert!(
