@@ -260,3 +260,54 @@ fn a_refused_bundle_says_why_and_writes_nothing() {
     );
     assert!(err.contains("holds the running root"), "{err}");
 }
+
+/// The boot side, on the same disk: 0.2.0 on trial saves the state once; it migrates and runs
+/// out of tries; back on 0.1.0 the state is restored and the console lines say what happened;
+/// a later version that becomes good drops its saved copy.
+#[test]
+fn a_failed_version_rolls_back_to_the_state_before_it() {
+    use airlock_appliance::update::boot::{self, BootAction};
+    use airlock_appliance::update::state::{Saved, StateStore};
+    let (a, _) = appliance();
+    let d = a.dir.path();
+    let (root, tree, hash_b) = root_and_tree(d, 2, 18 * MIB);
+    let file = bundle_file(d, &a.key, "demo", "0.2.0", &root, &tree, &hash_b);
+    update::apply(&a.target, &file, &opts()).unwrap();
+    let db = d.join("var/lib/db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("records"), "record 1\n").unwrap();
+    let store = StateStore { dir: d.join("var/lib/airlock/update"), protect: vec![db.clone()] };
+    let linux = a.target.esp.join("EFI/Linux");
+    let on_b = Target { root_hash: hash_b.clone(), ..a.target.clone() };
+
+    // systemd-boot tries 0.2.0 (renaming its entry); the first try saves the state.
+    std::fs::rename(linux.join("demo_0.2.0+3.efi"), linux.join("demo_0.2.0+2-1.efi")).unwrap();
+    assert!(matches!(boot::on_boot(&on_b, &store).unwrap(), BootAction::Saved(Saved::Now(_))));
+    std::fs::write(db.join("records"), "record 1, migrated by 0.2.0\n").unwrap();
+    assert!(boot::give_up(&on_b, &store, vec!["api.service".into()], "not ready within 600 s").unwrap());
+    std::fs::rename(linux.join("demo_0.2.0+2-1.efi"), linux.join("demo_0.2.0+1-2.efi")).unwrap();
+    assert_eq!(boot::on_boot(&on_b, &store).unwrap(), BootAction::Saved(Saved::Earlier), "saved once");
+    // Out of tries: systemd-boot boots 0.1.0.
+    std::fs::rename(linux.join("demo_0.2.0+1-2.efi"), linux.join("demo_0.2.0+0-3.efi")).unwrap();
+    let back = boot::on_boot(&a.target, &store).unwrap();
+    let lines = back.console();
+    assert_eq!(lines[0], "airlock: rolled back from 0.2.0 to 0.1.0");
+    assert!(lines.contains(&"failed in 0.2.0: api.service".to_string()), "{lines:?}");
+    assert_eq!(std::fs::read_to_string(db.join("records")).unwrap(), "record 1\n", "the state before 0.2.0");
+    // Every later boot of 0.1.0 says so again, restoring nothing.
+    std::fs::write(db.join("records"), "record 1\nrecord 2\n").unwrap();
+    assert!(matches!(boot::on_boot(&a.target, &store).unwrap(), BootAction::RolledBack(_)));
+    assert_eq!(std::fs::read_to_string(db.join("records")).unwrap(), "record 1\nrecord 2\n");
+
+    // 0.2.1 goes into slot B; it becomes good (blessed): its copy of the state goes.
+    let (root, tree, hash_c) = root_and_tree(d, 5, 18 * MIB);
+    let file = bundle_file(d, &a.key, "demo", "0.2.1", &root, &tree, &hash_c);
+    update::apply(&a.target, &file, &opts()).unwrap();
+    let on_c = Target { root_hash: hash_c, ..a.target.clone() };
+    std::fs::rename(linux.join("demo_0.2.1+3.efi"), linux.join("demo_0.2.1+2-1.efi")).unwrap();
+    assert!(matches!(boot::on_boot(&on_c, &store).unwrap(), BootAction::Saved(Saved::Now(_))));
+    std::fs::rename(linux.join("demo_0.2.1+2-1.efi"), linux.join("demo_0.2.1.efi")).unwrap();
+    assert_eq!(boot::on_boot(&on_c, &store).unwrap(), BootAction::Committed);
+    assert!(!store.dir.join("saved").exists());
+    assert_eq!(boot::on_boot(&on_c, &store).unwrap(), BootAction::Nothing);
+}

@@ -30,7 +30,9 @@
 //! sysupdate's (`_empty`, `<name>_<version>` names, UAPI.10 versions, boot counting), so
 //! either can manage it.
 
+pub mod boot;
 pub mod boot_entries;
+pub mod state;
 
 use airlock_common::bundle::{self, Bundle, Kind};
 use airlock_common::gpt::{GptLayout, PartitionEntry, Relabel};
