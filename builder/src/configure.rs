@@ -71,15 +71,27 @@ pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
 }
 
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
-/// The keys the appliance's updater trusts, in the verified root (one minisign `.pub` file
-/// each, named by key id): the release key the image is signed with. An unsigned image trusts
-/// none and accepts no update.
-pub fn install_update_keys(root: &mut Tree, keys: &[crate::signing::PublicKey]) -> Result<()> {
+/// The updater's settings and the keys it trusts, in the verified root: `update.toml` (from
+/// `[update]`) and one minisign `.pub` file per key, named by key id — the release key the
+/// image is signed with and `[update] keys`. An unsigned image without extra keys trusts none
+/// and accepts no update.
+pub fn install_update_keys(
+    root: &mut Tree,
+    keys: &[crate::signing::PublicKey],
+    config: &airlock_common::update_config::UpdateConfig,
+) -> Result<()> {
     let dir = airlock_common::bundle::TRUSTED_KEYS_DIR.trim_start_matches('/');
     root.put_dir(dir, 0o755)?;
-    for key in keys {
+    let mut put = Vec::new();
+    for key in keys.iter().filter(|k| {
+        let new = !put.contains(&k.key_id());
+        put.push(k.key_id());
+        new
+    }) {
         root.put_file(&format!("{dir}/{}.pub", key.key_id()), 0o644, key.to_file_text())?;
     }
+    let settings = airlock_common::update_config::PATH.trim_start_matches('/');
+    root.put_file(settings, 0o644, config.to_toml()?)?;
     Ok(())
 }
 

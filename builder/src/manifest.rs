@@ -120,6 +120,22 @@ pub struct Boot {
     pub secure_boot: bool,
     /// The root's dm-verity parameters (`None`: a writable root, built without verity).
     pub verity: Option<Verity>,
+    /// How the appliance takes updates (`None`: no second slot, no updates).
+    #[serde(default)]
+    pub update: Option<UpdatePolicy>,
+}
+
+/// What the image's updater does (from `[update]` and the release key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePolicy {
+    /// Boots a new version gets to become ready.
+    pub tries: u32,
+    pub deadline_seconds: u64,
+    /// The state directories saved before a new version first runs, restored on rollback.
+    pub state: Vec<String>,
+    /// The key ids whose bundles the appliance accepts (empty: it accepts none).
+    pub trusted_keys: Vec<String>,
 }
 
 /// What `veritysetup verify <root> <root-verity> <root_hash>` needs, and what the booted

@@ -149,8 +149,9 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("install appliance program", || configure::install_appliance_program(&mut root, &appliance))?;
     stages.run("configure system", || {
         configure::configure_system(&mut root, plan)?;
-        let release_key = opts.signing_key.as_ref().map(KeyPair::public_key);
-        configure::install_update_keys(&mut root, release_key.as_slice())
+        let mut keys: Vec<_> = opts.signing_key.as_ref().map(KeyPair::public_key).into_iter().collect();
+        keys.extend(plan.update.keys.iter().cloned());
+        configure::install_update_keys(&mut root, &keys, &plan.update.config)
     })?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
     stages.run("prepare first boot", || configure::prepare_first_boot(&mut root, &opts.clock))?;
@@ -183,7 +184,8 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     };
     let (esp, release) = stages.run("make UKI and ESP", || {
         let (mut esp, boot) = make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref())?;
-        let boot = boot_record(plan, boot, root_hash.as_ref());
+        let release_key = opts.signing_key.as_ref().map(KeyPair::public_key);
+        let boot = boot_record(plan, boot, root_hash.as_ref(), release_key.as_ref());
         let release = release_options(plan, opts, formats, &kernel.version, boot, &packages, &contents);
         add_image_manifest(&mut esp, &release, plan)?;
         Ok((esp, release))
@@ -488,7 +490,21 @@ fn make_esp(
 }
 
 /// The manifest's record of the boot chain.
-fn boot_record(plan: &BuildPlan, boot: BootRecord, root_hash: Option<&RootHash>) -> crate::manifest::Boot {
+fn boot_record(
+    plan: &BuildPlan,
+    boot: BootRecord,
+    root_hash: Option<&RootHash>,
+    release_key: Option<&crate::signing::PublicKey>,
+) -> crate::manifest::Boot {
+    let mut trusted_keys: Vec<String> =
+        release_key.into_iter().chain(&plan.update.keys).map(|k| k.key_id().to_string()).collect();
+    trusted_keys.dedup();
+    let update = root_hash.map(|_| crate::manifest::UpdatePolicy {
+        tries: plan.update.config.tries,
+        deadline_seconds: plan.update.config.deadline_seconds,
+        state: plan.update.config.state.clone(),
+        trusted_keys,
+    });
     let root = Role::Root(Slot::A);
     crate::manifest::Boot {
         uki: boot.uki,
@@ -508,6 +524,7 @@ fn boot_record(plan: &BuildPlan, boot: BootRecord, root_hash: Option<&RootHash>)
                 salt: hex::encode(params.salt),
             }
         }),
+        update,
     }
 }
 

@@ -58,6 +58,11 @@ pub struct Spec {
     pub outputs: OutputsSpec,
     #[serde(default)]
     pub signing: SigningSpec,
+    /// Offline updates: how long and how often a new version may try to become ready, which
+    /// state directories are saved before it first runs, which keys besides the release key
+    /// may sign its bundles.
+    #[serde(default)]
+    pub update: UpdateSpec,
     /// Container images the appliance carries, pinned in `appliance.lock` by `airlock fetch`.
     #[serde(default)]
     pub containers: Vec<ContainerSpec>,
@@ -118,6 +123,27 @@ fn default_cpus() -> u32 {
 
 fn default_memory() -> ByteSize {
     ByteSize(2 * crate::size::GIB)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// Boots a new version gets to reach `airlock-ready.target` before the appliance goes
+    /// back to the version it came from (1-9; default 3).
+    #[serde(default)]
+    pub tries: Option<u32>,
+    /// How long one boot of a new version may take to become ready (`90s`, `10min`, `1h`;
+    /// default 30min).
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// The stack's state directories (absolute, under `/var`): saved before a new version first
+    /// starts the stack, restored if the appliance rolls back.
+    #[serde(default)]
+    pub state: Vec<String>,
+    /// minisign public keys (relative to the spec) whose bundles the appliance accepts besides
+    /// the release key's.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -88,6 +88,37 @@ pub enum UpdateCommand {
     },
     /// Show what each slot holds, which one runs and the state of their boot entries.
     Status,
+    /// Early at every boot, before the stack: save the stack's state on a version's first try,
+    /// restore it after a rollback, drop it once the version is good; print what happened.
+    Boot,
+    /// A version on trial did not become ready: record what failed (for the version the
+    /// appliance falls back to) and, with --reboot, reboot into the next try.
+    GiveUp {
+        /// Why, in words (for the console of the version that comes back).
+        #[arg(long)]
+        why: String,
+        #[arg(long)]
+        reboot: bool,
+    },
+}
+
+/// The updater's settings in the verified root and its records on the data partition.
+fn state_store() -> Result<crate::update::state::StateStore> {
+    let config =
+        airlock_common::update_config::UpdateConfig::read(std::path::Path::new(airlock_common::update_config::PATH))?;
+    Ok(crate::update::state::StateStore {
+        dir: std::path::Path::new(airlock_common::partition::STATE_DIR).join("update"),
+        protect: config.state.iter().map(std::path::PathBuf::from).collect(),
+    })
+}
+
+/// The units that failed this boot (`systemctl --failed`).
+fn failed_units() -> Vec<String> {
+    airlock_common::command::Cmd::new("systemctl")
+        .args(["list-units", "--state=failed", "--no-legend", "--plain"])
+        .output_text()
+        .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn target(args: TargetArgs) -> Result<crate::update::Target> {
@@ -132,6 +163,31 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("{done}");
                 }
                 UpdateCommand::Status => print!("{}", crate::update::Status::read(&t)?),
+                UpdateCommand::Boot => {
+                    let action = crate::update::boot::on_boot(&t, &state_store()?)?;
+                    let lines = action.console();
+                    for l in &lines {
+                        println!("{l}");
+                    }
+                    // The banner prints these after its own lines.
+                    std::fs::create_dir_all("/run/airlock").ok();
+                    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                    std::fs::write("/run/airlock/update-console", text).ok();
+                    if let crate::update::boot::BootAction::Saved(crate::update::state::Saved::NoRoom { .. }) = action {
+                        // This version must not start its stack: out of tries at once.
+                        airlock_common::command::Cmd::new("/usr/lib/systemd/systemd-bless-boot").arg("bad").run()?;
+                        anyhow::bail!("no room to save the stack's state: this version is given up");
+                    }
+                }
+                UpdateCommand::GiveUp { why, reboot } => {
+                    let trial = crate::update::boot::give_up(&t, &state_store()?, failed_units(), &why)?;
+                    if trial {
+                        println!("airlock: this version did not become ready ({why}): rebooting");
+                        if reboot {
+                            airlock_common::command::Cmd::new("systemctl").args(["reboot", "--no-block"]).run()?;
+                        }
+                    }
+                }
             }
             Ok(())
         }

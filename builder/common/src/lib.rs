@@ -32,4 +32,5 @@ pub mod seed;
 pub mod signing;
 pub mod site;
 pub mod size;
+pub mod update_config;
 pub mod version;

@@ -121,6 +121,9 @@ pub struct BuildPlan {
     pub vm: VmHardware,
     /// The minisign secret key that signs SHA256SUMS.
     pub signing_key: Option<PathBuf>,
+    /// The updater's settings (`/usr/lib/airlock/update.toml`) and the keys, besides the release
+    /// key, whose bundles the appliance accepts.
+    pub update: UpdatePlan,
     /// The owner's Secure Boot keys (`PREFIX` of `airlock keygen --secure-boot`), loaded and
     /// checked by the command before the build starts.
     pub secure_boot: Option<PathBuf>,
@@ -206,6 +209,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
     };
     let containers = containers::validate(&spec.containers, spec_dir, err)?;
     let mirrors = crate::mirror::validate(spec.pulumi, spec.mirrors, &SpecContext { file: origin, spec_dir })?;
+    let update = check_update(&spec.update, spec_dir, err)?;
 
     let mut plan = BuildPlan {
         mirrors,
@@ -213,6 +217,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         formats,
         vm,
         signing_key,
+        update,
         secure_boot,
         seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
         base: BaseOs::new(&spec.os.suite, &mirror, &spec.os.packages, &spec.os.refresh),
@@ -240,6 +245,73 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
 
 /// Makes the error for a key.
 type Err<'a> = &'a dyn Fn(&str, String) -> PlanError;
+
+/// The updater's settings and extra trusted keys.
+#[derive(Debug, Clone, Default)]
+pub struct UpdatePlan {
+    pub config: airlock_common::update_config::UpdateConfig,
+    pub keys: Vec<crate::signing::PublicKey>,
+}
+
+/// `[update]`: tries 1-9, a deadline between a minute and a day, state directories that are
+/// absolute, plain and under `/var` (not the updater's own folder), keys that are minisign
+/// public keys.
+fn check_update(u: &crate::spec::UpdateSpec, spec_dir: &Path, err: Err<'_>) -> Result<UpdatePlan, PlanError> {
+    use airlock_common::update_config::{DEFAULT_DEADLINE_SECONDS, DEFAULT_TRIES, UpdateConfig};
+    let tries = u.tries.unwrap_or(DEFAULT_TRIES);
+    if !(1..=9).contains(&tries) {
+        return Err(err("update.tries", format!("{tries}: a new version gets 1 to 9 boots")));
+    }
+    let deadline_seconds = match &u.deadline {
+        None => DEFAULT_DEADLINE_SECONDS,
+        Some(d) => parse_duration(d)
+            .ok_or_else(|| err("update.deadline", format!("`{d}` is not a duration like 90s, 10min or 1h")))?,
+    };
+    if !(60..=86_400).contains(&deadline_seconds) {
+        return Err(err("update.deadline", format!("{deadline_seconds} s: between 1min and 24h")));
+    }
+    let mut state = Vec::new();
+    for s in &u.state {
+        let plain = s.starts_with("/var/")
+            && !s.ends_with('/')
+            && s[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        if !plain {
+            return Err(err("update.state", format!("`{s}` must be a plain absolute path under /var/")));
+        }
+        let own = format!("{}/update", partition::STATE_DIR);
+        if s == &own || s.starts_with(&format!("{own}/")) || own.starts_with(&format!("{s}/")) {
+            return Err(err("update.state", format!("`{s}` holds the updater's own records ({own})")));
+        }
+        if state.iter().any(|o: &String| s.starts_with(&format!("{o}/")) || o.starts_with(&format!("{s}/")) || o == s) {
+            return Err(err("update.state", format!("`{s}` is listed twice or inside another entry")));
+        }
+        state.push(s.clone());
+    }
+    let mut keys = Vec::new();
+    for k in &u.keys {
+        let path = spec_dir.join(k);
+        let text = crate::input_file::read_capped_text(&path, 64 << 10, "public key")
+            .map_err(|e| err("update.keys", format!("{}: {e:#}", path.display())))?;
+        let key = crate::signing::PublicKey::from_file_text(&text)
+            .map_err(|e| err("update.keys", format!("{} is not a minisign public key: {e:#}", path.display())))?;
+        keys.push(key);
+    }
+    Ok(UpdatePlan { config: UpdateConfig { tries, deadline_seconds, state }, keys })
+}
+
+/// `90s`, `10min`, `2h` in seconds.
+fn parse_duration(text: &str) -> Option<u64> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = text[..digits].parse().ok()?;
+    let unit = match &text[digits..] {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
 
 /// An overlay (or unit) folder named in the spec: a directory, inside the spec's folder unless
 /// `confined` is off. Symlinks are resolved before the check, so a link in the spec's folder
@@ -657,6 +729,33 @@ url = "http://{address}/"
         assert!(long.message.contains("longer than its 36 characters"), "{long}");
         let not_comparable = check(&GOOD.replace("version = \"1.0.0\"", "version = \"v1\"")).unwrap_err();
         assert!(not_comparable.message.contains("must start with a digit"), "{not_comparable}");
+    }
+
+    /// `[update]`: defaults, bounds, state paths and keys, each refusal naming its key.
+    #[test]
+    fn update_settings_are_checked() {
+        let d = check(GOOD).unwrap().update;
+        assert_eq!((d.config.tries, d.config.deadline_seconds, d.config.state.len(), d.keys.len()), (3, 1800, 0, 0));
+        let with = |body: &str| check(&format!("{GOOD}\n[update]\n{body}\n"));
+        let u =
+            with("tries = 1\ndeadline = \"10min\"\nstate = [\"/var/lib/airlock/containers/storage/volumes\"]").unwrap();
+        assert_eq!((u.update.config.tries, u.update.config.deadline_seconds), (1, 600));
+        for (body, key, why) in [
+            ("tries = 0", "update.tries", "1 to 9"),
+            ("tries = 10", "update.tries", "1 to 9"),
+            ("deadline = \"10 minutes\"", "update.deadline", "not a duration"),
+            ("deadline = \"5s\"", "update.deadline", "between 1min and 24h"),
+            ("state = [\"/etc/db\"]", "update.state", "under /var/"),
+            ("state = [\"/var/lib/../etc\"]", "update.state", "plain absolute path"),
+            ("state = [\"/var/lib/airlock\"]", "update.state", "the updater's own records"),
+            ("state = [\"/var/lib/db\", \"/var/lib/db/x\"]", "update.state", "inside another entry"),
+            ("keys = [\"no-such.pub\"]", "update.keys", "no-such.pub"),
+        ] {
+            let e = with(body).map(|_| ()).unwrap_err();
+            assert!(e.key == key && e.message.contains(why), "{body}: {e}");
+        }
+        let unknown = Spec::parse(&format!("{GOOD}\n[update]\nreboot = \"now\"\n"), "a.toml").unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `reboot`"), "{unknown}");
     }
 
     const CONTAINERS: &str = r#"
