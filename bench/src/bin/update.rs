@@ -39,7 +39,7 @@ fn build(airlock: &Path, spec_dir: &Path, version: &str, key: &Path, out: &Path)
     let spec = spec_dir.join("appliance.toml");
     let text = fs::read_to_string(&spec)?;
     let current = text.lines().find(|l| l.starts_with("version = ")).context("the demo spec has a version")?;
-    fs::write(&spec, text.replace(current, &format!("version = \"{version}\"")))?;
+    fs::write(&spec, text.replacen(current, &format!("version = \"{version}\""), 1))?;
     eprintln!("building demo {version} ...");
     sh(
         s(airlock),
