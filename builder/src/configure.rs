@@ -72,9 +72,9 @@ pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
 
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
 /// The updater's settings and the keys it trusts, in the verified root: `update.toml` (from
-/// `[update]`) and one minisign `.pub` file per key, named by key id — the release key the
-/// image is signed with and `[update] keys`. An unsigned image without extra keys trusts none
-/// and accepts no update.
+/// `[update]`) and one minisign `.pub` file per key, named by key id
+/// (`UpdatePlan::trusted_keys`: the release key the image is signed with and `[update] keys`).
+/// An unsigned image without extra keys trusts none and accepts no update.
 pub fn install_update_keys(
     root: &mut Tree,
     keys: &[crate::signing::PublicKey],
@@ -82,12 +82,7 @@ pub fn install_update_keys(
 ) -> Result<()> {
     let dir = airlock_common::bundle::TRUSTED_KEYS_DIR.trim_start_matches('/');
     root.put_dir(dir, 0o755)?;
-    let mut put = Vec::new();
-    for key in keys.iter().filter(|k| {
-        let new = !put.contains(&k.key_id());
-        put.push(k.key_id());
-        new
-    }) {
+    for key in keys {
         root.put_file(&format!("{dir}/{}.pub", key.key_id()), 0o644, key.to_file_text())?;
     }
     let settings = airlock_common::update_config::PATH.trim_start_matches('/');

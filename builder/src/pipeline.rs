@@ -149,8 +149,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     stages.run("install appliance program", || configure::install_appliance_program(&mut root, &appliance))?;
     stages.run("configure system", || {
         configure::configure_system(&mut root, plan)?;
-        let mut keys: Vec<_> = opts.signing_key.as_ref().map(KeyPair::public_key).into_iter().collect();
-        keys.extend(plan.update.keys.iter().cloned());
+        let keys = plan.update.trusted_keys(opts.signing_key.as_ref().map(KeyPair::public_key));
         configure::install_update_keys(&mut root, &keys, &plan.update.config)
     })?;
     stages.run("check coherence", || check_coherence(plan, &root))?;
@@ -184,8 +183,8 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     };
     let (esp, release) = stages.run("make UKI and ESP", || {
         let (mut esp, boot) = make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref())?;
-        let release_key = opts.signing_key.as_ref().map(KeyPair::public_key);
-        let boot = boot_record(plan, boot, root_hash.as_ref(), release_key.as_ref());
+        let keys = plan.update.trusted_keys(opts.signing_key.as_ref().map(KeyPair::public_key));
+        let boot = boot_record(plan, boot, root_hash.as_ref(), &keys);
         let release = release_options(plan, opts, formats, &kernel.version, boot, &packages, &contents);
         add_image_manifest(&mut esp, &release, plan)?;
         Ok((esp, release))
@@ -494,11 +493,9 @@ fn boot_record(
     plan: &BuildPlan,
     boot: BootRecord,
     root_hash: Option<&RootHash>,
-    release_key: Option<&crate::signing::PublicKey>,
+    trusted_keys: &[crate::signing::PublicKey],
 ) -> crate::manifest::Boot {
-    let mut trusted_keys: Vec<String> =
-        release_key.into_iter().chain(&plan.update.keys).map(|k| k.key_id().to_string()).collect();
-    trusted_keys.dedup();
+    let trusted_keys = trusted_keys.iter().map(|k| k.key_id().to_string()).collect();
     let update = root_hash.map(|_| crate::manifest::UpdatePolicy {
         tries: plan.update.config.tries,
         deadline_seconds: plan.update.config.deadline_seconds,

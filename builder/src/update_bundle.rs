@@ -36,17 +36,18 @@ pub struct BundleInputs<'a> {
 /// Writes the bundle of `image` into `out_dir`; returns its path.
 pub fn write(image: &Path, out_dir: &Path, inputs: &BundleInputs<'_>, key: &KeyPair) -> Result<PathBuf> {
     let disk = DiskImage::open(image)?;
-    let scratch = out_dir;
     let mut payloads = Vec::new();
-    let mut stored: Vec<File> = Vec::new();
+    // The compressed partitions wait in scratch files; the UKI and manifest, small, in memory.
+    let mut compressed: Vec<File> = Vec::new();
+    let mut small: Vec<Vec<u8>> = Vec::new();
     let mut offset = 0u64;
     for (kind, role) in [(Kind::Root, Role::Root(Slot::A)), (Kind::Verity, Role::RootVerity(Slot::A))] {
         let part = disk.partition(role).with_context(|| format!("{} has no {role} partition", image.display()))?;
         crate::progress::phase(&format!("compressing the {kind} partition for the update bundle"));
-        let (file, payload) = compress_range(&disk.file, part.start, part.size, kind, offset, scratch)?;
+        let (file, payload) = compress_range(&disk.file, part.start, part.size, kind, offset, out_dir)?;
         offset += payload.stored_size;
         payloads.push(payload);
-        stored.push(file);
+        compressed.push(file);
     }
     for (kind, path) in [(Kind::Uki, inputs.uki), (Kind::Manifest, crate::manifest::ESP_MANIFEST_PATH)] {
         let bytes = disk
@@ -64,10 +65,7 @@ pub fn write(image: &Path, out_dir: &Path, inputs: &BundleInputs<'_>, key: &KeyP
             sha256,
         });
         offset += size;
-        let mut f = tempfile::tempfile_in(scratch)
-            .with_context(|| format!("creating a scratch file in {}", scratch.display()))?;
-        f.write_all(&bytes).context("writing a scratch file")?;
-        stored.push(f);
+        small.push(bytes);
     }
     let header = Header {
         format: 1,
@@ -84,9 +82,12 @@ pub fn write(image: &Path, out_dir: &Path, inputs: &BundleInputs<'_>, key: &KeyP
     let mut out = std::io::BufWriter::new(partial.file());
     let shown = partial.partial_path().display().to_string();
     out.write_all(&bundle::preamble(&header_json, &signature)?).with_context(|| format!("writing {shown}"))?;
-    for mut f in stored {
+    for mut f in compressed {
         f.seek(SeekFrom::Start(0)).context("rewinding a scratch file")?;
         std::io::copy(&mut f, &mut out).with_context(|| format!("writing {shown}"))?;
+    }
+    for bytes in &small {
+        out.write_all(bytes).with_context(|| format!("writing {shown}"))?;
     }
     out.flush().with_context(|| format!("writing {shown}"))?;
     drop(out);

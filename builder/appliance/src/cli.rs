@@ -82,9 +82,10 @@ pub enum UpdateCommand {
         /// Install an older (or the same) version; its signature is still checked.
         #[arg(long)]
         allow_downgrade: bool,
-        /// How many boots the new version gets to become ready (1-9).
-        #[arg(long, default_value_t = crate::update::DEFAULT_TRIES)]
-        tries: u32,
+        /// How many boots the new version gets to become ready (1-9; default: the image's
+        /// `[update] tries`).
+        #[arg(long)]
+        tries: Option<u32>,
     },
     /// Show what each slot holds, which one runs and the state of their boot entries.
     Status,
@@ -102,10 +103,14 @@ pub enum UpdateCommand {
     },
 }
 
-/// The updater's settings in the verified root and its records on the data partition.
+/// The updater's settings in the verified root.
+fn update_config() -> Result<airlock_common::update_config::UpdateConfig> {
+    airlock_common::update_config::UpdateConfig::read(std::path::Path::new(airlock_common::update_config::PATH))
+}
+
+/// The updater's records on the data partition, for the state directories of its settings.
 fn state_store() -> Result<crate::update::state::StateStore> {
-    let config =
-        airlock_common::update_config::UpdateConfig::read(std::path::Path::new(airlock_common::update_config::PATH))?;
+    let config = update_config()?;
     Ok(crate::update::state::StateStore {
         dir: std::path::Path::new(airlock_common::partition::STATE_DIR).join("update"),
         protect: config.state.iter().map(std::path::PathBuf::from).collect(),
@@ -121,31 +126,19 @@ fn failed_units() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The running appliance's target, with what the options name in its place (all four: an
+/// image file, and nothing is read from the running system).
 fn target(args: TargetArgs) -> Result<crate::update::Target> {
-    let complete = args.disk.is_some() && args.esp.is_some() && args.keys.is_some() && args.root_hash.is_some();
-    let mut t = if complete {
-        crate::update::Target {
-            disk: Default::default(),
-            esp: Default::default(),
-            keys: Default::default(),
-            root_hash: String::new(),
-        }
-    } else {
-        crate::update::Target::system()?
-    };
-    if let Some(d) = args.disk {
-        t.disk = d;
+    if let TargetArgs { disk: Some(disk), esp: Some(esp), keys: Some(keys), root_hash: Some(root_hash) } = args {
+        return Ok(crate::update::Target { disk, esp, keys, root_hash });
     }
-    if let Some(e) = args.esp {
-        t.esp = e;
-    }
-    if let Some(k) = args.keys {
-        t.keys = k;
-    }
-    if let Some(h) = args.root_hash {
-        t.root_hash = h;
-    }
-    Ok(t)
+    let system = crate::update::Target::system()?;
+    Ok(crate::update::Target {
+        disk: args.disk.unwrap_or(system.disk),
+        esp: args.esp.unwrap_or(system.esp),
+        keys: args.keys.unwrap_or(system.keys),
+        root_hash: args.root_hash.unwrap_or(system.root_hash),
+    })
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -158,6 +151,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let t = target(args)?;
             match command {
                 UpdateCommand::Apply { file, allow_downgrade, tries } => {
+                    let tries = match tries {
+                        Some(n) => n,
+                        None => update_config()?.tries,
+                    };
                     let done =
                         crate::update::apply(&t, &file, &crate::update::ApplyOptions { allow_downgrade, tries })?;
                     println!("{done}");

@@ -253,6 +253,20 @@ pub struct UpdatePlan {
     pub keys: Vec<crate::signing::PublicKey>,
 }
 
+impl UpdatePlan {
+    /// Every key whose bundles the image accepts: the release key (if the build is signed), then
+    /// `[update] keys`, each once.
+    pub fn trusted_keys(&self, release: Option<crate::signing::PublicKey>) -> Vec<crate::signing::PublicKey> {
+        let mut out: Vec<crate::signing::PublicKey> = Vec::new();
+        for k in release.into_iter().chain(self.keys.iter().cloned()) {
+            if !out.iter().any(|o| o.key_id() == k.key_id()) {
+                out.push(k);
+            }
+        }
+        out
+    }
+}
+
 /// `[update]`: tries 1-9, a deadline between a minute and a day, state directories that are
 /// absolute, plain and under `/var` (not the updater's own folder), keys that are minisign
 /// public keys.

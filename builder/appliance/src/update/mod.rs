@@ -48,9 +48,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-/// How many times systemd-boot tries a new version before it falls back.
-pub const DEFAULT_TRIES: u32 = 3;
-
 /// Where the updater works: the whole disk, the ESP, the trusted keys and the running root.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -72,7 +69,7 @@ impl Target {
         let root_hash = root_hash_of(&cmdline).context(
             "the kernel's command line has no roothash=: this appliance runs without a verified root, which is not updated",
         )?;
-        let uuid = first_half(&root_hash)?;
+        let (uuid, _) = halves(&root_hash)?;
         let disk = disk_of_partition(&uuid)?;
         Ok(Target { disk, esp: partition::ESP_MOUNT.into(), keys: bundle::TRUSTED_KEYS_DIR.into(), root_hash })
     }
@@ -83,14 +80,10 @@ pub fn root_hash_of(cmdline: &str) -> Option<String> {
     cmdline.split_whitespace().find_map(|a| a.strip_prefix("roothash=")).map(str::to_string)
 }
 
-fn first_half(root_hash: &str) -> Result<Uuid> {
-    let bytes = hex::decode(root_hash).ok().filter(|b| b.len() == 32).context("roothash= is not 64 hex digits")?;
-    Ok(Uuid::from_slice(&bytes[..16])?)
-}
-
-fn second_half(root_hash: &str) -> Result<Uuid> {
-    let bytes = hex::decode(root_hash).ok().filter(|b| b.len() == 32).context("the root hash is not 64 hex digits")?;
-    Ok(Uuid::from_slice(&bytes[16..])?)
+/// The UUIDs a root hash gives its root and root-verity partitions: its first and last 128 bits.
+fn halves(root_hash: &str) -> Result<(Uuid, Uuid)> {
+    let bytes = hex::decode(root_hash).ok().filter(|b| b.len() == 32).context("a root hash is 64 hex digits")?;
+    Ok((Uuid::from_slice(&bytes[..16])?, Uuid::from_slice(&bytes[16..])?))
 }
 
 /// The whole disk holding the partition with this PARTUUID (through udev's link and sysfs).
@@ -131,7 +124,7 @@ impl Status {
         let file = File::open(&target.disk).with_context(|| format!("opening {}", target.disk.display()))?;
         let layout = GptLayout::read(&file)
             .with_context(|| format!("reading the partition table of {}", target.disk.display()))?;
-        let running_uuid = first_half(&target.root_hash)?;
+        let (running_uuid, _) = halves(&target.root_hash)?;
         let roles = partition::identify(&layout.partitions);
         let index = |role: Role| roles.iter().position(|r| *r == Some(role));
         let mut slots = Vec::new();
@@ -334,14 +327,15 @@ pub fn apply(target: &Target, path: &Path, opts: &ApplyOptions) -> Result<Applie
     }
     // 4. Names and the UUIDs the new root hash pins.
     let root_name = partition::versioned_name(&name, &h.version, "");
+    let (root_uuid, verity_uuid) = halves(&h.root_hash)?;
     GptLayout::relabel(
         &disk,
         &[
-            Relabel { index: other.root_index, name: root_name.clone(), guid: first_half(&h.root_hash)? },
+            Relabel { index: other.root_index, name: root_name.clone(), guid: root_uuid },
             Relabel {
                 index: other.verity_index,
                 name: partition::versioned_name(&name, &h.version, VERITY_SUFFIX),
-                guid: second_half(&h.root_hash)?,
+                guid: verity_uuid,
             },
         ],
     )?;
@@ -384,19 +378,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
-/// Writes `bytes` to `dir/name` through a temporary name created exclusively, synced, then
-/// renamed.
+/// Writes `bytes` to `dir/name` through airlock's partial files (created exclusively as
+/// `.<name>.partial`, synced, renamed, the folder synced). Unlike `firstboot::store::write_atomic`
+/// it sets no mode: the ESP's FAT refuses a chmod its mount options do not allow.
 pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.partial"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("renaming {} to {name}", tmp.display()))?;
-    sync_dir(dir)
+    let partial = airlock_common::output_file::PartialFile::create(&dir.join(name))?;
+    let mut f = partial.file();
+    f.write_all(bytes).with_context(|| format!("writing {}", partial.partial_path().display()))?;
+    partial.commit()?;
+    Ok(())
 }
