@@ -32,6 +32,11 @@ pub const ALWAYS_ENABLED: &[&str] = &[
     "airlock-provision.service",
     "airlock-address.service",
     "airlock-banner.service",
+    // Offline updates (each skips itself on an image without a verified root).
+    "airlock-update-boot.service",
+    "airlock-boot-check.service",
+    "airlock-update-bless.service",
+    "airlock-update-deadline.timer",
 ];
 
 /// Home directories and where they live on the data partition (under `/var`).
@@ -87,6 +92,14 @@ pub fn install_update_keys(
     }
     let settings = airlock_common::update_config::PATH.trim_start_matches('/');
     root.put_file(settings, 0o644, config.to_toml()?)?;
+    root.put_file(
+        &format!("{}/airlock-update-deadline.timer.d/deadline.conf", units::SYSTEM_UNIT_DIR),
+        0o644,
+        format!(
+            "# Written by airlock from the spec's [update] deadline.\n[Timer]\nOnBootSec=\nOnBootSec={}s\n",
+            config.deadline_seconds
+        ),
+    )?;
     Ok(())
 }
 
@@ -105,7 +118,7 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
         root.put_file(state.trim_start_matches('/'), 0o644, text)?;
         root.put_symlink(&format!("etc/{name}"), &format!("..{state}"))?;
     }
-    root.put_file("etc/fstab", 0o644, fstab(plan.disk.roles(), &plan.seed))?;
+    root.put_file("etc/fstab", 0o644, fstab(plan.disk.roles(), &plan.disk_seed))?;
     // The data partition grows on first boot (systemd-repart), and its filesystem after it: the
     // template orders itself after systemd-repart and binds to var.mount. Not through
     // `x-systemd.growfs`, which would also run in the initrd (which mounts /var, and has no

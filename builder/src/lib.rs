@@ -32,7 +32,7 @@
 // Shared with the appliance's own program; re-exported so the builder's modules and tests name
 // them as before.
 pub use airlock_common::{
-    command, gpt, input_file, interrupt, local_registry, output_file, partition, seed, signing, size, version,
+    bundle, command, gpt, input_file, interrupt, local_registry, output_file, partition, seed, signing, size, version,
 };
 
 pub mod apt_sources;

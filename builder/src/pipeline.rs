@@ -166,7 +166,7 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
     let image = opts.out_dir.join(format!("{}.raw", plan.name));
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
     let image_id = ImageId { name: plan.name.clone(), version: plan.version.clone() };
-    let layout = disk::lay_out(plan.disk.size, &plan.seed, Some(&image_id), &partition_sizes(plan))?;
+    let layout = disk::lay_out(plan.disk.size, &plan.disk_seed, Some(&image_id), &partition_sizes(plan))?;
     let mut writer = DiskWriter::create(&layout, &plan.seed, opts.clock, &image)?;
     stages.run("write root", || {
         disk::measure(&[&root]);
@@ -466,7 +466,7 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
 fn kernel_cmdline(plan: &BuildPlan, root_hash: Option<&RootHash>) -> Result<Vec<String>> {
     let mut options = match root_hash {
         Some(hash) => vec![format!("roothash={hash}"), "ro".to_string()],
-        None => vec![configure::kernel_root(plan.disk.roles(), &plan.seed)?, "rw".to_string()],
+        None => vec![configure::kernel_root(plan.disk.roles(), &plan.disk_seed)?, "rw".to_string()],
     };
     options.extend(["console=tty0", "console=ttyS0,115200", "systemd.firstboot=off"].into_iter().map(String::from));
     options.extend(plan.kernel_cmdline.iter().cloned());
@@ -538,7 +538,7 @@ fn partition_sizes(plan: &BuildPlan) -> Vec<(Role, Option<u64>)> {
 fn add_image_manifest(esp: &mut Tree, release: &ReleaseOptions<'_>, plan: &BuildPlan) -> Result<()> {
     let inputs = release::manifest_inputs(release);
     let manifest =
-        crate::manifest::Manifest::new(&inputs, plan.disk.size, disk::disk_guid(&plan.seed), &[], Vec::new());
+        crate::manifest::Manifest::new(&inputs, plan.disk.size, disk::disk_guid(&plan.disk_seed), &[], Vec::new());
     esp.put_file(crate::manifest::ESP_MANIFEST_PATH, 0o644, manifest.to_json()?)?;
     Ok(())
 }

@@ -135,6 +135,7 @@ fn probe_kvm() -> Result<Verdict> {
         serial_log: serial_log.clone(),
         backdoor_socket: None,
         qmp_sockets: Vec::new(),
+        usb: false,
         exit_on_reset: false,
     };
     let log = File::create(&qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?;

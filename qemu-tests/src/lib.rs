@@ -61,6 +61,7 @@ mod shell;
 mod socket;
 mod systemd_unit;
 pub mod test_image;
+pub mod usb_stick;
 mod vm;
 
 use std::path::PathBuf;

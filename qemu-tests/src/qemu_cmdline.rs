@@ -45,6 +45,8 @@ pub struct QemuCmdline {
     pub backdoor_socket: Option<PathBuf>,
     /// Unix sockets (qemu is the server) of QMP monitors.
     pub qmp_sockets: Vec<PathBuf>,
+    /// A USB controller (`xhci`), for drives plugged in while the guest runs.
+    pub usb: bool,
     /// A reset of the machine (by the guest, or QMP `system_reset`) ends qemu instead, with a
     /// `SHUTDOWN` event that gives the reset as its reason.
     pub exit_on_reset: bool,
@@ -73,6 +75,9 @@ impl QemuCmdline {
         if let Some(disk) = &self.disk {
             push(&["-drive", &format!("if=none,id=d0,file={},format=qcow2", option_path(disk)?)]);
             push(&["-device", "virtio-blk-pci,drive=d0"]);
+        }
+        if self.usb {
+            push(&["-device", "qemu-xhci,id=xhci"]);
         }
         if let Some(forwards) = &self.network {
             let mut netdev = String::from("user,id=n0,restrict=on");
@@ -131,6 +136,7 @@ mod tests {
             serial_log: "/tmp/vm/serial.log".into(),
             backdoor_socket: Some("/tmp/vm/backdoor.sock".into()),
             qmp_sockets: vec!["/tmp/vm/qmp.sock".into()],
+            usb: false,
             exit_on_reset: true,
         }
     }

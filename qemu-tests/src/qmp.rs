@@ -43,8 +43,13 @@ impl Qmp {
 
     /// Runs an argument-less command and waits for its reply, skipping events.
     pub fn execute(&mut self, command: &str) -> Result<()> {
-        log::info!("QMP {}: {command}", self.path.display());
-        let request = format!("{{\"execute\": \"{command}\"}}\n");
+        self.execute_with(command, serde_json::json!({}))
+    }
+
+    /// Runs `command` with `arguments` (a JSON object) and waits for its reply, skipping events.
+    pub fn execute_with(&mut self, command: &str, arguments: serde_json::Value) -> Result<()> {
+        log::info!("QMP {}: {command} {arguments}", self.path.display());
+        let request = format!("{}\n", serde_json::json!({ "execute": command, "arguments": arguments }));
         self.reader
             .get_mut()
             .write_all(request.as_bytes())

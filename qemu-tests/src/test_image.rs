@@ -55,12 +55,16 @@ const NOT_IN_IMAGES: &[&str] = &[
     "builder/tests",
     "qemu-tests/src",
     "qemu-tests/tests",
+    // Only in the images whose recipe names them (hashed with the recipe).
+    "qemu-tests/overlays",
 ];
 
 /// Bump when the way entries are built or laid out changes.
 const CACHE_FORMAT: &str = "airlock-test-image-v1";
 
-/// A test image from the cache, kept from removal while this value lives.
+/// A test image from the cache, kept from removal while this value lives. Every test image is
+/// signed with the cache's TEST release key ([`test_release_key`]): it trusts that key's
+/// update bundles, and carries its own bundle.
 #[derive(Debug)]
 pub struct TestImage {
     /// `<name>.raw`; never written to (VMs boot qcow2 overlays backed by it).
@@ -75,6 +79,11 @@ impl TestImage {
     /// The file of another output format of the same build, e.g. `qcow2`.
     pub fn output(&self, extension: &str) -> PathBuf {
         self.image.with_extension(extension)
+    }
+
+    /// The build's update bundle, `<name>_<version>.update`.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join(airlock::bundle::file_name(&self.plan.name, &self.plan.version))
     }
 }
 
@@ -94,6 +103,13 @@ pub struct Recipe {
     pub formats: Option<Vec<airlock::outputs::Format>>,
     /// Signs the boot chain with the TEST Secure Boot keys of the cache ([`test_secure_boot_keys`]).
     pub secure_boot: bool,
+    /// Signs the release with the cache's TEST release key ([`test_release_key`]): the image
+    /// trusts that key's update bundles, and its build writes its own bundle.
+    pub signed: bool,
+    /// Builds this version instead of the spec's (the update test's later releases).
+    pub version: Option<String>,
+    /// Test overlays applied after the command channel's (e.g. one that breaks the stack).
+    pub overlays: Vec<PathBuf>,
 }
 
 impl Recipe {
@@ -106,7 +122,35 @@ impl Recipe {
             .filter(|s| s.exists())
             .collect();
         // As released: a verity root, and (with the test keys) a signed boot chain.
-        Recipe { spec: dir.join("appliance.toml"), scripts, formats: None, secure_boot: true }
+        Recipe {
+            spec: dir.join("appliance.toml"),
+            scripts,
+            formats: None,
+            secure_boot: true,
+            signed: true,
+            version: None,
+            overlays: Vec::new(),
+        }
+    }
+
+    /// The same image as a later release `version`, raw only (what an update test boots or
+    /// takes the bundle of), with `overlays` added.
+    pub fn release(&self, version: &str, overlays: Vec<PathBuf>) -> Recipe {
+        Recipe {
+            version: Some(version.to_string()),
+            overlays,
+            formats: Some(vec![airlock::outputs::Format::Raw]),
+            ..self.clone()
+        }
+    }
+
+    /// The cache entries' name: the appliance's, with the version when the recipe sets one (so
+    /// that the releases of one appliance are cached side by side).
+    fn label(&self, plan: &airlock::plan::BuildPlan) -> String {
+        match &self.version {
+            Some(v) => format!("{}@{v}", plan.name),
+            None => plan.name.clone(),
+        }
     }
 }
 
@@ -115,32 +159,41 @@ impl Recipe {
 pub fn test_image(recipe: &Recipe, appliance: &Path, cache_root: &Path) -> Result<TestImage> {
     let cache = cache_root.join("test-images");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let plan = airlock::test_spec::plan_spec_or_test_spec(&recipe.spec, &airlock::plan::HostContext::default())?;
+    let mut plan = airlock::test_spec::plan_spec_or_test_spec(&recipe.spec, &airlock::plan::HostContext::default())?;
+    if let Some(version) = &recipe.version {
+        airlock::version::Version::parse(version)
+            .map_err(|why| anyhow::anyhow!("the recipe's version `{version}`: {why}"))?;
+        plan.version = version.clone();
+        plan.seed = airlock::seed::Seed::new(format!("{}-{version}", plan.name));
+    }
     let name = plan.name.clone();
+    let label = recipe.label(&plan);
     let choosing = FileLock::exclusive(&cache.join(format!("{name}.lock")))?;
     for script in &recipe.scripts {
         command::run(&mut Command::new(script))?;
     }
     let keys = if recipe.secure_boot { Some(test_secure_boot_keys(cache_root)?) } else { None };
     let keys = keys.as_deref();
-    let mut found = usable_entry(&cache, &plan, recipe, appliance, keys)?;
+    let release = if recipe.signed { Some(test_release_key(cache_root)?) } else { None };
+    let release = release.as_deref();
+    let mut found = usable_entry(&cache, &plan, recipe, appliance, keys, release)?;
     if found.is_none() {
         // Pinning asks the package indexes again (a minute or more), so it is done only when
         // no entry matches the lock as it is; the lock it writes may then match one.
         fetch(&plan)?;
-        found = usable_entry(&cache, &plan, recipe, appliance, keys)?;
+        found = usable_entry(&cache, &plan, recipe, appliance, keys, release)?;
     }
     let (entry, in_use) = match found {
         Some(found) => found,
         None => {
-            let entry = cache.join(format!("{name}-{}", &inputs_key(&plan, recipe, appliance, keys)?[..16]));
+            let entry = cache.join(format!("{label}-{}", &inputs_key(&plan, recipe, appliance, keys, release)?[..16]));
             let in_use = FileLock::exclusive(&with_suffix(&entry, ".lock"))?;
-            build_entry(&plan, recipe, appliance, keys, &cache, &entry)?;
+            build_entry(&plan, recipe, appliance, keys, release, &cache, &entry)?;
             (entry, in_use)
         }
     };
     in_use.downgrade()?;
-    remove_other_entries(&cache, &name, &entry)?;
+    remove_other_entries(&cache, &label, &entry)?;
     drop(choosing);
     Ok(TestImage { image: entry.join(format!("{name}.raw")), dir: entry, plan, _in_use: in_use })
 }
@@ -154,8 +207,10 @@ fn usable_entry(
     recipe: &Recipe,
     appliance: &Path,
     keys: Option<&Path>,
+    release: Option<&Path>,
 ) -> Result<Option<(PathBuf, FileLock)>> {
-    let entry = cache.join(format!("{}-{}", plan.name, &inputs_key(plan, recipe, appliance, keys)?[..16]));
+    let entry =
+        cache.join(format!("{}-{}", recipe.label(plan), &inputs_key(plan, recipe, appliance, keys, release)?[..16]));
     if !entry.exists() {
         return Ok(None);
     }
@@ -184,9 +239,16 @@ fn usable_entry(
 }
 
 /// Pins the spec's containers and mirrors with `airlock fetch --update`, which the build
-/// needs first.
+/// needs first; once per lock and test process (a later release of the same spec, built by the
+/// same test, uses the lock just written).
 fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
+    static FETCHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     if plan.containers.is_empty() && plan.mirrors.is_empty() {
+        return Ok(());
+    }
+    let mut fetched = FETCHED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if fetched.contains(&plan.lock_path) {
+        log::info!("{}: pinned by this test process already", plan.lock_path.display());
         return Ok(());
     }
     let opts = airlock::fetch::FetchOptions {
@@ -195,6 +257,7 @@ fn fetch(plan: &airlock::plan::BuildPlan) -> Result<()> {
         registry: Default::default(),
     };
     airlock::fetch::fetch(plan, &opts).with_context(|| format!("fetching what {} pins", plan.spec_path.display()))?;
+    fetched.push(plan.lock_path.clone());
     Ok(())
 }
 
@@ -227,17 +290,52 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Where the TEST release key is (`<cache root>/release-test-key/release.{key,pub}`).
+pub fn release_key_prefix(cache_root: &Path) -> PathBuf {
+    cache_root.join("release-test-key/release")
+}
+
+/// The release key test images are signed with: a TEST KEY made once (unencrypted, by the
+/// same code as `airlock keygen`) into the cache and kept, so the images signed with it stay
+/// cached; returns its prefix.
+pub fn test_release_key(cache_root: &Path) -> Result<PathBuf> {
+    let prefix = release_key_prefix(cache_root);
+    if load_release_key(&prefix).is_ok() {
+        return Ok(prefix);
+    }
+    let dir = prefix.parent().context("the key has a folder")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for ext in [".key", ".pub"] {
+        let stale = with_suffix(&prefix, ext);
+        if stale.exists() {
+            fs::remove_file(&stale).with_context(|| format!("removing the unreadable {}", stale.display()))?;
+        }
+    }
+    log::info!("making the TEST release key {}.key", prefix.display());
+    airlock::signing::write_key_pair(&airlock::signing::generate()?, &prefix, None)?;
+    load_release_key(&prefix)?;
+    Ok(prefix)
+}
+
+/// The TEST release key at `prefix` (see [`test_release_key`]).
+pub fn load_release_key(prefix: &Path) -> Result<airlock::signing::KeyPair> {
+    airlock::signing::read_secret_key(&with_suffix(prefix, ".key"), || {
+        bail!("the TEST release key {} is encrypted", prefix.display())
+    })
+}
+
 /// The SHA-256 of everything that goes into the image (see the module's documentation).
 fn inputs_key(
     plan: &airlock::plan::BuildPlan,
     recipe: &Recipe,
     appliance: &Path,
     keys: Option<&Path>,
+    release: Option<&Path>,
 ) -> Result<String> {
     let started = Instant::now();
     let mut h = Sha256::new();
     let formats = format!("{:?}", recipe.formats);
-    for part in [CACHE_FORMAT, &plan.name, &plan.base.key(), &EPOCH.to_string(), &formats] {
+    for part in [CACHE_FORMAT, &plan.name, &plan.version, &plan.base.key(), &EPOCH.to_string(), &formats] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
@@ -252,6 +350,16 @@ fn inputs_key(
         hash_file(&mut h, &plan.lock_path, "lock")?;
     }
     hash_file(&mut h, appliance, "appliance program")?;
+    if let Some(release) = release {
+        hash_file(&mut h, &with_suffix(release, ".key"), "release key")?;
+    }
+    for overlay in &recipe.overlays {
+        let rel = overlay
+            .strip_prefix(&root)
+            .with_context(|| format!("test overlays are in the repository, not {}", overlay.display()))?;
+        h.update(format!("overlay {}\n", rel.display()).as_bytes());
+        hash_tree(&mut h, &root, rel)?;
+    }
     if let Some(prefix) = keys {
         for v in airlock::secure_boot::Variable::ALL {
             for ext in ["crt", "auth"] {
@@ -322,6 +430,7 @@ fn build_entry(
     recipe: &Recipe,
     appliance: &Path,
     keys: Option<&Path>,
+    release: Option<&Path>,
     cache: &Path,
     entry: &Path,
 ) -> Result<()> {
@@ -334,9 +443,9 @@ fn build_entry(
         out_dir: partial.path().to_path_buf(),
         cache_dir: airlock::cache::cache_dir()?,
         clock: airlock::clock::BuildClock::fixed(EPOCH),
-        test_overlays: vec![crate::guest_overlay_dir()],
+        test_overlays: std::iter::once(crate::guest_overlay_dir()).chain(recipe.overlays.iter().cloned()).collect(),
         formats: recipe.formats.clone(),
-        signing_key: None,
+        signing_key: release.map(load_release_key).transpose()?,
         appliance: airlock::pipeline::ApplianceProgram::At(appliance.to_path_buf()),
         secure_boot: keys.map(load_test_keys).transpose()?,
     };

@@ -59,6 +59,8 @@ pub struct VmConfig {
     /// Boots OVMF's Secure Boot firmware with empty variables (Setup Mode), as a fresh host
     /// whose owner lets the appliance enroll its keys.
     pub secure_boot: bool,
+    /// A USB controller, for [`Vm::plug_usb_drive`].
+    pub usb: bool,
 }
 
 impl Default for VmConfig {
@@ -74,6 +76,7 @@ impl Default for VmConfig {
             guest_reset: GuestReset::NewProcess,
             tcg_threads: TcgThreads::Multi,
             secure_boot: false,
+            usb: false,
         }
     }
 }
@@ -168,6 +171,7 @@ impl Vm {
             serial_log: files.serial_log.clone(),
             backdoor_socket: Some(files.backdoor_socket.clone()),
             qmp_sockets: vec![files.qmp_socket.clone(), files.events_socket.clone()],
+            usb: cfg.usb,
             exit_on_reset: false,
         };
         let mut machine = Machine::new(&cfg.name, cmdline, files.qemu_log.clone(), cfg.guest_reset)?;
@@ -557,6 +561,37 @@ impl Vm {
         let seen = self.machine.resets().count();
         self.machine.qmp(Duration::from_secs(30))?.execute("system_reset")?;
         self.wait_for_reset(seen, Instant::now() + Duration::from_secs(30))
+    }
+
+    /// Plugs a USB drive holding `image` (a raw file, read-only) into the running guest, as
+    /// `id` (QMP `blockdev-add` and `device_add usb-storage`). Needs [`VmConfig::usb`]. A drive
+    /// stays until the next qemu process (a reboot under
+    /// [`GuestReset::NewProcess`](crate::GuestReset::NewProcess) pulls it out).
+    pub fn plug_usb_drive(&mut self, id: &str, image: &Path) -> Result<()> {
+        log::info!("{}: plugging in USB drive {id} ({})", self.cfg.name, image.display());
+        let result = self
+            .plug_usb_inner(id, image)
+            .with_context(|| format!("plugging USB drive {id} into vm {}", self.cfg.name));
+        self.note(result)
+    }
+
+    fn plug_usb_inner(&mut self, id: &str, image: &Path) -> Result<()> {
+        if !self.cfg.usb {
+            bail!("the VM has no USB controller (VmConfig::usb)");
+        }
+        let image = image.canonicalize().with_context(|| format!("finding {}", image.display()))?;
+        let mut qmp = self.machine.qmp(Duration::from_secs(30))?;
+        qmp.execute_with(
+            "blockdev-add",
+            serde_json::json!({
+                "node-name": id, "driver": "raw", "read-only": true,
+                "file": { "driver": "file", "filename": image, "read-only": true },
+            }),
+        )?;
+        qmp.execute_with(
+            "device_add",
+            serde_json::json!({ "driver": "usb-storage", "bus": "xhci.0", "drive": id, "id": id, "removable": true }),
+        )
     }
 
     /// Freezes the guest (QMP `stop`): its vCPUs and its clock stand still until

@@ -9,12 +9,25 @@
 //! through a port forward; it reboots to ready again with the same machine-id; after shutdown
 //! both ext4 filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is
 //! slow); `verified_boot.rs` has the boots that must fail.
+//!
+//! The same appliance then goes through offline updates (issue 17), with the demo built again
+//! as 0.2.0 and as a 0.3.0 whose API never starts (a test overlay), all three signed with one
+//! TEST release key: a record written through the demo API; 0.2.0 on a USB stick, staged when
+//! the stick is plugged in, the appliance rebooting into it by itself (the site's `[update]
+//! reboot = "now"`), ready, the record there; a tampered bundle, one signed by another key,
+//! one for another appliance and 0.1.0 again each refused with its reason, `update status`
+//! unchanged; 0.3.0 applied with one try: it fails readiness, the appliance goes back to 0.2.0
+//! by itself, saying so after its banner, with the record; `e2fsck -fn` of every ext4
+//! partition at the end.
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
 mod common;
 
 use common::*;
+use qemu_tests::test_image::{Recipe, load_release_key, release_key_prefix, repo_root};
+use qemu_tests::usb_stick::fat_stick;
 use qemu_tests::{BOOT_TIMEOUT, Vm, VmConfig};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const GIB: u64 = 1 << 30;
@@ -25,6 +38,12 @@ const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     qemu_tests::init_logging();
     let built = build_test_image("demo").expect("building the demo test image");
+    // The releases the update part installs, built before the VM so builds and TCG do not
+    // share the cores.
+    let demo = Recipe::image("demo");
+    let next = build_spec(&demo.release("0.2.0", Vec::new())).expect("building the demo as 0.2.0");
+    let failing = build_spec(&demo.release("0.3.0", vec![repo_root().join("qemu-tests/overlays/failing-stack")]))
+        .expect("building the demo as 0.3.0 with a failing API");
     let manifest = read_manifest(&built);
     let verity = manifest.boot.as_ref().and_then(|b| b.verity.clone()).expect("the demo is built with verity");
     // One byte flipped in a file nothing reads at boot, on a disk otherwise as built.
@@ -36,6 +55,7 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
         forwards: vec![80, 443, 5000, 8080, 8081],
         disk_size: Some(8 * GIB),
         secure_boot: true,
+        usb: true,
         ..VmConfig::new("demo", &disk)
     })
     .expect("starting qemu");
@@ -261,13 +281,176 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let (code, body) = curl_tls(&mut vm, &ca, "api.airlock.internal", "/api/status");
     assert!(code == "200" && body.contains("\"migration_runs\": 1"), "{code} {body}");
 
-    // After a clean shutdown the filesystems a real kernel used are clean.
+    update_across_the_gap(&mut vm, &built, &next, &failing, &ca, work.path());
+
+    // After a clean shutdown the filesystems a real kernel used are clean: both slots (0.3.0,
+    // written by the updater, never mounted read-write; 0.2.0) and the data partition.
     vm.shutdown(Duration::from_secs(180)).unwrap();
-    e2fsck_partitions(vm.overlay_path(), EXT4_PARTITIONS);
+    e2fsck_partitions(vm.overlay_path(), &[Role::Root(Slot::A), Role::Root(Slot::B), Role::Data]);
+}
+
+/// How long writing a bundle into the other slot may take under TCG (the bundle read twice
+/// from USB, the slot written and read back).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// Offline updates on the running 0.1.0 appliance (see the module's documentation).
+fn update_across_the_gap(
+    vm: &mut Vm,
+    first: &TestImage,
+    next: &TestImage,
+    failing: &TestImage,
+    ca: &Path,
+    work: &Path,
+) {
+    let (v1, v2, v3) = (&first.plan.version, &next.plan.version, &failing.plan.version);
+    // A record through the demo API: the stack's state, which every update must keep.
+    let (code, body) = curl_tls_args(vm, ca, "api.airlock.internal", "/api/records", &["--data", "written by 0.1.0"]);
+    assert_eq!(code, "201", "POST /api/records: {body}");
+    let status = vm.succeed("airlock update status").unwrap();
+    assert!(
+        status.contains(&format!("slot A: demo {v1} (running), boot entry demo_{v1}.efi (good)"))
+            && status.contains("slot B: empty"),
+        "{status}"
+    );
+    // The site lets an update from a stick reboot at once.
+    vm.succeed(r#"sed -i 's/^# reboot = "never"/reboot = "now"/' /efi/airlock.toml && grep -x 'reboot = "now"' /efi/airlock.toml"#)
+        .unwrap();
+
+    // 0.2.0 on a stick: staged when it is plugged in; the appliance reboots into it.
+    let bundle = next.bundle();
+    let stick = fat_stick(work, "UPDATE", &[(&format!("airlock-update/demo_{v2}.update"), &bundle)]).unwrap();
+    let offset = vm.console_len();
+    vm.plug_usb_drive("update", &stick).unwrap();
+    let staged =
+        vm.wait_for_console_after(offset, &format!("airlock: update {v2} staged from /dev/"), APPLY_TIMEOUT).unwrap();
+    let rebooting = vm.wait_for_console_after(staged, &format!("airlock: rebooting into {v2}"), BOOT_TIMEOUT).unwrap();
+    let booted = vm.wait_for_console_after(rebooting, &format!("appliance: demo {v2}"), BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console_after(booted.saturating_sub(200), "airlock: ready", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_unit("airlock-update-bless.service", BOOT_TIMEOUT).unwrap();
+    let status = vm.succeed("airlock update status").unwrap();
+    assert!(
+        status.contains(&format!("slot A: demo {v1}, boot entry demo_{v1}.efi (good)"))
+            && status.contains(&format!("slot B: demo {v2} (running), boot entry demo_{v2}.efi (good)")),
+        "0.2.0 runs from slot B and was blessed: {status}"
+    );
+    let banner = vm.succeed("cat /run/airlock/banner").unwrap();
+    assert!(banner.starts_with(&format!("airlock: ready\nappliance: demo {v2}\n")), "{banner}");
+    let (code, records) = curl_tls(vm, ca, "api.airlock.internal", "/api/records");
+    assert_eq!((code.as_str(), records.as_str()), ("200", "written by 0.1.0\n"), "the record came along");
+    let saved = vm.succeed("journalctl -b 0 -o cat -u airlock-update-boot.service --no-pager").unwrap();
+    assert!(saved.contains("saved the stack's state"), "the first try of 0.2.0 saved the stack's state first: {saved}");
+
+    // The refusals and 0.3.0, from a second stick with no airlock-update/ folder (the USB
+    // path says there is nothing for it, and the operator's shell applies by hand).
+    let key = load_release_key(&release_key_prefix(Path::new(env!("CARGO_TARGET_TMPDIR")))).unwrap();
+    let stranger = airlock::signing::generate().unwrap();
+    let fixtures = work.join("fixtures");
+    std::fs::create_dir_all(&fixtures).unwrap();
+    let tampered = fixtures.join(format!("demo_{v3}.tampered.update"));
+    tampered_copy(&failing.bundle(), &tampered, &key);
+    let other_key = fixtures.join(format!("demo_{v3}.other-key.update"));
+    resigned_copy(&failing.bundle(), &other_key, &stranger, |_| {});
+    let other_appliance = fixtures.join(format!("billing_{v3}.update"));
+    resigned_copy(&failing.bundle(), &other_appliance, &key, |h| h["appliance"] = "billing".into());
+    let mut files: Vec<(String, PathBuf)> = vec![(format!("more/demo_{v3}.update"), failing.bundle())];
+    for f in [&tampered, &other_key, &other_appliance] {
+        files.push((format!("more/{}", f.file_name().unwrap().to_str().unwrap()), f.clone()));
+    }
+    files.push((format!("more/demo_{v1}.update"), first.bundle()));
+    let listed: Vec<(&str, &Path)> = files.iter().map(|(d, s)| (d.as_str(), s.as_path())).collect();
+    let extras = fat_stick(work, "EXTRAS", &listed).unwrap();
+    for f in [&tampered, &other_key, &other_appliance] {
+        std::fs::remove_file(f).unwrap();
+    }
+    let offset = vm.console_len();
+    vm.plug_usb_drive("extras", &extras).unwrap();
+    vm.wait_for_console_after(offset, "no folder airlock-update/", BOOT_TIMEOUT).unwrap();
+    vm.succeed("mkdir -p /run/extras && mount -o ro /dev/disk/by-label/EXTRAS /run/extras").unwrap();
+    let before = vm.succeed("airlock update status").unwrap();
+    for (file, why) in [
+        (format!("demo_{v3}.tampered.update"), "the root payload's bytes are not the ones signed"),
+        (format!("demo_{v3}.other-key.update"), "which this appliance does not trust"),
+        (format!("billing_{v3}.update"), "is an update for appliance `billing`"),
+        (format!("demo_{v1}.update"), &format!("older than the running {v2}")),
+    ] {
+        let out = vm.fail(&format!("airlock update apply /run/extras/more/{file} 2>&1")).unwrap();
+        assert!(out.contains("refused") && out.contains(why), "{file}: `{out}` should say `{why}`");
+        assert_eq!(vm.succeed("airlock update status").unwrap(), before, "{file} changed nothing");
+    }
+    let out = vm.succeed(&format!("airlock update apply --tries 1 /run/extras/more/demo_{v3}.update 2>&1")).unwrap();
+    assert!(out.contains(&format!("staged demo {v3} in slot A (boot entry demo_{v3}+1.efi)")), "{out}");
+    vm.succeed("umount /run/extras").unwrap();
+
+    // 0.3.0 never becomes ready: it gives itself up and the appliance goes back to 0.2.0.
+    vm.reboot(BOOT_TIMEOUT).unwrap();
+    let tried = vm.wait_for_console_after(0, &format!("appliance: demo {v3}"), BOOT_TIMEOUT).unwrap();
+    let gave_up = vm.wait_for_console_after(tried, "did not become ready", BOOT_TIMEOUT).unwrap();
+    let back =
+        vm.wait_for_console_after(gave_up, &format!("airlock: rolled back from {v3} to {v2}"), BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console_after(back, "airlock: ready", BOOT_TIMEOUT).unwrap();
+    let banner = vm.succeed("cat /run/airlock/banner").unwrap();
+    let after_banner = banner.split_once(&format!("airlock: rolled back from {v3} to {v2}\n"));
+    let Some((head, tail)) = after_banner else { panic!("the banner says the rollback: {banner}") };
+    assert!(head.starts_with(&format!("airlock: ready\nappliance: demo {v2}\n")), "{banner}");
+    assert!(tail.contains(&format!("failed in {v3}: api.service")), "the unit that failed: {banner}");
+    let status = vm.succeed("airlock update status").unwrap();
+    assert!(
+        status.contains(&format!("slot A: demo {v3}, boot entry demo_{v3}+0-1.efi (bad: failed 1 tries)"))
+            && status.contains(&format!("slot B: demo {v2} (running), boot entry demo_{v2}.efi (good)")),
+        "{status}"
+    );
+    let (code, records) = curl_tls(vm, ca, "api.airlock.internal", "/api/records");
+    assert_eq!(
+        (code.as_str(), records.as_str()),
+        ("200", "written by 0.1.0\n"),
+        "the record is there after the rollback"
+    );
+    let kept = vm.succeed("ls /var/lib/airlock/demo").unwrap();
+    assert!(kept.lines().any(|l| l == format!("db.failed-{v3}")), "the failed version's state is kept aside: {kept}");
+}
+
+/// The parts of a bundle file: its header (JSON), and everything after the signature.
+fn bundle_parts(path: &Path) -> (serde_json::Value, std::fs::File, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut word = [0u8; 4];
+    f.seek(SeekFrom::Start(airlock::bundle::MAGIC.len() as u64)).unwrap();
+    f.read_exact(&mut word).unwrap();
+    let mut header = vec![0u8; u32::from_le_bytes(word) as usize];
+    f.read_exact(&mut header).unwrap();
+    f.read_exact(&mut word).unwrap();
+    let payloads = f.seek(SeekFrom::Current(i64::from(u32::from_le_bytes(word)))).unwrap();
+    (serde_json::from_slice(&header).unwrap(), f, payloads)
+}
+
+/// A TEST FIXTURE: `src`'s payloads under its header as `edit` changes it, signed by `key`.
+fn resigned_copy(src: &Path, dest: &Path, key: &airlock::signing::KeyPair, edit: impl FnOnce(&mut serde_json::Value)) {
+    use std::io::Write;
+    let (mut header, mut payloads, _) = bundle_parts(src);
+    edit(&mut header);
+    let json = serde_json::to_vec_pretty(&header).unwrap();
+    let signature = airlock::signing::sign(key, &json, "TEST FIXTURE re-signed by qemu-tests/tests/boot.rs").unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dest).unwrap());
+    out.write_all(&airlock::bundle::preamble(&json, &signature).unwrap()).unwrap();
+    std::io::copy(&mut payloads, &mut out).unwrap();
+    out.flush().unwrap();
+}
+
+/// A TEST FIXTURE: a copy of `src` with one byte flipped in the middle of its root payload.
+fn tampered_copy(src: &Path, dest: &Path, key: &airlock::signing::KeyPair) {
+    use std::os::unix::fs::FileExt;
+    std::fs::copy(src, dest).unwrap();
+    let header = airlock::bundle::Bundle::open(dest, &[key.public_key()]).unwrap().header;
+    let (_, _, payloads) = bundle_parts(dest);
+    let at = payloads + header.payload(airlock::bundle::Kind::Root).stored_size / 2;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(dest).unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 1], at).unwrap();
 }
 
 /// The path in the root filesystem of `file` in the unpacked layer of the store that holds it.
-fn store_layer_file(image: &std::path::Path, file: &str) -> String {
+fn store_layer_file(image: &Path, file: &str) -> String {
     let root = partition(image, Role::Root(Slot::A));
     let fs = format!("{}?offset={}", image.display(), root.start);
     let store = "/usr/lib/containers/storage/overlay";

@@ -153,6 +153,9 @@ fn pulumi_appliance_runs_against_its_contract_stand_ins() {
         formats: Some(vec![airlock::outputs::Format::Raw]),
         // Verity, but no Secure Boot keys: the image boots on firmware with Secure Boot off.
         secure_boot: false,
+        signed: false,
+        version: None,
+        overlays: Vec::new(),
     })
     .expect("building the Pulumi appliance with its stand-ins");
     let test = built.plan.test.as_ref().expect("a test build");

@@ -92,12 +92,28 @@ pub enum UpdateCommand {
     /// Early at every boot, before the stack: save the stack's state on a version's first try,
     /// restore it after a rollback, drop it once the version is good; print what happened.
     Boot,
+    /// The appliance is ready (`boot-complete.target`): a version on trial is good from now on
+    /// (its boot entry loses its counter). With --bad: it is out of tries at once.
+    Bless {
+        #[arg(long)]
+        bad: bool,
+    },
+    /// Apply the newest bundle in `airlock-update/` on a removable drive (run by udev through
+    /// airlock-usb-update@.service when one appears); reboots if airlock.toml says
+    /// `[update] reboot = "now"`.
+    Usb {
+        /// The drive's partition (or whole disk), e.g. /dev/sdb1.
+        device: std::path::PathBuf,
+    },
     /// A version on trial did not become ready: record what failed (for the version the
     /// appliance falls back to) and, with --reboot, reboot into the next try.
     GiveUp {
         /// Why, in words (for the console of the version that comes back).
         #[arg(long)]
         why: String,
+        /// A unit that failed (repeatable), besides those systemd lists as failed.
+        #[arg(long = "failed", value_name = "UNIT")]
+        failed: Vec<String>,
         #[arg(long)]
         reboot: bool,
     },
@@ -141,6 +157,56 @@ fn target(args: TargetArgs) -> Result<crate::update::Target> {
     })
 }
 
+/// `[update] reboot` from the site's `airlock.toml` (its defaults when absent; "never", saying
+/// why, when it does not parse: provisioning reports the mistake itself).
+fn site_update_reboot() -> airlock_common::site::UpdateReboot {
+    let esp = std::path::Path::new(airlock_common::partition::ESP_MOUNT);
+    let file = esp.join(airlock_common::site::SITE_FILE);
+    if !file.exists() {
+        return airlock_common::site::UpdateReboot::default();
+    }
+    let site =
+        airlock_common::input_file::read_capped_text(&file, airlock_common::site::MAX_SITE_FILE, "site configuration")
+            .and_then(|text| airlock_common::site::parse(&text, esp));
+    match site {
+        Ok(site) => site.update_reboot,
+        Err(e) => {
+            println!("airlock: {} does not parse ({e:#}): not rebooting by itself", file.display());
+            airlock_common::site::UpdateReboot::Never
+        }
+    }
+}
+
+/// `airlock update usb DEVICE`: what the console says is the operator's only view of it.
+fn usb(t: &crate::update::Target, device: &std::path::Path) -> Result<()> {
+    use crate::update::usb::{Outcome, apply_from};
+    let opts = crate::update::ApplyOptions { allow_downgrade: false, tries: update_config()?.tries };
+    let dev = device.display();
+    println!("airlock: reading updates from {dev}");
+    match apply_from(device, t, &opts) {
+        Ok(Outcome::OwnDisk) => log::info!("{dev} is on the appliance's own disk: not an update"),
+        Ok(Outcome::Nothing(why)) => println!("airlock: nothing to update from {dev}: {why}"),
+        Ok(Outcome::Staged { file, applied }) => {
+            println!("airlock: update {} staged from {dev} ({file})", applied.version);
+            println!("airlock: {applied}");
+            match site_update_reboot() {
+                airlock_common::site::UpdateReboot::Now => {
+                    println!("airlock: rebooting into {} (airlock.toml: [update] reboot = \"now\")", applied.version);
+                    airlock_common::command::Cmd::new("systemctl").args(["reboot", "--no-block"]).run()?;
+                }
+                airlock_common::site::UpdateReboot::Never => {
+                    println!("airlock: reboot to run {} (airlock.toml: [update] reboot = \"never\")", applied.version)
+                }
+            }
+        }
+        Err(e) => {
+            println!("airlock: update from {dev} refused: {e:#}");
+            anyhow::bail!("the update from {dev} was refused");
+        }
+    }
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Firstboot { addresses } => {
@@ -162,6 +228,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 UpdateCommand::Status => print!("{}", crate::update::Status::read(&t)?),
                 UpdateCommand::Boot => {
                     let action = crate::update::boot::on_boot(&t, &state_store()?)?;
+                    println!("airlock update: {}", action.summary());
                     let lines = action.console();
                     for l in &lines {
                         println!("{l}");
@@ -172,12 +239,20 @@ pub fn run(cli: Cli) -> Result<()> {
                     std::fs::write("/run/airlock/update-console", text).ok();
                     if let crate::update::boot::BootAction::Saved(crate::update::state::Saved::NoRoom { .. }) = action {
                         // This version must not start its stack: out of tries at once.
-                        airlock_common::command::Cmd::new("/usr/lib/systemd/systemd-bless-boot").arg("bad").run()?;
+                        crate::update::boot::mark_running(&t, false)?;
                         anyhow::bail!("no room to save the stack's state: this version is given up");
                     }
                 }
-                UpdateCommand::GiveUp { why, reboot } => {
-                    let trial = crate::update::boot::give_up(&t, &state_store()?, failed_units(), &why)?;
+                UpdateCommand::Bless { bad } => match crate::update::boot::mark_running(&t, !bad)? {
+                    Some(entry) => println!("airlock: boot entry {entry}"),
+                    None => log::info!("the running version is not on trial"),
+                },
+                UpdateCommand::Usb { device } => usb(&t, &device)?,
+                UpdateCommand::GiveUp { why, mut failed, reboot } => {
+                    failed.extend(failed_units());
+                    failed.sort();
+                    failed.dedup();
+                    let trial = crate::update::boot::give_up(&t, &state_store()?, failed, &why)?;
                     if trial {
                         println!("airlock: this version did not become ready ({why}): rebooting");
                         if reboot {

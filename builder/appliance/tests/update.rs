@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test stops at the first unexpected error")]
 
-use airlock_appliance::update::{self, ApplyOptions, Target};
+use airlock_appliance::update::{self, ApplyOptions, Target, boot_entries};
 use airlock_common::bundle::{self, Compression, Header, Kind, Payload};
 use airlock_common::gpt::{GptLayout, PartitionEntry, types};
 use airlock_common::signing::{self, KeyPair};
@@ -310,4 +310,44 @@ fn a_failed_version_rolls_back_to_the_state_before_it() {
     assert_eq!(boot::on_boot(&on_c, &store).unwrap(), BootAction::Committed);
     assert!(!store.dir.join("saved").exists());
     assert_eq!(boot::on_boot(&on_c, &store).unwrap(), BootAction::Nothing);
+}
+
+/// A downgrade: the older version boots first (the running one's entry steps back to `+0`);
+/// when it fails every try, the newer one boots again as the fallback, not as a version on
+/// trial: it restores the state, its entry is good again, and the bless that follows is
+/// `update bless` at its ready boot like any other.
+#[test]
+fn a_failed_downgrade_falls_back_to_the_newer_version() {
+    use airlock_appliance::update::boot::{self, BootAction};
+    use airlock_appliance::update::state::{Saved, StateStore};
+    let (a, _) = appliance();
+    let d = a.dir.path();
+    let (root, tree, hash_old) = root_and_tree(d, 2, 18 * MIB);
+    let older = bundle_file(d, &a.key, "demo", "0.0.9", &root, &tree, &hash_old);
+    let done = update::apply(&a.target, &older, &ApplyOptions { allow_downgrade: true, tries: 1 }).unwrap();
+    assert_eq!(done.fell_back.as_deref(), Some("demo_0.1.0+0.efi"), "{done}");
+    let linux = a.target.esp.join("EFI/Linux");
+    let mut names: Vec<String> = boot_entries::list(&linux).unwrap().into_iter().map(|e| e.file_name).collect();
+    names.sort();
+    assert_eq!(names, ["demo_0.0.9+1.efi", "demo_0.1.0+0.efi"], "the older version boots first");
+    let status = update::Status::read(&a.target).unwrap().to_string();
+    assert!(status.contains("demo_0.1.0+0.efi (on trial: its last try, or back after a downgrade failed)"), "{status}");
+
+    let db = d.join("var/lib/db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("records"), "record 1\n").unwrap();
+    let store = StateStore { dir: d.join("var/lib/airlock/update"), protect: vec![db.clone()] };
+    let on_old = Target { root_hash: hash_old, ..a.target.clone() };
+    // Its one try (systemd-boot counts it down first): the state is saved, then it fails.
+    std::fs::rename(linux.join("demo_0.0.9+1.efi"), linux.join("demo_0.0.9+0-1.efi")).unwrap();
+    assert!(matches!(boot::on_boot(&on_old, &store).unwrap(), BootAction::Saved(Saved::Now(_))));
+    std::fs::write(db.join("records"), "migrated down by 0.0.9\n").unwrap();
+    assert!(boot::give_up(&on_old, &store, vec!["api.service".into()], "airlock-ready.target failed").unwrap());
+    // Every entry is out of tries: systemd-boot boots the newest, 0.1.0, the fallback.
+    assert!(!boot::give_up(&a.target, &store, Vec::new(), "x").unwrap(), "the fallback is not on trial");
+    let back = boot::on_boot(&a.target, &store).unwrap();
+    assert_eq!(back.console()[0], "airlock: rolled back from 0.0.9 to 0.1.0");
+    assert_eq!(std::fs::read_to_string(db.join("records")).unwrap(), "record 1\n");
+    let names: Vec<String> = boot_entries::list(&linux).unwrap().into_iter().map(|e| e.file_name).collect();
+    assert_eq!(names, ["demo_0.0.9+0-1.efi", "demo_0.1.0.efi"], "the fallback's entry is good again");
 }

@@ -39,6 +39,14 @@ struct SiteFile {
     database: DatabaseFile,
     #[serde(default)]
     object_store: ObjectStoreFile,
+    #[serde(default)]
+    update: UpdateFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateFile {
+    reboot: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +202,28 @@ pub struct Site {
     pub encryption_key: Option<PathBuf>,
     pub database: Option<ExternalDatabase>,
     pub object_store: Option<ObjectStore>,
+    /// When an update staged from a USB stick takes over (`[update] reboot`).
+    pub update_reboot: UpdateReboot,
+}
+
+/// `[update] reboot`: what the appliance does once it has staged an update bundle from a USB
+/// stick. An update over SSH (`airlock update apply`) never reboots by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpdateReboot {
+    /// The console says the update is staged; the operator reboots when it suits the site.
+    #[default]
+    Never,
+    /// Reboot into the new version as soon as it is staged.
+    Now,
+}
+
+impl UpdateReboot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateReboot::Never => "never",
+            UpdateReboot::Now => "now",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +248,7 @@ impl Site {
             encryption_key: None,
             database: None,
             object_store: None,
+            update_reboot: UpdateReboot::Never,
         }
     }
 
@@ -273,6 +304,11 @@ pub fn parse(text: &str, esp: &Path) -> Result<Site> {
         );
     }
     site.object_store = object_store(file.object_store, esp)?;
+    site.update_reboot = match file.update.reboot.as_deref() {
+        None | Some("never") => UpdateReboot::Never,
+        Some("now") => UpdateReboot::Now,
+        Some(other) => bail!("update.reboot: `{other}` is not one of \"never\" or \"now\""),
+    };
     Ok(site)
 }
 
@@ -709,6 +745,13 @@ pub fn default_file(hostname: &str) -> String {
 # access_key_id = "..."
 # secret_access_key = "..."
 # ca = "site/s3-ca.crt"            # https only
+
+[update]
+# A signed update bundle (<name>_<version>.update) in a folder `airlock-update/` on a USB drive
+# is checked and written to the spare slot as soon as the drive is plugged in. Then:
+# "never": the console says so and the next reboot (yours) starts it; "now": reboot at once.
+# If the new version does not become ready, the appliance goes back to this one by itself.
+# reboot = "never"
 "#
     )
 }
@@ -753,6 +796,8 @@ license_key_file = "site/license.txt"
 [smtp]
 server = "mail.corp.internal:587"
 sender = "pulumi@corp.internal"
+[update]
+reboot = "now"
 "#
             ),
             Path::new("/efi"),
@@ -771,6 +816,9 @@ sender = "pulumi@corp.internal"
         assert_eq!(site.tls.unwrap().key, Path::new("/efi/site/server.key"));
         assert_eq!(site.license_key, Some(LicenseKey::File("/efi/site/license.txt".into())));
         assert_eq!(site.smtp.unwrap().sender, "pulumi@corp.internal");
+        assert_eq!(site.update_reboot, UpdateReboot::Now);
+        assert_eq!(err("[update]\nreboot = \"later\"\n"), "update.reboot: `later` is not one of \"never\" or \"now\"");
+        assert!(err("[update]\nwhen = \"now\"\n").contains("unknown field `when`"));
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub struct BuildPlan {
     /// `<spec dir>/appliance.lock`: the containers' pinned digests.
     pub lock_path: PathBuf,
     pub seed: Seed,
+    /// The seed of the disk's identity, which outlives a version: the GUIDs of the disk and of
+    /// the partitions an update keeps (the ESP, the data partition), which every version's
+    /// fstab names. From the appliance's name alone, so that version N+1's root mounts the
+    /// partitions version N's image made.
+    pub disk_seed: Seed,
     /// What the build writes, in addition to the manifest, SBOM and SHA256SUMS.
     pub formats: Vec<Format>,
     pub vm: VmHardware,
@@ -220,6 +225,7 @@ pub fn validate(spec: Spec, spec_dir: &Path, origin: &str, host: &HostContext) -
         update,
         secure_boot,
         seed: Seed::new(format!("{}-{}", spec.name, spec.version)),
+        disk_seed: Seed::new(format!("{}-disk", spec.name)),
         base: BaseOs::new(&spec.os.suite, &mirror, &spec.os.packages, &spec.os.refresh),
         name: spec.name,
         version: spec.version,
@@ -618,6 +624,7 @@ url = "http://{address}/"
         assert!(p.base.packages.contains(&"nginx-light".to_string()));
         assert!(p.base.packages.contains(&"systemd".to_string()));
         assert_eq!(p.seed, Seed::new("demo-1.0.0"));
+        assert_eq!(p.disk_seed, Seed::new("demo-disk"), "the disk's identity does not change with the version");
         assert_eq!(p.formats, vec![Format::Raw]);
         assert_eq!(p.vm, VmHardware { cpus: 2, memory_mib: 2048 });
     }

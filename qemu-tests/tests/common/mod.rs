@@ -155,9 +155,15 @@ pub fn curl_tls(vm: &mut Vm, ca: &Path, name: &str, path: &str) -> (String, Stri
 
 /// [`curl_tls`] with basic-auth credentials (`user:password`).
 pub fn curl_tls_as(vm: &mut Vm, ca: &Path, name: &str, path: &str, creds: Option<&str>) -> (String, String) {
+    let args: Vec<&str> = creds.map(|c| vec!["-u", c]).unwrap_or_default();
+    curl_tls_args(vm, ca, name, path, &args)
+}
+
+/// [`curl_tls`] with more curl arguments (e.g. `--data TEXT` for a POST).
+pub fn curl_tls_args(vm: &mut Vm, ca: &Path, name: &str, path: &str, args: &[&str]) -> (String, String) {
     let port = vm.host_port(443);
     let out = Command::new("curl")
-        .args(creds.map(|c| ["-u", c]).iter().flatten())
+        .args(args)
         .args(["-sS", "--max-time", "40", "--cacert", ca.to_str().unwrap(), "--resolve"])
         .arg(format!("{name}:{port}:127.0.0.1"))
         .args(["-w", "\n%{http_code}"])

@@ -23,6 +23,26 @@ pub enum BootAction {
 }
 
 impl BootAction {
+    /// What happened, in one line (for the journal).
+    pub fn summary(&self) -> String {
+        match self {
+            BootAction::Nothing => "no update in flight".into(),
+            BootAction::Saved(Saved::Now(bytes)) => {
+                format!("a version on trial: saved the stack's state ({bytes} bytes) before it first starts it")
+            }
+            BootAction::Saved(Saved::Earlier) => {
+                "a version on trial: the stack's state was saved by an earlier try".into()
+            }
+            BootAction::Saved(Saved::NoRoom { needed, free }) => {
+                format!("a version on trial: no room to save the stack's state ({needed} bytes needed, {free} free)")
+            }
+            BootAction::RolledBack(a) => {
+                format!("back on {} after {} failed: the stack's state is restored", a.from, a.to)
+            }
+            BootAction::Committed => "the updated version is good: its saved copy of the state is dropped".into(),
+        }
+    }
+
     /// The console's lines for it (after the banner), if any.
     pub fn console(&self) -> Vec<String> {
         match self {
@@ -43,13 +63,22 @@ impl BootAction {
     }
 }
 
+/// Whether the running version (`holds`) is on trial: its entry has a counter, and it is not
+/// the version the last attempt came from (a downgrade steps that one's entry back to `+0`: when
+/// it runs again, the downgrade failed).
+fn on_trial(status: &Status, holds: &(String, String), store: &StateStore) -> Result<bool> {
+    if !status.entry_of(holds).is_some_and(|e| e.state.counting()) {
+        return Ok(false);
+    }
+    Ok(!store.attempt()?.is_some_and(|a| a.from == holds.1 && a.to != holds.1))
+}
+
 /// Runs early at every boot, before the stack (see the module's documentation).
 pub fn on_boot(target: &Target, store: &StateStore) -> Result<BootAction> {
     let status = Status::read(target)?;
     let running = status.running();
     let holds = running.holds.clone().with_context(|| format!("the running slot {} has no version", running.slot))?;
-    let state = status.entry_of(&holds).map(|e| e.state);
-    if let Some(EntryState::Trying { .. }) = state {
+    if on_trial(&status, &holds, store)? {
         let from = status.other().holds.as_ref().map(|h| h.1.clone()).unwrap_or_default();
         return Ok(BootAction::Saved(store.save(&from, &holds.1, &target.root_hash)?));
     }
@@ -63,6 +92,10 @@ pub fn on_boot(target: &Target, store: &StateStore) -> Result<BootAction> {
             .all(|e| matches!(e.state, EntryState::Bad { .. }));
         if a.from == holds.1 && failed {
             if let Some(back) = store.restore_after_rollback(&holds.1)? {
+                // Back after a failed downgrade: this version's entry is good again.
+                if let Some(e) = status.entry_of(&holds) {
+                    super::boot_entries::mark(&target.esp.join("EFI/Linux"), e, true)?;
+                }
                 return Ok(BootAction::RolledBack(back));
             }
         }
@@ -73,6 +106,17 @@ pub fn on_boot(target: &Target, store: &StateStore) -> Result<BootAction> {
     Ok(BootAction::Nothing)
 }
 
+/// The boot's verdict on the running version, if it is on trial (systemd-boot's boot counting):
+/// `good` once the appliance is ready (`boot-complete.target`), `bad` when it must not go on
+/// (no room to save the state). Returns the entry's new file name, or `None` when the running
+/// version is not on trial.
+pub fn mark_running(target: &Target, good: bool) -> Result<Option<String>> {
+    let status = Status::read(target)?;
+    let Some(holds) = status.running().holds.clone() else { return Ok(None) };
+    let Some(entry) = status.entry_of(&holds) else { return Ok(None) };
+    super::boot_entries::mark(&target.esp.join("EFI/Linux"), entry, good)
+}
+
 /// The deadline passed (or the stack failed) on a version on trial: records what failed for
 /// the version the appliance will fall back to. Returns whether this boot is on trial (then
 /// the caller reboots).
@@ -80,7 +124,7 @@ pub fn give_up(target: &Target, store: &StateStore, failed: Vec<String>, why: &s
     let status = Status::read(target)?;
     let running = status.running();
     let Some(holds) = running.holds.clone() else { return Ok(false) };
-    if !matches!(status.entry_of(&holds).map(|e| e.state), Some(EntryState::Trying { .. })) {
+    if !on_trial(&status, &holds, store)? {
         return Ok(false);
     }
     if let Some(mut a) = store.attempt()?

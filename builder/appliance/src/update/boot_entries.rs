@@ -27,6 +27,22 @@ pub enum EntryState {
     Bad { done: u32 },
 }
 
+impl EntryState {
+    /// Whether the entry carries a counter. The running version's entry with a counter is on
+    /// trial, even at `+0-DONE`: systemd-boot counts a try down before it starts it, so the
+    /// last try runs from an entry that already reads "no tries left".
+    pub fn counting(self) -> bool {
+        !matches!(self, EntryState::Good)
+    }
+
+    fn done(self) -> u32 {
+        match self {
+            EntryState::Good => 0,
+            EntryState::Trying { done, .. } | EntryState::Bad { done } => done,
+        }
+    }
+}
+
 impl fmt::Display for EntryState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -105,6 +121,36 @@ pub fn check_room(dir: &Path, size: u64, entries: &[BootEntry], freed_by: Option
     Ok(())
 }
 
+/// The boot's verdict on an entry being tried, as systemd-bless-boot writes it: `good` drops
+/// the counter (`<base>.efi`: booted as any other from now on), `bad` sets the tries left to 0
+/// (`<base>+0-DONE.efi`: passed over while anything else is left). Returns the new file name,
+/// or `None` when there is nothing to rename (no counter, or already bad).
+pub fn mark(dir: &Path, entry: &BootEntry, good: bool) -> Result<Option<String>> {
+    if !entry.state.counting() {
+        return Ok(None);
+    }
+    let base = format!("{}_{}", entry.name, entry.version);
+    let name = if good { format!("{base}.efi") } else { format!("{base}+0-{}.efi", entry.state.done()) };
+    if name == entry.file_name {
+        return Ok(None);
+    }
+    let (from, to) = (dir.join(&entry.file_name), dir.join(&name));
+    std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    super::sync_dir(dir)?;
+    Ok(Some(name))
+}
+
+/// A good entry steps back for a downgrade: `<base>.efi` → `<base>+0.efi` (no tries left, none
+/// made). systemd-boot then boots any entry with tries before it, and it again when none is
+/// left. Returns the new file name.
+pub fn step_back(dir: &Path, entry: &BootEntry) -> Result<String> {
+    let name = format!("{}_{}+0.efi", entry.name, entry.version);
+    let (from, to) = (dir.join(&entry.file_name), dir.join(&name));
+    std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    super::sync_dir(dir)?;
+    Ok(name)
+}
+
 /// Installs the UKI as `<base>+<tries>.efi` (temporary name, sync, rename); returns its file
 /// name.
 pub fn install(dir: &Path, base: &str, tries: u32, uki: &[u8]) -> Result<String> {
@@ -147,5 +193,31 @@ mod tests {
         check_room(dir.path(), 1024, &[], None).unwrap();
         let err = check_room(dir.path(), u64::MAX / 2, &[], None).unwrap_err().to_string();
         assert!(err.contains("refused: the ESP has"), "{err}");
+    }
+
+    #[test]
+    fn marks_rename_as_systemd_bless_boot_does() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["demo_0.1.0.efi", "demo_0.2.0+2-1.efi", "demo_0.3.0+1-2.efi", "demo_0.4.0+0-1.efi"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let entries = list(dir.path()).unwrap();
+        assert_eq!(mark(dir.path(), &entries[0], true).unwrap(), None, "a good entry stays as it is");
+        assert_eq!(mark(dir.path(), &entries[1], true).unwrap().as_deref(), Some("demo_0.2.0.efi"));
+        assert_eq!(mark(dir.path(), &entries[2], false).unwrap().as_deref(), Some("demo_0.3.0+0-2.efi"));
+        // The last try runs from `+0-DONE`: good still drops the counter.
+        assert_eq!(mark(dir.path(), &entries[3], true).unwrap().as_deref(), Some("demo_0.4.0.efi"));
+        let after: Vec<(String, EntryState)> =
+            list(dir.path()).unwrap().into_iter().map(|e| (e.file_name, e.state)).collect();
+        assert_eq!(
+            after,
+            [
+                ("demo_0.1.0.efi".to_string(), EntryState::Good),
+                ("demo_0.2.0.efi".to_string(), EntryState::Good),
+                ("demo_0.3.0+0-2.efi".to_string(), EntryState::Bad { done: 2 }),
+                ("demo_0.4.0.efi".to_string(), EntryState::Good),
+            ]
+        );
+        assert_eq!(std::fs::read(dir.path().join("demo_0.2.0.efi")).unwrap(), b"demo_0.2.0+2-1.efi");
     }
 }

@@ -15,7 +15,8 @@
 //!    pins;
 //! 5. the new UKI goes onto the ESP last, under a temporary name, synced, then renamed to
 //!    `EFI/Linux/<name>_<version>+<tries>.efi`: systemd-boot boots the newest version first
-//!    and counts its tries down; systemd-bless-boot marks it good once it is ready.
+//!    and counts its tries down; `airlock update bless` marks it good once it is ready
+//!    (`boot-complete.target`; systemd-bless-boot's renames, see `boot_entries::mark`).
 //!
 //! Until step 5 completes nothing boots the target slot; after it, the new version boots and,
 //! if it never becomes good, systemd-boot falls back to the running version's entry (which has
@@ -33,6 +34,7 @@
 pub mod boot;
 pub mod boot_entries;
 pub mod state;
+pub mod usb;
 
 use airlock_common::bundle::{self, Bundle, Kind};
 use airlock_common::gpt::{GptLayout, PartitionEntry, Relabel};
@@ -86,11 +88,27 @@ fn halves(root_hash: &str) -> Result<(Uuid, Uuid)> {
     Ok((Uuid::from_slice(&bytes[..16])?, Uuid::from_slice(&bytes[16..])?))
 }
 
-/// The whole disk holding the partition with this PARTUUID (through udev's link and sysfs).
+/// The whole disk holding the partition with this PARTUUID: through udev's link, or, early in
+/// boot before udev has made it, through the verity device the initrd opened (`/dev/mapper/root`:
+/// its underlying devices in sysfs are the root and hash partitions, both on the disk).
 fn disk_of_partition(uuid: &Uuid) -> Result<PathBuf> {
     let link = PathBuf::from(format!("/dev/disk/by-partuuid/{uuid}"));
-    let dev = std::fs::canonicalize(&link)
-        .with_context(|| format!("finding the running root partition ({})", link.display()))?;
+    let dev = match std::fs::canonicalize(&link) {
+        Ok(dev) => dev,
+        Err(e) => {
+            let mapper = std::fs::canonicalize("/dev/mapper/root")
+                .with_context(|| format!("finding the running root partition ({}: {e})", link.display()))?;
+            let dm = mapper.file_name().and_then(|n| n.to_str()).context("a device name")?;
+            let slaves = format!("/sys/class/block/{dm}/slaves");
+            let mut under: Vec<String> = std::fs::read_dir(&slaves)
+                .with_context(|| format!("listing {slaves}"))?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect();
+            under.sort();
+            let first = under.first().with_context(|| format!("{slaves} is empty"))?;
+            PathBuf::from(format!("/dev/{first}"))
+        }
+    };
     let name = dev.file_name().and_then(|n| n.to_str()).context("a device name")?;
     let sys = std::fs::canonicalize(format!("/sys/class/block/{name}"))
         .with_context(|| format!("finding {name} in sysfs"))?;
@@ -187,6 +205,12 @@ impl std::fmt::Display for Status {
                 None => "empty".to_string(),
             };
             let boot = match s.holds.as_ref().and_then(|h| self.entry_of(h)) {
+                Some(e) if s.running && matches!(e.state, boot_entries::EntryState::Bad { .. }) => {
+                    format!("boot entry {} (on trial: its last try, or back after a downgrade failed)", e.file_name)
+                }
+                Some(e) if e.state == (boot_entries::EntryState::Bad { done: 0 }) => {
+                    format!("boot entry {} (stepped back for a downgrade: boots if the other fails)", e.file_name)
+                }
                 Some(e) => format!("boot entry {} ({})", e.file_name, e.state),
                 None if s.holds.is_some() => "no boot entry".to_string(),
                 None => String::new(),
@@ -231,6 +255,9 @@ pub struct Applied {
     pub slot: Slot,
     pub entry: String,
     pub tries: u32,
+    /// On a downgrade, the running version's entry as it now is (booted only if the older one
+    /// fails).
+    pub fell_back: Option<String>,
 }
 
 impl std::fmt::Display for Applied {
@@ -240,7 +267,11 @@ impl std::fmt::Display for Applied {
             "staged {} {} in slot {} (boot entry {}): the next boot runs it; if it does not become ready in {} tries, \
              the appliance goes back to {}",
             self.name, self.version, self.slot, self.entry, self.tries, self.from
-        )
+        )?;
+        if let Some(e) = &self.fell_back {
+            write!(f, " (a downgrade: {} {} waits as {e})", self.name, self.from)?;
+        }
+        Ok(())
     }
 }
 
@@ -342,7 +373,18 @@ pub fn apply(target: &Target, path: &Path, opts: &ApplyOptions) -> Result<Applie
     disk.sync_all().with_context(|| format!("syncing {}", target.disk.display()))?;
     // 5. The boot entry, last.
     let entry = boot_entries::install(&linux, &root_name, tries, &uki)?;
-    Ok(Applied { name, version: h.version.clone(), from, slot: other.slot, entry, tries })
+    // 6. A downgrade: systemd-boot boots the newest version it may, so the running (newer)
+    //    version's entry steps back to "no tries left": the older one boots first, and if it
+    //    fails every try, the running one is the newest of the entries left and boots again
+    //    (`boot::on_boot` then makes it good again). A power cut before this step leaves the
+    //    running version first: the downgrade did not take, nothing is lost.
+    let mut fell_back = None;
+    if new < old
+        && let Some(e) = status.entry_of(&(name.clone(), from.clone()))
+    {
+        fell_back = Some(boot_entries::step_back(&linux, e)?);
+    }
+    Ok(Applied { name, version: h.version.clone(), from, slot: other.slot, entry, tries, fell_back })
 }
 
 /// Decompresses the payload into the partition's range, never past it.
