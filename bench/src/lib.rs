@@ -58,6 +58,11 @@ pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
 /// share under the target directory, with the same appliance program they install
 /// (`appliance-under-test`), so the benchmark boots the very image the tests boot.
 pub fn demo_test_image() -> Result<qemu_tests::test_image::TestImage> {
+    test_image(&qemu_tests::test_image::Recipe::image("demo"))
+}
+
+/// A recipe's test image (e.g. a later release of the demo), like [`demo_test_image`].
+pub fn test_image(recipe: &qemu_tests::test_image::Recipe) -> Result<qemu_tests::test_image::TestImage> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
     let profile_dir = exe.parent().context("benchmark binary has no directory")?;
     let appliance = profile_dir.join("appliance-under-test");
@@ -65,7 +70,7 @@ pub fn demo_test_image() -> Result<qemu_tests::test_image::TestImage> {
         bail!("{} not found: run `cargo build --release -p qemu-tests` first", appliance.display());
     }
     let target = profile_dir.parent().context("the profile directory is inside the target directory")?;
-    qemu_tests::test_image::test_image(&qemu_tests::test_image::Recipe::image("demo"), &appliance, &target.join("tmp"))
+    qemu_tests::test_image::test_image(recipe, &appliance, &target.join("tmp"))
 }
 
 /// The `airlock` binary built next to this benchmark (same profile).
