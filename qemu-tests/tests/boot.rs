@@ -6,7 +6,8 @@
 //! appliance still comes up. The stack's containers run from the root's read-only image store:
 //! nothing pulled, every image listed with its locked digest. Nothing
 //! failed, the data partition (all of /var) grew to the enlarged disk, the mirror answers
-//! through a port forward; it reboots to ready again with the same machine-id; after shutdown
+//! through a port forward; its next boot (into an update, below) is ready again with the same
+//! machine-id and journal; after shutdown
 //! both ext4 filesystems are `e2fsck -fn` clean. One boot is shared by all these checks (TCG is
 //! slow); `verified_boot.rs` has the boots that must fail.
 //!
@@ -257,36 +258,39 @@ fn demo_appliance_boots_ready_grows_and_survives_reboot() {
     let boots_before = journal_boots(&mut vm);
     assert_eq!(boots_before.len(), 1, "the journal knows the first boot only: {boots_before:?}");
 
-    // A reboot comes back ready, keeping the instance's identity.
-    vm.reboot(BOOT_TIMEOUT).unwrap();
-    vm.wait_for_console("airlock: ready", BOOT_TIMEOUT).expect("ready again after reboot");
+    // The next boot is into 0.2.0 (`update_across_the_gap`), which must keep the instance's
+    // identity and journal as any reboot does (`after_reboot`).
+    let before = (machine_id, boots_before);
+    update_across_the_gap(&mut vm, &built, &next, &failing, &ca, work.path(), &before);
+
+    // After a clean shutdown the filesystems a real kernel used are clean: both slots (0.3.0,
+    // written by the updater, never mounted read-write; 0.2.0) and the data partition.
+    vm.shutdown(Duration::from_secs(180)).unwrap();
+    e2fsck_partitions(vm.overlay_path(), &[Role::Root(Slot::A), Role::Root(Slot::B), Role::Data]);
+}
+
+/// After a reboot (here into the next version): ready, the same machine-id, the journal still
+/// holding the first boot, nothing failed, the stack back from the root's store (nothing
+/// pulled, the migration not run again).
+fn after_reboot(vm: &mut Vm, ca: &Path, (machine_id, boots_before): &(String, Vec<String>)) {
     let machine_id_after = vm.succeed("cat /etc/machine-id").unwrap();
-    if machine_id_after != machine_id {
+    if machine_id_after != *machine_id {
         let why = vm
             .execute("ls -la /var/lib/dbus/; cat /var/lib/dbus/machine-id; findmnt /var; journalctl -b 0 -o short-monotonic --no-pager | grep -i -E 'machine.id|var.mount|sysroot' | head -40")
             .unwrap();
         panic!("the machine-id changed over the reboot: {machine_id:?} then {machine_id_after:?}\n{}", why.1);
     }
     // The journal kept the first boot (the audit trail survives reboots).
-    let boots_after = journal_boots(&mut vm);
+    let boots_after = journal_boots(vm);
     assert_eq!(boots_after.len(), 2, "{boots_after:?}");
     assert_eq!(boots_after[0], boots_before[0], "the first boot is still in the journal: {boots_after:?}");
     assert_eq!(vm.succeed("systemctl --failed --no-legend --plain").unwrap().trim(), "");
-    // The stack came back from the same store: nothing pulled, and the migration did not run
-    // again.
     let journal = vm.succeed("journalctl -b 0 -o cat --no-pager").unwrap();
     assert!(journal.contains("Reached target"), "the journal of this boot was read: {journal}");
     assert_eq!(journal.matches("Trying to pull").count(), 0, "nothing is pulled on the second boot");
     vm.wait_for_unit("api.service", BOOT_TIMEOUT).unwrap();
-    let (code, body) = curl_tls(&mut vm, &ca, "api.airlock.internal", "/api/status");
+    let (code, body) = curl_tls(vm, ca, "api.airlock.internal", "/api/status");
     assert!(code == "200" && body.contains("\"migration_runs\": 1"), "{code} {body}");
-
-    update_across_the_gap(&mut vm, &built, &next, &failing, &ca, work.path());
-
-    // After a clean shutdown the filesystems a real kernel used are clean: both slots (0.3.0,
-    // written by the updater, never mounted read-write; 0.2.0) and the data partition.
-    vm.shutdown(Duration::from_secs(180)).unwrap();
-    e2fsck_partitions(vm.overlay_path(), &[Role::Root(Slot::A), Role::Root(Slot::B), Role::Data]);
 }
 
 /// How long writing a bundle into the other slot may take under TCG (the bundle read twice
@@ -301,6 +305,7 @@ fn update_across_the_gap(
     failing: &TestImage,
     ca: &Path,
     work: &Path,
+    before: &(String, Vec<String>),
 ) {
     let (v1, v2, v3) = (&first.plan.version, &next.plan.version, &failing.plan.version);
     // A record through the demo API: the stack's state, which every update must keep.
@@ -327,6 +332,7 @@ fn update_across_the_gap(
     let booted = vm.wait_for_console_after(rebooting, &format!("appliance: demo {v2}"), BOOT_TIMEOUT).unwrap();
     vm.wait_for_console_after(booted.saturating_sub(200), "airlock: ready", BOOT_TIMEOUT).unwrap();
     vm.wait_for_unit("airlock-update-bless.service", BOOT_TIMEOUT).unwrap();
+    after_reboot(vm, ca, before);
     let status = vm.succeed("airlock update status").unwrap();
     assert!(
         status.contains(&format!("slot A: demo {v1}, boot entry demo_{v1}.efi (good)"))

@@ -179,12 +179,15 @@ fn site_update_reboot() -> airlock_common::site::UpdateReboot {
 
 /// `airlock update usb DEVICE`: what the console says is the operator's only view of it.
 fn usb(t: &crate::update::Target, device: &std::path::Path) -> Result<()> {
-    use crate::update::usb::{Outcome, apply_from};
-    let opts = crate::update::ApplyOptions { allow_downgrade: false, tries: update_config()?.tries };
+    use crate::update::usb::{Outcome, apply_from, on_disk};
     let dev = device.display();
+    if on_disk(device, &t.disk)? {
+        log::info!("{dev} is on the appliance's own disk: not an update");
+        return Ok(());
+    }
+    let opts = crate::update::ApplyOptions { allow_downgrade: false, tries: update_config()?.tries };
     println!("airlock: reading updates from {dev}");
     match apply_from(device, t, &opts) {
-        Ok(Outcome::OwnDisk) => log::info!("{dev} is on the appliance's own disk: not an update"),
         Ok(Outcome::Nothing(why)) => println!("airlock: nothing to update from {dev}: {why}"),
         Ok(Outcome::Staged { file, applied }) => {
             println!("airlock: update {} staged from {dev} ({file})", applied.version);
@@ -244,7 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 UpdateCommand::Bless { bad } => match crate::update::boot::mark_running(&t, !bad)? {
-                    Some(entry) => println!("airlock: boot entry {entry}"),
+                    Some(entry) => println!("airlock: this version is good (boot entry {entry})"),
                     None => log::info!("the running version is not on trial"),
                 },
                 UpdateCommand::Usb { device } => usb(&t, &device)?,

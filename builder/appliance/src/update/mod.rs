@@ -348,6 +348,9 @@ pub fn apply(target: &Target, path: &Path, opts: &ApplyOptions) -> Result<Applie
     disk.sync_all().with_context(|| format!("syncing {}", target.disk.display()))?;
     for (kind, part) in [(Kind::Root, &other.root), (Kind::Verity, &other.verity)] {
         let p = h.payload(kind);
+        // From the disk, not from the page cache the write left behind.
+        rustix::fs::fadvise(&disk, part.start, std::num::NonZeroU64::new(p.size), rustix::fs::Advice::DontNeed)
+            .with_context(|| format!("dropping the cached pages of slot {}", other.slot))?;
         let back = sha256_range(&disk, part.start, p.size)?;
         if back != p.sha256 {
             bail!(
@@ -390,7 +393,8 @@ pub fn apply(target: &Target, path: &Path, opts: &ApplyOptions) -> Result<Applie
 /// Decompresses the payload into the partition's range, never past it.
 fn write_payload(b: &Bundle, kind: Kind, disk: &File, part: &PartitionEntry) -> Result<()> {
     let mut at = 0u64;
-    b.copy_payload(kind, &mut |chunk| {
+    // Not hashed here: the slot is read back from the disk against the signed digest.
+    b.unpack_payload(kind, &mut |chunk| {
         let end = at + chunk.len() as u64;
         if end > part.size {
             bail!("the {kind} payload runs past its partition");

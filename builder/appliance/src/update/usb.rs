@@ -19,9 +19,6 @@ pub const MOUNT_DIR: &str = "/run/airlock/usb";
 /// What a stick held.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The device is one of the running appliance's own partitions (an appliance that boots
-    /// from a USB stick sees its own disk appear): not looked at.
-    OwnDisk,
     /// No `airlock-update/` folder, or no bundle in it.
     Nothing(String),
     /// A bundle was staged.
@@ -58,11 +55,9 @@ pub fn bundles(folder: &Path) -> Result<Listing> {
 
 /// Applies the newest bundle on the removable drive `device` (a partition, or a disk with a
 /// filesystem and no partition table) to `target`. The drive is mounted read-only under
-/// [`MOUNT_DIR`] and unmounted before this returns, whatever happened.
+/// [`MOUNT_DIR`] and unmounted before this returns, whatever happened. The caller has checked
+/// that it is not on the appliance's own disk ([`on_disk`]).
 pub fn apply_from(device: &Path, target: &Target, opts: &ApplyOptions) -> Result<Outcome> {
-    if on_disk(device, &target.disk)? {
-        return Ok(Outcome::OwnDisk);
-    }
     let name = device.file_name().and_then(|n| n.to_str()).context("a device name")?;
     let mount_point = Path::new(MOUNT_DIR).join(name);
     std::fs::create_dir_all(&mount_point).with_context(|| format!("creating {}", mount_point.display()))?;
@@ -107,8 +102,9 @@ fn apply_mounted(root: &Path, target: &Target, opts: &ApplyOptions) -> Result<Ou
     Ok(Outcome::Staged { file, applied })
 }
 
-/// Whether the block device `device` is `disk` or one of its partitions (through sysfs).
-fn on_disk(device: &Path, disk: &Path) -> Result<bool> {
+/// Whether the block device `device` is `disk` or one of its partitions (through sysfs): an
+/// appliance that boots from a USB stick sees its own disk appear, which is not an update.
+pub fn on_disk(device: &Path, disk: &Path) -> Result<bool> {
     let dev = std::fs::canonicalize(device).with_context(|| format!("finding {}", device.display()))?;
     let disk = std::fs::canonicalize(disk).with_context(|| format!("finding {}", disk.display()))?;
     if dev == disk {
