@@ -43,13 +43,17 @@ impl Qmp {
 
     /// Runs an argument-less command and waits for its reply, skipping events.
     pub fn execute(&mut self, command: &str) -> Result<()> {
-        self.execute_with(command, serde_json::json!({}))
+        log::info!("QMP {}: {command}", self.path.display());
+        self.send(command, format!("{{\"execute\": \"{command}\"}}\n"))
     }
 
     /// Runs `command` with `arguments` (a JSON object) and waits for its reply, skipping events.
     pub fn execute_with(&mut self, command: &str, arguments: serde_json::Value) -> Result<()> {
         log::info!("QMP {}: {command} {arguments}", self.path.display());
-        let request = format!("{}\n", serde_json::json!({ "execute": command, "arguments": arguments }));
+        self.send(command, format!("{}\n", serde_json::json!({ "execute": command, "arguments": arguments })))
+    }
+
+    fn send(&mut self, command: &str, request: String) -> Result<()> {
         self.reader
             .get_mut()
             .write_all(request.as_bytes())
@@ -250,6 +254,7 @@ mod tests {
                 "{\"return\": {}}\r\n",
                 "{\"timestamp\": {}, \"event\": \"POWERDOWN\"}\r\n{\"return\": {}}\r\n",
                 "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}}\r\n",
+                "{\"return\": {}}\r\n",
             ] {
                 line.clear();
                 reader.read_line(&mut line).unwrap();
@@ -262,9 +267,15 @@ mod tests {
         qmp.execute("system_powerdown").unwrap();
         let err = qmp.execute("quit").unwrap_err().to_string();
         assert_eq!(err, "QMP command quit failed: no");
+        qmp.execute_with("device_add", serde_json::json!({ "driver": "usb-storage", "id": "stick" })).unwrap();
         assert_eq!(
             server.join().unwrap(),
-            [r#"{"execute": "qmp_capabilities"}"#, r#"{"execute": "system_powerdown"}"#, r#"{"execute": "quit"}"#]
+            [
+                r#"{"execute": "qmp_capabilities"}"#,
+                r#"{"execute": "system_powerdown"}"#,
+                r#"{"execute": "quit"}"#,
+                r#"{"arguments":{"driver":"usb-storage","id":"stick"},"execute":"device_add"}"#
+            ]
         );
     }
 }
