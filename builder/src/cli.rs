@@ -157,6 +157,11 @@ pub struct FlashArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Make the stick an installer: booted, it installs the appliance onto this disk of the
+    /// host (`auto`: its only internal disk large enough; or /dev/disk/by-id/...). Sets
+    /// `[install] disk` in the stick's airlock.toml.
+    #[arg(long, value_name = "auto|/dev/disk/by-id/...")]
+    pub install_to: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -365,7 +370,7 @@ fn run_flash(args: FlashArgs) -> Result<()> {
         (Some(k), false) => Some(crate::signing::read_public_key(k)?),
         (None, false) => anyhow::bail!("--pubkey is needed to verify the image (or --no-verify)"),
     };
-    let opts = crate::flash::FlashOptions { pubkey: key, assume_yes: args.yes };
+    let opts = crate::flash::FlashOptions { pubkey: key, assume_yes: args.yes, install_to: args.install_to };
     let report = crate::flash::flash(&args.image, &args.device, &opts)?;
     results(&report.to_string());
     Ok(())

@@ -3,7 +3,7 @@
 //! is extracted or run.
 
 use crate::clock::BuildClock;
-use crate::partition::{DATA_MOUNT, FoundBy, Mount, Role, STATE_DIR};
+use crate::partition::{self, DATA_MOUNT, FoundBy, Mount, Role, STATE_DIR};
 use crate::plan::BuildPlan;
 use crate::seed::Seed;
 use crate::tree::{Content, Meta, NodeKind, Tree};
@@ -37,6 +37,8 @@ pub const ALWAYS_ENABLED: &[&str] = &[
     "airlock-boot-check.service",
     "airlock-update-bless.service",
     "airlock-update-deadline.timer",
+    // Installing from a stick (skips itself on an image without a verified root).
+    "airlock-install.service",
 ];
 
 /// Home directories and where they live on the data partition (under `/var`).
@@ -73,6 +75,19 @@ pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
     data.insert(b"log/journal", meta, NodeKind::Directory { entries: BTreeMap::new() })
         .map_err(|p| anyhow!("creating log/journal on the data partition: {p}"))?;
     Ok(data)
+}
+
+/// Where the root keeps a copy of the data partition's first content: `airlock install` makes
+/// an installed disk's data partition from it (`mke2fs -d`), so the installed system starts
+/// from what the image had, whatever the stick it came from went through.
+pub const FACTORY_DATA: &str = "usr/share/factory/var";
+
+/// Copies the data partition's first content into the root at [`FACTORY_DATA`].
+pub fn keep_factory_data(root: &mut Tree, data: &Tree) -> Result<()> {
+    if root.lookup("usr/share/factory").is_none() {
+        root.put_dir("usr/share/factory", 0o755)?;
+    }
+    root.graft(FACTORY_DATA, data).context("copying the data partition's first content to the root's factory folder")
 }
 
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.
@@ -119,6 +134,7 @@ pub fn configure_system(root: &mut Tree, plan: &BuildPlan) -> Result<()> {
         root.put_symlink(&format!("etc/{name}"), &format!("..{state}"))?;
     }
     root.put_file("etc/fstab", 0o644, fstab(plan.disk.roles(), &plan.disk_seed))?;
+    root.put_file(BOOT_DISK_RULES, 0o644, boot_disk_rules(plan.disk.roles()))?;
     // The data partition grows on first boot (systemd-repart), and its filesystem after it: the
     // template orders itself after systemd-repart and binds to var.mount. Not through
     // `x-systemd.growfs`, which would also run in the initrd (which mounts /var, and has no
@@ -176,25 +192,79 @@ fn mounts(roles: impl Iterator<Item = Role>) -> impl Iterator<Item = (Role, Moun
 /// file, inside the root, cannot know), read-only and never checked.
 pub fn fstab(roles: impl Iterator<Item = Role> + Clone, seed: &Seed) -> String {
     let verity = roles.clone().any(|r| matches!(r, Role::RootVerity(_)));
-    let mut text = String::from("# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n");
-    if verity {
-        text.push_str("# / is the dm-verity device the initrd opened from roothash= (read-only).\n");
-    }
+    let mut text = String::from(match verity {
+        true => {
+            "# Written by airlock. Partitions are named by udev's links to the boot disk's own\n# (61-airlock-boot-disk.rules).\n# / is the dm-verity device the initrd opened from roothash= (read-only).\n"
+        }
+        false => "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n",
+    });
     for (role, m) in mounts(roles) {
         let def = role.definition();
         if verity && def.found_by == FoundBy::KernelRoot {
             continue;
         }
-        text.push_str(&format!(
-            "PARTUUID={} {} {} {} 0 {}\n",
-            def.partition_guid(seed),
-            m.path,
-            def.filesystem.mount_type(),
-            m.options,
-            m.pass
-        ));
+        // With verity the image can be installed onto another disk of the same machine, which
+        // then carries the same UUIDs: the boot disk's own partition, by udev's link.
+        let what = match verity {
+            true => format!("{}/{}", partition::BOOT_DISK_LINKS, role.key()),
+            false => format!("PARTUUID={}", def.partition_guid(seed)),
+        };
+        text.push_str(&format!("{what} {} {} {} 0 {}\n", m.path, def.filesystem.mount_type(), m.options, m.pass));
     }
     text
+}
+
+/// Where the boot disk's rules go, in the root and in the initrd.
+pub const BOOT_DISK_RULES: &str = "usr/lib/udev/rules.d/61-airlock-boot-disk.rules";
+
+/// udev rules linking the partitions of the disk the boot loader started from under
+/// [`partition::BOOT_DISK_LINKS`]: udev's blkid builtin marks the whole disk whose ESP has the
+/// PARTUUID systemd-boot (or systemd-stub) left in `LoaderDevicePartUUID` by giving it
+/// `ID_PART_GPT_AUTO_ROOT_UUID`, which 60-persistent-storage.rules hands down to its
+/// partitions. Each then gets `by-partuuid/<uuid>`, and the partitions the table mounts whose
+/// type is unique on the disk (ESP, data) `<key>`. Runs after 60-persistent-storage.rules.
+pub fn boot_disk_rules(roles: impl Iterator<Item = Role> + Clone) -> String {
+    let links = partition::BOOT_DISK_LINKS.trim_start_matches("/dev/");
+    let mut text = format!(
+        "# Written by airlock: links to the partitions of the disk the boot loader started from, under\n\
+         # /dev/{links} (see docs/ARCHITECTURE.md, \"Installing\"). An installed disk and the stick\n\
+         # it came from carry the same partition UUIDs; these links name the boot disk's alone.\n\
+         SUBSYSTEM!=\"block\", GOTO=\"airlock_boot_disk_end\"\n\
+         ACTION==\"remove\", GOTO=\"airlock_boot_disk_end\"\n\
+         ENV{{DEVTYPE}}!=\"partition\", GOTO=\"airlock_boot_disk_end\"\n\
+         ENV{{ID_PART_GPT_AUTO_ROOT_UUID}}!=\"?*\", GOTO=\"airlock_boot_disk_end\"\n\
+         ENV{{ID_PART_ENTRY_UUID}}==\"?*\", SYMLINK+=\"{links}/by-partuuid/$env{{ID_PART_ENTRY_UUID}}\"\n"
+    );
+    for role in roles.filter(|r| r.definition().found_by == FoundBy::Fstab) {
+        text.push_str(&format!(
+            "ENV{{ID_PART_ENTRY_TYPE}}==\"{}\", SYMLINK+=\"{links}/{}\"\n",
+            role.definition().type_guid,
+            role.key()
+        ));
+    }
+    text.push_str("LABEL=\"airlock_boot_disk_end\"\n");
+    text
+}
+
+/// The files airlock adds to the distribution's initrd (a cpio archive appended to it): the
+/// boot disk's rules, which the initrd needs to open the root and mount the data partition.
+pub fn initrd_additions(roles: impl Iterator<Item = Role> + Clone, mtime: i64) -> Result<Vec<u8>> {
+    let mut entries = Vec::new();
+    let mut dir = String::new();
+    let (parent, _) = BOOT_DISK_RULES.rsplit_once('/').context("a path")?;
+    for part in parent.split('/') {
+        if !dir.is_empty() {
+            dir.push('/');
+        }
+        dir.push_str(part);
+        entries.push(crate::cpio::Entry::Dir { path: dir.clone(), mode: 0o755 });
+    }
+    entries.push(crate::cpio::Entry::File {
+        path: BOOT_DISK_RULES.into(),
+        mode: 0o644,
+        content: boot_disk_rules(roles).into_bytes(),
+    });
+    crate::cpio::archive(&entries, mtime)
 }
 
 /// The kernel command line's `root=`: the partition the table says the kernel mounts as `/`.
@@ -357,18 +427,65 @@ mod tests {
         );
         assert_eq!(fstab(roles.into_iter(), &seed), want);
         assert_eq!(id(roles[1]), seed.uuid("partition:root-x86-64"));
+        // With verity, the boot disk's own partitions, by udev's links (an installed disk and
+        // its stick carry the same PARTUUIDs).
         let verity = [Role::Esp, Role::Root(Slot::A), Role::RootVerity(Slot::A), Role::Data];
-        let want = "# Written by airlock. Partitions are named by their GPT PARTUUIDs.\n\
-                    # / is the dm-verity device the initrd opened from roothash= (read-only).\n"
-            .to_string()
-            + &data_and_esp;
+        let want = "# Written by airlock. Partitions are named by udev's links to the boot disk's own\n\
+                    # (61-airlock-boot-disk.rules).\n\
+                    # / is the dm-verity device the initrd opened from roothash= (read-only).\n\
+                    /dev/disk/airlock/data /var ext4 defaults,data=journal,x-initrd.mount 0 2\n\
+                    /dev/disk/airlock/esp /efi vfat noauto,x-systemd.automount,umask=0077 0 0\n";
         assert_eq!(fstab(verity.into_iter(), &seed), want);
+    }
+
+    /// The boot disk's rules link every partition of the disk udev marked as the loader's by
+    /// its PARTUUID, and the ESP and data partitions (the links fstab names) by their types.
+    #[test]
+    fn the_boot_disk_rules_name_what_fstab_and_the_command_line_use() {
+        use crate::partition::Slot;
+        let roles = [Role::Esp, Role::Root(Slot::A), Role::RootVerity(Slot::A), Role::Data];
+        let rules = boot_disk_rules(roles.into_iter());
+        assert!(rules.contains("ENV{ID_PART_GPT_AUTO_ROOT_UUID}!=\"?*\", GOTO=\"airlock_boot_disk_end\"\n"), "{rules}");
+        assert!(rules.contains("SYMLINK+=\"disk/airlock/by-partuuid/$env{ID_PART_ENTRY_UUID}\""), "{rules}");
+        assert!(
+            rules.contains(
+                "ENV{ID_PART_ENTRY_TYPE}==\"c12a7328-f81f-11d2-ba4b-00a0c93ec93b\", SYMLINK+=\"disk/airlock/esp\""
+            ),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(
+                "ENV{ID_PART_ENTRY_TYPE}==\"4d21b016-b534-45c2-a9fb-5c16e091fd2d\", SYMLINK+=\"disk/airlock/data\""
+            ),
+            "{rules}"
+        );
+        assert_eq!(
+            rules.matches("SYMLINK+=").count(),
+            3,
+            "the roots only by PARTUUID (two slots share a type): {rules}"
+        );
+        for line in fstab(roles.into_iter(), &Seed::new("x")).lines().filter(|l| !l.starts_with('#')) {
+            let link = line.split(' ').next().unwrap().trim_start_matches("/dev/");
+            assert!(rules.contains(&format!("SYMLINK+=\"{link}\"")), "fstab's {link} has no rule");
+        }
+        // The initrd's copy, as cpio lists it.
+        let archive = initrd_additions(roles.into_iter(), 1_700_000_000).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("cpio")
+            .args(["-id", "--quiet", "--no-absolute-filenames"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("cpio is installed");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), &archive).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(dir.path().join(BOOT_DISK_RULES)).unwrap(), rules);
     }
 
     #[test]
     fn the_kernel_mounts_the_tables_root() {
         let seed = Seed::new("demo-0.1.0");
-        let roles = [Role::Esp, Role::Root(crate::partition::Slot::A), Role::Data];
+        let roles = [Role::Esp, Role::Root(partition::Slot::A), Role::Data];
         assert_eq!(
             kernel_root(roles.into_iter(), &seed).unwrap(),
             format!("root=PARTUUID={}", seed.uuid("partition:root-x86-64"))
@@ -380,7 +497,7 @@ mod tests {
     /// systemd-repart grows the data partition (the one the table says grows) and no other.
     #[test]
     fn repart_grows_the_growing_partition() {
-        let files = repart_files([Role::Esp, Role::Root(crate::partition::Slot::A), Role::Data].into_iter());
+        let files = repart_files([Role::Esp, Role::Root(partition::Slot::A), Role::Data].into_iter());
         assert_eq!(files.len(), 1);
         let (path, text) = &files[0];
         assert_eq!(path, "usr/lib/repart.d/50-airlock-data.conf");

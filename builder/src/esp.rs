@@ -41,6 +41,8 @@ pub struct BootSetup<'a> {
     pub cmdline: Vec<String>,
     /// The owner's Secure Boot keys: sign the loader and the UKI, enroll in Setup Mode.
     pub secure_boot: Option<&'a OwnerKeys>,
+    /// A cpio archive laid after the distribution's initrd (`configure::initrd_additions`).
+    pub initrd_additions: &'a [u8],
 }
 
 /// What the ESP's boot chain is, for the manifest.
@@ -149,7 +151,7 @@ pub fn make_esp(root: &Tree, kernel: &Kernel, setup: &BootSetup) -> Result<(Tree
     let os_release = uki::os_release(&root.read_required_text(OS_RELEASE)?, setup.name, setup.version)?;
     let stub = root.read_required_bytes(STUB).context("systemd-boot-efi must be installed")?;
     let linux = root.read_required_bytes(&kernel.kernel_path)?;
-    let initrd = root.read_required_bytes(&kernel.initrd_path)?;
+    let initrd = crate::cpio::append(&root.read_required_bytes(&kernel.initrd_path)?, setup.initrd_additions);
     let image = uki::assemble(&UkiInputs {
         stub: &stub,
         stub_path: STUB,

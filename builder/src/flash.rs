@@ -15,7 +15,11 @@
 //!    differently the second time, is caught here, and the error says the target holds
 //!    unverified bytes;
 //! 6. drop the target's cached pages and read it back, comparing its SHA-256 with what was
-//!    written (for a `.raw`, the signed digest itself).
+//!    written (for a `.raw`, the signed digest itself);
+//! 7. with `--install-to DISK`, set `[install] disk = DISK` in the stick's `airlock.toml` (the
+//!    one line of the shipped file, uncommented, written onto the ESP by mtools): booted, the
+//!    stick installs the appliance onto that disk. Without it, the report says which line to
+//!    edit for that.
 
 use crate::block_device::{self, DevNum, Sysfs};
 use crate::manifest::{MANIFEST_FILE, Manifest};
@@ -37,6 +41,8 @@ pub struct FlashOptions {
     /// `None`: do not verify (`--no-verify`).
     pub pubkey: Option<PublicKey>,
     pub assume_yes: bool,
+    /// `--install-to`: `auto` or a stable disk path, written into the stick's `airlock.toml`.
+    pub install_to: Option<String>,
 }
 
 #[derive(Debug)]
@@ -50,6 +56,8 @@ pub struct FlashReport {
     /// `--no-verify`.
     pub signed_sha256: Option<String>,
     pub seconds: f64,
+    /// The disk the stick installs onto (`--install-to`), as its `airlock.toml` now says.
+    pub installs_to: Option<String>,
 }
 
 impl fmt::Display for FlashReport {
@@ -72,6 +80,20 @@ impl fmt::Display for FlashReport {
                 self.sha256
             ),
             None => write!(f, "NOT verified (--no-verify); read back identical (sha256 {})", self.sha256),
+        }?;
+        match &self.installs_to {
+            Some(disk) => write!(
+                f,
+                "\n{} is an installer: booted, it installs the appliance onto {disk} (airlock.toml: [install] {})",
+                self.target.display(),
+                airlock_common::site::install_line(disk)
+            ),
+            None => write!(
+                f,
+                "\nto make it an installer, edit airlock.toml on its first partition (FAT): under [install], change `{}` to `{}` (or flash with --install-to auto)",
+                airlock_common::site::INSTALL_LINE_COMMENTED,
+                airlock_common::site::install_line("auto")
+            ),
         }
     }
 }
@@ -186,6 +208,9 @@ fn confirm(target: &Path, capacity: u64, image: &Path, size: u64) -> Result<()> 
 }
 
 pub fn flash(image_arg: &Path, target: &Path, opts: &FlashOptions) -> Result<FlashReport> {
+    if let Some(disk) = &opts.install_to {
+        check_install_to(disk)?;
+    }
     let image = resolve_image(image_arg)?;
     let source = crate::input_file::open_regular(&image, "image")?;
     let signed = match &opts.pubkey {
@@ -228,6 +253,9 @@ pub fn flash(image_arg: &Path, target: &Path, opts: &FlashOptions) -> Result<Fla
             target.display()
         );
     }
+    if let Some(disk) = &opts.install_to {
+        set_install_to(target, disk)?;
+    }
     Ok(FlashReport {
         image,
         target: target.to_path_buf(),
@@ -235,7 +263,58 @@ pub fn flash(image_arg: &Path, target: &Path, opts: &FlashOptions) -> Result<Fla
         sha256,
         signed_sha256: signed.map(hex::encode),
         seconds: start.elapsed().as_secs_f64(),
+        installs_to: opts.install_to.clone(),
     })
+}
+
+/// `--install-to`'s value, checked as the appliance will read it, before anything is written.
+fn check_install_to(disk: &str) -> Result<()> {
+    let text = format!("[install]\n{}\n", airlock_common::site::install_line(disk));
+    airlock_common::site::parse(&text, Path::new("/efi")).map(drop).context("--install-to")
+}
+
+/// Uncomments the shipped `airlock.toml`'s install line on `target`'s ESP, set to `disk`: read
+/// and written back with mtools (`mtype`, `mcopy`), then read again to check.
+pub fn set_install_to(target: &Path, disk: &str) -> Result<()> {
+    use airlock_common::site::{INSTALL_LINE_COMMENTED, SITE_FILE, install_line};
+    let file = File::open(target).with_context(|| format!("opening {}", target.display()))?;
+    let layout = airlock_common::gpt::GptLayout::read(&file)
+        .with_context(|| format!("reading the partition table {} now holds", target.display()))?;
+    let esp = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == airlock_common::gpt::types::ESP)
+        .with_context(|| format!("{} has no ESP", target.display()))?;
+    let volume = format!("{}@@{}", target.display(), esp.start);
+    let site = format!("::{SITE_FILE}");
+    let text = crate::command::Cmd::new("mtype")
+        .args(["-i", &volume, &site])
+        .output_text()
+        .with_context(|| format!("reading {SITE_FILE} on {}'s ESP (mtools)", target.display()))?;
+    if text.matches(INSTALL_LINE_COMMENTED).count() != 1 {
+        bail!(
+            "{SITE_FILE} on {} has no line `{INSTALL_LINE_COMMENTED}` under [install] to change (was it edited?): \
+             set `{}` under [install] by hand",
+            target.display(),
+            install_line(disk)
+        );
+    }
+    let edited = text.replacen(INSTALL_LINE_COMMENTED, &install_line(disk), 1);
+    airlock_common::site::parse(&edited, Path::new("/efi")).context("the edited airlock.toml")?;
+    let tmp = tempfile::Builder::new().prefix("airlock-site-").tempfile().context("a temporary file")?;
+    std::fs::write(tmp.path(), &edited).context("writing the edited airlock.toml")?;
+    crate::command::Cmd::new("mcopy")
+        .args(["-o", "-i", &volume])
+        .arg(tmp.path())
+        .arg(&site)
+        .run()
+        .with_context(|| format!("writing {SITE_FILE} onto {}'s ESP (mtools)", target.display()))?;
+    File::open(target).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", target.display()))?;
+    let back = crate::command::Cmd::new("mtype").args(["-i", &volume, &site]).output_text()?;
+    if back != edited {
+        bail!("{SITE_FILE} on {} reads back differently from what was written", target.display());
+    }
+    Ok(())
 }
 
 /// A stage of the flash, shown by [`crate::progress`] as bytes of `size`.

@@ -45,6 +45,7 @@ pub mod clock;
 pub mod coherence;
 pub mod configure;
 pub mod contents;
+pub mod cpio;
 pub mod diff;
 pub mod disk;
 pub mod embedded;

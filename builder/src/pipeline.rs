@@ -16,7 +16,7 @@ use crate::manifest::{Appliance, Contents};
 use crate::oci::{BlobStore, Image};
 use crate::output_file::PartialFile;
 use crate::outputs::{self, Format, VmHardware};
-use crate::partition::{ImageId, Role, Slot};
+use crate::partition::{self, ImageId, Role, Slot};
 use crate::plan::BuildPlan;
 use crate::preload;
 use crate::release::{self, ReleaseOptions, Released};
@@ -158,7 +158,11 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         stages.run("sign boot loader", || esp::install_signed_loader(&mut root, keys))?;
     }
     let kernel = esp::find_kernel(&root)?;
-    let data = stages.run("move /var to the data partition", || configure::data_tree(&mut root, &opts.clock))?;
+    let data = stages.run("move /var to the data partition", || {
+        let data = configure::data_tree(&mut root, &opts.clock)?;
+        configure::keep_factory_data(&mut root, &data)?;
+        Ok(data)
+    })?;
     let contents =
         stages.run("record contents", || Ok(Contents { image_store, ..record_contents(plan, &lock, &store)? }))?;
     let formats = opts.formats.as_deref().unwrap_or(&plan.formats);
@@ -182,7 +186,8 @@ pub fn build(plan: &BuildPlan, opts: &BuildOptions) -> Result<BuildReport> {
         false => None,
     };
     let (esp, release) = stages.run("make UKI and ESP", || {
-        let (mut esp, boot) = make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref())?;
+        let (mut esp, boot) =
+            make_esp(&root, &kernel, plan, root_hash.as_ref(), opts.secure_boot.as_ref(), opts.clock.epoch)?;
         let keys = plan.update.trusted_keys(opts.signing_key.as_ref().map(KeyPair::public_key));
         let boot = boot_record(plan, boot, root_hash.as_ref(), &keys);
         let release = release_options(plan, opts, formats, &kernel.version, boot, &packages, &contents);
@@ -465,7 +470,14 @@ pub fn check(plan: &BuildPlan) -> Result<Vec<String>> {
 /// without, the root partition by PARTUUID, writable.
 fn kernel_cmdline(plan: &BuildPlan, root_hash: Option<&RootHash>) -> Result<Vec<String>> {
     let mut options = match root_hash {
-        Some(hash) => vec![format!("roothash={hash}"), "ro".to_string()],
+        // The root and its hash tree on the boot disk (not whichever disk carries the same
+        // UUIDs, as a stick does next to the disk it installed): the boot disk's links.
+        Some(hash) => vec![
+            format!("roothash={hash}"),
+            format!("systemd.verity_root_data={}", partition::boot_disk_partuuid_link(&hash.data_partition_uuid())),
+            format!("systemd.verity_root_hash={}", partition::boot_disk_partuuid_link(&hash.hash_partition_uuid())),
+            "ro".to_string(),
+        ],
         None => vec![configure::kernel_root(plan.disk.roles(), &plan.disk_seed)?, "rw".to_string()],
     };
     options.extend(["console=tty0", "console=ttyS0,115200", "systemd.firstboot=off"].into_iter().map(String::from));
@@ -479,9 +491,16 @@ fn make_esp(
     plan: &BuildPlan,
     root_hash: Option<&RootHash>,
     secure_boot: Option<&OwnerKeys>,
+    epoch: i64,
 ) -> Result<(Tree, BootRecord)> {
-    let setup =
-        BootSetup { name: &plan.name, version: &plan.version, cmdline: kernel_cmdline(plan, root_hash)?, secure_boot };
+    let additions = configure::initrd_additions(plan.disk.roles(), epoch)?;
+    let setup = BootSetup {
+        name: &plan.name,
+        version: &plan.version,
+        cmdline: kernel_cmdline(plan, root_hash)?,
+        secure_boot,
+        initrd_additions: &additions,
+    };
     let (mut esp, record) = esp::make_esp(root, kernel, &setup)?;
     let short = plan.hostname.split('.').next().unwrap_or(&plan.hostname);
     esp::add_site_config(&mut esp, &airlock_common::site::default_file(short))?;

@@ -195,7 +195,24 @@ fn esp_holds_the_signed_loader_and_uki() {
     let cmdline = fs::read_to_string(cmdline).unwrap();
     let hash = boot.verity.unwrap().root_hash;
     assert_eq!(cmdline, boot.cmdline);
-    assert!(cmdline.starts_with(&format!("roothash={hash} ro ")), "{cmdline}");
+    // The root and its hash tree from the disk the loader started from (udev's links of the
+    // boot disk, made by the rules the build appends to the initrd).
+    let (first, last) = (&hash[..32], &hash[32..]);
+    let uuid = |h: &str| format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+    assert!(
+        cmdline.starts_with(&format!(
+            "roothash={hash} systemd.verity_root_data=/dev/disk/airlock/by-partuuid/{} \
+             systemd.verity_root_hash=/dev/disk/airlock/by-partuuid/{} ro ",
+            uuid(first),
+            uuid(last)
+        )),
+        "{cmdline}"
+    );
+    let initrd = b.out.join("uki-initrd");
+    tool_ok("objcopy", &["-O", "binary", "--only-section=.initrd", uki.to_str().unwrap(), initrd.to_str().unwrap()]);
+    let initrd = fs::read(initrd).unwrap();
+    let rules = b"usr/lib/udev/rules.d/61-airlock-boot-disk.rules\0";
+    assert!(initrd.windows(rules.len()).any(|w| w == rules), "the initrd carries the boot disk's rules");
     assert!(cmdline.contains("console=tty0 console=ttyS0,115200") && !cmdline.contains("root="), "{cmdline}");
     assert_eq!(
         String::from_utf8(read("/loader/loader.conf").1).unwrap(),
@@ -262,6 +279,11 @@ fn root_filesystem_is_clean_and_prepared_for_first_boot() {
     let fstab = debugfs(&root, "cat /etc/fstab");
     assert!(fstab.contains(" /var ext4 defaults,data=journal,x-initrd.mount 0 2\n"), "{fstab}");
     assert!(!fstab.contains(" / ext4"), "the verity root is not in fstab: {fstab}");
+    assert!(fstab.contains("/dev/disk/airlock/data /var ") && fstab.contains("/dev/disk/airlock/esp /efi "), "{fstab}");
+    let rules = debugfs(&root, "cat /usr/lib/udev/rules.d/61-airlock-boot-disk.rules");
+    assert!(rules.contains("SYMLINK+=\"disk/airlock/data\""), "{rules}");
+    let factory = debugfs(&root, "ls -p /usr/share/factory/var/lib/airlock/etc");
+    assert!(factory.contains("hostname"), "the data partition's first content is kept in the root: {factory}");
     let registry = debugfs(&root, "ls -p /usr/share/airlock/registry/docker/registry/v2");
     assert!(registry.contains("blobs"), "the registry's storage is in the verified root: {registry}");
     let search = debugfs(&root, "ls -p /usr/lib/systemd/system");

@@ -737,3 +737,61 @@ fn inspect_names_the_signing_key_and_checks_it() {
     );
     assert!(image.contains("2 root-x86-64") && !image.contains('\u{1b}'), "{image}");
 }
+
+/// `airlock flash` ends by saying which line of the stick's `airlock.toml` makes it an
+/// installer; `--install-to auto` changes that line itself (read back here with mtools and
+/// parsed as the appliance parses it), and a disk name the appliance would refuse is refused
+/// before anything is written.
+#[test]
+fn flash_install_to_makes_the_stick_an_installer() {
+    let dir = tempfile::tempdir().unwrap();
+    inputs(dir.path(), "small");
+    fs::write(dir.path().join("esp/airlock.toml"), airlock_common::site::default_file("small")).unwrap();
+    let raw = dir.path().join("small.raw");
+    airlock_ok(&[
+        "disk",
+        "--size",
+        "96MiB",
+        "--seed",
+        "installer",
+        "--esp",
+        s(&dir.path().join("esp")),
+        "--esp-size",
+        "40MiB",
+        "--root",
+        s(&dir.path().join("root")),
+        "--root-size",
+        "16MiB",
+        "--data",
+        "8MiB",
+        s(&raw),
+    ]);
+    let len = fs::metadata(&raw).unwrap().len();
+    let target = junk_target(dir.path(), "usb.img", len);
+    let out = airlock_ok(&["flash", s(&raw), s(&target), "--no-verify", "--yes"]);
+    assert!(
+        out.contains("to make it an installer") && out.contains("`# disk = \"auto\"` to `disk = \"auto\"`"),
+        "{out}"
+    );
+    let esp = GptLayout::read(&fs::File::open(&target).unwrap()).unwrap().partitions[0].start;
+    let volume = format!("{}@@{esp}", target.display());
+    let site = |volume: &str| {
+        let text = tool_ok("mtype", &["-i", volume, "::airlock.toml"]);
+        airlock_common::site::parse(&text, Path::new("/efi")).unwrap().install
+    };
+    assert_eq!(site(&volume), None, "as flashed, the stick runs the appliance");
+
+    let err = airlock_err(&["flash", s(&raw), s(&target), "--no-verify", "--yes", "--install-to", "/dev/sda"]);
+    assert!(err.contains("--install-to") && err.contains("install.disk: `/dev/sda` is neither"), "{err}");
+    assert_eq!(site(&volume), None, "a refused --install-to writes nothing");
+
+    let out = airlock_ok(&["flash", s(&raw), s(&target), "--no-verify", "--yes", "--install-to", "auto"]);
+    assert!(out.contains("is an installer: booted, it installs the appliance onto auto"), "{out}");
+    let install = site(&volume).expect("an [install] table with a disk");
+    assert_eq!(install.disk, airlock_common::site::InstallDisk::Auto);
+    // fsck.vfat judges the FAT that mtools rewrote.
+    let layout = GptLayout::read(&fs::File::open(&target).unwrap()).unwrap();
+    let esp_copy = dir.path().join("esp.img");
+    extract(&target, layout.partitions[0].start, layout.partitions[0].size, &esp_copy);
+    tool_ok("fsck.vfat", &["-n", s(&esp_copy)]);
+}

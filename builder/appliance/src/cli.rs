@@ -46,6 +46,10 @@ pub enum Command {
         #[arg(long)]
         addresses: bool,
     },
+    /// Booted from a removable drive whose airlock.toml has `[install] disk = ...`: install
+    /// onto that disk, then reboot or power off (`[install] then`). Otherwise nothing. Run by
+    /// airlock-install.service early at every boot.
+    Install,
     /// Offline updates: apply a signed update bundle to the slot that is not running, or show
     /// both slots.
     Update {
@@ -216,6 +220,16 @@ pub fn run(cli: Cli) -> Result<()> {
             let steps = if addresses { crate::firstboot::ADDRESS_STEPS } else { crate::firstboot::STEPS };
             crate::firstboot::provision(&crate::firstboot::Paths::system(), steps)
         }
+        Command::Install => match crate::install::at_boot() {
+            Ok(outcome) => crate::install::finish(&outcome),
+            Err(e) => {
+                // The console is all an operator at the stick sees: the verdict, then why
+                // (main prints the error). Provisioning requires this unit: the stick does not
+                // start the appliance instead.
+                println!("airlock: failed");
+                Err(e.context("airlock: nothing was installed"))
+            }
+        },
         Command::Update { target: args, command } => {
             let t = target(args)?;
             match command {

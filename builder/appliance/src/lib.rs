@@ -6,8 +6,10 @@
 //! - [`firstboot`]: `airlock firstboot`, the instance's provisioning on every boot (site
 //!   configuration, identity, secrets, TLS);
 //! - [`update`]: `airlock update apply|status`, offline A/B updates from a signed bundle;
+//! - [`install`]: `airlock install`, booted from a stick, installing onto an internal disk;
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod firstboot;
+pub mod install;
 pub mod update;

@@ -133,11 +133,12 @@ impl GptLayout {
         Ok(())
     }
 
-    /// Writes the protective MBR, the primary and backup headers and entry arrays. The file must
-    /// already be `disk_size` bytes long.
+    /// Writes the protective MBR, the primary and backup headers and entry arrays. The file (or
+    /// block device) must already be `disk_size` bytes long.
     pub fn write(&self, file: &File) -> Result<()> {
         self.validate()?;
-        let len = file.metadata().context("reading output image metadata")?.len();
+        // A block device has no length in its metadata; its end says how large it is.
+        let len = std::io::Seek::seek(&mut &*file, std::io::SeekFrom::End(0)).context("finding the disk's size")?;
         ensure!(len == self.disk_size, "image is {len} bytes, the layout expects {}", self.disk_size);
         let mut device = file;
         let last_lba = u32::try_from(self.disk_size / SECTOR - 1).unwrap_or(u32::MAX);

@@ -264,7 +264,8 @@ pub enum FoundBy {
     /// The kernel mounts it as `/` from `root=PARTUUID=<guid>` on its command line; fstab then
     /// names it too, for its mount options and fsck.
     KernelRoot,
-    /// Its fstab line names its PARTUUID (systemd-fstab-generator mounts it).
+    /// Its fstab line names it (systemd-fstab-generator mounts it): by PARTUUID on an image
+    /// without verity, by the boot disk's link ([`BOOT_DISK_LINKS`]`/<key>`) with it.
     Fstab,
     /// systemd's veritysetup generator finds it from `roothash=` (its UUID is the hash's last
     /// half) and opens the root through it; nothing mounts it.
@@ -273,6 +274,19 @@ pub enum FoundBy {
 
 /// Where the ESP is mounted on the appliance.
 pub const ESP_MOUNT: &str = "/efi";
+/// Where udev links the partitions of the disk the boot loader started from (the rule is the
+/// builder's `61-airlock-boot-disk.rules`, in the initrd and the root): `by-partuuid/<uuid>`
+/// for each, and `<key>` for the partitions whose type is unique on the disk (ESP, data). A
+/// stick and the disk it installed carry the same partition UUIDs (the root's are its hash);
+/// these links name the boot disk's alone, where `/dev/disk/by-partuuid` names whichever disk
+/// udev saw last.
+pub const BOOT_DISK_LINKS: &str = "/dev/disk/airlock";
+
+/// The boot disk's link to the partition with `uuid` (see [`BOOT_DISK_LINKS`]).
+pub fn boot_disk_partuuid_link(uuid: &Uuid) -> String {
+    format!("{BOOT_DISK_LINKS}/by-partuuid/{uuid}")
+}
+
 /// Where the data partition is mounted on the appliance: all of `/var`, so everything Debian
 /// and the appliance write at run time is on it and the root can be read-only.
 pub const DATA_MOUNT: &str = "/var";

@@ -41,6 +41,16 @@ struct SiteFile {
     object_store: ObjectStoreFile,
     #[serde(default)]
     update: UpdateFile,
+    #[serde(default)]
+    install: InstallFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallFile {
+    disk: Option<String>,
+    then: Option<String>,
+    wipe: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +214,80 @@ pub struct Site {
     pub object_store: Option<ObjectStore>,
     /// When an update staged from a USB stick takes over (`[update] reboot`).
     pub update_reboot: UpdateReboot,
+    /// `[install]` with a `disk`: booted from a removable drive, install onto that disk
+    /// instead of running (`airlock install`).
+    pub install: Option<Install>,
+}
+
+/// `[install]`: where the appliance booted from a removable drive installs itself, and what it
+/// does after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    pub disk: InstallDisk,
+    pub then: InstallThen,
+    /// Overwrite a disk that holds partitions (otherwise refused, naming them).
+    pub wipe: bool,
+}
+
+/// `install.disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallDisk {
+    /// The only non-removable disk at least the image's size.
+    Auto,
+    /// A stable device path (`/dev/disk/by-id/...`, `/dev/disk/by-path/...`).
+    Path(PathBuf),
+}
+
+/// `install.then`: after a completed install.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InstallThen {
+    #[default]
+    Reboot,
+    Poweroff,
+}
+
+impl InstallThen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallThen::Reboot => "reboot",
+            InstallThen::Poweroff => "poweroff",
+        }
+    }
+}
+
+/// The folders under `/dev/disk` whose names stay the same from boot to boot, which
+/// `install.disk` may name (a kernel name like `/dev/sda` may be another disk at the next boot).
+pub const STABLE_DISK_DIRS: &[&str] = &["/dev/disk/by-id/", "/dev/disk/by-path/"];
+
+fn install(file: InstallFile) -> Result<Option<Install>> {
+    let Some(disk) = file.disk else {
+        if file.then.is_some() || file.wipe.is_some() {
+            bail!(
+                "install.disk: required when install.then or install.wipe is set (\"auto\" or a /dev/disk/by-id/ path)"
+            );
+        }
+        return Ok(None);
+    };
+    let disk = match disk.as_str() {
+        "auto" => InstallDisk::Auto,
+        path if STABLE_DISK_DIRS.iter().any(|d| path.starts_with(d)) => {
+            let name = &path[path.rfind('/').map_or(0, |i| i + 1)..];
+            if name.is_empty() || path.contains("/../") || path.contains("/./") || name == ".." || name == "." {
+                bail!("install.disk: `{path}` does not name a disk");
+            }
+            InstallDisk::Path(PathBuf::from(path))
+        }
+        other => bail!(
+            "install.disk: `{other}` is neither \"auto\" nor a stable name under {} (a name like /dev/sda can be another disk at the next boot)",
+            STABLE_DISK_DIRS.join(" or ")
+        ),
+    };
+    let then = match file.then.as_deref() {
+        None | Some("reboot") => InstallThen::Reboot,
+        Some("poweroff") => InstallThen::Poweroff,
+        Some(other) => bail!("install.then: `{other}` is not one of \"reboot\" or \"poweroff\""),
+    };
+    Ok(Some(Install { disk, then, wipe: file.wipe.unwrap_or(false) }))
 }
 
 /// `[update] reboot`: what the appliance does once it has staged an update bundle from a USB
@@ -249,6 +333,7 @@ impl Site {
             database: None,
             object_store: None,
             update_reboot: UpdateReboot::Never,
+            install: None,
         }
     }
 
@@ -309,6 +394,7 @@ pub fn parse(text: &str, esp: &Path) -> Result<Site> {
         Some("now") => UpdateReboot::Now,
         Some(other) => bail!("update.reboot: `{other}` is not one of \"never\" or \"now\""),
     };
+    site.install = install(file.install)?;
     Ok(site)
 }
 
@@ -752,8 +838,26 @@ pub fn default_file(hostname: &str) -> String {
 # "never": the console says so and the next reboot (yours) starts it; "now": reboot at once.
 # If the new version does not become ready, the appliance goes back to this one by itself.
 # reboot = "never"
+
+[install]
+# Booted from a USB stick, the appliance installs itself onto an internal disk instead of
+# running when `disk` is set: "auto" (the only internal disk at least the image's size) or a
+# stable name such as "/dev/disk/by-id/nvme-...". A disk that holds partitions is refused
+# unless wipe = true. Then it reboots or powers off: remove the stick.
+{INSTALL_LINE_COMMENTED}
+# then = "reboot"                  # or "poweroff"
+# wipe = false
 "#
     )
+}
+
+/// The line of the shipped file that turns a stick into an installer once uncommented, as
+/// shipped and as `airlock flash --install-to auto` writes it.
+pub const INSTALL_LINE_COMMENTED: &str = "# disk = \"auto\"";
+
+/// `INSTALL_LINE_COMMENTED` set to install onto `disk` (`auto` or a stable path).
+pub fn install_line(disk: &str) -> String {
+    format!("disk = {disk:?}")
 }
 
 #[cfg(test)]
@@ -819,6 +923,45 @@ reboot = "now"
         assert_eq!(site.update_reboot, UpdateReboot::Now);
         assert_eq!(err("[update]\nreboot = \"later\"\n"), "update.reboot: `later` is not one of \"never\" or \"now\"");
         assert!(err("[update]\nwhen = \"now\"\n").contains("unknown field `when`"));
+    }
+
+    #[test]
+    fn install_is_read_and_bad_values_are_refused_by_name() {
+        assert_eq!(parse("[install]\n", Path::new("/efi")).unwrap().install, None, "an empty table installs nothing");
+        let site = parse("[install]\ndisk = \"auto\"\n", Path::new("/efi")).unwrap();
+        assert_eq!(site.install, Some(Install { disk: InstallDisk::Auto, then: InstallThen::Reboot, wipe: false }));
+        let site = parse(
+            "[install]\ndisk = \"/dev/disk/by-id/nvme-Samsung_SSD_S4EV\"\nthen = \"poweroff\"\nwipe = true\n",
+            Path::new("/efi"),
+        )
+        .unwrap();
+        assert_eq!(
+            site.install,
+            Some(Install {
+                disk: InstallDisk::Path("/dev/disk/by-id/nvme-Samsung_SSD_S4EV".into()),
+                then: InstallThen::Poweroff,
+                wipe: true
+            })
+        );
+        assert!(err("[install]\ndisk = \"/dev/sda\"\n").starts_with("install.disk: `/dev/sda` is neither \"auto\""));
+        assert!(err("[install]\ndisk = \"/dev/disk/by-id/../sda\"\n").contains("does not name a disk"));
+        assert!(err("[install]\ndisk = \"/dev/disk/by-id/\"\n").contains("does not name a disk"));
+        assert_eq!(
+            err("[install]\ndisk = \"auto\"\nthen = \"halt\"\n"),
+            "install.then: `halt` is not one of \"reboot\" or \"poweroff\""
+        );
+        assert!(err("[install]\nwipe = true\n").starts_with("install.disk: required"));
+        assert!(err("[install]\ndisk = \"auto\"\nwipe = \"yes\"\n").contains("invalid type"));
+        assert!(err("[install]\ndevice = \"auto\"\n").contains("unknown field `device`"));
+    }
+
+    #[test]
+    fn the_shipped_file_becomes_an_installer_by_one_line() {
+        let shipped = default_file("airlock-demo");
+        assert_eq!(shipped.matches(INSTALL_LINE_COMMENTED).count(), 1);
+        let installer = shipped.replacen(INSTALL_LINE_COMMENTED, &install_line("auto"), 1);
+        let site = parse(&installer, Path::new("/efi")).unwrap();
+        assert_eq!(site.install.unwrap().disk, InstallDisk::Auto);
     }
 
     #[test]

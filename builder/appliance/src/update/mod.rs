@@ -83,16 +83,22 @@ pub fn root_hash_of(cmdline: &str) -> Option<String> {
 }
 
 /// The UUIDs a root hash gives its root and root-verity partitions: its first and last 128 bits.
-fn halves(root_hash: &str) -> Result<(Uuid, Uuid)> {
+pub(crate) fn halves(root_hash: &str) -> Result<(Uuid, Uuid)> {
     let bytes = hex::decode(root_hash).ok().filter(|b| b.len() == 32).context("a root hash is 64 hex digits")?;
     Ok((Uuid::from_slice(&bytes[..16])?, Uuid::from_slice(&bytes[16..])?))
 }
 
-/// The whole disk holding the partition with this PARTUUID: through udev's link, or, early in
+/// The whole disk holding the partition with this PARTUUID: through udev's links, or, early in
 /// boot before udev has made it, through the verity device the initrd opened (`/dev/mapper/root`:
 /// its underlying devices in sysfs are the root and hash partitions, both on the disk).
-fn disk_of_partition(uuid: &Uuid) -> Result<PathBuf> {
-    let link = PathBuf::from(format!("/dev/disk/by-partuuid/{uuid}"));
+pub(crate) fn disk_of_partition(uuid: &Uuid) -> Result<PathBuf> {
+    // The boot disk's own link first: a stick left in, or the disk it installed, carries
+    // partitions with the same UUIDs, and by-partuuid names whichever udev saw last.
+    let own = PathBuf::from(partition::boot_disk_partuuid_link(uuid));
+    let link = match own.exists() {
+        true => own,
+        false => PathBuf::from(format!("/dev/disk/by-partuuid/{uuid}")),
+    };
     let dev = match std::fs::canonicalize(&link) {
         Ok(dev) => dev,
         Err(e) => {
@@ -406,7 +412,7 @@ fn write_payload(b: &Bundle, kind: Kind, disk: &File, part: &PartitionEntry) -> 
     Ok(())
 }
 
-fn sha256_range(file: &File, start: u64, len: u64) -> Result<String> {
+pub(crate) fn sha256_range(file: &File, start: u64, len: u64) -> Result<String> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
