@@ -136,6 +136,8 @@ fn probe_kvm() -> Result<Verdict> {
         backdoor_socket: None,
         qmp_sockets: Vec::new(),
         usb: false,
+        disk_bootindex: None,
+        usb_stick: None,
         exit_on_reset: false,
     };
     let log = File::create(&qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?;

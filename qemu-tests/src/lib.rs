@@ -68,7 +68,7 @@ use std::path::PathBuf;
 
 pub use accel::{Accel, FIRMWARE_BOOT_MANAGER, TcgThreads, probe_accel};
 pub use machine::GuestReset;
-pub use vm::{BOOT_TIMEOUT, COMMAND_TIMEOUT, Vm, VmConfig};
+pub use vm::{BOOT_TIMEOUT, COMMAND_TIMEOUT, StickAt, Vm, VmConfig};
 
 /// The overlay that adds the command channel to a test image:
 /// `airlock build --test-overlay <this> ...`. Production images must never get it.

@@ -126,6 +126,12 @@ impl Machine {
         Qmp::connect(socket, timeout)
     }
 
+    /// The command line the next qemu process starts with (after a power-off, or a reset
+    /// under [`GuestReset::NewProcess`]).
+    pub fn cmdline_mut(&mut self) -> &mut QemuCmdline {
+        &mut self.cmdline
+    }
+
     /// Resets of the guest since the last power-on.
     pub fn resets(&self) -> &Resets {
         &self.resets

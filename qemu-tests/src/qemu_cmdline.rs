@@ -47,6 +47,11 @@ pub struct QemuCmdline {
     pub qmp_sockets: Vec<PathBuf>,
     /// A USB controller (`xhci`), for drives plugged in while the guest runs.
     pub usb: bool,
+    /// The virtio disk's place in the firmware's boot order (`bootindex`), when it has one.
+    pub disk_bootindex: Option<u32>,
+    /// A USB stick on the USB controller (`usb-storage`): its qcow2 overlay and its place in
+    /// the boot order.
+    pub usb_stick: Option<(PathBuf, u32)>,
     /// A reset of the machine (by the guest, or QMP `system_reset`) ends qemu instead, with a
     /// `SHUTDOWN` event that gives the reset as its reason.
     pub exit_on_reset: bool,
@@ -74,10 +79,17 @@ impl QemuCmdline {
         push(&["-drive", &format!("if=pflash,format=raw,file={}", option_path(&self.firmware_vars)?)]);
         if let Some(disk) = &self.disk {
             push(&["-drive", &format!("if=none,id=d0,file={},format=qcow2", option_path(disk)?)]);
-            push(&["-device", "virtio-blk-pci,drive=d0"]);
+            match self.disk_bootindex {
+                Some(i) => push(&["-device", &format!("virtio-blk-pci,drive=d0,bootindex={i}")]),
+                None => push(&["-device", "virtio-blk-pci,drive=d0"]),
+            }
         }
-        if self.usb {
+        if self.usb || self.usb_stick.is_some() {
             push(&["-device", "qemu-xhci,id=xhci"]);
+        }
+        if let Some((stick, bootindex)) = &self.usb_stick {
+            push(&["-drive", &format!("if=none,id=stick,file={},format=qcow2", option_path(stick)?)]);
+            push(&["-device", &format!("usb-storage,bus=xhci.0,drive=stick,id=stick,bootindex={bootindex}")]);
         }
         if let Some(forwards) = &self.network {
             let mut netdev = String::from("user,id=n0,restrict=on");
@@ -121,6 +133,19 @@ fn option_path(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_usb_stick_and_the_disk_get_their_boot_order() {
+        let cmdline =
+            QemuCmdline { disk_bootindex: Some(1), usb_stick: Some(("/tmp/vm/stick.qcow2".into(), 0)), ..sample() };
+        let args = cmdline.args().unwrap().join(" ");
+        assert!(args.contains("-device virtio-blk-pci,drive=d0,bootindex=1"), "{args}");
+        assert!(args.contains("-device qemu-xhci,id=xhci"), "{args}");
+        assert!(args.contains("-drive if=none,id=stick,file=/tmp/vm/stick.qcow2,format=qcow2"), "{args}");
+        assert!(args.contains("-device usb-storage,bus=xhci.0,drive=stick,id=stick,bootindex=0"), "{args}");
+        let plain = sample().args().unwrap().join(" ");
+        assert!(plain.contains("-device virtio-blk-pci,drive=d0 ") && !plain.contains("xhci"), "{plain}");
+    }
+
     fn sample() -> QemuCmdline {
         QemuCmdline {
             name: "web".into(),
@@ -137,6 +162,8 @@ mod tests {
             backdoor_socket: Some("/tmp/vm/backdoor.sock".into()),
             qmp_sockets: vec!["/tmp/vm/qmp.sock".into()],
             usb: false,
+            disk_bootindex: None,
+            usb_stick: None,
             exit_on_reset: true,
         }
     }

@@ -61,6 +61,20 @@ pub struct VmConfig {
     pub secure_boot: bool,
     /// A USB controller, for [`Vm::plug_usb_drive`].
     pub usb: bool,
+    /// A raw image attached as a USB stick (`usb-storage`, through its own qcow2 overlay),
+    /// first in the boot order, the virtio disk second; see [`Vm::place_stick`].
+    pub usb_stick: Option<PathBuf>,
+}
+
+/// Where the USB stick of [`VmConfig::usb_stick`] is from the next qemu start on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickAt {
+    /// Plugged in, first in the firmware's boot order.
+    First,
+    /// Plugged in, after the virtio disk in the boot order.
+    AfterDisk,
+    /// Pulled out.
+    Out,
 }
 
 impl Default for VmConfig {
@@ -77,6 +91,7 @@ impl Default for VmConfig {
             tcg_threads: TcgThreads::Multi,
             secure_boot: false,
             usb: false,
+            usb_stick: None,
         }
     }
 }
@@ -92,6 +107,7 @@ impl VmConfig {
 #[derive(Debug)]
 struct VmFiles {
     overlay: PathBuf,
+    stick: PathBuf,
     vars: PathBuf,
     serial_log: PathBuf,
     qemu_log: PathBuf,
@@ -104,6 +120,7 @@ impl VmFiles {
     fn in_dir(dir: &Path) -> Self {
         VmFiles {
             overlay: dir.join("overlay.qcow2"),
+            stick: dir.join("stick.qcow2"),
             vars: dir.join("OVMF_VARS.fd"),
             serial_log: dir.join("serial.log"),
             qemu_log: dir.join("qemu.log"),
@@ -152,6 +169,9 @@ impl Vm {
         std::fs::copy(&firmware.vars_template, &files.vars)
             .with_context(|| format!("copying the firmware variables {}", firmware.vars_template.display()))?;
         create_overlay(&cfg.image, &files.overlay, cfg.disk_size)?;
+        if let Some(stick) = &cfg.usb_stick {
+            create_overlay(stick, &files.stick, None)?;
+        }
         let forwards: Vec<PortForward> = free_local_ports(cfg.forwards.len())?
             .into_iter()
             .zip(&cfg.forwards)
@@ -172,6 +192,8 @@ impl Vm {
             backdoor_socket: Some(files.backdoor_socket.clone()),
             qmp_sockets: vec![files.qmp_socket.clone(), files.events_socket.clone()],
             usb: cfg.usb,
+            disk_bootindex: cfg.usb_stick.as_ref().map(|_| 1),
+            usb_stick: cfg.usb_stick.as_ref().map(|_| (files.stick.clone(), 0)),
             exit_on_reset: false,
         };
         let mut machine = Machine::new(&cfg.name, cmdline, files.qemu_log.clone(), cfg.guest_reset)?;
@@ -592,6 +614,47 @@ impl Vm {
             "device_add",
             serde_json::json!({ "driver": "usb-storage", "bus": "xhci.0", "drive": id, "id": id, "removable": true }),
         )
+    }
+
+    /// Moves the USB stick of [`VmConfig::usb_stick`] for the next qemu process: the next
+    /// power-on, or the next reboot under [`GuestReset::NewProcess`](crate::GuestReset::NewProcess).
+    /// The stick keeps what the guest wrote to it (its overlay).
+    pub fn place_stick(&mut self, at: StickAt) -> Result<()> {
+        log::info!("{}: USB stick {at:?} from the next start", self.cfg.name);
+        if self.cfg.usb_stick.is_none() {
+            let e = anyhow::anyhow!("vm {} has no USB stick (VmConfig::usb_stick)", self.cfg.name);
+            return self.note(Err(e));
+        }
+        let cmdline = self.machine.cmdline_mut();
+        let (stick, disk) = match at {
+            StickAt::First => (Some((self.files.stick.clone(), 0)), Some(1)),
+            StickAt::AfterDisk => (Some((self.files.stick.clone(), 1)), Some(0)),
+            StickAt::Out => (None, None),
+        };
+        cmdline.usb_stick = stick;
+        cmdline.disk_bootindex = disk;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the guest to power itself off (qemu exits); fails if it does
+    /// not, or if qemu ended another way.
+    pub fn wait_power_off(&mut self, timeout: Duration) -> Result<()> {
+        log::info!("{}: waiting for the guest to power off", self.cfg.name);
+        let result = match self.machine.wait_power_off(slow_host(timeout)) {
+            Ok(Some(status)) => {
+                self.channel.reset();
+                log::info!("{}: qemu exited with {status}", self.cfg.name);
+                Ok(())
+            }
+            Ok(None) => Err(anyhow::anyhow!("the guest did not power off within {} s", timeout.as_secs())),
+            Err(e) => Err(e),
+        };
+        self.note(result.with_context(|| format!("vm {}", self.cfg.name)))
+    }
+
+    /// The USB stick's qcow2 overlay (what the guest wrote to it, backed by the image).
+    pub fn stick_overlay_path(&self) -> Option<&Path> {
+        self.cfg.usb_stick.as_ref().map(|_| self.files.stick.as_path())
     }
 
     /// Freezes the guest (QMP `stop`): its vCPUs and its clock stand still until
