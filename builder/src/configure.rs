@@ -77,17 +77,16 @@ pub fn data_tree(root: &mut Tree, clock: &BuildClock) -> Result<Tree> {
     Ok(data)
 }
 
-/// Where the root keeps a copy of the data partition's first content: `airlock install` makes
-/// an installed disk's data partition from it (`mke2fs -d`), so the installed system starts
-/// from what the image had, whatever the stick it came from went through.
-pub const FACTORY_DATA: &str = "usr/share/factory/var";
-
-/// Copies the data partition's first content into the root at [`FACTORY_DATA`].
+/// Copies the data partition's first content into the root at
+/// [`partition::FACTORY_DATA`]: `airlock install` makes an installed disk's data partition from
+/// it (`mke2fs -d`), so the installed system starts from what the image had, whatever the stick
+/// it came from went through.
 pub fn keep_factory_data(root: &mut Tree, data: &Tree) -> Result<()> {
     if root.lookup("usr/share/factory").is_none() {
         root.put_dir("usr/share/factory", 0o755)?;
     }
-    root.graft(FACTORY_DATA, data).context("copying the data partition's first content to the root's factory folder")
+    root.graft(partition::FACTORY_DATA.trim_start_matches('/'), data)
+        .context("copying the data partition's first content to the root's factory folder")
 }
 
 /// Writes the appliance's identity, mounts and readiness wiring, and enables and masks units.

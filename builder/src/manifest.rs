@@ -25,7 +25,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The image's own copy on its ESP: the manifest without the partitions' digests (a partition
 /// cannot hold its own) or the release's files; unsigned, so only as good as the hands the
 /// image passed through (`airlock verify` checks the release's `manifest.json`).
-pub const ESP_MANIFEST_PATH: &str = "airlock/manifest.json";
+pub const ESP_MANIFEST_PATH: &str = airlock_common::partition::ESP_MANIFEST;
 pub const MANIFEST_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@
 
 use airlock_common::command::Cmd;
 use airlock_common::gpt::{self, GptLayout, PartitionEntry, types};
-use airlock_common::partition::{self, EMPTY_SLOT_NAME};
+use airlock_common::partition::{self, EMPTY_SLOT_NAME, ESP_MANIFEST, FACTORY_DATA};
 use airlock_common::site::{Install, InstallDisk, InstallThen};
 use anyhow::{Context, Result, bail};
 use std::fmt;
@@ -35,11 +35,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-/// The image's first content of the data partition, in the verified root (the builder's
-/// `configure::FACTORY_DATA`).
-pub const FACTORY_DATA: &str = "/usr/share/factory/var";
-/// Where the image's manifest is on the ESP (the builder's `manifest::ESP_MANIFEST_PATH`).
-pub const ESP_MANIFEST: &str = "airlock/manifest.json";
 /// The bytes of the ESP written last: its FAT boot sector and what follows up to the backup
 /// boot sector.
 const ESP_HEAD: u64 = 4096;
@@ -295,9 +290,8 @@ struct ManifestDisk {
 fn boot_disk_name() -> Result<String> {
     let esp = format!("{}/{}", partition::BOOT_DISK_LINKS, partition::Role::Esp.key());
     let dev = std::fs::canonicalize(&esp).with_context(|| format!("finding the boot disk's ESP ({esp})"))?;
-    let name = dev.file_name().context("a device name")?.to_string_lossy().into_owned();
-    let sys = std::fs::canonicalize(format!("/sys/class/block/{name}")).with_context(|| format!("{name} in sysfs"))?;
-    Ok(sys.parent().and_then(|p| p.file_name()).context("the partition's disk")?.to_string_lossy().into_owned())
+    let disk = crate::update::whole_disk(&dev)?;
+    Ok(disk.file_name().context("a device name")?.to_string_lossy().into_owned())
 }
 
 /// What happened, for the console.
@@ -369,14 +363,18 @@ pub fn at_boot() -> Result<Outcome> {
 
 /// The target's layout: the source's partitions at the same places, the data partition grown
 /// to the end of `target_size`, new GUIDs for the disk, the ESP and empty slots.
-pub fn target_layout(source: &GptLayout, target_size: u64, fresh: &mut dyn FnMut() -> Uuid) -> Result<GptLayout> {
+pub fn target_layout(
+    source: &GptLayout,
+    target_size: u64,
+    fresh: &mut dyn FnMut() -> Result<Uuid>,
+) -> Result<GptLayout> {
     let end = gpt::align_down(gpt::last_usable_end(target_size), gpt::ALIGN);
     let last = source.partitions.len().checked_sub(1).context("the source disk has no partitions")?;
     let mut partitions = Vec::new();
     for (i, p) in source.partitions.iter().enumerate() {
         let mut q = p.clone();
         if p.type_guid == types::ESP || p.name == EMPTY_SLOT_NAME {
-            q.guid = fresh();
+            q.guid = fresh()?;
         }
         if p.type_guid == types::LINUX_VARIABLE_DATA {
             if i != last {
@@ -389,7 +387,7 @@ pub fn target_layout(source: &GptLayout, target_size: u64, fresh: &mut dyn FnMut
         }
         partitions.push(q);
     }
-    let layout = GptLayout { disk_size: target_size, disk_guid: fresh(), partitions };
+    let layout = GptLayout { disk_size: target_size, disk_guid: fresh()?, partitions };
     layout.validate().context("the target's partition table")?;
     Ok(layout)
 }
@@ -412,16 +410,7 @@ pub fn install_onto(source: &Source, target: &Disk) -> Result<()> {
         .with_context(|| format!("opening {} for writing", dst_dev.display()))?;
     let layout =
         GptLayout::read(&src).with_context(|| format!("reading the partition table of {}", src_dev.display()))?;
-    let mut failed_uuid = None;
-    let new = target_layout(&layout, target.size, &mut || {
-        random_uuid().unwrap_or_else(|e| {
-            failed_uuid = Some(e);
-            Uuid::nil()
-        })
-    })?;
-    if let Some(e) = failed_uuid {
-        return Err(e);
-    }
+    let new = target_layout(&layout, target.size, &mut random_uuid)?;
     let esp = new.partitions.iter().find(|p| p.type_guid == types::ESP).context("the image has no ESP")?;
     // 1. Old tables and the ESP's head: nothing on the target boots from here on.
     println!("airlock: writing {} onto {target}", source.version);
@@ -729,7 +718,7 @@ mod tests {
         let mut n = 1000u128;
         let new = target_layout(&stick(), 256 * ALIGN, &mut || {
             n += 1;
-            Uuid::from_u128(n)
+            Ok(Uuid::from_u128(n))
         })
         .unwrap();
         let old = stick();
@@ -743,7 +732,7 @@ mod tests {
         assert_eq!(new.partitions[5].guid, old.partitions[5].guid);
         assert_ne!(new.disk_guid, old.disk_guid);
         assert_eq!(new.partitions[5].end(), gpt::align_down(gpt::last_usable_end(256 * ALIGN), ALIGN));
-        assert!(target_layout(&stick(), 40 * ALIGN, &mut || Uuid::from_u128(7)).is_err(), "too small");
+        assert!(target_layout(&stick(), 40 * ALIGN, &mut || Ok(Uuid::from_u128(7))).is_err(), "too small");
     }
 
     #[test]

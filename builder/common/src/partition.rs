@@ -281,6 +281,12 @@ pub const ESP_MOUNT: &str = "/efi";
 /// these links name the boot disk's alone, where `/dev/disk/by-partuuid` names whichever disk
 /// udev saw last.
 pub const BOOT_DISK_LINKS: &str = "/dev/disk/airlock";
+/// The data partition's first content kept in the verified root (the builder copies it there;
+/// `airlock install` makes an installed disk's data partition from it).
+pub const FACTORY_DATA: &str = "/usr/share/factory/var";
+/// The image's own manifest on its ESP (the builder writes it; `inspect` and `airlock install`
+/// read it).
+pub const ESP_MANIFEST: &str = "airlock/manifest.json";
 
 /// The boot disk's link to the partition with `uuid` (see [`BOOT_DISK_LINKS`]).
 pub fn boot_disk_partuuid_link(uuid: &Uuid) -> String {

@@ -115,7 +115,13 @@ pub(crate) fn disk_of_partition(uuid: &Uuid) -> Result<PathBuf> {
             PathBuf::from(format!("/dev/{first}"))
         }
     };
-    let name = dev.file_name().and_then(|n| n.to_str()).context("a device name")?;
+    whole_disk(&dev)
+}
+
+/// The whole disk a partition's device node (`/dev/sda2`) is on (`/dev/sda`): a partition's
+/// sysfs folder sits inside its disk's.
+pub(crate) fn whole_disk(partition: &Path) -> Result<PathBuf> {
+    let name = partition.file_name().and_then(|n| n.to_str()).context("a device name")?;
     let sys = std::fs::canonicalize(format!("/sys/class/block/{name}"))
         .with_context(|| format!("finding {name} in sysfs"))?;
     let parent = sys.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).context("the partition's disk")?;
